@@ -1,0 +1,131 @@
+"""download: put the raw datasets in data/raw/, from the committed sample, a local folder, or the web.
+
+`hub` streams the EmpatheticDialogues tarball and the Human-Like-DPO data.json with a progress bar,
+retries with backoff, checks sha256 against params (recording it in metrics/download.json when unset),
+and extracts the tarball safely. Everything lands in a temporary folder renamed to data/raw at the end.
+"""
+from __future__ import annotations
+
+import hashlib
+import shutil
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import requests
+from tqdm import tqdm
+
+from stages.outputs import atomic_dir, write_json
+from stages.params import load_params
+from stages.paths import RAW_FILES, DPO_FILE, DPO_SUBDIR, ED_SPLITS, ED_SUBDIR, METRICS_DIR, RAW_DIR, SAMPLE_DIR
+
+CHUNK = 1 << 16
+
+
+class DownloadError(RuntimeError):
+    pass
+
+
+def copy_raw(source: Path, dest: Path) -> None:
+    """Copy the raw layout (paths.RAW_FILES) from `source` into `dest`."""
+    missing = [str(source / rel) for rel in RAW_FILES if not (source / rel).is_file()]
+    if missing:
+        raise DownloadError("missing raw file(s): " + ", ".join(missing))
+    for rel in RAW_FILES:
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source / rel, dest / rel)
+
+
+def fetch(url: str, dest: Path, sha256: str | None, retries: int, timeout_s: float) -> str:
+    """Stream `url` into `dest`, retrying with exponential backoff; return the file's sha256.
+
+    A dropped connection or a short body counts as a failed attempt. A checksum mismatch does not
+    retry: the server sent a different file than the one pinned in params.
+    """
+    for attempt in range(1, retries + 1):
+        try:
+            digest = _fetch_once(url, dest, timeout_s)
+            break
+        except (requests.RequestException, DownloadError) as error:
+            dest.unlink(missing_ok=True)
+            if attempt == retries:
+                raise DownloadError(f"{url}: failed after {retries} attempts: {error}") from error
+            wait = min(2 ** (attempt - 1), 30)
+            print(f"{url}: attempt {attempt} failed ({error}); retrying in {wait}s", file=sys.stderr)
+            time.sleep(wait)
+    if sha256 and digest != sha256:
+        dest.unlink(missing_ok=True)
+        raise DownloadError(f"{url}: sha256 mismatch: expected {sha256}, got {digest}")
+    return digest
+
+
+def _fetch_once(url: str, dest: Path, timeout_s: float) -> str:
+    digest = hashlib.sha256()
+    with requests.get(url, stream=True, timeout=timeout_s) as response:
+        response.raise_for_status()
+        expected = int(response.headers.get("Content-Length") or 0) or None
+        received = 0
+        with open(dest, "wb") as out, tqdm(total=expected, unit="B", unit_scale=True, desc=dest.name) as bar:
+            for chunk in response.iter_content(CHUNK):
+                out.write(chunk)
+                digest.update(chunk)
+                received += len(chunk)
+                bar.update(len(chunk))
+    if expected is not None and received != expected:
+        raise DownloadError(f"connection closed after {received} of {expected} bytes")
+    return digest.hexdigest()
+
+
+def extract_empatheticdialogues(tarball: Path, dest: Path) -> None:
+    """Extract the three CSVs. The 'data' filter refuses members that escape `dest` (absolute
+    paths, '..', links pointing outside) and special files."""
+    unpack = dest / ".unpack"
+    try:
+        with tarfile.open(tarball, "r:*") as tar:
+            tar.extractall(unpack, filter="data")
+    except (tarfile.TarError, EOFError, OSError) as error:
+        raise DownloadError(f"{tarball.name}: cannot extract: {error}") from error
+    (dest / ED_SUBDIR).mkdir(parents=True, exist_ok=True)
+    for split in ED_SPLITS:
+        member = unpack / ED_SUBDIR / f"{split}.csv"
+        if not member.is_file():
+            raise DownloadError(f"{tarball.name}: no {ED_SUBDIR}/{split}.csv in the archive")
+        member.rename(dest / ED_SUBDIR / f"{split}.csv")
+    shutil.rmtree(unpack)
+
+
+def download_hub(hub, dest: Path) -> dict:
+    tarball = dest / "empatheticdialogues.tar.gz"
+    ed_sha = fetch(hub.empatheticdialogues_url, tarball, hub.empatheticdialogues_sha256, hub.retries, hub.timeout_s)
+    extract_empatheticdialogues(tarball, dest)
+    tarball.unlink()
+    (dest / DPO_SUBDIR).mkdir(parents=True, exist_ok=True)
+    dpo_sha = fetch(hub.human_like_dpo_url, dest / DPO_SUBDIR / DPO_FILE, hub.human_like_dpo_sha256,
+                    hub.retries, hub.timeout_s)
+    return {"empatheticdialogues_sha256": ed_sha, "human_like_dpo_sha256": dpo_sha}
+
+
+def file_sizes(root: Path) -> dict:
+    return {f"bytes.{rel.as_posix()}": (root / rel).stat().st_size for rel in RAW_FILES}
+
+
+def main() -> None:
+    params = load_params()
+    data = params.data
+    with atomic_dir(RAW_DIR) as tmp:
+        if data.source == "hub":
+            checksums = download_hub(data.hub, tmp)
+        else:
+            copy_raw(SAMPLE_DIR if data.source == "sample" else Path(data.local_dir), tmp)
+            checksums = {}
+        metrics = {"source": data.source, **checksums, **file_sizes(tmp)}
+    write_json(METRICS_DIR / "download.json", metrics)
+    print(f"download: {data.source} -> {RAW_DIR}/")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except DownloadError as error:
+        sys.exit(f"download failed: {error}")

@@ -1,0 +1,58 @@
+"""Loading the model stack: base, base+SFT, base+SFT+DPO. Every stage that needs a model goes through here,
+so the DPO stage and evaluation can never disagree about which adapters sit on which base."""
+from __future__ import annotations
+
+import json
+from typing import Literal
+
+import torch
+from peft import LoraConfig, PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from stages.params import LoraParams
+from stages.paths import BASE_MODEL, DPO_MODEL, SFT_MODEL
+
+# The real profile's models/base/ holds only this file: the hub id and the commit it resolved to.
+HUB_PIN = BASE_MODEL / "hub.json"
+
+Stage = Literal["base", "sft", "dpo"]
+
+
+def use_bf16() -> bool:
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def base_source() -> dict:
+    """Arguments for from_pretrained: the local tiny model, or the pinned hub model."""
+    if HUB_PIN.exists():
+        pin = json.loads(HUB_PIN.read_text())
+        return {"pretrained_model_name_or_path": pin["name"], "revision": pin["revision"]}
+    return {"pretrained_model_name_or_path": str(BASE_MODEL)}
+
+
+def load_tokenizer():
+    return AutoTokenizer.from_pretrained(**base_source())
+
+
+def load_base_model():
+    return AutoModelForCausalLM.from_pretrained(
+        **base_source(), dtype=torch.bfloat16 if use_bf16() else torch.float32
+    )
+
+
+def load_model(stage: Stage):
+    """The base model with the adapters up to `stage` merged in, ready for inference or a new adapter."""
+    model = load_base_model()
+    for adapter in {"base": [], "sft": [SFT_MODEL], "dpo": [SFT_MODEL, DPO_MODEL]}[stage]:
+        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    return model
+
+
+def lora_config(lora: LoraParams) -> LoraConfig:
+    return LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        task_type="CAUSAL_LM",
+    )

@@ -1,0 +1,151 @@
+"""The one typed schema for params.yaml. Every stage calls `load_params()` first.
+
+An unknown key, a missing key or a bad value stops the stage with a message that names the key
+(e.g. `sft.lora.r: Input should be greater than 0`). Numbers such as `2e-4`, which YAML reads as a
+string, are coerced to floats.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, model_validator
+
+PARAMS_FILE = Path("params.yaml")
+SEVEN_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TinyModelParams(Strict):
+    """Shape of the random-weight Llama built for the offline profile."""
+
+    vocab_size: PositiveInt
+    hidden_size: PositiveInt
+    intermediate_size: PositiveInt
+    num_layers: PositiveInt
+    num_heads: PositiveInt
+    num_kv_heads: PositiveInt
+    max_position: PositiveInt
+
+
+class ModelParams(Strict):
+    name: str = Field(min_length=1, description="'tiny' or a Hugging Face hub model id")
+    revision: str = Field(min_length=1, description="hub revision (branch, tag or commit) to pin")
+    # A random-weight tiny model needs far larger steps than a pretrained one to learn anything in
+    # minutes; every stage multiplies its learning rate by this, so presets keep the real values.
+    lr_scale: PositiveFloat
+    tiny: TinyModelParams
+
+
+class HubParams(Strict):
+    empatheticdialogues_url: str
+    empatheticdialogues_sha256: Optional[str] = Field(pattern=r"^[0-9a-f]{64}$")
+    human_like_dpo_url: str
+    human_like_dpo_sha256: Optional[str] = Field(pattern=r"^[0-9a-f]{64}$")
+    retries: PositiveInt
+    timeout_s: PositiveFloat
+
+
+class DataParams(Strict):
+    source: Literal["sample", "local", "hub"]
+    local_dir: Optional[str]
+    hub: HubParams
+
+    @model_validator(mode="after")
+    def _local_needs_dir(self):
+        if self.source == "local" and not self.local_dir:
+            raise ValueError("local_dir must name a directory when source is 'local'")
+        return self
+
+
+class LoraParams(Strict):
+    r: PositiveInt
+    alpha: PositiveInt
+    dropout: float = Field(ge=0, lt=1)
+    target_modules: list[Literal[tuple(SEVEN_PROJECTIONS)]] = Field(min_length=1)
+
+
+class TrainParams(Strict):
+    """Knobs shared by the sft and dpo stages."""
+
+    train_size: PositiveInt
+    eval_size: PositiveInt
+    lora: LoraParams
+    lr: PositiveFloat
+    batch_size: PositiveInt
+    eval_batch_size: PositiveInt
+    grad_accum: PositiveInt
+    max_length: PositiveInt
+
+
+class SFTParams(TrainParams):
+    format: Literal["dialogue", "seed"]
+    system_prompt: str
+    epochs: PositiveInt
+    scheduler: Literal["cosine", "linear", "constant_with_warmup"]
+    warmup_ratio: float = Field(ge=0, lt=1)
+    weight_decay: float = Field(ge=0)
+
+
+class DPOParams(TrainParams):
+    beta: PositiveFloat
+    max_steps: PositiveInt
+    warmup_steps: int = Field(ge=0)
+
+
+class EvalParams(Strict):
+    test_size: PositiveInt
+    batch_size: PositiveInt
+    max_new_tokens: PositiveInt
+    temperature: float = Field(ge=0)
+    bertscore_model: str = Field(description="'packaged-minilm' (offline, from PyPI) or a hub id")
+    bertscore_num_layers: PositiveInt
+
+
+class Params(Strict):
+    seed: int = Field(ge=0)
+    model: ModelParams
+    data: DataParams
+    sft: SFTParams
+    dpo: DPOParams
+    eval: EvalParams
+
+
+class ParamsError(SystemExit):
+    """Exits the stage with a readable message (SystemExit with a string prints it and returns 1)."""
+
+
+def _describe(error: ValidationError, path: Path) -> str:
+    lines = [f"{path}: invalid params"]
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "<top level>"
+        message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
+        lines.append(f"  {key}: {message}")
+    return "\n".join(lines)
+
+
+def parse_params(raw: dict, path: Path = PARAMS_FILE) -> Params:
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as error:
+        raise ParamsError(_describe(error, path)) from None
+
+
+def load_params(path: Path | str = PARAMS_FILE) -> Params:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise ParamsError(f"{path}: cannot read params: {error}") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping of param groups at the top level")
+    return parse_params(raw, path)
+
+
+if __name__ == "__main__":  # `python -m stages.params` checks params.yaml without running anything
+    print(load_params(sys.argv[1] if len(sys.argv) > 1 else PARAMS_FILE).model_dump_json(indent=2))

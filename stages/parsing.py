@@ -1,0 +1,172 @@
+"""Parsers for the two raw formats. Pure functions: bytes or rows in, records and drop counts out.
+
+EmpatheticDialogues is not a standard CSV: its authors split each line on ',' and write commas inside
+text as `_comma_`; quotes are plain characters and some rows carry extra trailing fields. A CSV reader
+would choke on the quotes or (with the notebook's on_bad_lines='skip') silently drop rows. Here every
+row is either kept or counted under the reason it was dropped.
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# Every reason a parser may drop a row for; metrics list each one, zero or not, so columns stay stable.
+ED_DROP_REASONS = ("too_few_fields", "bad_utterance_idx", "empty_utterance", "duplicate_turn")
+EXAMPLE_DROP_REASONS = ("missing_earlier_turn",)
+DPO_DROP_REASONS = ("empty_field", "chosen_equals_rejected", "duplicate")
+
+ED_HEADER = ["conv_id", "utterance_idx", "context", "prompt", "speaker_idx", "utterance", "selfeval", "tags"]
+
+
+class DataError(ValueError):
+    """Input that cannot be parsed at all; the message names the file and line or item."""
+
+
+@dataclass(frozen=True)
+class Turn:
+    conv_id: str
+    idx: int
+    emotion: str
+    situation: str
+    text: str
+
+
+@dataclass
+class Parsed:
+    records: list
+    read: int = 0
+    dropped: Counter = field(default_factory=Counter)
+    extra_fields: int = 0
+
+    def counts(self, prefix: str, reasons: tuple[str, ...]) -> dict[str, int]:
+        """Flat metrics: rows read, kept, and dropped per reason."""
+        counts = {f"{prefix}.read": self.read, f"{prefix}.kept": len(self.records)}
+        counts.update({f"{prefix}.dropped.{reason}": self.dropped[reason] for reason in reasons})
+        return counts
+
+
+def unescape(text: str) -> str:
+    return text.replace("_comma_", ",").strip()
+
+
+def decode_utf8(raw: bytes, name: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw.count(b"\n", 0, error.start) + 1
+        raise DataError(f"{name}:{line}: not valid UTF-8 (byte 0x{raw[error.start]:02x})") from None
+
+
+def parse_empathetic(raw: bytes, name: str) -> Parsed:
+    """Parse one EmpatheticDialogues split into turns."""
+    lines = decode_utf8(raw, name).split("\n")
+    header = lines[0].strip().lstrip("\ufeff").split(",")
+    if header != ED_HEADER:
+        raise DataError(f"{name}:1: expected header {','.join(ED_HEADER)!r}, got {lines[0].strip()!r}")
+    parsed = Parsed(records=[])
+    seen = set()
+    for line in lines[1:]:
+        line = line.rstrip("\r")
+        if not line.strip():
+            continue
+        parsed.read += 1
+        fields = line.split(",")
+        if len(fields) < len(ED_HEADER):
+            parsed.dropped["too_few_fields"] += 1
+            continue
+        if len(fields) > len(ED_HEADER):
+            parsed.extra_fields += 1
+        conv_id, idx, emotion, situation, _speaker, text = fields[:6]
+        if not idx.strip().isdigit() or int(idx) < 1:
+            parsed.dropped["bad_utterance_idx"] += 1
+            continue
+        text = unescape(text)
+        if not conv_id.strip() or not text:
+            parsed.dropped["empty_utterance"] += 1
+            continue
+        key = (conv_id, int(idx))
+        if key in seen:
+            parsed.dropped["duplicate_turn"] += 1
+            continue
+        seen.add(key)
+        parsed.records.append(Turn(conv_id, int(idx), emotion.strip(), unescape(situation), text))
+    return parsed
+
+
+def conversations(turns: list[Turn]) -> dict[str, list[Turn]]:
+    """Group turns by conversation (in file order), each sorted by utterance index."""
+    grouped: dict[str, list[Turn]] = {}
+    for turn in turns:
+        grouped.setdefault(turn.conv_id, []).append(turn)
+    return {conv_id: sorted(group, key=lambda t: t.idx) for conv_id, group in grouped.items()}
+
+
+def listener_examples(turns: list[Turn], system_prompt: str, seed_format: bool) -> Parsed:
+    """One SFT example per listener turn (even utterance index).
+
+    dialogue format: TRL conversational prompt-completion; the system message carries the situation,
+    speaker turns are `user`, earlier listener turns `assistant`. seed format: the notebook's
+    `Instruction: <emotion>` / `Response: <utterance>` text, for comparison.
+    """
+    parsed = Parsed(records=[])
+    for conv_id, conv in conversations(turns).items():
+        for position, turn in enumerate(conv):
+            if turn.idx % 2:
+                continue
+            parsed.read += 1
+            if [t.idx for t in conv[: position + 1]] != list(range(1, turn.idx + 1)):
+                parsed.dropped["missing_earlier_turn"] += 1
+                continue
+            example = {"id": f"{conv_id}:{turn.idx}", "emotion": turn.emotion, "situation": turn.situation}
+            if seed_format:
+                example["prompt"] = f"Instruction: {turn.emotion}\nResponse: "
+                example["completion"] = turn.text
+            else:
+                system = f"{system_prompt}\nWhat the user is going through: {turn.situation}"
+                history = [{"role": "user" if t.idx % 2 else "assistant", "content": t.text} for t in conv[:position]]
+                example["prompt"] = [{"role": "system", "content": system}] + history
+                example["completion"] = [{"role": "assistant", "content": turn.text}]
+            parsed.records.append(example)
+    return parsed
+
+
+def parse_dpo(raw: bytes, name: str) -> Parsed:
+    """Parse Human-Like-DPO data.json: strip; drop empty fields, chosen == rejected, exact duplicates."""
+    try:
+        items = json.loads(decode_utf8(raw, name))
+    except json.JSONDecodeError as error:
+        raise DataError(f"{name}:{error.lineno}: invalid JSON: {error.msg}") from None
+    if not isinstance(items, list):
+        raise DataError(f"{name}: expected a JSON array of {{prompt, chosen, rejected}}, got {type(items).__name__}")
+    parsed = Parsed(records=[], read=len(items))
+    seen = set()
+    for number, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise DataError(f"{name}: item {number}: expected an object, got {type(item).__name__}")
+        for key in ("prompt", "chosen", "rejected"):
+            if not isinstance(item.get(key), str):
+                raise DataError(f"{name}: item {number}: '{key}' must be a string")
+        prompt, chosen, rejected = (item[key].strip() for key in ("prompt", "chosen", "rejected"))
+        if not (prompt and chosen and rejected):
+            parsed.dropped["empty_field"] += 1
+        elif chosen == rejected:
+            parsed.dropped["chosen_equals_rejected"] += 1
+        elif (prompt, chosen, rejected) in seen:
+            parsed.dropped["duplicate"] += 1
+        else:
+            seen.add((prompt, chosen, rejected))
+            parsed.records.append({
+                "prompt": [{"role": "user", "content": prompt}],
+                "chosen": [{"role": "assistant", "content": chosen}],
+                "rejected": [{"role": "assistant", "content": rejected}],
+            })
+    return parsed
+
+
+def read_bytes(path: Path) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as error:
+        raise DataError(f"{path}: cannot read: {error.strerror}") from None

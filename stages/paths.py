@@ -1,0 +1,25 @@
+"""Where each stage reads and writes (the data contract in DESIGN.md). dvc.yaml names the same paths."""
+from pathlib import Path
+
+SAMPLE_DIR = Path("data/sample")
+RAW_DIR = Path("data/raw")
+ED_SUBDIR = "empatheticdialogues"
+ED_SPLITS = ("train", "valid", "test")
+DPO_SUBDIR = "human_like_dpo"
+DPO_FILE = "data.json"
+
+PROCESSED_DIR = Path("data/processed")
+SFT_DATA = PROCESSED_DIR / "sft"
+DPO_DATA = PROCESSED_DIR / "dpo"
+
+MODELS_DIR = Path("models")
+BASE_MODEL = MODELS_DIR / "base"
+SFT_MODEL = MODELS_DIR / "sft"
+DPO_MODEL = MODELS_DIR / "dpo"
+
+METRICS_DIR = Path("metrics")
+LIVE_DIR = Path("dvclive")
+EVAL_DIR = Path("eval")
+
+# Every raw file, relative to a raw-data root (data/raw/, data/sample/ or data.local_dir).
+RAW_FILES = [Path(ED_SUBDIR) / f"{split}.csv" for split in ED_SPLITS] + [Path(DPO_SUBDIR) / DPO_FILE]
