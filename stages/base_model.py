@@ -82,6 +82,9 @@ def tiny_llama(shape: TinyModelParams, vocab_size: int, seed: int) -> LlamaForCa
         num_key_value_heads=shape.num_kv_heads,
         max_position_embeddings=shape.max_position,
         rms_norm_eps=1e-5,
+        # Wider than the usual 0.02: with a frozen random lm_head of width 64, rows that small cap every
+        # logit near 1, and no LoRA on the projections could make the next-token distribution peaked.
+        initializer_range=0.1,
         bos_token_id=1,
         eos_token_id=2,
         pad_token_id=2,

@@ -19,7 +19,7 @@ DPO_MODEL = MODELS_DIR / "dpo"
 
 METRICS_DIR = Path("metrics")
 LIVE_DIR = Path("dvclive")
-EVAL_DIR = Path("eval")
+GENERATIONS = Path("eval/generations.jsonl")
 
 # Every raw file, relative to a raw-data root (data/raw/, data/sample/ or data.local_dir).
 RAW_FILES = [Path(ED_SUBDIR) / f"{split}.csv" for split in ED_SPLITS] + [Path(DPO_SUBDIR) / DPO_FILE]

@@ -9,11 +9,11 @@ from __future__ import annotations
 import random
 import sys
 
-from stages.outputs import atomic_dir, write_json, write_jsonl
+from stages.outputs import write_json, write_jsonl
 from stages.params import load_params
 from stages.parsing import (DPO_DROP_REASONS, ED_DROP_REASONS, EXAMPLE_DROP_REASONS, DataError, listener_examples,
                             parse_dpo, parse_empathetic, read_bytes)
-from stages.paths import DPO_FILE, DPO_SUBDIR, ED_SUBDIR, METRICS_DIR, PROCESSED_DIR, RAW_DIR
+from stages.paths import DPO_FILE, DPO_SUBDIR, ED_SUBDIR, DPO_DATA, METRICS_DIR, RAW_DIR, SFT_DATA
 
 SFT_SPLITS = {"train": "train", "eval": "valid", "test": "test"}  # processed split -> raw file
 
@@ -39,33 +39,31 @@ def main() -> None:
     params = load_params()
     sizes = {"train": params.sft.train_size, "eval": params.sft.eval_size, "test": params.eval.test_size}
     metrics = {}
-    with atomic_dir(PROCESSED_DIR) as out:
-        (out / "sft").mkdir()
-        for split, raw_split in SFT_SPLITS.items():
-            path = RAW_DIR / ED_SUBDIR / f"{raw_split}.csv"
-            turns = parse_empathetic(read_bytes(path), str(path))
-            examples = listener_examples(turns.records, params.sft.system_prompt, params.sft.format == "seed")
-            chosen = subsample(examples.records, sizes[split], params.seed)
-            if not chosen:
-                raise DataError(f"{path}: no SFT examples left after filtering")
-            write_jsonl(out / "sft" / f"{split}.jsonl", chosen)
-            metrics.update(turns.counts(f"ed.{raw_split}.rows", ED_DROP_REASONS))
-            metrics[f"ed.{raw_split}.rows.extra_fields"] = turns.extra_fields
-            metrics.update(examples.counts(f"sft.{split}.listener_turns", EXAMPLE_DROP_REASONS))
-            metrics[f"sft.{split}.examples"] = len(chosen)
+    for split, raw_split in SFT_SPLITS.items():
+        path = RAW_DIR / ED_SUBDIR / f"{raw_split}.csv"
+        turns = parse_empathetic(read_bytes(path), str(path))
+        examples = listener_examples(turns.records, params.sft.system_prompt, params.sft.format == "seed")
+        chosen = subsample(examples.records, sizes[split], params.seed)
+        if not chosen:
+            raise DataError(f"{path}: no SFT examples left after filtering")
+        write_jsonl(SFT_DATA / f"{split}.jsonl", chosen)
+        metrics.update(turns.counts(f"ed.{raw_split}.rows", ED_DROP_REASONS))
+        metrics[f"ed.{raw_split}.rows.extra_fields"] = turns.extra_fields
+        metrics.update(examples.counts(f"sft.{split}.listener_turns", EXAMPLE_DROP_REASONS))
+        metrics[f"sft.{split}.examples"] = len(chosen)
 
-        path = RAW_DIR / DPO_SUBDIR / DPO_FILE
-        pairs = parse_dpo(read_bytes(path), str(path))
-        if len(pairs.records) < 2:
-            raise DataError(f"{path}: {len(pairs.records)} usable pairs after filtering; need at least 2")
-        train, held_out = split_pairs(pairs.records, params.dpo.train_size, params.dpo.eval_size, params.seed)
-        (out / "dpo").mkdir()
-        write_jsonl(out / "dpo" / "train.jsonl", train)
-        write_jsonl(out / "dpo" / "eval.jsonl", held_out)
-        metrics.update(pairs.counts("dpo.rows", DPO_DROP_REASONS))
-        metrics.update({"dpo.train.pairs": len(train), "dpo.eval.pairs": len(held_out)})
+    path = RAW_DIR / DPO_SUBDIR / DPO_FILE
+    pairs = parse_dpo(read_bytes(path), str(path))
+    if len(pairs.records) < 2:
+        raise DataError(f"{path}: {len(pairs.records)} usable pairs after filtering; need at least 2")
+    train, held_out = split_pairs(pairs.records, params.dpo.train_size, params.dpo.eval_size, params.seed)
+    write_jsonl(DPO_DATA / "train.jsonl", train)
+    write_jsonl(DPO_DATA / "eval.jsonl", held_out)
+    metrics.update(pairs.counts("dpo.rows", DPO_DROP_REASONS))
+    metrics.update({"dpo.train.pairs": len(train), "dpo.eval.pairs": len(held_out)})
     write_json(METRICS_DIR / "data.json", metrics)
-    print(f"preprocess: sft {sizes} -> {PROCESSED_DIR}/sft, dpo {len(train)}/{len(held_out)} -> {PROCESSED_DIR}/dpo")
+    print(f"preprocess: sft {[metrics[f'sft.{s}.examples'] for s in SFT_SPLITS]} train/eval/test -> {SFT_DATA}/, "
+          f"dpo {len(train)}/{len(held_out)} train/eval -> {DPO_DATA}/")
 
 
 if __name__ == "__main__":

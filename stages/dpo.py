@@ -1,0 +1,76 @@
+"""dpo: train a second LoRA adapter with TRL's DPOTrainer on Human-Like-DPO pairs.
+
+The policy starts as base + SFT adapter, merged; the new adapter is trained on top. With no separate
+ref_model, TRL scores the reference with the adapter disabled, i.e. the merged SFT model, which is the
+policy at step 0. Loading the result therefore needs both adapters, in order (stages.modeling.load_model).
+"""
+from __future__ import annotations
+
+import tempfile
+
+from transformers import set_seed
+from trl import DPOConfig, DPOTrainer
+
+from stages.modeling import load_model, load_tokenizer, lora_config
+from stages.outputs import atomic_dir, write_json
+from stages.params import load_params
+from stages.paths import DPO_DATA, DPO_MODEL, METRICS_DIR, MODELS_DIR
+from stages.training import live_callback, load_split, trainer_kwargs
+
+REPORTED = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
+            "logps/chosen", "logps/rejected")
+
+
+def build_trainer(params, output_dir: str) -> DPOTrainer:
+    dpo = params.dpo
+    config = DPOConfig(
+        **trainer_kwargs(params, dpo, output_dir),
+        beta=dpo.beta,
+        max_steps=dpo.max_steps,
+        warmup_steps=dpo.warmup_steps,
+        eval_strategy="steps",
+        eval_steps=max(1, dpo.max_steps // 5),
+        save_strategy="no",
+    )
+    return DPOTrainer(
+        model=load_model("sft"),
+        args=config,
+        train_dataset=load_split(DPO_DATA / "train.jsonl"),
+        eval_dataset=load_split(DPO_DATA / "eval.jsonl"),
+        processing_class=load_tokenizer(),
+        peft_config=lora_config(dpo.lora),
+        callbacks=[live_callback("dpo")],
+    )
+
+
+def flat(metrics: dict, prefix: str) -> dict:
+    """`eval_rewards/chosen` -> `eval.rewards_chosen`: names that read well as dvc exp show columns."""
+    return {f"{prefix}.{key.replace('/', '_')}": metrics[f"{prefix}_{key}"] for key in REPORTED}
+
+
+def main() -> None:
+    params = load_params()
+    set_seed(params.seed)
+    with tempfile.TemporaryDirectory(prefix=".dpo-run-", dir=MODELS_DIR) as run_dir:
+        trainer = build_trainer(params, run_dir)
+        result = trainer.train()
+        final_eval = trainer.evaluate()
+        with atomic_dir(DPO_MODEL) as out:
+            trainer.model.save_pretrained(out)
+            trainer.processing_class.save_pretrained(out)
+    runtime = result.metrics["train_runtime"]
+    pairs = trainer.state.global_step * params.dpo.batch_size * params.dpo.grad_accum
+    last_train = next(log for log in reversed(trainer.state.log_history) if "rewards/chosen" in log)
+    write_json(METRICS_DIR / "dpo.json", {
+        **flat(final_eval, "eval"),
+        **{f"train.{key.replace('/', '_')}": last_train[key] for key in REPORTED},
+        "train_runtime_s": runtime,
+        "train_pairs_per_s": pairs / runtime,
+        "steps": trainer.state.global_step,
+    })
+    print(f"dpo: eval reward accuracy {final_eval['eval_rewards/accuracies']:.3f}, "
+          f"margin {final_eval['eval_rewards/margins']:.3f}; adapter in {DPO_MODEL}/")
+
+
+if __name__ == "__main__":
+    main()
