@@ -1,0 +1,78 @@
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+VENV_PATH = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+
+
+def shared_file(*parts: str) -> Path:
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"reference file {path} is absent (../shared/data/ sits beside the checkout)")
+    return path
+
+
+def project_files() -> list[str]:
+    """What a fresh clone holds: tracked files plus new files git does not ignore."""
+    out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, check=True,
+                         capture_output=True, text=True).stdout
+    return [name for name in out.split("\0") if name and (ROOT / name).is_file()]
+
+
+def copy_project(dest: Path) -> Path:
+    for name in project_files():
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, dest / name)
+    return dest
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env={**os.environ, "PATH": VENV_PATH})
+    if check and result.returncode:
+        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+    return result
+
+
+def edit_params(path: Path, **changes) -> None:
+    """edit_params(p, **{"sft.lora.r": 4}) sets a dotted key in a params.yaml."""
+    params = yaml.safe_load(path.read_text())
+    for dotted, value in changes.items():
+        *parents, leaf = dotted.split(".")
+        node = params
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch) -> Path:
+    """A copy of the project (code, params, sample data), as the working directory."""
+    copy_project(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def pipeline(tmp_path_factory) -> Path:
+    """A fresh clone (as a git repo) after one embedded `dvc repro`. Tests may read it, not change it."""
+    repo = copy_project(tmp_path_factory.mktemp("pipeline"))
+    run(["git", "init", "-q"], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "-c", "user.name=test", "-c", "user.email=test@localhost", "commit", "-qm", "clone"], repo)
+    result = run(["dvc", "repro"], repo)
+    (repo / "repro.log").write_text(result.stdout)
+    return repo
+
+
+@pytest.fixture
+def in_pipeline(pipeline, monkeypatch) -> Path:
+    monkeypatch.chdir(pipeline)
+    return pipeline

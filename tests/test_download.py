@@ -1,0 +1,170 @@
+"""The hub download path, against an HTTP server on 127.0.0.1 serving files this test builds."""
+import hashlib
+import io
+import json
+import tarfile
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from conftest import edit_params
+from stages import download
+
+CSV = b"conv_id,utterance_idx,context,prompt,speaker_idx,utterance,selfeval,tags\nc1,1,sad,s,1,hi,x,\n"
+PAIRS = json.dumps([{"prompt": "Hi?", "chosen": "Hey!", "rejected": "Greetings."}]).encode()
+
+
+def tarball(members: dict[str, bytes | Path]) -> bytes:
+    """A gzipped tar; a Path value makes the member a symlink to that path."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            if isinstance(data, Path):
+                info.type, info.linkname = tarfile.SYMTYPE, str(data)
+                tar.addfile(info)
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+GOOD_TAR = tarball({f"empatheticdialogues/{s}.csv": CSV + s.encode() for s in ("train", "valid", "test")})
+
+
+class Server:
+    """Serves `files`; a path listed in `drop_after` sends that many bytes of the body, then hangs up."""
+
+    def __init__(self):
+        self.files: dict[str, bytes] = {}
+        self.drop_after: dict[str, int] = {}
+        self.fail_first: dict[str, int] = {}
+        self.hits: dict[str, int] = {}
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                server.hits[self.path] = server.hits.get(self.path, 0) + 1
+                if server.fail_first.get(self.path, 0) >= server.hits[self.path]:
+                    self.send_error(503)
+                    return
+                body = server.files.get(self.path)
+                if body is None:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body[: server.drop_after.get(self.path, len(body))])
+                self.wfile.flush()
+                self.close_connection = True
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def server():
+    server = Server()
+    server.files = {"/ed.tar.gz": GOOD_TAR, "/data.json": PAIRS}
+    yield server
+    server.httpd.shutdown()
+
+
+@pytest.fixture
+def hub_project(project, server, monkeypatch):
+    monkeypatch.setattr(download.time, "sleep", lambda seconds: None)  # backoff without waiting
+    edit_params(project / "params.yaml", **{
+        "data.source": "hub",
+        "data.hub.empatheticdialogues_url": server.url + "/ed.tar.gz",
+        "data.hub.human_like_dpo_url": server.url + "/data.json",
+        "data.hub.retries": 3,
+        "data.hub.timeout_s": 5,
+    })
+    return project
+
+
+def leftovers(project: Path) -> list[str]:
+    return sorted(str(p.relative_to(project)) for p in (project / "data").iterdir() if p.name != "sample")
+
+
+def test_hub_download_fetches_extracts_and_records_checksums(hub_project):
+    download.main()
+    raw = hub_project / "data/raw"
+    assert (raw / "empatheticdialogues/valid.csv").read_bytes() == CSV + b"valid"
+    assert (raw / "human_like_dpo/data.json").read_bytes() == PAIRS
+    assert sorted(p.name for p in raw.rglob("*") if p.is_file()) == ["data.json", "test.csv", "train.csv", "valid.csv"]
+    metrics = json.loads((hub_project / "metrics/download.json").read_text())
+    assert metrics["empatheticdialogues_sha256"] == hashlib.sha256(GOOD_TAR).hexdigest()
+    assert metrics["human_like_dpo_sha256"] == hashlib.sha256(PAIRS).hexdigest()
+    assert leftovers(hub_project) == ["data/raw"]
+
+
+def test_pinned_checksums_that_match_pass(hub_project):
+    edit_params(hub_project / "params.yaml", **{
+        "data.hub.empatheticdialogues_sha256": hashlib.sha256(GOOD_TAR).hexdigest(),
+        "data.hub.human_like_dpo_sha256": hashlib.sha256(PAIRS).hexdigest(),
+    })
+    download.main()
+    assert (hub_project / "data/raw/human_like_dpo/data.json").exists()
+
+
+def test_transient_server_errors_are_retried(hub_project, server):
+    server.fail_first["/ed.tar.gz"] = 2
+    download.main()
+    assert server.hits["/ed.tar.gz"] == 3
+    assert (hub_project / "data/raw/empatheticdialogues/train.csv").exists()
+
+
+def test_connection_dropped_mid_file_fails_cleanly(hub_project, server):
+    server.drop_after["/ed.tar.gz"] = len(GOOD_TAR) // 2
+    with pytest.raises(download.DownloadError, match=r"ed.tar.gz: failed after 3 attempts: .*"):
+        download.main()
+    assert server.hits["/ed.tar.gz"] == 3
+    assert leftovers(hub_project) == []  # no data/raw, no temporary folder
+
+
+def test_checksum_mismatch_fails_cleanly(hub_project):
+    edit_params(hub_project / "params.yaml", **{"data.hub.human_like_dpo_sha256": "0" * 64})
+    with pytest.raises(download.DownloadError, match=r"data.json: sha256 mismatch: expected 0{64}, got [0-9a-f]{64}"):
+        download.main()
+    assert leftovers(hub_project) == []
+
+
+@pytest.mark.parametrize("members, message", [
+    ({"../escape.csv": b"x", **{f"empatheticdialogues/{s}.csv": CSV for s in ("train", "valid", "test")}},
+     "outside the destination"),
+    ({"empatheticdialogues/train.csv": Path("../../../../escape.csv")}, "outside the destination"),
+    ({"empatheticdialogues/train.csv": CSV}, "no empatheticdialogues/valid.csv in the archive"),
+])
+def test_unsafe_or_incomplete_archives_are_refused(hub_project, server, members, message):
+    server.files["/ed.tar.gz"] = tarball(members)
+    with pytest.raises(download.DownloadError, match=message):
+        download.main()
+    assert leftovers(hub_project) == []
+    assert not (hub_project.parent / "escape.csv").exists()
+
+
+def test_corrupt_tarball_is_refused(hub_project, server):
+    server.files["/ed.tar.gz"] = GOOD_TAR[: len(GOOD_TAR) // 2]  # served in full, but truncated at the source
+    with pytest.raises(download.DownloadError, match="ed.tar.gz: cannot extract"):
+        download.main()
+    assert leftovers(hub_project) == []
+
+
+def test_sample_and_local_sources_copy_the_raw_layout(project, tmp_path_factory):
+    download.main()
+    sample = project / "data/sample/empatheticdialogues/train.csv"
+    assert (project / "data/raw/empatheticdialogues/train.csv").read_bytes() == sample.read_bytes()
+
+    local = tmp_path_factory.mktemp("mine")
+    (local / "empatheticdialogues").mkdir()
+    edit_params(project / "params.yaml", **{"data.source": "local", "data.local_dir": str(local)})
+    with pytest.raises(download.DownloadError, match=r"missing raw file\(s\): .*mine\d*/empatheticdialogues/train.csv"):
+        download.main()

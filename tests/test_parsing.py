@@ -1,0 +1,150 @@
+import json
+from collections import Counter
+
+import pytest
+
+from conftest import ROOT, shared_file
+from stages.parsing import (DataError, ED_DROP_REASONS, conversations, listener_examples, parse_dpo,
+                            parse_empathetic)
+from stages.preprocess import split_pairs, subsample
+
+HEADER = "conv_id,utterance_idx,context,prompt,speaker_idx,utterance,selfeval,tags\n"
+
+
+def ed(*rows: str) -> bytes:
+    return (HEADER + "\n".join(rows) + "\n").encode()
+
+
+def test_empathetic_quirks_are_parsed_not_dropped():
+    raw = ed(
+        "hit:1_conv:2,1,sad,My cat_comma_ Tom_comma_ died.,7,He was 15_comma_ and so sweet.,5|5|5_2|2|5,",
+        'hit:1_conv:2,2,sad,My cat_comma_ Tom_comma_ died.,9,I\'m so sorry. "Fifteen years is a long time.,5|5|5_2|2|5,',
+        "hit:1_conv:2,3,sad,My cat_comma_ Tom_comma_ died.,7,Thanks.,1|1|1,WHY,extra,fields",
+    )
+    parsed = parse_empathetic(raw, "train.csv")
+    assert parsed.read == 3 and len(parsed.records) == 3 and parsed.extra_fields == 1
+    first, second, third = parsed.records
+    assert first.situation == "My cat, Tom, died." and first.text == "He was 15, and so sweet."
+    assert second.text == 'I\'m so sorry. "Fifteen years is a long time.'  # a stray quote is just a character
+    assert third.text == "Thanks." and third.idx == 3 and third.emotion == "sad"
+
+
+def test_every_bad_row_is_counted_under_its_reason():
+    parsed = parse_empathetic(ed(
+        "c1,1,sad,s,1,hello,x,",
+        "c1,1,sad,s,1,hello again,x,",        # same turn twice
+        "c1,two,sad,s,2,hi,x,",               # not an index
+        "c1,3,sad,s,1,   ,x,",                # empty after stripping
+        "c1,4,sad,s",                         # truncated row
+        "",                                   # blank lines are not rows
+    ), "valid.csv")
+    assert parsed.read == 5 and len(parsed.records) == 1
+    assert parsed.dropped == Counter(duplicate_turn=1, bad_utterance_idx=1, empty_utterance=1, too_few_fields=1)
+    counts = parsed.counts("ed.valid.rows", ED_DROP_REASONS)
+    assert counts["ed.valid.rows.read"] == counts["ed.valid.rows.kept"] + sum(parsed.dropped.values())
+
+
+def test_wrong_header_names_the_file_and_line():
+    with pytest.raises(DataError, match=r"test.csv:1: expected header"):
+        parse_empathetic(b"id,text\n1,hello\n", "test.csv")
+
+
+def test_non_utf8_names_the_line():
+    raw = ed("c1,1,sad,s,1,hello,x,", "c1,2,sad,s,2,cafe,x,").replace(b"cafe", b"caf\xe9")  # Latin-1
+    with pytest.raises(DataError, match=r"train.csv:3: not valid UTF-8"):
+        parse_empathetic(raw, "train.csv")
+
+
+def test_one_example_per_listener_turn_with_the_dialogue_so_far():
+    turns = parse_empathetic(ed(
+        "c1,1,anxious,Interview tomorrow,1,I have an interview tomorrow.,x,",
+        "c1,2,anxious,Interview tomorrow,2,You must be nervous.,x,",
+        "c1,3,anxious,Interview tomorrow,1,Very.,x,",
+        "c1,4,anxious,Interview tomorrow,2,You will do great.,x,",
+        "c1,5,anxious,Interview tomorrow,1,Thanks!,x,",
+    ), "t.csv").records
+    examples = listener_examples(turns, "Be kind.", seed_format=False)
+    assert examples.read == 2 and [e["id"] for e in examples.records] == ["c1:2", "c1:4"]
+    last = examples.records[1]
+    assert last["prompt"][0]["role"] == "system"
+    assert "Be kind." in last["prompt"][0]["content"] and "Interview tomorrow" in last["prompt"][0]["content"]
+    assert [(m["role"], m["content"]) for m in last["prompt"][1:]] == [
+        ("user", "I have an interview tomorrow."), ("assistant", "You must be nervous."), ("user", "Very.")]
+    assert last["completion"] == [{"role": "assistant", "content": "You will do great."}]
+    assert last["emotion"] == "anxious" and last["situation"] == "Interview tomorrow"
+
+
+def test_listener_turn_after_a_gap_is_dropped_and_counted():
+    turns = parse_empathetic(ed("c1,1,sad,s,1,a,x,", "c1,2,sad,s,2,b,x,", "c1,4,sad,s,2,d,x,"), "t.csv").records
+    examples = listener_examples(turns, "", seed_format=False)
+    assert len(examples.records) == 1 and examples.dropped["missing_earlier_turn"] == 1
+
+
+def test_seed_format_reproduces_the_notebook_text():
+    turns = parse_empathetic(ed("c1,1,proud,s,1,I won!,x,", "c1,2,proud,s,2,Congrats!,x,"), "t.csv").records
+    (example,) = listener_examples(turns, "ignored", seed_format=True).records
+    assert example["prompt"] + example["completion"] == "Instruction: proud\nResponse: Congrats!"
+
+
+def test_sample_data_is_rich_enough_and_fully_parsed():
+    conv_count, emotions = 0, set()
+    for split in ("train", "valid", "test"):
+        path = ROOT / "data/sample/empatheticdialogues" / f"{split}.csv"
+        parsed = parse_empathetic(path.read_bytes(), str(path))
+        assert len(parsed.records) == parsed.read, f"{split}: sample rows were dropped: {parsed.dropped}"
+        convs = conversations(parsed.records)
+        conv_count += len(convs)
+        emotions |= {t.emotion for t in parsed.records}
+        assert listener_examples(parsed.records, "", False).dropped == Counter()
+    assert conv_count >= 200 and len(emotions) >= 8
+    text = b"".join((ROOT / "data/sample/empatheticdialogues" / f"{s}.csv").read_bytes() for s in ("train", "valid", "test"))
+    assert b"_comma_" in text and b'"' in text
+    dpo = parse_dpo((ROOT / "data/sample/human_like_dpo/data.json").read_bytes(), "data.json")
+    assert len(dpo.records) >= 300
+
+
+def pair(prompt="Hi?", chosen="Hey! 😄", rejected="As an AI, I greet you."):
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+
+
+def test_dpo_rows_are_stripped_filtered_and_deduplicated():
+    rows = [pair(prompt="  Hi?\n"), pair(), pair(chosen=" "), pair(chosen="same", rejected="same"), pair(prompt="Yo?")]
+    parsed = parse_dpo(json.dumps(rows).encode(), "data.json")
+    assert parsed.read == 5
+    assert parsed.dropped == Counter(duplicate=1, empty_field=1, chosen_equals_rejected=1)
+    assert [r["prompt"][0]["content"] for r in parsed.records] == ["Hi?", "Yo?"]
+    assert parsed.records[0]["chosen"] == [{"role": "assistant", "content": "Hey! 😄"}]
+
+
+@pytest.mark.parametrize("raw, message", [
+    (b'{"prompt": "x"}', r"data.json: expected a JSON array"),
+    (b'[{"prompt": "x", "chosen": "y"}]', r"data.json: item 0: 'rejected' must be a string"),
+    (b'[1]', r"data.json: item 0: expected an object"),
+    (b'[{"prompt": "x",\n', r"data.json:2: invalid JSON"),
+])
+def test_malformed_dpo_json_is_rejected_with_its_location(raw, message):
+    with pytest.raises(DataError, match=message):
+        parse_dpo(raw, "data.json")
+
+
+def test_real_dpo_rows_parse_cleanly():
+    folder = shared_file("human-like-dpo")
+    rows = []
+    for path in sorted(folder.glob("*.json")):
+        rows += json.loads(path.read_text())
+    parsed = parse_dpo(json.dumps(rows).encode(), "parts.json")
+    assert parsed.read == 7162
+    assert parsed.read == len(parsed.records) + sum(parsed.dropped.values())
+    triples = {(r["prompt"][0]["content"], r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in parsed.records}
+    assert len(triples) == len(parsed.records)
+    assert all(all(t) and t[1] != t[2] for t in triples)
+
+
+def test_splits_are_seeded_disjoint_and_shrink_in_proportion():
+    rows = list(range(100))
+    train, held_out = split_pairs(rows, 900, 100, seed=1)
+    assert (len(train), len(held_out)) == (90, 10) and not set(train) & set(held_out)
+    assert split_pairs(rows, 900, 100, seed=1) == (train, held_out)
+    assert split_pairs(rows, 900, 100, seed=2) != (train, held_out)
+    assert split_pairs(rows, 50, 20, seed=1)[0].__len__() == 50
+    assert subsample(rows, 10, seed=3) == subsample(rows, 10, seed=3) and len(subsample(rows, 500, 3)) == 100
