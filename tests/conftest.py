@@ -73,6 +73,9 @@ def pipeline(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def in_pipeline(pipeline, monkeypatch) -> Path:
-    monkeypatch.chdir(pipeline)
-    return pipeline
+def pipeline_copy(pipeline, tmp_path, monkeypatch) -> Path:
+    """A private copy of the finished pipeline (outputs and DVC cache included), as the working directory."""
+    copy = tmp_path / "repo"
+    shutil.copytree(pipeline, copy, symlinks=True)
+    monkeypatch.chdir(copy)
+    return copy

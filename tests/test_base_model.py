@@ -1,0 +1,69 @@
+import json
+
+import pytest
+import torch
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from conftest import shared_file
+from stages import base_model
+from stages.modeling import load_base_model, load_tokenizer
+from stages.params import load_params
+
+CONVERSATION = [
+    {"role": "system", "content": "Be kind."},
+    {"role": "user", "content": "My dog died, and I miss him."},
+    {"role": "assistant", "content": "I'm so sorry. How long did you have him?"},
+    {"role": "user", "content": "Fourteen years."},
+]
+
+
+@pytest.fixture
+def tiny_base(project):
+    base_model.main()
+    return project
+
+
+def test_tiny_tokenizer_has_tinyllamas_special_tokens(tiny_base):
+    tokenizer = load_tokenizer()
+    assert (tokenizer.unk_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id) == (0, 1, 2)
+    assert tokenizer.pad_token == tokenizer.eos_token == "</s>" and tokenizer.padding_side == "right"
+    assert tokenizer("I miss him.").input_ids[0] == tokenizer.bos_token_id
+    assert tokenizer.decode(tokenizer("I miss him, really.", add_special_tokens=False).input_ids) == "I miss him, really."
+
+
+def test_chat_template_is_tinyllamas_exactly(tiny_base):
+    reference = json.loads(shared_file("tinyllama", "tokenizer_config.json").read_text())["chat_template"]
+    assert base_model.TINYLLAMA_CHAT_TEMPLATE == reference
+    tiny = load_tokenizer()
+    real = AutoTokenizer.from_pretrained(shared_file("tinyllama"))
+    for generation_prompt in (False, True):
+        rendered = tiny.apply_chat_template(CONVERSATION, tokenize=False, add_generation_prompt=generation_prompt)
+        assert rendered == real.apply_chat_template(CONVERSATION, tokenize=False, add_generation_prompt=generation_prompt)
+    # Neither adds a BOS through the chat template; both add one on plain encoding.
+    for tokenizer in (tiny, real):
+        ids = tokenizer.apply_chat_template(CONVERSATION, tokenize=True, return_dict=False)
+        assert ids[0] != tokenizer.bos_token_id and tokenizer("x").input_ids[0] == tokenizer.bos_token_id
+
+
+def test_tiny_model_has_tinyllamas_module_names(tiny_base):
+    tiny = load_base_model()
+    with torch.device("meta"):
+        real = LlamaForCausalLM(LlamaConfig.from_pretrained(shared_file("tinyllama")))
+
+    def linear_names(model):
+        return {name.split(".")[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
+
+    assert linear_names(tiny) == linear_names(real) >= {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert tiny.config.eos_token_id == 2 and tiny.config.bos_token_id == 1
+    assert tiny.config.vocab_size == len(load_tokenizer())
+
+
+def test_tiny_model_and_tokenizer_are_deterministic(project):
+    shape = load_params().model.tiny
+    texts = base_model.sample_texts()
+    first, second = (base_model.train_tokenizer(texts, shape.vocab_size, shape.max_position) for _ in range(2))
+    assert first.get_vocab() == second.get_vocab()
+    a, b = (base_model.tiny_llama(shape, len(first), seed=3).state_dict() for _ in range(2))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    c = base_model.tiny_llama(shape, len(first), seed=4).state_dict()
+    assert not torch.equal(a["model.embed_tokens.weight"], c["model.embed_tokens.weight"])

@@ -1,0 +1,47 @@
+import pytest
+from transformers import DataCollatorForLanguageModeling
+
+from stages import base_model, download, preprocess, sft
+from stages.outputs import read_jsonl
+from stages.params import load_params
+from stages.paths import SFT_DATA
+
+
+@pytest.fixture
+def sft_trainer(project, tmp_path_factory):
+    download.main()
+    base_model.main()
+    preprocess.main()
+    return sft.build_trainer(load_params(), str(tmp_path_factory.mktemp("run")))
+
+
+def test_collated_batch_trains_on_the_reply_and_its_eos_only(sft_trainer):
+    tokenizer = sft_trainer.processing_class
+    assert tokenizer.pad_token_id == tokenizer.eos_token_id  # TinyLlama's setup: the notebook's trap
+    features = [sft_trainer.train_dataset[i] for i in range(8)]
+    batch = sft_trainer.data_collator(features)
+    lengths = [len(f["input_ids"]) for f in features]
+    assert batch["input_ids"].shape[1] == max(lengths) < 512  # padded to the batch's longest row, not 512
+    for row, feature in enumerate(features):
+        labels = batch["labels"][row]
+        trained = labels[labels != -100].tolist()
+        assert tokenizer.eos_token_id in trained, "the EOS that ends the reply must be a label"
+        text = tokenizer.decode(trained)
+        assert "</s>" in text and "<|user|>" not in text and "<|system|>" not in text
+        assert (labels[lengths[row]:] == -100).all()  # padding (also id 2) is not trained
+    # The notebook's collator masks every pad id, and with pad = eos that erases the EOS labels.
+    notebook = DataCollatorForLanguageModeling(tokenizer, mlm=False)(
+        [{"input_ids": f["input_ids"]} for f in features])
+    assert not (notebook["labels"] == tokenizer.eos_token_id).any()
+
+
+def test_reply_in_the_batch_is_the_listener_turn(sft_trainer):
+    tokenizer = sft_trainer.processing_class
+    example = sft_trainer.train_dataset[0]
+    batch = sft_trainer.data_collator([example])
+    labels = batch["labels"][0]
+    reply = tokenizer.decode(labels[labels != -100].tolist(), skip_special_tokens=True).strip()
+    rows = [row for row in read_jsonl(SFT_DATA / "train.jsonl")
+            if tokenizer.apply_chat_template(row["prompt"] + row["completion"], tokenize=True, return_dict=False)
+            == example["input_ids"]]
+    assert rows and reply == rows[0]["completion"][0]["content"]
