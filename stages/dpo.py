@@ -6,7 +6,7 @@ policy at step 0. Loading the result therefore needs both adapters, in order (st
 """
 from __future__ import annotations
 
-import tempfile
+import shutil
 
 from transformers import set_seed
 from trl import DPOConfig, DPOTrainer
@@ -14,7 +14,7 @@ from trl import DPOConfig, DPOTrainer
 from stages.modeling import load_model, load_tokenizer, lora_config
 from stages.outputs import atomic_dir, write_json
 from stages.params import load_params
-from stages.paths import DPO_DATA, DPO_MODEL, METRICS_DIR, MODELS_DIR
+from stages.paths import CHECKPOINTS_DIR, DPO_DATA, DPO_MODEL, METRICS_DIR
 from stages.training import live_callback, load_split, trainer_kwargs
 
 REPORTED = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
@@ -51,15 +51,19 @@ def flat(metrics: dict, prefix: str) -> dict:
 def main() -> None:
     params = load_params()
     set_seed(params.seed)
-    with tempfile.TemporaryDirectory(prefix=".dpo-run-", dir=MODELS_DIR) as run_dir:
-        trainer = build_trainer(params, run_dir)
-        result = trainer.train()
-        final_eval = trainer.evaluate()
-        with atomic_dir(DPO_MODEL) as out:
-            trainer.model.save_pretrained(out)
-            trainer.processing_class.save_pretrained(out)
+    # A fixed folder, so every process of an `accelerate launch` run shares the trainer's files.
+    run_dir = CHECKPOINTS_DIR / "dpo"
+    trainer = build_trainer(params, str(run_dir))
+    result = trainer.train()
+    final_eval = trainer.evaluate()
+    if not trainer.is_world_process_zero():
+        return
+    with atomic_dir(DPO_MODEL) as out:
+        trainer.model.save_pretrained(out)
+        trainer.processing_class.save_pretrained(out)
+    shutil.rmtree(run_dir, ignore_errors=True)
     runtime = result.metrics["train_runtime"]
-    pairs = trainer.state.global_step * params.dpo.batch_size * params.dpo.grad_accum
+    pairs = trainer.state.global_step * params.dpo.batch_size * params.dpo.grad_accum * trainer.args.world_size
     last_train = next(log for log in reversed(trainer.state.log_history) if "rewards/chosen" in log)
     write_json(METRICS_DIR / "dpo.json", {
         **flat(final_eval, "eval"),

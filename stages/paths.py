@@ -17,6 +17,7 @@ BASE_MODEL = MODELS_DIR / "base"
 SFT_MODEL = MODELS_DIR / "sft"
 DPO_MODEL = MODELS_DIR / "dpo"
 
+CHECKPOINTS_DIR = Path("checkpoints")  # trainers' working folders; removed after a stage succeeds
 METRICS_DIR = Path("metrics")
 LIVE_DIR = Path("dvclive")
 GENERATIONS = Path("eval/generations.jsonl")
