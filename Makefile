@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: repro test
+.PHONY: repro test params
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,3 +19,7 @@ repro: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	PATH="$(CURDIR)/$(BIN):$$PATH" python -m pytest
+
+# Rewrite params.yaml as the default composition of conf/ (after editing a preset there).
+params: $(VENV)/.installed
+	$(BIN)/python -m stages.params --compose > /dev/null

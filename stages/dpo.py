@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import shutil
 
+from datasets import Dataset
 from transformers import set_seed
 from trl import DPOConfig, DPOTrainer
 
-from stages.modeling import load_model, load_tokenizer, lora_config
-from stages.outputs import atomic_dir, write_json
+from stages.modeling import load_model, load_tokenizer, lora_config, prompt_ids
+from stages.outputs import atomic_dir, read_jsonl, write_json
 from stages.params import load_params
 from stages.paths import CHECKPOINTS_DIR, DPO_DATA, DPO_MODEL, METRICS_DIR
 from stages.training import live_callback, load_split, trainer_kwargs
@@ -21,8 +22,16 @@ REPORTED = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", 
             "logps/chosen", "logps/rejected")
 
 
+def drop_long_prompts(pairs: Dataset, tokenizer, limit: int) -> Dataset:
+    """TRL 1.x has no max_prompt_length; pairs whose prompt is longer are left out (and counted)."""
+    return pairs.filter(lambda pair: len(prompt_ids(tokenizer, pair["prompt"])) <= limit)
+
+
 def build_trainer(params, output_dir: str) -> DPOTrainer:
     dpo = params.dpo
+    tokenizer = load_tokenizer()
+    train, held_out = (drop_long_prompts(load_split(DPO_DATA / f"{split}.jsonl"), tokenizer, dpo.max_prompt_length)
+                       for split in ("train", "eval"))
     config = DPOConfig(
         **trainer_kwargs(params, dpo, output_dir),
         beta=dpo.beta,
@@ -35,9 +44,9 @@ def build_trainer(params, output_dir: str) -> DPOTrainer:
     return DPOTrainer(
         model=load_model("sft"),
         args=config,
-        train_dataset=load_split(DPO_DATA / "train.jsonl"),
-        eval_dataset=load_split(DPO_DATA / "eval.jsonl"),
-        processing_class=load_tokenizer(),
+        train_dataset=train,
+        eval_dataset=held_out,
+        processing_class=tokenizer,
         peft_config=lora_config(dpo.lora),
         callbacks=[live_callback("dpo")],
     )
@@ -71,6 +80,10 @@ def main() -> None:
         "train_runtime_s": runtime,
         "train_pairs_per_s": pairs / runtime,
         "steps": trainer.state.global_step,
+        **{f"{split}_pairs_used": len(used) for split, used in (("train", trainer.train_dataset),
+                                                                  ("eval", trainer.eval_dataset))},
+        "dropped.long_prompt": sum(len(read_jsonl(DPO_DATA / f"{split}.jsonl")) for split in ("train", "eval"))
+        - len(trainer.train_dataset) - len(trainer.eval_dataset),
     })
     print(f"dpo: eval reward accuracy {final_eval['eval_rewards/accuracies']:.3f}, "
           f"margin {final_eval['eval_rewards/margins']:.3f}; adapter in {DPO_MODEL}/")

@@ -17,19 +17,12 @@ from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
 from tqdm import tqdm
 from transformers import GenerationConfig, set_seed
 
-from stages.modeling import load_model, load_tokenizer
+from stages.modeling import load_model, load_tokenizer, prompt_ids
 from stages.outputs import read_jsonl, write_json, write_jsonl
 from stages.params import EvalParams, load_params
 from stages.paths import GENERATIONS, METRICS_DIR, SFT_DATA
 
 MODELS = ("base", "sft", "dpo")
-
-
-def prompt_ids(tokenizer, prompt) -> list[int]:
-    """Token ids of a prompt: chat messages through the chat template, or plain text (seed format)."""
-    if isinstance(prompt, list):
-        return tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=False)
-    return tokenizer(prompt).input_ids
 
 
 def generate(model, tokenizer, prompts: list[list[int]], cfg: EvalParams) -> tuple[list[dict], float]:

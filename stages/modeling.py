@@ -48,6 +48,14 @@ def load_model(stage: Stage):
     return model
 
 
+def prompt_ids(tokenizer, prompt) -> list[int]:
+    """Token ids of a prompt as the model sees it before replying: chat messages through the chat
+    template with the generation prompt, or plain text (the seed format)."""
+    if isinstance(prompt, list):
+        return tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=False)
+    return tokenizer(prompt).input_ids
+
+
 def lora_config(lora: LoraParams) -> LoraConfig:
     return LoraConfig(
         r=lora.r,

@@ -1,5 +1,8 @@
 """The one typed schema for params.yaml. Every stage calls `load_params()` first.
 
+params.yaml is composed from conf/ (Hydra config groups) by `dvc exp run`; the committed file is the
+default composition.
+
 An unknown key, a missing key or a bad value stops the stage with a message that names the key
 (e.g. `sft.lora.r: Input should be greater than 0`). Numbers such as `2e-4`, which YAML reads as a
 string, are coerced to floats.
@@ -14,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, model_validator
 
 PARAMS_FILE = Path("params.yaml")
+CONF_DIR = Path("conf")
 SEVEN_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -35,11 +39,18 @@ class TinyModelParams(Strict):
 
 class ModelParams(Strict):
     name: str = Field(min_length=1, description="'tiny' or a Hugging Face hub model id")
-    revision: str = Field(min_length=1, description="hub revision (branch, tag or commit) to pin")
-    # A random-weight tiny model needs far larger steps than a pretrained one to learn anything in
-    # minutes; every stage multiplies its learning rate by this, so presets keep the real values.
+    revision: Optional[str] = Field(min_length=1, description="hub revision (branch, tag or commit) to pin")
+    # Every stage multiplies its learning rate by this (see conf/model/tiny.yaml for why).
     lr_scale: PositiveFloat
-    tiny: TinyModelParams
+    tiny: Optional[TinyModelParams]
+
+    @model_validator(mode="after")
+    def _profile_is_complete(self):
+        if self.name == "tiny" and self.tiny is None:
+            raise ValueError("tiny must give the tiny model's shape when name is 'tiny'")
+        if self.name != "tiny" and not self.revision:
+            raise ValueError(f"revision must pin a commit, tag or branch of {self.name}")
+        return self
 
 
 class HubParams(Strict):
@@ -54,12 +65,14 @@ class HubParams(Strict):
 class DataParams(Strict):
     source: Literal["sample", "local", "hub"]
     local_dir: Optional[str]
-    hub: HubParams
+    hub: Optional[HubParams]
 
     @model_validator(mode="after")
-    def _local_needs_dir(self):
+    def _source_is_complete(self):
         if self.source == "local" and not self.local_dir:
             raise ValueError("local_dir must name a directory when source is 'local'")
+        if self.source == "hub" and self.hub is None:
+            raise ValueError("hub must give the download URLs when source is 'hub'")
         return self
 
 
@@ -94,6 +107,7 @@ class SFTParams(TrainParams):
 
 class DPOParams(TrainParams):
     beta: PositiveFloat
+    max_prompt_length: PositiveInt
     max_steps: PositiveInt
     warmup_steps: int = Field(ge=0)
 
@@ -147,5 +161,17 @@ def load_params(path: Path | str = PARAMS_FILE) -> Params:
     return parse_params(raw, path)
 
 
-if __name__ == "__main__":  # `python -m stages.params` checks params.yaml without running anything
-    print(load_params(sys.argv[1] if len(sys.argv) > 1 else PARAMS_FILE).model_dump_json(indent=2))
+def compose(overrides: list[str], output: Path = PARAMS_FILE, conf_dir: Path = CONF_DIR) -> Params:
+    """Compose conf/ with Hydra overrides into `output`, exactly as `dvc exp run -S ...` does, and validate it."""
+    from dvc.utils.hydra import compose_and_dump
+
+    compose_and_dump(str(output), str(Path(conf_dir).resolve()), None, "config", "", overrides)
+    return load_params(output)
+
+
+if __name__ == "__main__":
+    # `python -m stages.params` checks params.yaml; `python -m stages.params --compose [overrides]`
+    # rewrites it from conf/ first (`make params`).
+    if sys.argv[1:2] == ["--compose"]:
+        compose(sys.argv[2:])
+    print(load_params().model_dump_json(indent=2))

@@ -11,6 +11,7 @@ import pytest
 
 from conftest import edit_params
 from stages import download
+from stages.params import compose
 
 CSV = b"conv_id,utterance_idx,context,prompt,speaker_idx,utterance,selfeval,tags\nc1,1,sad,s,1,hi,x,\n"
 PAIRS = json.dumps([{"prompt": "Hi?", "chosen": "Hey!", "rejected": "Greetings."}]).encode()
@@ -80,8 +81,8 @@ def server():
 @pytest.fixture
 def hub_project(project, server, monkeypatch):
     monkeypatch.setattr(download.time, "sleep", lambda seconds: None)  # backoff without waiting
+    compose(["data=hub"])
     edit_params(project / "params.yaml", **{
-        "data.source": "hub",
         "data.hub.empatheticdialogues_url": server.url + "/ed.tar.gz",
         "data.hub.human_like_dpo_url": server.url + "/data.json",
         "data.hub.retries": 3,
@@ -165,6 +166,6 @@ def test_sample_and_local_sources_copy_the_raw_layout(project, tmp_path_factory)
 
     local = tmp_path_factory.mktemp("mine")
     (local / "empatheticdialogues").mkdir()
-    edit_params(project / "params.yaml", **{"data.source": "local", "data.local_dir": str(local)})
+    compose(["data=local", f"data.local_dir={local}"])
     with pytest.raises(download.DownloadError, match=r"missing raw file\(s\): .*mine\d*/empatheticdialogues/train.csv"):
         download.main()

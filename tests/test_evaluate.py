@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from stages import base_model
-from stages.evaluate import bertscore_f1, generate, nltk_bleu, prompt_ids, score
+from stages.evaluate import bertscore_f1, generate, nltk_bleu, score
+from stages.modeling import prompt_ids
 from stages.params import load_params
 
 from conftest import ROOT

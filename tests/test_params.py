@@ -2,15 +2,29 @@ import pytest
 import yaml
 
 from conftest import ROOT, edit_params, run
-from stages.params import ParamsError, load_params, parse_params
+from stages.params import CONF_DIR, ParamsError, compose, load_params, parse_params
+
+SEVEN = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-def committed_params() -> dict:
-    return yaml.safe_load((ROOT / "params.yaml").read_text())
+def composed(tmp_path, *overrides: str) -> dict:
+    path = tmp_path / "params.yaml"
+    compose(list(overrides), output=path, conf_dir=ROOT / CONF_DIR)
+    return yaml.safe_load(path.read_text())
+
+
+def flat(tree: dict, prefix: str = "") -> dict:
+    items = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            items.update(flat(value, f"{prefix}{key}."))
+        else:
+            items[f"{prefix}{key}"] = value
+    return items
 
 
 def error_for(**changes) -> str:
-    params = committed_params()
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
     for dotted, value in changes.items():
         *parents, leaf = dotted.split(".")
         node = params
@@ -22,16 +36,95 @@ def error_for(**changes) -> str:
     return str(caught.value)
 
 
-def test_committed_params_are_valid():
+def test_committed_params_are_the_default_composition(tmp_path):
+    compose([], output=tmp_path / "params.yaml", conf_dir=ROOT / CONF_DIR)
+    assert (tmp_path / "params.yaml").read_text() == (ROOT / "params.yaml").read_text()
     params = load_params(ROOT / "params.yaml")
     assert params.sft.lora.r == 8 and params.sft.lora.alpha == 16 and params.sft.lr == pytest.approx(4e-5)
     assert params.dpo.lora.alpha == 32 and params.dpo.beta == pytest.approx(0.1)
 
 
+# The notebook's variants as reported: (r, alpha, train, eval, lr, batch, eval batch, warmup ratio)
+SFT_TABLE = {
+    "sft4": (8, 64, 1000, 100, 5e-5, 4, 4, 0.1),
+    "sft5": (8, 64, 1000, 100, 5e-5, 3, 3, 0.05),
+    "sft6": (8, 64, 5000, 500, 3e-5, 3, 3, 0.1),
+    "sft7": (8, 16, 1000, 100, 4e-5, 4, 4, 0.05),
+    "sft8": (8, 32, 5000, 500, 4e-5, 4, 4, 0.05),
+}
+# (r, alpha, target modules, train, eval, lr, batch, eval batch, max steps)
+DPO_TABLE = {
+    "dpo1": (8, 32, SEVEN, 9000, 1000, 5e-6, 2, 2, 500),
+    "dpo2": (8, 16, ["q_proj", "k_proj", "v_proj"], 9000, 1000, 5e-6, 2, 2, 500),
+    "dpo3": (8, 16, ["q_proj", "k_proj", "v_proj"], 9000, 1000, 3e-6, 3, 2, 800),
+    "dpo4": (16, 32, ["q_proj", "v_proj"], 4500, 500, 3e-6, 3, 2, 800),
+    "dpo5": (8, 16, ["q_proj", "k_proj", "v_proj"], 9000, 1000, 4e-6, 2, 2, 500),
+}
+
+
+@pytest.mark.parametrize("preset", SFT_TABLE)
+def test_sft_preset_changes_exactly_the_tables_knobs(tmp_path, preset):
+    r, alpha, train, held_out, lr, batch, eval_batch, warmup = SFT_TABLE[preset]
+    expected = {"lora.r": r, "lora.alpha": alpha, "train_size": train, "eval_size": held_out, "lr": lr,
+                "batch_size": batch, "eval_batch_size": eval_batch, "warmup_ratio": warmup,
+                "lora.dropout": 0.05, "lora.target_modules": SEVEN, "epochs": 3, "grad_accum": 2,
+                "scheduler": "cosine", "weight_decay": 0.01}
+    default, variant = composed(tmp_path), composed(tmp_path, f"sft={preset}")
+    assert {k: v for k, v in flat(variant["sft"]).items() if k in expected} == expected
+    changed = {k for k in flat(variant) if flat(variant)[k] != flat(default)[k]}
+    assert changed == {f"sft.{k}" for k, v in expected.items() if flat(default["sft"])[k] != v}
+
+
+@pytest.mark.parametrize("preset", DPO_TABLE)
+def test_dpo_preset_changes_exactly_the_tables_knobs(tmp_path, preset):
+    r, alpha, targets, train, held_out, lr, batch, eval_batch, steps = DPO_TABLE[preset]
+    expected = {"lora.r": r, "lora.alpha": alpha, "lora.target_modules": targets, "train_size": train,
+                "eval_size": held_out, "lr": lr, "batch_size": batch, "eval_batch_size": eval_batch,
+                "max_steps": steps, "lora.dropout": 0.05, "beta": 0.1, "grad_accum": 4, "warmup_steps": 10,
+                "max_prompt_length": 512, "max_length": 768}
+    default, variant = composed(tmp_path), composed(tmp_path, f"dpo={preset}")
+    assert {k: v for k, v in flat(variant["dpo"]).items() if k in expected} == expected
+    changed = {k for k in flat(variant) if flat(variant)[k] != flat(default)[k]}
+    assert changed == {f"dpo.{k}" for k, v in expected.items() if flat(default["dpo"])[k] != v}
+
+
+@pytest.mark.parametrize("overrides", [
+    ["model=tinyllama", "data=hub", "eval=roberta"],
+    ["data=local", "data.local_dir=/srv/raw"],
+    *[[f"sft={s}", f"dpo={d}"] for s in SFT_TABLE for d in DPO_TABLE],
+])
+def test_every_preset_validates_through_the_schema(tmp_path, overrides):
+    composed(tmp_path, *overrides)  # compose() validates
+
+
+def test_real_profile_pins_the_model_and_fetches_roberta(tmp_path):
+    params = composed(tmp_path, "model=tinyllama", "data=hub", "eval=roberta")
+    assert params["model"]["name"] == "TinyLlama/TinyLlama-1.1B-Chat-v1.0"
+    assert len(params["model"]["revision"]) == 40 and params["model"]["lr_scale"] == 1.0
+    assert params["data"]["hub"]["empatheticdialogues_url"].endswith("empatheticdialogues.tar.gz")
+    assert params["eval"]["bertscore_model"] == "roberta-large"
+
+
+def test_preset_with_an_unknown_key_fails_validation(tmp_path):
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    for path in (ROOT / CONF_DIR).rglob("*.yaml"):
+        (conf / path.relative_to(ROOT / CONF_DIR)).parent.mkdir(parents=True, exist_ok=True)
+        (conf / path.relative_to(ROOT / CONF_DIR)).write_text(path.read_text())
+    (conf / "sft" / "typo.yaml").write_text("defaults:\n  - sft7\n  - _self_\nlearning_rate: 1.0e-4\n")
+    with pytest.raises(ParamsError, match="sft.learning_rate: unknown key"):
+        compose(["sft=typo"], output=tmp_path / "params.yaml", conf_dir=conf)
+
+
+def test_a_preset_that_does_not_exist_is_named(tmp_path):
+    with pytest.raises(Exception, match="sft9"):
+        composed(tmp_path, "sft=sft9")
+
+
 def test_yaml_exponent_strings_are_coerced_to_floats():
     raw = yaml.safe_load("lr: 2e-4")  # YAML 1.1 reads this as a string
     assert raw["lr"] == "2e-4"
-    params = committed_params()
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["sft"]["lr"] = raw["lr"]
     assert parse_params(params).sft.lr == pytest.approx(2e-4)
 
@@ -43,7 +136,8 @@ def test_yaml_exponent_strings_are_coerced_to_floats():
     ({"sft.format": "chatml"}, "sft.format: Input should be 'dialogue' or 'seed'"),
     ({"sft.lora.target_modules": ["qkv"]}, "sft.lora.target_modules.0"),
     ({"data.source": "local"}, "data: Value error, local_dir must name a directory"),
-    ({"data.hub.empatheticdialogues_sha256": "abc"}, "data.hub.empatheticdialogues_sha256"),
+    ({"data.source": "hub"}, "data: Value error, hub must give the download URLs"),
+    ({"model.tiny": None}, "model: Value error, tiny must give the tiny model's shape"),
     ({"dpo.beta": 0}, "dpo.beta: Input should be greater than 0"),
     ({"colour": "blue"}, "colour: unknown key"),
 ])
@@ -52,7 +146,7 @@ def test_bad_params_name_the_key(changes, expected):
 
 
 def test_missing_key_is_named():
-    params = committed_params()
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
     del params["eval"]["max_new_tokens"]
     with pytest.raises(ParamsError, match="eval.max_new_tokens: Field required"):
         parse_params(params)
