@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: repro test params
+.PHONY: repro test params study compare
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,3 +23,13 @@ test: $(VENV)/.installed
 # Rewrite params.yaml as the default composition of conf/ (after editing a preset there).
 params: $(VENV)/.installed
 	$(BIN)/python -m stages.params --compose > /dev/null
+
+# Queue the notebook's nine SFT/DPO runs as DVC experiments and run them one after another.
+# The real thing: make study PROFILE="-S model=tinyllama -S data=hub -S eval=roberta"
+study: $(VENV)/.installed
+	PATH="$(CURDIR)/$(BIN):$$PATH" python -m tools.study $(PROFILE)
+	PATH="$(CURDIR)/$(BIN):$$PATH" dvc queue start
+
+# reports/compare.md and PNG charts from `dvc exp show --json`.
+compare: $(VENV)/.installed
+	PATH="$(CURDIR)/$(BIN):$$PATH" python -m tools.compare

@@ -1,0 +1,137 @@
+"""Compare experiments the way the notebook's tables did, from `dvc exp show --json`.
+
+Writes reports/compare.md (one row per experiment: its presets' knobs, then eval loss, DPO reward
+accuracy and margin, BLEU, BERTScore, stop rate, runtime) and a PNG chart per main metric.
+
+    python -m tools.compare [experiment names...]      # default: every named experiment
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+REPORTS = Path("reports")
+
+# (column title, where: "params" or a metrics file, dotted key, format)
+COLUMNS = [
+    ("SFT r/alpha", "params", ("sft.lora.r", "sft.lora.alpha"), "{}/{}"),
+    ("SFT data", "params", ("sft.train_size", "sft.eval_size"), "{}/{}"),
+    ("SFT lr", "params", ("sft.lr",), "{:g}"),
+    ("SFT batch", "params", ("sft.batch_size", "sft.eval_batch_size"), "{}/{}"),
+    ("SFT warmup", "params", ("sft.warmup_ratio",), "{:g}"),
+    ("DPO r/alpha", "params", ("dpo.lora.r", "dpo.lora.alpha"), "{}/{}"),
+    ("DPO targets", "params", ("dpo.lora.target_modules",), "{}"),
+    ("DPO data", "params", ("dpo.train_size", "dpo.eval_size"), "{}/{}"),
+    ("DPO lr", "params", ("dpo.lr",), "{:g}"),
+    ("DPO batch", "params", ("dpo.batch_size", "dpo.eval_batch_size"), "{}/{}"),
+    ("DPO steps", "params", ("dpo.max_steps",), "{}"),
+    ("SFT eval loss", "metrics/sft.json", ("eval_loss",), "{:.4f}"),
+    ("DPO reward acc", "metrics/dpo.json", ("eval.rewards_accuracies",), "{:.3f}"),
+    ("DPO margin", "metrics/dpo.json", ("eval.rewards_margins",), "{:.3f}"),
+    ("BLEU sft/dpo", "metrics/eval.json", ("sft.bleu", "dpo.bleu"), "{:.4f}/{:.4f}"),
+    ("BERTScore sft/dpo", "metrics/eval.json", ("sft.bertscore_f1", "dpo.bertscore_f1"), "{:.4f}/{:.4f}"),
+    ("stop rate sft/dpo", "metrics/eval.json", ("sft.stop_rate", "dpo.stop_rate"), "{:.2f}/{:.2f}"),
+    ("runtime s sft/dpo", "metrics", ("sft.json:train_runtime_s", "dpo.json:train_runtime_s"), "{:.0f}/{:.0f}"),
+]
+CHARTS = [  # (file, title, metrics file, keys)
+    ("eval_loss.png", "SFT eval loss (lower is better)", "metrics/sft.json", ["eval_loss"]),
+    ("reward_accuracy.png", "DPO held-out reward accuracy", "metrics/dpo.json", ["eval.rewards_accuracies"]),
+    ("bleu.png", "BLEU (nltk, method 4)", "metrics/eval.json", ["base.bleu", "sft.bleu", "dpo.bleu"]),
+    ("bertscore.png", "BERTScore F1", "metrics/eval.json", ["base.bertscore_f1", "sft.bertscore_f1", "dpo.bertscore_f1"]),
+]
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def experiments(shown: list) -> dict[str, dict]:
+    """Named experiments in `dvc exp show --json` output -> {"params": flat, "<metrics file>": {...}}."""
+    found = {}
+    for baseline in shown:
+        for group in baseline.get("experiments") or []:
+            for exp in group.get("revs", []):
+                if exp.get("name") and exp.get("data"):
+                    data = exp["data"]
+                    record = {"params": flatten(data["params"]["params.yaml"]["data"])}
+                    record.update({name: m.get("data", {}) for name, m in (data.get("metrics") or {}).items()})
+                    found[exp["name"]] = record
+    return found
+
+
+def cell(record: dict, where: str, keys: tuple, fmt: str) -> str:
+    values = []
+    for key in keys:
+        if where == "metrics":
+            file, key = key.split(":")
+            value = record.get(f"metrics/{file}", {}).get(key)
+        else:
+            value = record.get(where, {}).get(key)
+        if value is None:
+            return "–"
+        values.append(",".join(v.replace("_proj", "") for v in value) if isinstance(value, list) else value)
+    return fmt.format(*values)
+
+
+def table(records: dict[str, dict]) -> str:
+    header = ["experiment"] + [title for title, *_ in COLUMNS]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, record in records.items():
+        lines.append("| " + " | ".join([name] + [cell(record, *spec[1:]) for spec in COLUMNS]) + " |")
+    return "\n".join(lines)
+
+
+def chart(records: dict[str, dict], path: Path, title: str, file: str, keys: list[str]) -> None:
+    names = list(records)
+    width = 0.8 / len(keys)
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(names)), 4))
+    highest = 0.0
+    for i, key in enumerate(keys):
+        values = [records[n].get(file, {}).get(key, float("nan")) for n in names]
+        highest = max([highest, *(v for v in values if v == v)])
+        ax.bar([x + i * width for x in range(len(names))], values, width, label=key.split(".")[0])
+    ax.set_xticks([x + width * (len(keys) - 1) / 2 for x in range(len(names))], names, rotation=30, ha="right")
+    ax.set_title(title)
+    if len(keys) > 1:  # one bar per model; room above the bars for the legend
+        ax.set_ylim(top=highest * 1.3 or 1)
+        ax.legend(ncols=len(keys), loc="upper center")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(selected: list[str]) -> None:
+    shown = json.loads(subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"], check=True, capture_output=True,
+                                      text=True).stdout)
+    records = experiments(shown)
+    if selected:
+        missing = [name for name in selected if name not in records]
+        if missing:
+            sys.exit(f"compare: no experiment named {', '.join(missing)} (see `dvc exp show`)")
+        records = {name: records[name] for name in selected}
+    if not records:
+        sys.exit("compare: no named experiments yet; run `make study` and `dvc queue start` first")
+    REPORTS.mkdir(exist_ok=True)
+    (REPORTS / "compare.md").write_text(
+        "# Experiments compared\n\nFrom `dvc exp show --json`; regenerate with `make compare`.\n\n"
+        + table(records) + "\n\n" + "\n".join(f"![{title}]({file})" for file, title, *_ in CHARTS) + "\n")
+    for file, title, metrics_file, keys in CHARTS:
+        chart(records, REPORTS / file, title, metrics_file, keys)
+    print(f"compare: {len(records)} experiments -> {REPORTS}/compare.md and {len(CHARTS)} charts")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
