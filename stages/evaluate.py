@@ -2,7 +2,7 @@
 
 Only the generated tokens are decoded and scored: the prompt is cut off by position, never by string
 matching. Generation is batched, sorted by prompt length and left-padded; greedy unless
-eval.temperature > 0. Writes metrics/eval.json (flat keys like `sft.bleu`) and eval/generations.jsonl.
+eval.temperature > 0. Writes metrics/eval.json (flat keys like `sft.bleu`), plots/eval.json and eval/generations.jsonl.
 """
 from __future__ import annotations
 
@@ -20,9 +20,10 @@ from transformers import GenerationConfig, set_seed
 from stages.modeling import load_model, load_tokenizer, prompt_ids
 from stages.outputs import read_jsonl, write_json, write_jsonl
 from stages.params import EvalParams, load_params
-from stages.paths import GENERATIONS, METRICS_DIR, SFT_DATA
+from stages.paths import EVAL_PLOT, GENERATIONS, METRICS_DIR, SFT_DATA
 
 MODELS = ("base", "sft", "dpo")
+PLOTTED = ("bleu", "sacrebleu", "bertscore_f1", "stop_rate", "mean_new_tokens")
 
 
 def generate(model, tokenizer, prompts: list[list[int]], cfg: EvalParams) -> tuple[list[dict], float]:
@@ -103,6 +104,8 @@ def main() -> None:
         print(f"evaluate: {name}: " + ", ".join(f"{k}={metrics[f'{name}.{k}']:.3f}" for k in ("bleu", "bertscore_f1", "stop_rate")))
     write_jsonl(GENERATIONS, generations)
     write_json(METRICS_DIR / "eval.json", metrics)
+    # One row per model, for the bar charts that dvc.yaml declares.
+    write_json(EVAL_PLOT, [{"model": name, **{key: metrics[f"{name}.{key}"] for key in PLOTTED}} for name in MODELS])
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ CHECKPOINTS_DIR = Path("checkpoints")  # trainers' working folders; removed afte
 METRICS_DIR = Path("metrics")
 LIVE_DIR = Path("dvclive")
 GENERATIONS = Path("eval/generations.jsonl")
+EVAL_PLOT = Path("plots/eval.json")
 
 # Every raw file, relative to a raw-data root (data/raw/, data/sample/ or data.local_dir).
 RAW_FILES = [Path(ED_SUBDIR) / f"{split}.csv" for split in ED_SPLITS] + [Path(DPO_SUBDIR) / DPO_FILE]
