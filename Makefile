@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: repro test params study compare
+.PHONY: install repro test params study compare
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -13,6 +13,8 @@ $(VENV)/.installed: requirements.txt | $(BIN)/python
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install -r requirements.txt
 	touch $@
+
+install: $(VENV)/.installed
 
 repro: $(VENV)/.installed
 	PATH="$(CURDIR)/$(BIN):$$PATH" dvc repro

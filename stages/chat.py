@@ -1,0 +1,108 @@
+"""Talk to the model: base, base+SFT or base+SFT+DPO, with the chat template and streamed tokens.
+
+    python -m stages.chat --model dpo                 # a REPL; /reset, /system <text>, /exit
+    python -m stages.chat --model sft --prompt "I failed my driving test again."   # one answer, then exit
+
+It loads models/ as the pipeline left them (after `dvc repro`, `dvc pull` or `dvc exp apply <exp>`).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from threading import Thread
+
+import torch
+from transformers import GenerationConfig, TextIteratorStreamer, set_seed
+
+from stages.modeling import load_model, load_tokenizer, prompt_ids
+from stages.params import load_params
+
+HELP = "commands: /reset (forget the conversation), /system <text> (set the system message), /exit"
+
+
+class Chat:
+    """A conversation with one model: keeps the history and streams each reply."""
+
+    def __init__(self, model, tokenizer, system: str, max_new_tokens: int, temperature: float):
+        self.model, self.tokenizer, self.system = model, tokenizer, system
+        sampling = dict(do_sample=True, temperature=temperature) if temperature > 0 else dict(do_sample=False)
+        self.config = GenerationConfig(max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+                                       pad_token_id=tokenizer.pad_token_id, **sampling)
+        self.history: list[dict] = []
+
+    def messages(self) -> list[dict]:
+        return ([{"role": "system", "content": self.system}] if self.system else []) + self.history
+
+    def reply(self, text: str, out=sys.stdout) -> str:
+        """Answer `text`, writing tokens to `out` as they come; the answer joins the history."""
+        self.history.append({"role": "user", "content": text})
+        ids = torch.tensor([prompt_ids(self.tokenizer, self.messages())], device=self.model.device)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        worker = Thread(target=self.model.generate, kwargs=dict(
+            input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=self.config, streamer=streamer))
+        worker.start()
+        pieces = []
+        for piece in streamer:
+            pieces.append(piece)
+            out.write(piece)
+            out.flush()
+        worker.join()
+        out.write("\n")
+        answer = "".join(pieces).strip()
+        self.history.append({"role": "assistant", "content": answer})
+        return answer
+
+    def command(self, line: str) -> bool:
+        """Handle a /command; False means exit."""
+        name, _, argument = line.partition(" ")
+        if name == "/exit":
+            return False
+        if name == "/reset":
+            self.history = []
+            print("(conversation cleared)")
+        elif name == "/system":
+            self.system, self.history = argument.strip(), []
+            print("(system message set; conversation cleared)")
+        else:
+            print(HELP)
+        return True
+
+
+def repl(chat: Chat) -> None:
+    print(f"chatting with the model; {HELP}")
+    while True:
+        try:
+            line = input("you> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            print()
+            return
+        if not line:
+            continue
+        if line.startswith("/"):
+            if not chat.command(line):
+                return
+            continue
+        print("model> ", end="", flush=True)
+        chat.reply(line)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=["base", "sft", "dpo"], default="dpo")
+    parser.add_argument("--prompt", help="answer this once and exit")
+    parser.add_argument("--system", help="system message (default: sft.system_prompt from params.yaml)")
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    args = parser.parse_args(argv)
+    params = load_params()
+    set_seed(params.seed)
+    system = params.sft.system_prompt if args.system is None else args.system
+    chat = Chat(load_model(args.model).eval(), load_tokenizer(), system, args.max_new_tokens, args.temperature)
+    if args.prompt is not None:
+        chat.reply(args.prompt)
+    else:
+        repl(chat)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""Sharing through a real S3 API: moto's server on 127.0.0.1, DVC's S3 remote, a bare git repo as origin."""
+import hashlib
+import re
+import socket
+
+import boto3
+import pytest
+from moto.server import ThreadedMotoServer
+
+from conftest import run
+
+BUCKET = "team-models"
+CREDENTIALS = {"access_key_id": "testing", "secret_access_key": "testing"}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3():
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    url = f"http://{host}:{port}"
+    boto3.client("s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id="testing",
+                 aws_secret_access_key="testing").create_bucket(Bucket=BUCKET)
+    yield url
+    server.stop()
+
+
+@pytest.fixture(autouse=True)
+def s3_compatible_checksums(monkeypatch):
+    # What recent botocore needs for S3-compatible servers; the README says the same.
+    monkeypatch.setenv("AWS_REQUEST_CHECKSUM_CALCULATION", "WHEN_REQUIRED")
+    monkeypatch.setenv("AWS_RESPONSE_CHECKSUM_VALIDATION", "WHEN_REQUIRED")
+
+
+def use_remote(repo, endpoint: str, url: str = f"s3://{BUCKET}/project") -> None:
+    run(["dvc", "remote", "add", "-f", "-d", "storage", url], repo)
+    run(["dvc", "remote", "modify", "storage", "endpointurl", endpoint], repo)
+    local_credentials(repo)
+
+
+def local_credentials(repo) -> None:
+    for key, value in CREDENTIALS.items():  # .dvc/config.local: never committed
+        run(["dvc", "remote", "modify", "--local", "storage", key, value], repo)
+
+
+def commit(repo, message: str) -> None:
+    run(["git", "add", "-A"], repo)
+    run(["git", "-c", "user.name=test", "-c", "user.email=test@localhost", "commit", "-qm", message], repo)
+
+
+def digests(folder) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def tracked_outputs(repo) -> dict[str, str]:
+    found = {}
+    for folder in ("models/base", "models/sft", "models/dpo", "data/processed", "data/raw"):
+        found.update({f"{folder}/{name}": digest for name, digest in digests(repo / folder).items()})
+    return found
+
+
+def test_push_then_a_fresh_clone_pulls_identical_adapters(pipeline_copy, s3, tmp_path):
+    repo = pipeline_copy
+    use_remote(repo, s3)
+    commit(repo, "share through S3")
+    assert ".dvc/config.local" not in run(["git", "ls-files"], repo).stdout
+    run(["dvc", "push"], repo)
+
+    clone = tmp_path / "teammate"
+    run(["git", "clone", "-q", str(repo), str(clone)], tmp_path)
+    local_credentials(clone)
+    run(["dvc", "pull"], clone)
+    assert tracked_outputs(clone) == tracked_outputs(repo)
+    assert {"models/sft/adapter_model.safetensors", "models/dpo/adapter_model.safetensors"} <= set(tracked_outputs(clone))
+    assert "in sync" in run(["dvc", "status", "-c"], clone).stdout
+    answer = run(["python", "-m", "stages.chat", "--model", "dpo", "--prompt", "I feel lonely.",
+                  "--max-new-tokens", "8"], clone)
+    assert answer.stdout.strip()
+
+
+def test_experiments_and_released_adapters_travel_through_git_and_s3(pipeline_copy, s3, tmp_path, monkeypatch):
+    repo = pipeline_copy
+    use_remote(repo, s3, f"s3://{BUCKET}/experiments")
+    commit(repo, "baseline")
+    released = digests(repo / "models/dpo")
+    # GTO-style release: an annotated tag named artifact@version.
+    run(["git", "-c", "user.name=test", "-c", "user.email=test@localhost", "tag", "-a", "dpo-adapter@v0.1.0",
+         "-m", "Release dpo-adapter v0.1.0"], repo)
+    origin = tmp_path / "origin.git"
+    run(["git", "init", "-q", "--bare", str(origin)], tmp_path)
+    run(["git", "remote", "add", "origin", str(origin)], repo)
+    run(["git", "push", "-q", "origin", "HEAD", "dpo-adapter@v0.1.0"], repo)
+    run(["dvc", "push"], repo)
+
+    run(["dvc", "exp", "run", "-n", "short-dpo", "-S", "dpo.max_steps=10"], repo)
+    experiment = digests(repo / "models/dpo")
+    assert experiment != released
+    run(["dvc", "exp", "push", "origin", "short-dpo"], repo)
+
+    clone = tmp_path / "teammate"
+    run(["git", "clone", "-q", str(origin), str(clone)], tmp_path)
+    local_credentials(clone)
+    run(["dvc", "exp", "pull", "origin", "short-dpo"], clone)
+    run(["dvc", "exp", "apply", "short-dpo"], clone)
+    assert digests(clone / "models/dpo") == experiment
+
+    # Fetched without cloning; credentials from the environment, as on a machine with no .dvc/config.local.
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", CREDENTIALS["access_key_id"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", CREDENTIALS["secret_access_key"])
+    out = tmp_path / "fetched"
+    run(["dvc", "artifacts", "get", str(origin), "dpo-adapter", "--rev", "v0.1.0", "-o", str(out)], tmp_path)
+    assert digests(out) == released
+
+
+def cache_state(repo) -> dict[str, str]:
+    return digests(repo / ".dvc/cache")
+
+
+@pytest.mark.parametrize("breakage, message", [
+    ("endpoint", r"Could not connect to the endpoint URL: \"http://127.0.0.1:\d+/"),
+    ("bucket", "The specified bucket does not exist"),
+])
+def test_a_broken_remote_fails_clearly_and_keeps_local_work(pipeline_copy, s3, breakage, message):
+    repo = pipeline_copy
+    if breakage == "endpoint":
+        use_remote(repo, f"http://127.0.0.1:{free_port()}")
+    else:
+        use_remote(repo, s3, "s3://no-such-bucket/project")
+    before_cache, before_work = cache_state(repo), tracked_outputs(repo)
+    result = run(["dvc", "push"], repo, check=False)
+    assert result.returncode != 0
+    assert re.search(message, result.stderr)
+    assert cache_state(repo) == before_cache and tracked_outputs(repo) == before_work

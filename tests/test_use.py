@@ -1,0 +1,70 @@
+"""Chat and export on the embedded default's models."""
+import io
+import json
+import subprocess
+import sys
+
+import torch
+
+from conftest import VENV_PATH, run
+from stages.chat import Chat
+from stages.export import PROBE, stacked_model
+from stages.modeling import load_model, load_tokenizer, prompt_ids
+
+
+def test_prompt_mode_answers_once_and_exits(pipeline):
+    result = run(["python", "-m", "stages.chat", "--model", "sft", "--prompt", "I failed my driving test again.",
+                  "--max-new-tokens", "20"], pipeline)
+    assert result.returncode == 0 and result.stdout.strip()
+
+
+def test_chat_keeps_history_and_streams_the_reply(pipeline, monkeypatch):
+    monkeypatch.chdir(pipeline)
+    tokenizer = load_tokenizer()
+    chat = Chat(load_model("sft").eval(), tokenizer, "Be kind.", max_new_tokens=12, temperature=0.0)
+    streamed = io.StringIO()
+    first = chat.reply("My dog died.", out=streamed)
+    assert streamed.getvalue().strip() == first
+    chat.reply("He was fourteen.", out=io.StringIO())
+    assert [m["role"] for m in chat.messages()] == ["system", "user", "assistant", "user", "assistant"]
+    assert chat.messages()[2]["content"] == first
+    # The second prompt holds the whole conversation, through the chat template.
+    rendered = tokenizer.decode(prompt_ids(tokenizer, chat.messages()[:4]))
+    assert rendered.count("<|user|>") == 2 and "My dog died." in rendered and "<|system|>\nBe kind." in rendered
+    assert chat.command("/system Be brief.") and chat.system == "Be brief." and chat.history == []
+    chat.reply("Hi", out=io.StringIO())
+    assert chat.command("/reset") and chat.history == []
+    assert chat.command("/exit") is False
+
+
+def test_repl_reads_commands_from_the_terminal(pipeline):
+    session = "I feel lonely.\n/system Answer briefly.\nStill lonely.\n/reset\n/exit\n"
+    result = subprocess.run([sys.executable, "-m", "stages.chat", "--model", "base", "--max-new-tokens", "5"],
+                            cwd=pipeline, input=session, capture_output=True, text=True, timeout=300,
+                            env={"PATH": VENV_PATH, "HOME": str(pipeline)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("model> ") == 2
+    assert "(system message set; conversation cleared)" in result.stdout and "(conversation cleared)" in result.stdout
+
+
+def test_export_loads_without_peft_and_matches_the_adapter_stack(pipeline, tmp_path, monkeypatch):
+    out = tmp_path / "exported"
+    run(["python", "-m", "stages.export", "--model", "dpo", "--out", str(out)], pipeline)
+    assert not any(p.name.startswith("adapter_") for p in out.iterdir())
+    # A separate interpreter in which peft cannot even be imported loads it with plain transformers.
+    script = (
+        "import sys, json, torch; sys.modules['peft'] = None\n"
+        "from transformers import AutoModelForCausalLM\n"
+        f"model = AutoModelForCausalLM.from_pretrained({str(out)!r}).eval()\n"
+        f"ids = torch.tensor([json.loads(sys.argv[1])])\n"
+        "with torch.no_grad(): print(json.dumps(model(input_ids=ids).logits[0, -1].tolist()))\n"
+    )
+    monkeypatch.chdir(pipeline)
+    ids = prompt_ids(load_tokenizer(), PROBE)
+    plain = subprocess.run([sys.executable, "-c", script, json.dumps(ids)], capture_output=True, text=True, check=True)
+    exported_logits = torch.tensor(json.loads(plain.stdout))
+    with torch.no_grad():
+        stacked_logits = stacked_model("dpo").eval()(input_ids=torch.tensor([ids])).logits[0, -1]
+        base_logits = stacked_model("base").eval()(input_ids=torch.tensor([ids])).logits[0, -1]
+    assert torch.allclose(exported_logits, stacked_logits, atol=1e-4)
+    assert not torch.allclose(exported_logits, base_logits, atol=1e-2)  # the adapters are really in it
