@@ -3,14 +3,17 @@ import hashlib
 import re
 import socket
 
+import json
+
 import boto3
+import moto.settings
 import pytest
 from moto.server import ThreadedMotoServer
 
 from conftest import run
 
 BUCKET = "team-models"
-CREDENTIALS = {"access_key_id": "testing", "secret_access_key": "testing"}
+CREDENTIALS = {}  # the team's access key, made by the s3 fixture
 
 
 def free_port() -> int:
@@ -21,13 +24,23 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def s3():
+    """moto's S3 server with a bucket and one IAM user allowed to use it; then it checks every key."""
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
     server.start()
     host, port = server.get_host_and_port()
     url = f"http://{host}:{port}"
-    boto3.client("s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id="testing",
-                 aws_secret_access_key="testing").create_bucket(Bucket=BUCKET)
+    admin = dict(endpoint_url=url, region_name="us-east-1", aws_access_key_id="setup", aws_secret_access_key="setup")
+    iam = boto3.client("iam", **admin)
+    iam.create_user(UserName="team")
+    iam.put_user_policy(UserName="team", PolicyName="s3", PolicyDocument=json.dumps(
+        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
+    key = iam.create_access_key(UserName="team")["AccessKey"]
+    CREDENTIALS.update(access_key_id=key["AccessKeyId"], secret_access_key=key["SecretAccessKey"])
+    boto3.client("s3", **admin).create_bucket(Bucket=BUCKET)
+    unchecked = moto.settings.INITIAL_NO_AUTH_ACTION_COUNT
+    moto.settings.INITIAL_NO_AUTH_ACTION_COUNT = 0  # from here on, unknown keys are refused
     yield url
+    moto.settings.INITIAL_NO_AUTH_ACTION_COUNT = unchecked
     server.stop()
 
 
@@ -38,14 +51,14 @@ def s3_compatible_checksums(monkeypatch):
     monkeypatch.setenv("AWS_RESPONSE_CHECKSUM_VALIDATION", "WHEN_REQUIRED")
 
 
-def use_remote(repo, endpoint: str, url: str = f"s3://{BUCKET}/project") -> None:
+def use_remote(repo, endpoint: str, url: str = f"s3://{BUCKET}/project", credentials: dict | None = None) -> None:
     run(["dvc", "remote", "add", "-f", "-d", "storage", url], repo)
     run(["dvc", "remote", "modify", "storage", "endpointurl", endpoint], repo)
-    local_credentials(repo)
+    local_credentials(repo, credentials)
 
 
-def local_credentials(repo) -> None:
-    for key, value in CREDENTIALS.items():  # .dvc/config.local: never committed
+def local_credentials(repo, credentials: dict | None = None) -> None:
+    for key, value in (credentials or CREDENTIALS).items():  # .dvc/config.local: never committed
         run(["dvc", "remote", "modify", "--local", "storage", key, value], repo)
 
 
@@ -125,12 +138,15 @@ def cache_state(repo) -> dict[str, str]:
 
 @pytest.mark.parametrize("breakage, message", [
     ("endpoint", r"Could not connect to the endpoint URL: \"http://127.0.0.1:\d+/"),
+    ("credentials", r"Forbidden: An error occurred \(403\)"),
     ("bucket", "The specified bucket does not exist"),
 ])
 def test_a_broken_remote_fails_clearly_and_keeps_local_work(pipeline_copy, s3, breakage, message):
     repo = pipeline_copy
     if breakage == "endpoint":
         use_remote(repo, f"http://127.0.0.1:{free_port()}")
+    elif breakage == "credentials":
+        use_remote(repo, s3, credentials={"access_key_id": "AKIANOTAREALKEY00000", "secret_access_key": "wrong"})
     else:
         use_remote(repo, s3, "s3://no-such-bucket/project")
     before_cache, before_work = cache_state(repo), tracked_outputs(repo)
