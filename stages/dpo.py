@@ -6,17 +6,15 @@ policy at step 0. Loading the result therefore needs both adapters, in order (st
 """
 from __future__ import annotations
 
-import shutil
-
 from datasets import Dataset
 from transformers import set_seed
 from trl import DPOConfig, DPOTrainer
 
 from stages.modeling import load_model, load_tokenizer, lora_config, prompt_ids
-from stages.outputs import atomic_dir, read_jsonl, write_json
+from stages.outputs import read_jsonl, write_json
 from stages.params import load_params
 from stages.paths import CHECKPOINTS_DIR, DPO_DATA, DPO_MODEL, METRICS_DIR
-from stages.training import live_callback, load_split, trainer_kwargs
+from stages.training import live_callback, load_split, save_adapter, trainer_kwargs
 
 REPORTED = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
             "logps/chosen", "logps/rejected")
@@ -61,16 +59,12 @@ def main() -> None:
     params = load_params()
     set_seed(params.seed)
     # A fixed folder, so every process of an `accelerate launch` run shares the trainer's files.
-    run_dir = CHECKPOINTS_DIR / "dpo"
-    trainer = build_trainer(params, str(run_dir))
+    trainer = build_trainer(params, str(CHECKPOINTS_DIR / "dpo"))
     result = trainer.train()
     final_eval = trainer.evaluate()
     if not trainer.is_world_process_zero():
         return
-    with atomic_dir(DPO_MODEL) as out:
-        trainer.model.save_pretrained(out)
-        trainer.processing_class.save_pretrained(out)
-    shutil.rmtree(run_dir, ignore_errors=True)
+    save_adapter(trainer, DPO_MODEL, below="sft")
     runtime = result.metrics["train_runtime"]
     pairs = trainer.state.global_step * params.dpo.batch_size * params.dpo.grad_accum * trainer.args.world_size
     last_train = next(log for log in reversed(trainer.state.log_history) if "rewards/chosen" in log)

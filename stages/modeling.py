@@ -2,7 +2,9 @@
 so the DPO stage and evaluation can never disagree about which adapters sit on which base."""
 from __future__ import annotations
 
+import hashlib
 import json
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -14,8 +16,38 @@ from stages.paths import BASE_MODEL, DPO_MODEL, SFT_MODEL
 
 # The real profile's models/base/ holds only this file: the hub id and the commit it resolved to.
 HUB_PIN = BASE_MODEL / "hub.json"
+# Written beside each adapter: a fingerprint of the model it was trained on top of.
+TRAINED_ON = "trained_on.json"
 
 Stage = Literal["base", "sft", "dpo"]
+ADAPTERS = {"base": [], "sft": [SFT_MODEL], "dpo": [SFT_MODEL, DPO_MODEL]}
+
+
+class AdapterMismatch(SystemExit):
+    """An adapter sits on a different base than the one it was trained on."""
+
+
+def fingerprint(stage: Stage) -> str:
+    """sha256 over what defines the model stack up to `stage`: the hub pin or the tiny model's files,
+    then the weights of each adapter on it."""
+    digest = hashlib.sha256()
+    files = [HUB_PIN] if HUB_PIN.exists() else [BASE_MODEL / "config.json", BASE_MODEL / "model.safetensors"]
+    for path in files + [adapter / "adapter_model.safetensors" for adapter in ADAPTERS[stage]]:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def record_base(adapter_dir: Path, below: Stage) -> None:
+    (Path(adapter_dir) / TRAINED_ON).write_text(json.dumps({"stack": below, "sha256": fingerprint(below)}) + "\n")
+
+
+def check_base(adapter: Path, below: Stage) -> None:
+    recorded = json.loads((adapter / TRAINED_ON).read_text())["sha256"]
+    if recorded != fingerprint(below):
+        raise AdapterMismatch(
+            f"{adapter}/ was trained on a different {'base model' if below == 'base' else 'base + SFT adapter'} "
+            f"than the one in models/ now ({TRAINED_ON} does not match). Run `dvc repro` to retrain it, or "
+            "`dvc checkout` / `dvc exp apply <exp>` to restore matching models.")
 
 
 def use_bf16() -> bool:
@@ -43,7 +75,8 @@ def load_base_model():
 def load_model(stage: Stage):
     """The base model with the adapters up to `stage` merged in, ready for inference or a new adapter."""
     model = load_base_model()
-    for adapter in {"base": [], "sft": [SFT_MODEL], "dpo": [SFT_MODEL, DPO_MODEL]}[stage]:
+    for below, adapter in zip(("base", "sft"), ADAPTERS[stage]):
+        check_base(adapter, below)
         model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     return model
 

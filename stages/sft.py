@@ -6,16 +6,14 @@ metrics/sft.json shows what SFT changed. The best epoch's adapter and the tokeni
 """
 from __future__ import annotations
 
-import shutil
-
 from transformers import set_seed
 from trl import SFTConfig, SFTTrainer
 
 from stages.modeling import load_base_model, load_tokenizer, lora_config
-from stages.outputs import atomic_dir, write_json
+from stages.outputs import write_json
 from stages.params import load_params
 from stages.paths import CHECKPOINTS_DIR, METRICS_DIR, SFT_DATA, SFT_MODEL
-from stages.training import live_callback, load_split, tokens_per_second, trainer_kwargs
+from stages.training import live_callback, load_split, save_adapter, tokens_per_second, trainer_kwargs
 
 
 def build_trainer(params, output_dir: str) -> SFTTrainer:
@@ -50,16 +48,12 @@ def main() -> None:
     params = load_params()
     set_seed(params.seed)
     # A fixed folder, so every process of an `accelerate launch` run shares the trainer's checkpoints.
-    run_dir = CHECKPOINTS_DIR / "sft"
-    trainer = build_trainer(params, str(run_dir))
+    trainer = build_trainer(params, str(CHECKPOINTS_DIR / "sft"))
     base_eval_loss = trainer.evaluate()["eval_loss"]
     result = trainer.train()
     if not trainer.is_world_process_zero():
         return
-    with atomic_dir(SFT_MODEL) as out:
-        trainer.model.save_pretrained(out)
-        trainer.processing_class.save_pretrained(out)
-    shutil.rmtree(run_dir)
+    save_adapter(trainer, SFT_MODEL, below="base")
     runtime = result.metrics["train_runtime"]
     write_json(METRICS_DIR / "sft.json", {
         "base_eval_loss": base_eval_loss,

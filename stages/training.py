@@ -2,12 +2,15 @@
 dvclive logging, and a throughput figure."""
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 from datasets import Dataset
 from dvclive import Live
 from transformers.integrations import DVCLiveCallback
 
-from stages.modeling import use_bf16
-from stages.outputs import read_jsonl
+from stages.modeling import Stage, record_base, use_bf16
+from stages.outputs import atomic_dir, read_jsonl
 from stages.params import Params, TrainParams
 from stages.paths import LIVE_DIR
 
@@ -51,3 +54,13 @@ def tokens_per_second(dataset: Dataset, passes: float, seconds: float) -> float:
     """Real (unpadded) tokens the trainer consumed per second of training."""
     tokens = sum(len(ids) for ids in dataset["input_ids"])
     return tokens * passes / seconds if seconds > 0 else 0.0
+
+
+def save_adapter(trainer, out: Path, below: Stage) -> None:
+    """Write the trained adapter, the tokenizer and a fingerprint of the stack `below` it to `out`
+    atomically, then drop the trainer's folder."""
+    with atomic_dir(out) as tmp:
+        trainer.model.save_pretrained(tmp)
+        trainer.processing_class.save_pretrained(tmp)
+        record_base(tmp, below)
+    shutil.rmtree(trainer.args.output_dir, ignore_errors=True)

@@ -2,6 +2,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, edit_params, run
+from tools.compare import flatten as flat
 from stages.params import CONF_DIR, ParamsError, compose, load_params, parse_params
 
 SEVEN = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -11,16 +12,6 @@ def composed(tmp_path, *overrides: str) -> dict:
     path = tmp_path / "params.yaml"
     compose(list(overrides), output=path, conf_dir=ROOT / CONF_DIR)
     return yaml.safe_load(path.read_text())
-
-
-def flat(tree: dict, prefix: str = "") -> dict:
-    items = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            items.update(flat(value, f"{prefix}{key}."))
-        else:
-            items[f"{prefix}{key}"] = value
-    return items
 
 
 def error_for(**changes) -> str:

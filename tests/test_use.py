@@ -6,7 +6,7 @@ import sys
 
 import torch
 
-from conftest import VENV_PATH, run
+from conftest import VENV_PATH, edit_params, run
 from stages.chat import Chat
 from stages.export import PROBE, stacked_model
 from stages.modeling import load_model, load_tokenizer, prompt_ids
@@ -68,3 +68,12 @@ def test_export_loads_without_peft_and_matches_the_adapter_stack(pipeline, tmp_p
         base_logits = stacked_model("base").eval()(input_ids=torch.tensor([ids])).logits[0, -1]
     assert torch.allclose(exported_logits, stacked_logits, atol=1e-4)
     assert not torch.allclose(exported_logits, base_logits, atol=1e-2)  # the adapters are really in it
+
+
+def test_an_adapter_on_a_different_base_is_refused_by_name(pipeline_copy):
+    edit_params(pipeline_copy / "params.yaml", seed=7)  # a different random base model
+    run(["python", "-m", "stages.base_model"], pipeline_copy)
+    for command in (["python", "-m", "stages.evaluate"], ["python", "-m", "stages.chat", "--prompt", "hi"]):
+        result = run(command, pipeline_copy, check=False)
+        assert result.returncode == 1
+        assert "models/sft/ was trained on a different base model than the one in models/ now" in result.stderr
