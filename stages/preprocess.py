@@ -38,7 +38,7 @@ def split_pairs(rows: list, train_size: int, eval_size: int, seed: int) -> tuple
 def main() -> None:
     params = load_params()
     sizes = {"train": params.sft.train_size, "eval": params.sft.eval_size, "test": params.eval.test_size}
-    metrics = {}
+    metrics, outputs = {}, {}
     for split, raw_split in SFT_SPLITS.items():
         path = RAW_DIR / ED_SUBDIR / f"{raw_split}.csv"
         turns = parse_empathetic(read_bytes(path), str(path))
@@ -46,7 +46,7 @@ def main() -> None:
         chosen = subsample(examples.records, sizes[split], params.seed)
         if not chosen:
             raise DataError(f"{path}: no SFT examples left after filtering")
-        write_jsonl(SFT_DATA / f"{split}.jsonl", chosen)
+        outputs[SFT_DATA / f"{split}.jsonl"] = chosen
         metrics.update(turns.counts(f"ed.{raw_split}.rows", ED_DROP_REASONS))
         metrics[f"ed.{raw_split}.rows.extra_fields"] = turns.extra_fields
         metrics.update(examples.counts(f"sft.{split}.listener_turns", EXAMPLE_DROP_REASONS))
@@ -57,10 +57,12 @@ def main() -> None:
     if len(pairs.records) < 2:
         raise DataError(f"{path}: {len(pairs.records)} usable pairs after filtering; need at least 2")
     train, held_out = split_pairs(pairs.records, params.dpo.train_size, params.dpo.eval_size, params.seed)
-    write_jsonl(DPO_DATA / "train.jsonl", train)
-    write_jsonl(DPO_DATA / "eval.jsonl", held_out)
+    outputs[DPO_DATA / "train.jsonl"], outputs[DPO_DATA / "eval.jsonl"] = train, held_out
     metrics.update(pairs.counts("dpo.rows", DPO_DROP_REASONS))
     metrics.update({"dpo.train.pairs": len(train), "dpo.eval.pairs": len(held_out)})
+    # Everything was parsed before anything is written: bad input leaves no output behind.
+    for path, rows in outputs.items():
+        write_jsonl(path, rows)
     write_json(METRICS_DIR / "data.json", metrics)
     print(f"preprocess: sft {[metrics[f'sft.{s}.examples'] for s in SFT_SPLITS]} train/eval/test -> {SFT_DATA}/, "
           f"dpo {len(train)}/{len(held_out)} train/eval -> {DPO_DATA}/")

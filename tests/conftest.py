@@ -60,16 +60,21 @@ def project(tmp_path, monkeypatch) -> Path:
     return tmp_path
 
 
-@pytest.fixture(scope="session")
-def pipeline(tmp_path_factory) -> Path:
-    """A fresh clone (as a git repo) after one embedded `dvc repro`. Tests may read it, not change it."""
-    repo = copy_project(tmp_path_factory.mktemp("pipeline"))
+def cloned_and_reproduced(dest: Path) -> Path:
+    """The project as a fresh clone (a git repo) at `dest`, after one embedded `dvc repro` (log in repro.log)."""
+    repo = copy_project(dest)
     run(["git", "init", "-q"], repo)
     run(["git", "add", "-A"], repo)
     run(["git", "-c", "user.name=test", "-c", "user.email=test@localhost", "commit", "-qm", "clone"], repo)
     result = run(["dvc", "repro"], repo)
     (repo / "repro.log").write_text(result.stdout)
     return repo
+
+
+@pytest.fixture(scope="session")
+def pipeline(tmp_path_factory) -> Path:
+    """A fresh clone after one embedded `dvc repro`. Tests may read it, not change it."""
+    return cloned_and_reproduced(tmp_path_factory.mktemp("pipeline"))
 
 
 @pytest.fixture

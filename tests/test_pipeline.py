@@ -2,7 +2,7 @@
 import json
 import re
 
-from conftest import edit_params, run
+from conftest import cloned_and_reproduced, edit_params, run
 
 STAGES = ["download", "base_model", "preprocess", "sft", "dpo", "evaluate"]
 
@@ -60,3 +60,13 @@ def test_changing_lora_rank_reruns_training_and_evaluation_only(pipeline_copy):
     assert ran(run(["dvc", "repro"], pipeline_copy).stdout) == ["sft", "dpo", "evaluate"]
     config = json.loads((pipeline_copy / "models/sft/adapter_config.json").read_text())
     assert config["r"] == 4
+
+
+def test_two_clean_runs_with_one_seed_give_identical_metrics(pipeline, tmp_path):
+    again = cloned_and_reproduced(tmp_path / "again")
+    for name in ("download", "data", "sft", "dpo", "eval"):
+        first, second = metrics(pipeline, name), metrics(again, name)
+        timing = {k for k in first if "runtime" in k or k.endswith("_per_s")}  # wall-clock, never equal
+        assert set(first) == set(second)
+        assert {k: first[k] for k in first if k not in timing} == {k: second[k] for k in second if k not in timing}
+    assert (pipeline / "eval/generations.jsonl").read_bytes() == (again / "eval/generations.jsonl").read_bytes()

@@ -1,0 +1,64 @@
+"""Bad input, tried and named: each case exits non-zero with one message that says what and where."""
+import json
+
+import pytest
+
+from conftest import edit_params, run
+
+ED_TRAIN = "data/raw/empatheticdialogues/train.csv"
+DPO_JSON = "data/raw/human_like_dpo/data.json"
+
+
+def set_param(key, value):
+    return lambda repo: edit_params(repo / "params.yaml", **{key: value})
+
+
+def rewrite(path, change):
+    def apply(repo):
+        target = repo / path
+        target.write_bytes(change(target.read_bytes()))
+    return apply
+
+
+FAULTS = [  # (case, breakage, command, expected message)
+    ("unknown param", set_param("sft.lora.rank", 8), "preprocess", "sft.lora.rank: unknown key"),
+    ("wrong type", set_param("dpo.max_steps", "many"), "preprocess", "dpo.max_steps: Input should be a valid integer"),
+    ("negative lr", set_param("sft.lr", -4.0e-5), "preprocess", "sft.lr: Input should be greater than 0"),
+    ("CSV with a wrong header", rewrite(ED_TRAIN, lambda b: b.replace(b"utterance_idx", b"turn", 1)), "preprocess",
+     f"{ED_TRAIN}:1: expected header"),
+    ("CSV with non-UTF-8 bytes", rewrite(ED_TRAIN, lambda b: b.replace("I'm".encode(), b"I\xe2m", 1)),  # cut UTF-8
+     "preprocess", f"{ED_TRAIN}:LINE: not valid UTF-8 (byte 0xe2)"),
+    ("DPO JSON that is not an array", rewrite(DPO_JSON, lambda b: b'{"prompt": "hi"}'), "preprocess",
+     f"{DPO_JSON}: expected a JSON array of {{prompt, chosen, rejected}}, got dict"),
+    ("DPO item without a field", rewrite(DPO_JSON, lambda b: json.dumps([{"prompt": "a", "chosen": "b"}]).encode()),
+     "preprocess", f"{DPO_JSON}: item 0: 'rejected' must be a string"),
+    ("DPO data empty after filtering",
+     rewrite(DPO_JSON, lambda b: json.dumps([{"prompt": "a", "chosen": "b", "rejected": "b"}] * 3).encode()),
+     "preprocess", f"{DPO_JSON}: 0 usable pairs after filtering; need at least 2"),
+    ("SFT data empty after filtering",
+     rewrite(ED_TRAIN, lambda b: b.split(b"\n")[0] + b"\nc1,1,sad,s,1,only the speaker,x,\n"), "preprocess",
+     f"{ED_TRAIN}: no SFT examples left after filtering"),
+    ("local source without its files", set_param("data.source", "local"), "download",
+     "data: Value error, local_dir must name a directory when source is 'local'"),
+]
+
+
+@pytest.mark.parametrize("case, breakage, stage, message", FAULTS, ids=[f[0] for f in FAULTS])
+def test_bad_input_is_named_and_nothing_is_half_written(project, case, breakage, stage, message):
+    run(["python", "-m", "stages.download"], project)
+    breakage(project)
+    if "LINE" in message:  # the line of the first bad byte
+        raw = (project / ED_TRAIN).read_bytes()
+        message = message.replace("LINE", str(raw[: raw.index(b"I\xe2m")].count(b"\n") + 1))
+    metrics_before = (project / "metrics/data.json").read_bytes()
+    result = run(["python", "-m", f"stages.{stage}"], project, check=False)
+    assert result.returncode == 1
+    assert message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (project / "data/processed").exists()
+    assert (project / "metrics/data.json").read_bytes() == metrics_before
+
+
+def test_a_preset_that_does_not_exist_is_named(project):
+    result = run(["python", "-m", "stages.params", "--compose", "sft=sft9"], project, check=False)
+    assert result.returncode != 0 and "sft9" in result.stderr
