@@ -10,11 +10,12 @@ from datasets import Dataset
 from transformers import set_seed
 from trl import DPOConfig, DPOTrainer
 
-from stages.modeling import load_model, load_tokenizer, lora_config, prompt_ids
+from stages.modeling import fingerprint, load_model, load_tokenizer, lora_config, prompt_ids
 from stages.outputs import read_jsonl, write_json
 from stages.params import load_params
 from stages.paths import CHECKPOINTS_DIR, DPO_DATA, DPO_MODEL, METRICS_DIR
-from stages.training import live_callback, load_split, save_adapter, trainer_kwargs
+from stages.training import (MarkComplete, inputs_fingerprint, live_callback, load_split, resume_point, save_adapter,
+                             trainer_kwargs)
 
 REPORTED = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
             "logps/chosen", "logps/rejected")
@@ -25,7 +26,7 @@ def drop_long_prompts(pairs: Dataset, tokenizer, limit: int) -> Dataset:
     return pairs.filter(lambda pair: len(prompt_ids(tokenizer, pair["prompt"])) <= limit)
 
 
-def build_trainer(params, output_dir: str) -> DPOTrainer:
+def build_trainer(params, output_dir: str, resume: bool = False) -> DPOTrainer:
     dpo = params.dpo
     tokenizer = load_tokenizer()
     train, held_out = (drop_long_prompts(load_split(DPO_DATA / f"{split}.jsonl"), tokenizer, dpo.max_prompt_length)
@@ -37,7 +38,7 @@ def build_trainer(params, output_dir: str) -> DPOTrainer:
         warmup_steps=dpo.warmup_steps,
         eval_strategy="steps",
         eval_steps=max(1, dpo.max_steps // 5),
-        save_strategy="no",
+        save_total_limit=1,  # the latest checkpoint is all a resumed run needs
     )
     return DPOTrainer(
         model=load_model("sft"),
@@ -46,7 +47,7 @@ def build_trainer(params, output_dir: str) -> DPOTrainer:
         eval_dataset=held_out,
         processing_class=tokenizer,
         peft_config=lora_config(dpo.lora),
-        callbacks=[live_callback("dpo")],
+        callbacks=[live_callback("dpo", resume), MarkComplete()],
     )
 
 
@@ -58,9 +59,16 @@ def flat(metrics: dict, prefix: str) -> dict:
 def main() -> None:
     params = load_params()
     set_seed(params.seed)
-    # A fixed folder, so every process of an `accelerate launch` run shares the trainer's files.
-    trainer = build_trainer(params, str(CHECKPOINTS_DIR / "dpo"))
-    result = trainer.train()
+    # A fixed folder, kept by DVC between runs (persist), so a killed run resumes and every process of
+    # an `accelerate launch` run shares it.
+    run_dir = CHECKPOINTS_DIR / "dpo"
+    inputs = inputs_fingerprint(params.seed, params.model, params.dpo, DPO_DATA / "train.jsonl",
+                                DPO_DATA / "eval.jsonl", fingerprint("sft"))
+    checkpoint = resume_point(run_dir, inputs)
+    if checkpoint:
+        print(f"dpo: resuming from {checkpoint}")
+    trainer = build_trainer(params, str(run_dir), resume=checkpoint is not None)
+    result = trainer.train(resume_from_checkpoint=checkpoint)
     final_eval = trainer.evaluate()
     if not trainer.is_world_process_zero():
         return

@@ -94,6 +94,7 @@ class TrainParams(Strict):
     eval_batch_size: PositiveInt
     grad_accum: PositiveInt
     max_length: PositiveInt
+    checkpoint_steps: PositiveInt  # save (and, for SFT, evaluate) every this many optimizer steps
 
 
 class SFTParams(TrainParams):

@@ -2,21 +2,25 @@
 
 Loss is on the completion (the listener's reply and its EOS) only; batches are padded to their own
 longest row. The base model's eval loss is measured first (a fresh LoRA adapter is a no-op), so
-metrics/sft.json shows what SFT changed. The best epoch's adapter and the tokenizer go to models/sft/.
+metrics/sft.json shows what SFT changed. Eval loss and a checkpoint every sft.checkpoint_steps; a killed
+run resumes from its last complete checkpoint. The best adapter and the tokenizer go to models/sft/.
 """
 from __future__ import annotations
+
+from pathlib import Path
 
 from transformers import set_seed
 from trl import SFTConfig, SFTTrainer
 
-from stages.modeling import load_base_model, load_tokenizer, lora_config
+from stages.modeling import fingerprint, load_base_model, load_tokenizer, lora_config
 from stages.outputs import write_json
 from stages.params import load_params
 from stages.paths import CHECKPOINTS_DIR, METRICS_DIR, SFT_DATA, SFT_MODEL
-from stages.training import live_callback, load_split, save_adapter, tokens_per_second, trainer_kwargs
+from stages.training import (MarkComplete, inputs_fingerprint, live_callback, load_split, resume_point, save_adapter,
+                             tokens_per_second, trainer_kwargs)
 
 
-def build_trainer(params, output_dir: str) -> SFTTrainer:
+def build_trainer(params, output_dir: str, resume: bool = False) -> SFTTrainer:
     sft = params.sft
     config = SFTConfig(
         **trainer_kwargs(params, sft, output_dir),
@@ -27,11 +31,11 @@ def build_trainer(params, output_dir: str) -> SFTTrainer:
         completion_only_loss=True,
         # Batches of similar length pad little; each batch is padded to its own longest row.
         train_sampling_strategy="group_by_length",
-        eval_strategy="epoch",
-        save_strategy="epoch",
+        eval_strategy="steps",
+        eval_steps=sft.checkpoint_steps,
         load_best_model_at_end=True,
         metric_for_best_model="eval_loss",
-        save_total_limit=1,  # the best checkpoint is always kept besides
+        save_total_limit=2,  # the latest, to resume from; the best is always kept besides
     )
     return SFTTrainer(
         model=load_base_model(),
@@ -40,17 +44,34 @@ def build_trainer(params, output_dir: str) -> SFTTrainer:
         eval_dataset=load_split(SFT_DATA / "eval.jsonl"),
         processing_class=load_tokenizer(),
         peft_config=lora_config(sft.lora),
-        callbacks=[live_callback("sft")],
+        callbacks=[live_callback("sft", resume), MarkComplete()],
     )
+
+
+def base_model_eval_loss(trainer: SFTTrainer, stored: Path, resuming: bool) -> float:
+    """Eval loss before any step (the fresh adapter is a no-op), measured once per run, so a resumed run
+    neither repeats it nor logs a second step-0 point on the curve."""
+    if resuming and stored.exists():
+        return float(stored.read_text())
+    loss = trainer.evaluate()["eval_loss"]
+    stored.write_text(repr(loss))
+    return loss
 
 
 def main() -> None:
     params = load_params()
     set_seed(params.seed)
-    # A fixed folder, so every process of an `accelerate launch` run shares the trainer's checkpoints.
-    trainer = build_trainer(params, str(CHECKPOINTS_DIR / "sft"))
-    base_eval_loss = trainer.evaluate()["eval_loss"]
-    result = trainer.train()
+    # A fixed folder, kept by DVC between runs (persist), so a killed run resumes and every process of
+    # an `accelerate launch` run shares it.
+    run_dir = CHECKPOINTS_DIR / "sft"
+    inputs = inputs_fingerprint(params.seed, params.model, params.sft, SFT_DATA / "train.jsonl",
+                                SFT_DATA / "eval.jsonl", fingerprint("base"))
+    checkpoint = resume_point(run_dir, inputs)
+    if checkpoint:
+        print(f"sft: resuming from {checkpoint}")
+    trainer = build_trainer(params, str(run_dir), resume=checkpoint is not None)
+    base_eval_loss = base_model_eval_loss(trainer, run_dir / "base_eval_loss.txt", resuming=checkpoint is not None)
+    result = trainer.train(resume_from_checkpoint=checkpoint)
     if not trainer.is_world_process_zero():
         return
     save_adapter(trainer, SFT_MODEL, below="base")

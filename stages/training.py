@@ -1,12 +1,14 @@
 """What the sft and dpo stages share: reading splits, the trainer settings both take from params,
-dvclive logging, and a throughput figure."""
+checkpoints to resume from, dvclive logging, saving the adapter, and a throughput figure."""
 from __future__ import annotations
 
+import hashlib
 import shutil
 from pathlib import Path
 
 from datasets import Dataset
 from dvclive import Live
+from transformers import TrainerCallback
 from transformers.integrations import DVCLiveCallback
 
 from stages.modeling import Stage, record_base, use_bf16
@@ -33,7 +35,47 @@ def trainer_kwargs(params: Params, train: TrainParams, output_dir: str) -> dict:
         bf16=use_bf16(),
         logging_steps=5,
         report_to="none",
+        save_strategy="steps",
+        save_steps=train.checkpoint_steps,
     )
+
+
+COMPLETE = "complete"  # marker written once a checkpoint is fully on disk
+
+
+class MarkComplete(TrainerCallback):
+    """The trainer calls on_save after a checkpoint's every file is written; only then is it usable."""
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            (Path(args.output_dir) / f"checkpoint-{state.global_step}" / COMPLETE).touch()
+
+
+def inputs_fingerprint(*parts) -> str:
+    """sha256 of a run's inputs: params sections (pydantic models), files (paths) and strings."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part.read_bytes() if isinstance(part, Path) else
+                      part.model_dump_json().encode() if hasattr(part, "model_dump_json") else str(part).encode())
+    return digest.hexdigest()
+
+
+def resume_point(run_dir: Path, fingerprint: str) -> str | None:
+    """The last complete checkpoint of an interrupted run with the same inputs, or None.
+
+    A run folder left by other inputs is cleared; a checkpoint without its marker (killed while
+    saving) is deleted."""
+    stamp = run_dir / "inputs.sha256"
+    if not stamp.exists() or stamp.read_text() != fingerprint:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        run_dir.mkdir(parents=True)
+        stamp.write_text(fingerprint)
+        return None
+    checkpoints = sorted(run_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    for partial in [p for p in checkpoints if not (p / COMPLETE).exists()]:
+        shutil.rmtree(partial)
+    complete = [p for p in checkpoints if (p / COMPLETE).exists()]
+    return str(complete[-1]) if complete else None
 
 
 class LiveCallback(DVCLiveCallback):
@@ -45,9 +87,10 @@ class LiveCallback(DVCLiveCallback):
         super().on_log(args, state, control, **kwargs)
 
 
-def live_callback(stage: str) -> LiveCallback:
+def live_callback(stage: str, resume: bool) -> LiveCallback:
     # dvcyaml=None: the project's dvc.yaml declares the plots; dvclive must not rewrite it.
-    return LiveCallback(live=Live(dir=str(LIVE_DIR / stage), dvcyaml=None, save_dvc_exp=False))
+    # resume=True continues the curves of an interrupted run instead of starting them over.
+    return LiveCallback(live=Live(dir=str(LIVE_DIR / stage), resume=resume, dvcyaml=None, save_dvc_exp=False))
 
 
 def tokens_per_second(dataset: Dataset, passes: float, seconds: float) -> float:
@@ -58,9 +101,11 @@ def tokens_per_second(dataset: Dataset, passes: float, seconds: float) -> float:
 
 def save_adapter(trainer, out: Path, below: Stage) -> None:
     """Write the trained adapter, the tokenizer and a fingerprint of the stack `below` it to `out`
-    atomically, then drop the trainer's folder."""
+    atomically, then empty the run's checkpoint folder (DVC keeps the folder itself: persist)."""
     with atomic_dir(out) as tmp:
         trainer.model.save_pretrained(tmp)
         trainer.processing_class.save_pretrained(tmp)
         record_base(tmp, below)
-    shutil.rmtree(trainer.args.output_dir, ignore_errors=True)
+    run_dir = Path(trainer.args.output_dir)
+    shutil.rmtree(run_dir)
+    run_dir.mkdir()

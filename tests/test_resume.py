@@ -1,0 +1,57 @@
+"""A killed training stage resumes from its last complete checkpoint and ends where an uninterrupted run ends."""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+from safetensors.torch import load_file
+
+from conftest import VENV_PATH, run
+
+
+def adapter(repo) -> dict:
+    return load_file(repo / "models/sft/adapter_model.safetensors")
+
+
+def test_killed_sft_resumes_and_matches_an_uninterrupted_run(project):
+    for stage in ("download", "base_model", "preprocess"):
+        run(["python", "-m", f"stages.{stage}"], project)
+    run(["python", "-m", "stages.sft"], project)
+    uninterrupted = adapter(project)
+    assert list((project / "checkpoints/sft").iterdir()) == []  # emptied after success
+    shutil.rmtree(project / "models/sft")  # as DVC does before rerunning a stage
+
+    process = subprocess.Popen([sys.executable, "-m", "stages.sft"], cwd=project, env={**os.environ, "PATH": VENV_PATH},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker = project / "checkpoints/sft/checkpoint-40/complete"
+    deadline = time.monotonic() + 300
+    while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert marker.exists() and not (project / "models/sft").exists()
+    # A checkpoint cut off while saving (no marker) must be ignored, not resumed from.
+    (project / "checkpoints/sft/checkpoint-80").mkdir(exist_ok=True)
+    (project / "checkpoints/sft/checkpoint-80/trainer_state.json").write_text("{ cut off")
+
+    resumed = run(["python", "-m", "stages.sft"], project)
+    assert "sft: resuming from checkpoints/sft/checkpoint-40" in resumed.stdout and "sft: eval loss" in resumed.stdout
+    for name, tensor in adapter(project).items():
+        assert torch.allclose(tensor, uninterrupted[name], atol=1e-5), name
+    steps = [int(line.split("\t")[0]) for line in
+             (project / "dvclive/sft/plots/metrics/loss.tsv").read_text().splitlines()[1:]]
+    assert steps == sorted(set(steps)) and steps[0] == 5 and steps[-1] == 120  # one continuous curve
+
+
+def test_checkpoints_of_other_inputs_are_not_resumed(project):
+    from stages.training import resume_point
+
+    run_dir = project / "checkpoints/sft"
+    assert resume_point(run_dir, "inputs-a") is None
+    (run_dir / "checkpoint-40").mkdir()
+    (run_dir / "checkpoint-40/complete").touch()
+    assert resume_point(run_dir, "inputs-a") == str(run_dir / "checkpoint-40")
+    assert resume_point(run_dir, "inputs-b") is None and not (run_dir / "checkpoint-40").exists()
