@@ -13,8 +13,8 @@ from trl import DPOConfig, DPOTrainer
 from stages.modeling import fingerprint, load_model, load_tokenizer, lora_config, prompt_ids
 from stages.outputs import read_jsonl, write_json
 from stages.params import load_params
-from stages.paths import CHECKPOINTS_DIR, DPO_DATA, DPO_MODEL, METRICS_DIR
-from stages.training import (MarkComplete, inputs_fingerprint, live_callback, load_split, resume_point, save_adapter,
+from stages.paths import DPO_DATA, DPO_MODEL, METRICS_DIR
+from stages.training import (MarkComplete, live_callback, load_split, resume_or_start, save_adapter,
                              trainer_kwargs)
 
 REPORTED = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
@@ -59,14 +59,8 @@ def flat(metrics: dict, prefix: str) -> dict:
 def main() -> None:
     params = load_params()
     set_seed(params.seed)
-    # A fixed folder, kept by DVC between runs (persist), so a killed run resumes and every process of
-    # an `accelerate launch` run shares it.
-    run_dir = CHECKPOINTS_DIR / "dpo"
-    inputs = inputs_fingerprint(params.seed, params.model, params.dpo, DPO_DATA / "train.jsonl",
-                                DPO_DATA / "eval.jsonl", fingerprint("sft"))
-    checkpoint = resume_point(run_dir, inputs)
-    if checkpoint:
-        print(f"dpo: resuming from {checkpoint}")
+    run_dir, checkpoint = resume_or_start("dpo", params.seed, params.model, params.dpo, DPO_DATA / "train.jsonl",
+                                          DPO_DATA / "eval.jsonl", fingerprint("sft"))
     trainer = build_trainer(params, str(run_dir), resume=checkpoint is not None)
     result = trainer.train(resume_from_checkpoint=checkpoint)
     final_eval = trainer.evaluate()

@@ -15,8 +15,8 @@ from trl import SFTConfig, SFTTrainer
 from stages.modeling import fingerprint, load_base_model, load_tokenizer, lora_config
 from stages.outputs import write_json
 from stages.params import load_params
-from stages.paths import CHECKPOINTS_DIR, METRICS_DIR, SFT_DATA, SFT_MODEL
-from stages.training import (MarkComplete, inputs_fingerprint, live_callback, load_split, resume_point, save_adapter,
+from stages.paths import METRICS_DIR, SFT_DATA, SFT_MODEL
+from stages.training import (MarkComplete, live_callback, load_split, resume_or_start, save_adapter,
                              tokens_per_second, trainer_kwargs)
 
 
@@ -61,14 +61,8 @@ def base_model_eval_loss(trainer: SFTTrainer, stored: Path, resuming: bool) -> f
 def main() -> None:
     params = load_params()
     set_seed(params.seed)
-    # A fixed folder, kept by DVC between runs (persist), so a killed run resumes and every process of
-    # an `accelerate launch` run shares it.
-    run_dir = CHECKPOINTS_DIR / "sft"
-    inputs = inputs_fingerprint(params.seed, params.model, params.sft, SFT_DATA / "train.jsonl",
-                                SFT_DATA / "eval.jsonl", fingerprint("base"))
-    checkpoint = resume_point(run_dir, inputs)
-    if checkpoint:
-        print(f"sft: resuming from {checkpoint}")
+    run_dir, checkpoint = resume_or_start("sft", params.seed, params.model, params.sft, SFT_DATA / "train.jsonl",
+                                          SFT_DATA / "eval.jsonl", fingerprint("base"))
     trainer = build_trainer(params, str(run_dir), resume=checkpoint is not None)
     base_eval_loss = base_model_eval_loss(trainer, run_dir / "base_eval_loss.txt", resuming=checkpoint is not None)
     result = trainer.train(resume_from_checkpoint=checkpoint)

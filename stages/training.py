@@ -6,6 +6,7 @@ import hashlib
 import shutil
 from pathlib import Path
 
+from accelerate import PartialState
 from datasets import Dataset
 from dvclive import Live
 from transformers import TrainerCallback
@@ -14,7 +15,7 @@ from transformers.integrations import DVCLiveCallback
 from stages.modeling import Stage, record_base, use_bf16
 from stages.outputs import atomic_dir, read_jsonl
 from stages.params import Params, TrainParams
-from stages.paths import LIVE_DIR
+from stages.paths import CHECKPOINTS_DIR, LIVE_DIR
 
 
 def load_split(path) -> Dataset:
@@ -58,6 +59,19 @@ def inputs_fingerprint(*parts) -> str:
         digest.update(part.read_bytes() if isinstance(part, Path) else
                       part.model_dump_json().encode() if hasattr(part, "model_dump_json") else str(part).encode())
     return digest.hexdigest()
+
+
+def resume_or_start(stage: str, *inputs) -> tuple[Path, str | None]:
+    """The stage's checkpoint folder and the checkpoint to resume from (None: start afresh).
+
+    The folder is fixed and kept by DVC between runs (persist), so a killed run resumes, and every process
+    of an `accelerate launch` run shares it; the main process tidies it before the others look."""
+    run_dir = CHECKPOINTS_DIR / stage
+    with PartialState().main_process_first():
+        checkpoint = resume_point(run_dir, inputs_fingerprint(*inputs))
+    if checkpoint:
+        print(f"{stage}: resuming from {checkpoint}")
+    return run_dir, checkpoint
 
 
 def resume_point(run_dir: Path, fingerprint: str) -> str | None:
