@@ -11,7 +11,7 @@ from transformers import set_seed
 from trl import DPOConfig, DPOTrainer
 
 from stages.modeling import fingerprint, load_model, load_tokenizer, lora_config, prompt_ids
-from stages.outputs import read_jsonl, write_json
+from stages.outputs import write_json
 from stages.params import load_params
 from stages.paths import DPO_DATA, DPO_MODEL, METRICS_DIR
 from stages.training import (MarkComplete, live_callback, load_split, resume_or_start, save_adapter,
@@ -21,16 +21,20 @@ REPORTED = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", 
             "logps/chosen", "logps/rejected")
 
 
-def drop_long_prompts(pairs: Dataset, tokenizer, limit: int) -> Dataset:
-    """TRL 1.x has no max_prompt_length; pairs whose prompt is longer are left out (and counted)."""
-    return pairs.filter(lambda pair: len(prompt_ids(tokenizer, pair["prompt"])) <= limit)
+def load_pairs(split: str, tokenizer, limit: int) -> tuple[Dataset, int]:
+    """A DPO split without the pairs whose prompt exceeds `limit` tokens (TRL 1.x has no
+    max_prompt_length), and how many were left out."""
+    pairs = load_split(DPO_DATA / f"{split}.jsonl")
+    kept = pairs.filter(lambda pair: len(prompt_ids(tokenizer, pair["prompt"])) <= limit)
+    return kept, len(pairs) - len(kept)
 
 
-def build_trainer(params, output_dir: str, resume: bool = False) -> DPOTrainer:
+def build_trainer(params, output_dir: str, resume: bool = False) -> tuple[DPOTrainer, int]:
+    """The trainer, and how many pairs were left out for their prompt's length."""
     dpo = params.dpo
     tokenizer = load_tokenizer()
-    train, held_out = (drop_long_prompts(load_split(DPO_DATA / f"{split}.jsonl"), tokenizer, dpo.max_prompt_length)
-                       for split in ("train", "eval"))
+    (train, dropped_train), (held_out, dropped_eval) = (load_pairs(split, tokenizer, dpo.max_prompt_length)
+                                                        for split in ("train", "eval"))
     config = DPOConfig(
         **trainer_kwargs(params, dpo, output_dir),
         beta=dpo.beta,
@@ -40,7 +44,7 @@ def build_trainer(params, output_dir: str, resume: bool = False) -> DPOTrainer:
         eval_steps=max(1, dpo.max_steps // 5),
         save_total_limit=1,  # the latest checkpoint is all a resumed run needs
     )
-    return DPOTrainer(
+    trainer = DPOTrainer(
         model=load_model("sft"),
         args=config,
         train_dataset=train,
@@ -49,6 +53,7 @@ def build_trainer(params, output_dir: str, resume: bool = False) -> DPOTrainer:
         peft_config=lora_config(dpo.lora),
         callbacks=[live_callback("dpo", resume), MarkComplete()],
     )
+    return trainer, dropped_train + dropped_eval
 
 
 def flat(metrics: dict, prefix: str) -> dict:
@@ -61,7 +66,7 @@ def main() -> None:
     set_seed(params.seed)
     run_dir, checkpoint = resume_or_start("dpo", params.seed, params.model, params.dpo, DPO_DATA / "train.jsonl",
                                           DPO_DATA / "eval.jsonl", fingerprint("sft"))
-    trainer = build_trainer(params, str(run_dir), resume=checkpoint is not None)
+    trainer, dropped_long_prompts = build_trainer(params, str(run_dir), resume=checkpoint is not None)
     result = trainer.train(resume_from_checkpoint=checkpoint)
     final_eval = trainer.evaluate()
     if not trainer.is_world_process_zero():
@@ -78,8 +83,7 @@ def main() -> None:
         "steps": trainer.state.global_step,
         **{f"{split}_pairs_used": len(used) for split, used in (("train", trainer.train_dataset),
                                                                   ("eval", trainer.eval_dataset))},
-        "dropped.long_prompt": sum(len(read_jsonl(DPO_DATA / f"{split}.jsonl")) for split in ("train", "eval"))
-        - len(trainer.train_dataset) - len(trainer.eval_dataset),
+        "dropped.long_prompt": dropped_long_prompts,
     })
     print(f"dpo: eval reward accuracy {final_eval['eval_rewards/accuracies']:.3f}, "
           f"margin {final_eval['eval_rewards/margins']:.3f}; adapter in {DPO_MODEL}/")

@@ -13,7 +13,7 @@ from stages.outputs import write_json, write_jsonl
 from stages.params import load_params
 from stages.parsing import (DPO_DROP_REASONS, ED_DROP_REASONS, EXAMPLE_DROP_REASONS, DataError, listener_examples,
                             parse_dpo, parse_empathetic, read_bytes)
-from stages.paths import DPO_FILE, DPO_SUBDIR, ED_SUBDIR, DPO_DATA, METRICS_DIR, RAW_DIR, SFT_DATA
+from stages.paths import DPO_DATA, DPO_FILE, DPO_SUBDIR, ED_SUBDIR, METRICS_DIR, RAW_DIR, SFT_DATA
 
 SFT_SPLITS = {"train": "train", "eval": "valid", "test": "test"}  # processed split -> raw file
 
