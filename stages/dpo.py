@@ -6,34 +6,26 @@ policy at step 0. Loading the result therefore needs both adapters, in order (st
 """
 from __future__ import annotations
 
-from datasets import Dataset
 from transformers import set_seed
 from trl import DPOConfig, DPOTrainer
 
-from stages.modeling import fingerprint, load_model, load_tokenizer, lora_config, prompt_ids
+from stages.modeling import fingerprint, load_model, load_tokenizer, lora_config
 from stages.outputs import write_json
 from stages.params import load_params
 from stages.paths import DPO_DATA, DPO_MODEL, METRICS_DIR
-from stages.training import (MarkComplete, live_callback, load_split, resume_or_start, save_adapter,
+from stages.training import (MarkComplete, live_callback, load_pairs, resume_or_start, save_adapter,
                              trainer_kwargs)
 
 REPORTED = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
             "logps/chosen", "logps/rejected")
 
 
-def load_pairs(split: str, tokenizer, limit: int) -> tuple[Dataset, int]:
-    """A DPO split without the pairs whose prompt exceeds `limit` tokens (TRL 1.x has no
-    max_prompt_length), and how many were left out."""
-    pairs = load_split(DPO_DATA / f"{split}.jsonl")
-    kept = pairs.filter(lambda pair: len(prompt_ids(tokenizer, pair["prompt"])) <= limit)
-    return kept, len(pairs) - len(kept)
-
-
 def build_trainer(params, output_dir: str, resume: bool = False) -> tuple[DPOTrainer, int]:
     """The trainer, and how many pairs were left out for their prompt's length."""
     dpo = params.dpo
     tokenizer = load_tokenizer()
-    (train, dropped_train), (held_out, dropped_eval) = (load_pairs(split, tokenizer, dpo.max_prompt_length)
+    (train, dropped_train), (held_out, dropped_eval) = (load_pairs(DPO_DATA / f"{split}.jsonl", tokenizer,
+                                                                   dpo.max_prompt_length)
                                                         for split in ("train", "eval"))
     config = DPOConfig(
         **trainer_kwargs(params, dpo, output_dir),

@@ -89,6 +89,16 @@ def prompt_ids(tokenizer, prompt) -> list[int]:
     return tokenizer(prompt).input_ids
 
 
+def completion_ids(tokenizer, prompt, completion) -> list[int]:
+    """Token ids of a reply as training sees it: what prompt + completion adds after the prompt's ids
+    (TRL's rule), so the end-of-turn token counts as part of the reply."""
+    if isinstance(prompt, list):
+        full = tokenizer.apply_chat_template(prompt + completion, tokenize=True, return_dict=False)
+    else:
+        full = tokenizer(prompt + completion).input_ids + [tokenizer.eos_token_id]
+    return full[len(prompt_ids(tokenizer, prompt)):]
+
+
 def lora_config(lora: LoraParams) -> LoraConfig:
     return LoraConfig(
         r=lora.r,

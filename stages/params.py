@@ -115,11 +115,23 @@ class DPOParams(TrainParams):
 
 class EvalParams(Strict):
     test_size: PositiveInt
+    # A JSONL file of {system (optional), user, reference} scored as the prompt set `custom`.
+    prompts_file: Optional[str] = Field(min_length=1)
     batch_size: PositiveInt
     max_new_tokens: PositiveInt
     temperature: float = Field(ge=0)
     bertscore_model: str = Field(description="'packaged-minilm' (offline, from PyPI) or a hub id")
     bertscore_num_layers: PositiveInt
+    bootstrap_samples: PositiveInt
+    # The blind rating sheet: this many prompts of this prompt set, each answered by every model.
+    human_set: Literal["ed_test", "probe", "custom"]
+    human_prompts: PositiveInt
+
+    @model_validator(mode="after")
+    def _custom_set_has_a_file(self):
+        if self.human_set == "custom" and not self.prompts_file:
+            raise ValueError("prompts_file must name a JSONL file when human_set is 'custom'")
+        return self
 
 
 class Params(Strict):

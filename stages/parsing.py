@@ -165,6 +165,52 @@ def parse_dpo(raw: bytes, name: str) -> Parsed:
     return parsed
 
 
+PROMPT_FIELDS = ("id", "system", "user", "reference")
+
+
+def parse_prompts(raw: bytes, name: str, system_prompt: str) -> list[dict]:
+    """Parse an evaluation prompts file: JSONL of {id (optional), system (optional), user, reference}.
+
+    Every line must be valid; the first bad one stops with its line number. Records come out in the
+    processed SFT shape (prompt messages, completion = the reference), so every prompt set is scored alike.
+    A missing `system` gets the SFT system prompt; an empty one means no system message.
+    """
+    records, ids = [], set()
+    for number, line in enumerate(decode_utf8(raw, name).split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DataError(f"{name}:{number}: invalid JSON: {error.msg}") from None
+        if not isinstance(item, dict):
+            raise DataError(f"{name}:{number}: expected an object with 'user' and 'reference', "
+                            f"got {type(item).__name__}")
+        unknown = sorted(set(item) - set(PROMPT_FIELDS))
+        if unknown:
+            raise DataError(f"{name}:{number}: unknown field {unknown[0]!r} (expected {', '.join(PROMPT_FIELDS)})")
+        for key in ("user", "reference"):
+            if not isinstance(item.get(key), str) or not item[key].strip():
+                raise DataError(f"{name}:{number}: '{key}' must be a non-empty string")
+        for key in ("id", "system"):
+            if key in item and not isinstance(item[key], str):
+                raise DataError(f"{name}:{number}: '{key}' must be a string")
+        example_id = item.get("id", f"line-{number}")
+        if example_id in ids:
+            raise DataError(f"{name}:{number}: duplicate id {example_id!r}")
+        ids.add(example_id)
+        system = item.get("system", system_prompt).strip()
+        records.append({
+            "id": example_id,
+            "prompt": ([{"role": "system", "content": system}] if system else [])
+            + [{"role": "user", "content": item["user"].strip()}],
+            "completion": [{"role": "assistant", "content": item["reference"].strip()}],
+        })
+    if not records:
+        raise DataError(f"{name}: no prompts")
+    return records
+
+
 def read_bytes(path: Path) -> bytes:
     try:
         return Path(path).read_bytes()

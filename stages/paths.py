@@ -20,8 +20,13 @@ DPO_MODEL = MODELS_DIR / "dpo"
 CHECKPOINTS_DIR = Path("checkpoints")  # trainers' working folders; removed after a stage succeeds
 METRICS_DIR = Path("metrics")
 LIVE_DIR = Path("dvclive")
+PROBE_SET = Path("data/eval/probe.jsonl")  # the project's own prompts with reference replies
 GENERATIONS = Path("eval/generations.jsonl")
+HUMAN_SHEET = Path("eval/human/sheet.csv")  # blind: model names replaced by codes
+HUMAN_KEY = Path("eval/human/key.json")  # code -> model, kept apart from the sheet
+HUMAN_RATINGS = Path("eval/human/ratings")  # filled sheets, one per rater
 EVAL_PLOT = Path("plots/eval.json")
+EVAL_CHARTS = Path("plots/eval")
 
 # Every raw file, relative to a raw-data root (data/raw/, data/sample/ or data.local_dir).
 RAW_FILES = [Path(ED_SUBDIR) / f"{split}.csv" for split in ED_SPLITS] + [Path(DPO_SUBDIR) / DPO_FILE]

@@ -12,7 +12,7 @@ from dvclive import Live
 from transformers import TrainerCallback
 from transformers.integrations import DVCLiveCallback
 
-from stages.modeling import Stage, record_base, use_bf16
+from stages.modeling import Stage, prompt_ids, record_base, use_bf16
 from stages.outputs import atomic_dir, read_jsonl
 from stages.params import Params, TrainParams
 from stages.paths import CHECKPOINTS_DIR, LIVE_DIR
@@ -20,6 +20,14 @@ from stages.paths import CHECKPOINTS_DIR, LIVE_DIR
 
 def load_split(path) -> Dataset:
     return Dataset.from_list(read_jsonl(path))
+
+
+def load_pairs(path, tokenizer, limit: int) -> tuple[Dataset, int]:
+    """A DPO split without the pairs whose prompt exceeds `limit` tokens (TRL 1.x has no
+    max_prompt_length), and how many were left out. The dpo stage trains on these; evaluate scores them."""
+    pairs = load_split(path)
+    kept = pairs.filter(lambda pair: len(prompt_ids(tokenizer, pair["prompt"])) <= limit)
+    return kept, len(pairs) - len(kept)
 
 
 def trainer_kwargs(params: Params, train: TrainParams, output_dir: str) -> dict:

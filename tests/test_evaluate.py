@@ -1,12 +1,16 @@
 import math
 
+import numpy as np
 import pytest
+import sacrebleu
 import torch
 
 from stages import base_model
-from stages.evaluate import bertscore_f1, generate, nltk_bleu, score
-from stages.modeling import prompt_ids
-from stages.params import load_params
+from stages.evaluate import bert_scorer, generate, preference_accuracy, reply_logprobs
+from stages.modeling import completion_ids, prompt_ids
+from stages.params import TinyModelParams, load_params
+from stages.scoring import (chrf, distinct, interval, mean_of, nltk_bleu, paired_difference, perplexity, repeats,
+                            resample, sacrebleu_bleu)
 
 from conftest import ROOT
 
@@ -63,10 +67,10 @@ def test_only_generated_tokens_are_scored_and_order_is_kept(tokenizer, cfg):
         tuple(prompts[1]): sure + [eos, eos],
         tuple(prompts[2]): (sure * 5),  # never stops
     })
-    replies, speed = generate(model, tokenizer, prompts, cfg)
+    replies, seconds = generate(model, tokenizer, prompts, cfg)
     assert [r["text"] for r in replies[:2]] == ["That sounds hard.", "Sure thing."]
     assert [r["stopped"] for r in replies] == [True, True, False]
-    assert replies[2]["new_tokens"] == cfg.max_new_tokens and speed > 0
+    assert replies[2]["new_tokens"] == cfg.max_new_tokens and seconds > 0
     # Sorted by prompt length: the two shortest prompts share the first batch.
     assert [shape[0] for shape in model.batches] == [2, 1]
     assert model.batches[0][1] == max(len(prompts[1]), len(prompts[2]))
@@ -75,23 +79,94 @@ def test_only_generated_tokens_are_scored_and_order_is_kept(tokenizer, cfg):
 
 
 def test_nltk_bleu_matches_a_hand_computed_value():
-    assert nltk_bleu([HYP], [REF]) == pytest.approx(HYP_REF_BLEU, abs=1e-9)
-    assert nltk_bleu([REF, HYP], [REF, REF]) == pytest.approx((1 + HYP_REF_BLEU) / 2)
-    assert nltk_bleu([""], [REF]) == 0
+    assert nltk_bleu([HYP], [REF]).value() == pytest.approx(HYP_REF_BLEU, abs=1e-9)
+    assert nltk_bleu([REF, HYP], [REF, REF]).value() == pytest.approx((1 + HYP_REF_BLEU) / 2)
+    assert nltk_bleu([""], [REF]).value() == 0
 
 
-def test_scores_on_fixed_strings(cfg):
-    replies = [{"new_tokens": 4, "stopped": True}, {"new_tokens": 6, "stopped": False}]
-    scores = score([HYP, REF], [REF, REF], replies, cfg)
-    assert scores["sacrebleu"] == pytest.approx(100 * math.exp((math.log(11 / 12) + math.log(8 / 10) + math.log(6 / 8)
-                                                                + math.log(4 / 6)) / 4), abs=1e-6)
-    assert scores["stop_rate"] == 0.5 and scores["mean_new_tokens"] == 5
+def test_sacrebleu_on_fixed_strings():
+    # HYP against REF, plus REF against itself: clipped n-gram matches 11/12, 8/10, 6/8, 4/6 over both
+    # sentences, equal lengths (no brevity penalty).
+    expected = 100 * math.exp((math.log(11 / 12) + math.log(8 / 10) + math.log(6 / 8) + math.log(4 / 6)) / 4)
+    assert sacrebleu_bleu([HYP, REF], [REF, REF]).value() == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize("metric, library", [(sacrebleu_bleu, sacrebleu.corpus_bleu), (chrf, sacrebleu.corpus_chrf)])
+def test_corpus_metrics_of_any_subset_equal_the_librarys_corpus_score(metric, library):
+    """What the bootstrap relies on: the per-reply statistics of a resampled subset, summed, give the
+    same score as sacrebleu computing the corpus score of that subset."""
+    hypotheses = ["the cat sat on the mat", "I am so sorry", "that is great news", "", "my dog is ill today"]
+    references = ["the cat sat on a mat", "I'm so sorry to hear that", "great news!", "oh no", "I hope your dog is ok"]
+    measure = metric(hypotheses, references)
+    for subset in ([0, 1, 2, 3, 4], [1, 1, 4], [2, 0, 2, 3]):
+        expected = library([hypotheses[i] for i in subset], [[references[i] for i in subset]]).score
+        assert measure.reduce(measure.rows[subset]) == pytest.approx(expected, abs=1e-9)
+
+
+def test_distinct_repetition_and_perplexity_on_known_values():
+    assert distinct(["a b a b", "a b c"], 1) == pytest.approx(3 / 7)  # a, b, c out of 7 words
+    assert distinct(["a b a b", "a b c"], 2) == pytest.approx(3 / 5)  # (a b), (b a), (b c) out of 5 bigrams
+    assert distinct([""], 2) == 0
+    assert repeats("I am here for you. I am here for you.") and not repeats("I am here for you, always.")
+    rows = np.array([[-math.log(4) * 3, 3], [-math.log(2), 1]])  # token probabilities 1/4, 1/4, 1/4, 1/2
+    assert perplexity(rows).value() == pytest.approx(math.exp((3 * math.log(4) + math.log(2)) / 4))
+
+
+def test_preference_accuracy_counts_pairs_whose_implicit_reward_prefers_chosen():
+    reference = np.array([[-10.0, -10.0], [-5.0, -6.0], [-8.0, -8.0]])
+    policy = reference + np.array([[1.0, -1.0], [0.0, 2.0], [0.5, 0.0]])  # margins 2, -2, 0.5
+    assert preference_accuracy(policy, reference) == pytest.approx(2 / 3)
+
+
+def test_bootstrap_is_deterministic_for_a_seed():
+    rng = np.random.default_rng(0)
+    before, after = mean_of(rng.normal(0, 1, 50)), mean_of(rng.normal(0.5, 1, 50))
+    first = paired_difference(before, after, resample(50, 500, seed=7))
+    assert paired_difference(before, after, resample(50, 500, seed=7)) == first
+    assert paired_difference(before, after, resample(50, 500, seed=8)) != first
+    assert first[1] < first[0] < first[2]
+
+
+def test_paired_bootstrap_interval_covers_a_known_difference():
+    """Replies scored under two models where the second is better by exactly 0.1 on average: the 95%
+    interval should hold 0.1 in about 95% of repeated experiments, and be narrowed by the pairing."""
+    rng = np.random.default_rng(1)
+    covered, widths = 0, []
+    for trial in range(200):
+        difficulty = rng.normal(0.5, 0.2, 80)  # shared by both models: what pairing cancels out
+        before = mean_of(difficulty + rng.normal(0, 0.05, 80))
+        after = mean_of(difficulty + 0.1 + rng.normal(0, 0.05, 80))
+        _, low, high = paired_difference(before, after, resample(80, 400, seed=trial))
+        covered += low <= 0.1 <= high
+        widths.append(high - low)
+    assert 0.9 <= covered / 200 <= 0.99
+    unpaired = interval(mean_of(rng.normal(0.5, 0.2, 80)), resample(80, 400, seed=0))
+    assert np.mean(widths) < (unpaired[1] - unpaired[0]) / 2
+
+
+def test_reply_logprobs_match_one_sequence_at_a_time(tokenizer):
+    """Batched, right-padded and length-sorted, the reply's log-probability (prompt tokens excluded)
+    equals what the model gives each sequence alone."""
+    shape = TinyModelParams(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_layers=2,
+                            num_heads=4, num_kv_heads=2, max_position=256)
+    model = base_model.tiny_llama(shape, len(tokenizer), seed=0).eval()
+    chats = [([{"role": "user", "content": "My dog died."}], "I am so sorry to hear that."),
+             ([{"role": "user", "content": "Sure thing. That sounds hard."}], "Sure."),
+             ([{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Hi"}], "That sounds hard.")]
+    sequences = [(prompt_ids(tokenizer, prompt), completion_ids(tokenizer, prompt, [{"role": "assistant", "content": text}]))
+                 for prompt, text in chats]
+    rows = reply_logprobs(model, sequences, batch_size=2)
+    for (prompt, reply), (logp, count) in zip(sequences, rows):
+        assert tokenizer.eos_token_id in reply and count == len(reply)  # the reply's end-of-turn is scored
+        with torch.no_grad():
+            logits = model(torch.tensor([prompt + reply])).logits[0].float()
+        alone = torch.log_softmax(logits, -1)[torch.arange(len(prompt) - 1, len(prompt) + len(reply) - 1), reply].sum()
+        assert logp == pytest.approx(alone.item(), abs=1e-4)
 
 
 def test_bertscore_ranks_a_paraphrase_above_an_unrelated_reply(cfg):
     reference = "I'm so sorry about your dog."
-    same = bertscore_f1([reference], [reference], cfg)
-    close = bertscore_f1(["I am very sorry that your dog died."], [reference], cfg)
-    far = bertscore_f1(["The invoice is attached as a PDF."], [reference], cfg)
-    assert same == pytest.approx(1.0, abs=1e-5)
-    assert same > close > far
+    candidates = [reference, "I am very sorry that your dog died.", "The invoice is attached as a PDF."]
+    precision, recall, f1 = bert_scorer(cfg).score(candidates, [reference] * 3)
+    assert f1[0].item() == pytest.approx(1.0, abs=1e-5) and precision[0].item() == pytest.approx(1.0, abs=1e-5)
+    assert f1[0] > f1[1] > f1[2]

@@ -9,6 +9,24 @@ ED_TRAIN = "data/raw/empatheticdialogues/train.csv"
 DPO_JSON = "data/raw/human_like_dpo/data.json"
 
 
+def write(path, text):
+    def apply(repo):
+        (repo / path).parent.mkdir(parents=True, exist_ok=True)
+        (repo / path).write_text(text)
+    return apply
+
+
+def both(*breakages):
+    return lambda repo: [breakage(repo) for breakage in breakages]
+
+
+# A rating sheet for a two-reply key, with one rating out of range.
+RATING_KEY = json.dumps({"c0ffee01": {"set": "probe", "id": "a", "model": "sft"},
+                         "c0ffee02": {"set": "probe", "id": "a", "model": "dpo"}})
+RATINGS = ("code,prompt,reference,response,helpfulness,harmlessness,relevance,quality,comment\n"
+           "c0ffee01,Hi,Hello,Hey,4,5,4,7,\nc0ffee02,Hi,Hello,Hi there,3,5,4,4,nice\n")
+
+
 def set_param(key, value):
     return lambda repo: edit_params(repo / "params.yaml", **{key: value})
 
@@ -40,6 +58,13 @@ FAULTS = [  # (case, breakage, command, expected message)
      f"{ED_TRAIN}: no SFT examples left after filtering"),
     ("local source without its files", set_param("data.source", "local"), "download",
      "data: Value error, local_dir must name a directory when source is 'local'"),
+    ("eval prompts file with a bad line",
+     both(write("data/eval/mine.jsonl", '{"user": "I failed.", "reference": "Oh no."}\n{"user": "Hi"}\n'),
+          set_param("eval.prompts_file", "data/eval/mine.jsonl")), "evaluate",
+     "data/eval/mine.jsonl:2: 'reference' must be a non-empty string"),
+    ("rating sheet with an out-of-range value",
+     both(write("eval/human/key.json", RATING_KEY), write("eval/human/ratings/ann.csv", RATINGS)), "human",
+     "eval/human/ratings/ann.csv: row 1 (line 2), column 'quality': '7' is not an integer from 1 to 5"),
 ]
 
 
@@ -50,13 +75,13 @@ def test_bad_input_is_named_and_nothing_is_half_written(project, case, breakage,
     if "LINE" in message:  # the line of the first bad byte
         raw = (project / ED_TRAIN).read_bytes()
         message = message.replace("LINE", str(raw[: raw.index(b"I\xe2m")].count(b"\n") + 1))
-    metrics_before = (project / "metrics/data.json").read_bytes()
+    metrics_before = {path.name: path.read_bytes() for path in (project / "metrics").iterdir()}
     result = run(["python", "-m", f"stages.{stage}"], project, check=False)
     assert result.returncode == 1
     assert message in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
     assert not (project / "data/processed").exists()
-    assert (project / "metrics/data.json").read_bytes() == metrics_before
+    assert {path.name: path.read_bytes() for path in (project / "metrics").iterdir()} == metrics_before
 
 
 def test_a_preset_that_does_not_exist_is_named(project):

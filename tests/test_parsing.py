@@ -4,7 +4,7 @@ from collections import Counter
 import pytest
 
 from conftest import ROOT, shared_file
-from stages.parsing import (DataError, ED_DROP_REASONS, conversations, listener_examples, parse_dpo,
+from stages.parsing import (DataError, ED_DROP_REASONS, conversations, listener_examples, parse_dpo, parse_prompts,
                             parse_empathetic)
 from stages.preprocess import split_pairs, subsample
 
@@ -148,3 +148,43 @@ def test_splits_are_seeded_disjoint_and_shrink_in_proportion():
     assert split_pairs(rows, 900, 100, seed=2) != (train, held_out)
     assert split_pairs(rows, 50, 20, seed=1)[0].__len__() == 50
     assert subsample(rows, 10, seed=3) == subsample(rows, 10, seed=3) and len(subsample(rows, 500, 3)) == 100
+
+
+def test_prompts_file_becomes_chat_examples_with_the_default_system_prompt():
+    raw = (b'{"user": " I lost my job. ", "reference": "That is hard."}\n\n'
+           b'{"id": "x", "system": "", "user": "Hi", "reference": "Hello!"}\n'
+           b'{"system": "Be brief.", "user": "Hey", "reference": "Hi."}\n')
+    first, second, third = parse_prompts(raw, "mine.jsonl", "Be kind.")
+    assert first == {"id": "line-1", "prompt": [{"role": "system", "content": "Be kind."},
+                                                {"role": "user", "content": "I lost my job."}],
+                     "completion": [{"role": "assistant", "content": "That is hard."}]}
+    assert second["id"] == "x" and second["prompt"] == [{"role": "user", "content": "Hi"}]
+    assert third["prompt"][0] == {"role": "system", "content": "Be brief."}
+
+
+BAD_PROMPT_FILES = [
+    (b'{"user": "a", "reference": "b"}\n{"user": "a"', "mine.jsonl:2: invalid JSON"),
+    (b'["a", "b"]', "mine.jsonl:1: expected an object with 'user' and 'reference', got list"),
+    (b'{"user": "a", "refrence": "b"}', "mine.jsonl:1: unknown field 'refrence'"),
+    (b'{"user": "a", "reference": "b"}\n{"user": "  ", "reference": "b"}', "mine.jsonl:2: 'user' must be a non-empty string"),
+    (b'{"user": "a", "reference": 3}', "mine.jsonl:1: 'reference' must be a non-empty string"),
+    (b'{"user": "a", "reference": "b", "system": null}', "mine.jsonl:1: 'system' must be a string"),
+    (b'{"id": "q", "user": "a", "reference": "b"}\n{"id": "q", "user": "c", "reference": "d"}',
+     "mine.jsonl:2: duplicate id 'q'"),
+    (b'{"user": "caf\xe9", "reference": "b"}', "mine.jsonl:1: not valid UTF-8 (byte 0xe9)"),
+    (b"\n\n", "mine.jsonl: no prompts"),
+]
+
+
+@pytest.mark.parametrize("raw, message", BAD_PROMPT_FILES, ids=[m.split(": ", 1)[-1] for _, m in BAD_PROMPT_FILES])
+def test_a_bad_prompts_file_is_rejected_at_its_line(raw, message):
+    with pytest.raises(DataError) as error:
+        parse_prompts(raw, "mine.jsonl", "Be kind.")
+    assert message in str(error.value)
+
+
+def test_the_probe_set_is_valid_and_spans_many_feelings():
+    probe = parse_prompts((ROOT / "data/eval/probe.jsonl").read_bytes(), "probe.jsonl", "Be kind.")
+    assert len(probe) >= 30
+    feelings = Counter(example["id"].split("-")[0] for example in probe)
+    assert len(feelings) >= 12 and {"grief", "anxiety", "lonely", "proud", "angry", "joy"} <= set(feelings)

@@ -1,9 +1,14 @@
 """End to end: the embedded default through `dvc repro`, in a fresh clone."""
+import csv
 import json
 import re
 
+import pytest
+
 from conftest import cloned_and_reproduced, edit_params, run
 
+# human's only input that changes is evaluate's key; with the same replies as the committed dvc.lock's, it
+# is already up to date in a fresh clone (its metrics file is committed).
 STAGES = ["download", "base_model", "preprocess", "sft", "dpo", "evaluate"]
 
 
@@ -16,11 +21,14 @@ def metrics(repo, name: str) -> dict:
 
 
 def test_repro_runs_every_stage_and_each_step_helps(pipeline):
-    assert ran((pipeline / "repro.log").read_text()) == STAGES
+    assert [stage for stage in ran((pipeline / "repro.log").read_text()) if stage != "human"] == STAGES
     sft, dpo, evaluation = metrics(pipeline, "sft"), metrics(pipeline, "dpo"), metrics(pipeline, "eval")
     assert sft["eval_loss"] < sft["base_eval_loss"]
     assert dpo["eval.rewards_accuracies"] > 0.5
-    assert evaluation["sft.stop_rate"] > evaluation["base.stop_rate"]
+    for prompt_set in ("ed_test", "probe"):
+        assert evaluation[f"{prompt_set}.sft.stop_rate"] > evaluation[f"{prompt_set}.base.stop_rate"]
+    # evaluate's own reading of the held-out pairs agrees with what TRL reported at the end of training
+    assert evaluation["dpo.preference_accuracy"] == pytest.approx(dpo["eval.rewards_accuracies"], abs=0.1)
     for adapter in ("sft", "dpo"):
         assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json"} <= {
             p.name for p in (pipeline / "models" / adapter).iterdir()}
@@ -39,6 +47,7 @@ def test_row_counts_add_up(pipeline):
 def test_generations_hold_replies_not_prompts(pipeline):
     rows = [json.loads(line) for line in (pipeline / "eval/generations.jsonl").read_text().splitlines()]
     assert {row["model"] for row in rows} == {"base", "sft", "dpo"}
+    assert {row["set"] for row in rows} == {"ed_test", "probe"}
     for row in rows:
         user_turn = row["prompt"][-1]["content"]
         assert user_turn not in row["response"] and "<|user|>" not in row["response"]
@@ -51,22 +60,39 @@ def test_second_repro_runs_nothing(pipeline):
 
 def test_exp_show_has_columns_from_all_four_metrics_files(pipeline):
     workspace = json.loads(run(["dvc", "exp", "show", "--json"], pipeline).stdout)[0]["data"]["metrics"]
-    for name in ("data", "sft", "dpo", "eval"):
+    for name in ("data", "sft", "dpo", "eval", "human"):
         assert workspace[f"metrics/{name}.json"]["data"] == metrics(pipeline, name)
 
 
 def test_changing_lora_rank_reruns_training_and_evaluation_only(pipeline_copy):
     edit_params(pipeline_copy / "params.yaml", **{"sft.lora.r": 4})
-    assert ran(run(["dvc", "repro"], pipeline_copy).stdout) == ["sft", "dpo", "evaluate"]
+    assert ran(run(["dvc", "repro"], pipeline_copy).stdout) == ["sft", "dpo", "evaluate", "human"]
     config = json.loads((pipeline_copy / "models/sft/adapter_config.json").read_text())
     assert config["r"] == 4
 
 
 def test_two_clean_runs_with_one_seed_give_identical_metrics(pipeline, tmp_path):
     again = cloned_and_reproduced(tmp_path / "again")
-    for name in ("download", "data", "sft", "dpo", "eval"):
+    for name in ("download", "data", "sft", "dpo", "eval", "human"):
         first, second = metrics(pipeline, name), metrics(again, name)
         timing = {k for k in first if "runtime" in k or k.endswith("_per_s")}  # wall-clock, never equal
         assert set(first) == set(second)
         assert {k: first[k] for k in first if k not in timing} == {k: second[k] for k in second if k not in timing}
-    assert (pipeline / "eval/generations.jsonl").read_bytes() == (again / "eval/generations.jsonl").read_bytes()
+    for output in ("eval/generations.jsonl", "eval/human/sheet.csv", "plots/eval.json"):
+        assert (pipeline / output).read_bytes() == (again / output).read_bytes()
+
+
+def test_filled_rating_sheets_rerun_only_the_human_stage(pipeline_copy):
+    sheet = (pipeline_copy / "eval/human/sheet.csv").read_text(encoding="utf-8")
+    rows = list(csv.DictReader(sheet.splitlines(keepends=True)))
+    assert len(rows) == 3 * 20  # eval.human_prompts probe prompts, each answered by the three models
+    for rater, score in (("ann", "4"), ("bob", "5")):
+        with open(pipeline_copy / f"eval/human/ratings/{rater}.csv", "w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=rows[0].keys())
+            writer.writeheader()
+            writer.writerows({**row, "helpfulness": score, "harmlessness": "5", "relevance": score, "quality": score}
+                             for row in rows)
+    assert ran(run(["dvc", "repro"], pipeline_copy).stdout) == ["human"]
+    human = metrics(pipeline_copy, "human")
+    assert human["raters"] == 2 and human["sft.count"] == 40
+    assert human["dpo.helpfulness"] == 4.5 and human["base.harmlessness"] == 5

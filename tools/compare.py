@@ -35,16 +35,18 @@ COLUMNS = [
     ("SFT eval loss", "metrics/sft.json", ("eval_loss",), "{:.4f}"),
     ("DPO reward acc", "metrics/dpo.json", ("eval.rewards_accuracies",), "{:.3f}"),
     ("DPO margin", "metrics/dpo.json", ("eval.rewards_margins",), "{:.3f}"),
-    ("BLEU sft/dpo", "metrics/eval.json", ("sft.bleu", "dpo.bleu"), "{:.4f}/{:.4f}"),
-    ("BERTScore sft/dpo", "metrics/eval.json", ("sft.bertscore_f1", "dpo.bertscore_f1"), "{:.4f}/{:.4f}"),
-    ("stop rate sft/dpo", "metrics/eval.json", ("sft.stop_rate", "dpo.stop_rate"), "{:.2f}/{:.2f}"),
+    ("BLEU sft/dpo", "metrics/eval.json", ("ed_test.sft.bleu", "ed_test.dpo.bleu"), "{:.4f}/{:.4f}"),
+    ("BERTScore sft/dpo", "metrics/eval.json", ("ed_test.sft.bertscore_f1", "ed_test.dpo.bertscore_f1"), "{:.4f}/{:.4f}"),
+    ("BERTScore dpo-sft [95% CI]", "metrics/eval.json", tuple(f"ed_test.dpo_minus_sft.bertscore_f1{end}" for end in
+                                                           ("", "_low", "_high")), "{:+.4f} [{:+.4f}, {:+.4f}]"),
+    ("stop rate sft/dpo", "metrics/eval.json", ("ed_test.sft.stop_rate", "ed_test.dpo.stop_rate"), "{:.2f}/{:.2f}"),
     ("runtime s sft/dpo", "metrics", ("sft.json:train_runtime_s", "dpo.json:train_runtime_s"), "{:.0f}/{:.0f}"),
 ]
 CHARTS = [  # (file, title, metrics file, keys)
     ("eval_loss.png", "SFT eval loss (lower is better)", "metrics/sft.json", ["eval_loss"]),
     ("reward_accuracy.png", "DPO held-out reward accuracy", "metrics/dpo.json", ["eval.rewards_accuracies"]),
-    ("bleu.png", "BLEU (nltk, method 4)", "metrics/eval.json", ["base.bleu", "sft.bleu", "dpo.bleu"]),
-    ("bertscore.png", "BERTScore F1", "metrics/eval.json", ["base.bertscore_f1", "sft.bertscore_f1", "dpo.bertscore_f1"]),
+    ("bleu.png", "BLEU (nltk, method 4), ED test", "metrics/eval.json", ["ed_test.base.bleu", "ed_test.sft.bleu", "ed_test.dpo.bleu"]),
+    ("bertscore.png", "BERTScore F1, ED test", "metrics/eval.json", ["ed_test.base.bertscore_f1", "ed_test.sft.bertscore_f1", "ed_test.dpo.bertscore_f1"]),
 ]
 
 
