@@ -30,6 +30,7 @@ def build_trainer(params, output_dir: str, resume: bool = False) -> tuple[DPOTra
     config = DPOConfig(
         **trainer_kwargs(params, dpo, output_dir),
         beta=dpo.beta,
+        precompute_ref_log_probs=dpo.precompute_ref_log_probs,
         max_steps=dpo.max_steps,
         warmup_steps=dpo.warmup_steps,
         eval_strategy="steps",

@@ -54,6 +54,11 @@ def use_bf16() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
+def cpu_only() -> bool:
+    """No GPU (CUDA or Apple's MPS): several processes then form a gloo group on the CPU (torchrun)."""
+    return not torch.cuda.is_available() and not torch.backends.mps.is_available()
+
+
 def base_source() -> dict:
     """Arguments for from_pretrained: the local tiny model, or the pinned hub model."""
     if HUB_PIN.exists():

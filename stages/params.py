@@ -95,10 +95,14 @@ class TrainParams(Strict):
     grad_accum: PositiveInt
     max_length: PositiveInt
     checkpoint_steps: PositiveInt  # save (and, for SFT, evaluate) every this many optimizer steps
+    liger: bool  # Liger's fused Triton kernels (GPU; needs `pip install liger-kernel`)
 
 
 class SFTParams(TrainParams):
     format: Literal["dialogue", "seed"]
+    # Pack examples into rows of max_length tokens with no padding (batch_size then counts rows); each
+    # example still sees only itself, through position ids that restart at 0.
+    packing: bool
     system_prompt: str
     epochs: PositiveInt
     scheduler: Literal["cosine", "linear", "constant_with_warmup"]
@@ -108,6 +112,9 @@ class SFTParams(TrainParams):
 
 class DPOParams(TrainParams):
     beta: PositiveFloat
+    # One pass over the training pairs for the reference's log-probs instead of a reference forward per step:
+    # pays when training covers the pairs more than once.
+    precompute_ref_log_probs: bool
     max_prompt_length: PositiveInt
     max_steps: PositiveInt
     warmup_steps: int = Field(ge=0)

@@ -17,7 +17,7 @@ from stages.outputs import write_json
 from stages.params import load_params
 from stages.paths import METRICS_DIR, SFT_DATA, SFT_MODEL
 from stages.training import (MarkComplete, live_callback, load_split, resume_or_start, save_adapter,
-                             tokens_per_second, trainer_kwargs)
+                             throughput, trainer_kwargs)
 
 
 def build_trainer(params, output_dir: str, resume: bool = False) -> SFTTrainer:
@@ -29,8 +29,12 @@ def build_trainer(params, output_dir: str, resume: bool = False) -> SFTTrainer:
         warmup_steps=sft.warmup_ratio,  # a float below 1 is a share of all steps
         weight_decay=sft.weight_decay,
         completion_only_loss=True,
-        # Batches of similar length pad little; each batch is padded to its own longest row.
+        # Batches of similar length pad little; each batch is padded to its own longest row. With packing,
+        # TRL fills rows best-fit (bfd) and passes restarting position ids and no attention mask, from which
+        # transformers builds a block-diagonal mask (TRL calls the model with use_cache=False, which it needs).
         train_sampling_strategy="group_by_length",
+        packing=sft.packing,
+        packing_strategy="bfd",
         eval_strategy="steps",
         eval_steps=sft.checkpoint_steps,
         load_best_model_at_end=True,
@@ -70,13 +74,14 @@ def main() -> None:
         return
     save_adapter(trainer, SFT_MODEL, below="base")
     runtime = result.metrics["train_runtime"]
+    tokens_per_s, examples_per_s = throughput(trainer.train_dataset, params.sft.epochs, runtime)
     write_json(METRICS_DIR / "sft.json", {
         "base_eval_loss": base_eval_loss,
         "eval_loss": trainer.state.best_metric,
         "train_loss": result.training_loss,
         "train_runtime_s": runtime,
-        "train_tokens_per_s": tokens_per_second(trainer.train_dataset, params.sft.epochs, runtime),
-        "train_examples_per_s": result.metrics["train_samples_per_second"],
+        "train_tokens_per_s": tokens_per_s,
+        "train_examples_per_s": examples_per_s,
         "steps": trainer.state.global_step,
     })
     print(f"sft: eval loss {base_eval_loss:.4f} (base) -> {trainer.state.best_metric:.4f}; adapter in {SFT_MODEL}/")

@@ -12,7 +12,7 @@ from dvclive import Live
 from transformers import TrainerCallback
 from transformers.integrations import DVCLiveCallback
 
-from stages.modeling import Stage, prompt_ids, record_base, use_bf16
+from stages.modeling import Stage, cpu_only, prompt_ids, record_base, use_bf16
 from stages.outputs import atomic_dir, read_jsonl
 from stages.params import Params, TrainParams
 from stages.paths import CHECKPOINTS_DIR, LIVE_DIR
@@ -42,10 +42,14 @@ def trainer_kwargs(params: Params, train: TrainParams, output_dir: str) -> dict:
         seed=params.seed,
         data_seed=params.seed,
         bf16=use_bf16(),
+        # Without a GPU, several processes (torchrun) must be told to train as one gloo group, not each alone.
+        use_cpu=cpu_only(),
         logging_steps=5,
+        logging_first_step=True,  # so the curves start at step 1, and even a run of a few steps logs
         report_to="none",
         save_strategy="steps",
         save_steps=train.checkpoint_steps,
+        use_liger_kernel=train.liger,
     )
 
 
@@ -75,7 +79,7 @@ def resume_or_start(stage: str, *inputs) -> tuple[Path, str | None]:
     The folder is fixed and kept by DVC between runs (persist), so a killed run resumes, and every process
     of an `accelerate launch` run shares it; the main process tidies it before the others look."""
     run_dir = CHECKPOINTS_DIR / stage
-    with PartialState().main_process_first():
+    with PartialState(cpu=cpu_only()).main_process_first():
         checkpoint = resume_point(run_dir, inputs_fingerprint(*inputs))
     if checkpoint:
         print(f"{stage}: resuming from {checkpoint}")
@@ -115,10 +119,12 @@ def live_callback(stage: str, resume: bool) -> LiveCallback:
     return LiveCallback(live=Live(dir=str(LIVE_DIR / stage), resume=resume, dvcyaml=None, save_dvc_exp=False))
 
 
-def tokens_per_second(dataset: Dataset, passes: float, seconds: float) -> float:
-    """Real (unpadded) tokens the trainer consumed per second of training."""
+def throughput(dataset: Dataset, passes: float, seconds: float) -> tuple[float, float]:
+    """Real (unpadded) tokens and examples the trainer consumed per second of training. A packed row
+    (TRL's packing) holds several examples; its `seq_lengths` lists them."""
     tokens = sum(len(ids) for ids in dataset["input_ids"])
-    return tokens * passes / seconds if seconds > 0 else 0.0
+    examples = sum(map(len, dataset["seq_lengths"])) if "seq_lengths" in dataset.column_names else len(dataset)
+    return (tokens * passes / seconds, examples * passes / seconds) if seconds > 0 else (0.0, 0.0)
 
 
 def save_adapter(trainer, out: Path, below: Stage) -> None:

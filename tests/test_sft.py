@@ -1,4 +1,5 @@
 import pytest
+import torch
 from transformers import DataCollatorForLanguageModeling
 
 from stages import base_model, download, preprocess, sft
@@ -45,3 +46,26 @@ def test_reply_in_the_batch_is_the_listener_turn(sft_trainer):
             if tokenizer.apply_chat_template(row["prompt"] + row["completion"], tokenize=True, return_dict=False)
             == example["input_ids"]]
     assert rows and reply == rows[0]["completion"][0]["content"]
+
+
+def test_a_packed_batch_gives_the_padded_batchs_loss(sft_trainer, tmp_path):
+    """With sft.packing, examples share a row with no padding; they must still not see each other
+    (transformers builds a block-diagonal mask from the restarting position ids when no cache is used)."""
+    params = load_params()
+    packed = params.model_copy(update={"sft": params.sft.model_copy(update={"packing": True})})
+    free_trainer = sft.build_trainer(packed, str(tmp_path / "packed"))
+    row = free_trainer.train_dataset[0]
+    assert len(row["input_ids"]) > 2 * max(len(f["input_ids"]) for f in sft_trainer.train_dataset.select(range(20)))
+    features = [sft_trainer.train_dataset[i] for i in range(6)]
+    padded, free = sft_trainer.data_collator(features), free_trainer.data_collator(features)
+    lengths = [len(f["input_ids"]) for f in features]
+    assert padded["input_ids"].shape == (6, max(lengths)) and free["input_ids"].shape == (1, sum(lengths))
+    model = sft_trainer.model.eval()  # same weights in both: the LoRA adapter starts as a no-op
+    with torch.no_grad():
+        loss_padded = sft_trainer.compute_loss(model, padded)
+        loss_free = free_trainer.compute_loss(model, free)
+        # The same row with one running position: the examples attend to each other and the loss moves.
+        leaked = dict(free, position_ids=torch.arange(sum(lengths))[None])
+        loss_leaked = free_trainer.compute_loss(model, leaked)
+    assert loss_free.item() == pytest.approx(loss_padded.item(), rel=1e-5)
+    assert abs(loss_leaked.item() - loss_padded.item()) > 1e-3

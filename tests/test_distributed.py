@@ -1,0 +1,42 @@
+"""The training stages run unchanged on several processes. `accelerate launch` starts multi-GPU runs
+through torchrun; here torchrun starts two CPU processes, which form a gloo group."""
+import json
+
+import pytest
+import torch
+from accelerate.commands.config.config_args import load_config_from_file
+
+from stages import base_model, download, preprocess
+from stages.modeling import load_model
+
+from conftest import ROOT, edit_params, run
+
+
+@pytest.mark.parametrize("name, kind", [("ddp", "MULTI_GPU"), ("fsdp", "FSDP")])
+def test_shipped_accelerate_configs_load(name, kind):
+    config = load_config_from_file(str(ROOT / "conf/accelerate" / f"{name}.yaml"))
+    assert config.distributed_type == kind and config.num_processes == 2
+
+
+def test_sft_then_dpo_on_two_processes_give_valid_adapters(project):
+    edit_params(project / "params.yaml", **{"sft.train_size": 48, "sft.eval_size": 8, "sft.epochs": 1,
+                                            "sft.checkpoint_steps": 2, "dpo.max_steps": 4, "dpo.checkpoint_steps": 2})
+    download.main()
+    base_model.main()
+    preprocess.main()
+    launch = ["torchrun", "--nproc_per_node", "2", "-m"]
+    sft_log = run(launch + ["stages.sft"], project)
+    # 48 examples, batch 4 per process x 2 processes x grad-accum 2: 3 optimizer steps, not 6.
+    metrics = json.loads((project / "metrics/sft.json").read_text())
+    assert metrics["steps"] == 3, sft_log.stdout[-2000:]
+    assert metrics["eval_loss"] < metrics["base_eval_loss"]
+    run(launch + ["stages.dpo"], project)
+    assert json.loads((project / "metrics/dpo.json").read_text())["steps"] == 4
+    base, tuned = load_model("base"), load_model("dpo")  # checks each adapter sits on the model it was trained on
+    ids = torch.tensor([[1, 50, 60, 70]])
+    with torch.no_grad():
+        assert not torch.allclose(base(ids).logits, tuned(ids).logits)
+    # One writer: one curve, one checkpoint folder emptied after success.
+    steps = (project / "dvclive/sft/plots/metrics/loss.tsv").read_text().splitlines()[1:]
+    assert len(steps) == len({line.split("\t")[0] for line in steps})
+    assert not any((project / "checkpoints/sft").iterdir())
