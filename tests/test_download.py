@@ -92,7 +92,8 @@ def hub_project(project, server, monkeypatch):
 
 
 def leftovers(project: Path) -> list[str]:
-    return sorted(str(p.relative_to(project)) for p in (project / "data").iterdir() if p.name != "sample")
+    """What download left in data/, besides the committed inputs (the sample and the eval prompt sets)."""
+    return sorted(str(p.relative_to(project)) for p in (project / "data").iterdir() if p.name not in ("sample", "eval"))
 
 
 def test_hub_download_fetches_extracts_and_records_checksums(hub_project):
