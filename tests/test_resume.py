@@ -43,7 +43,7 @@ def test_killed_sft_resumes_and_matches_an_uninterrupted_run(project):
         assert torch.allclose(tensor, uninterrupted[name], atol=1e-5), name
     steps = [int(line.split("\t")[0]) for line in
              (project / "dvclive/sft/plots/metrics/loss.tsv").read_text().splitlines()[1:]]
-    assert steps == sorted(set(steps)) and steps[0] == 5 and steps[-1] == 120  # one continuous curve
+    assert steps == sorted(set(steps)) and steps[0] == 1 and steps[-1] == 120  # one continuous curve
 
 
 def test_checkpoints_of_other_inputs_are_not_resumed(project):
