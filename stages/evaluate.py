@@ -265,7 +265,7 @@ def main() -> None:
                    for example, reference, reply in zip(examples, references[set_name], replies[set_name, model_name])]
     by_key = {(g["set"], g["id"], g["model"]): g for g in generations}
     human.write_sheet([by_key[cfg.human_set, sets[cfg.human_set][i]["id"], model_name]
-                       for i in rated for model_name in MODELS], params.seed)
+                       for i in rated for model_name in MODELS], params.seed, params.sft.system_prompt)
     write_jsonl(GENERATIONS, generations)
     draw_charts(rows, differences)
     write_json(EVAL_PLOT, rows)

@@ -34,11 +34,20 @@ SCALE = ("1", "2", "3", "4", "5")
 SPEAKERS = {"system": "Context", "user": "Person", "assistant": "Listener"}
 
 
-def prompt_text(prompt) -> str:
-    """A prompt as a rater reads it: one line per message, or the plain text of the seed format."""
+def prompt_text(prompt, instructions: str = "") -> str:
+    """A prompt as a rater reads it: one line per message, or the plain text of the seed format. The
+    model's standing instructions (the SFT system prompt) are left out; what the system message adds to
+    them, such as the situation, is kept."""
     if isinstance(prompt, str):
         return prompt.strip()
-    return "\n".join(f"{SPEAKERS[message['role']]}: {message['content']}" for message in prompt)
+    lines = []
+    for message in prompt:
+        content = message["content"]
+        if message["role"] == "system":
+            content = content.removeprefix(instructions).strip()
+        if content:
+            lines.append(f"{SPEAKERS[message['role']]}: {content}")
+    return "\n".join(lines)
 
 
 def code_for(row: dict) -> str:
@@ -47,22 +56,23 @@ def code_for(row: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
-def make_sheet(replies: list[dict], seed: int) -> tuple[list[dict], dict]:
+def make_sheet(replies: list[dict], seed: int, instructions: str = "") -> tuple[list[dict], dict]:
     """Blind sheet rows in shuffled order, and the key (code -> set, id, model).
 
-    `replies`: {set, id, model, prompt, reference, response} per reply."""
+    `replies`: {set, id, model, prompt, reference, response} per reply; `instructions`: the system prompt
+    every prompt starts with, which raters need not read again on each row."""
     rows, key = [], {}
     for reply in replies:
         code = code_for(reply)
         key[code] = {field: reply[field] for field in ("set", "id", "model")}
-        rows.append({"code": code, "prompt": prompt_text(reply["prompt"]), "reference": reply["reference"],
+        rows.append({"code": code, "prompt": prompt_text(reply["prompt"], instructions), "reference": reply["reference"],
                      "response": reply["response"], **{criterion: "" for criterion in (*CRITERIA, "comment")}})
     random.Random(seed).shuffle(rows)
     return rows, key
 
 
-def write_sheet(replies: list[dict], seed: int) -> None:
-    rows, key = make_sheet(replies, seed)
+def write_sheet(replies: list[dict], seed: int, instructions: str = "") -> None:
+    rows, key = make_sheet(replies, seed, instructions)
     with atomic_file(HUMAN_SHEET) as handle:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)
         writer.writeheader()

@@ -54,6 +54,11 @@ def test_the_sheet_is_blind_and_the_key_unblinds_it(workdir):
     assert sorted(key[row["code"]]["model"] for row in rows) == ["base", "dpo", "sft"]
     assert all(row["prompt"] == "Context: Be kind.\nPerson: My cat is ill." for row in rows)
     assert all(row[criterion] == "" for row in rows for criterion in human.CRITERIA)
+    # The standing instructions are not repeated on every row; what a system message adds to them is kept.
+    rows_with_situation, _ = human.make_sheet(
+        [dict(REPLIES[0], prompt=[{"role": "system", "content": "Be kind.\nThe cat is 15."}] + PROMPT[1:])], 0, "Be kind.")
+    assert rows_with_situation[0]["prompt"] == "Context: The cat is 15.\nPerson: My cat is ill."
+    assert human.make_sheet(REPLIES[:1], 0, "Be kind.")[0][0]["prompt"] == "Person: My cat is ill."
     # Shuffled with the seed: the same seed gives the same order, another seed may not.
     assert [r["code"] for r in human.make_sheet(REPLIES, 3)[0]] == [r["code"] for r in rows]
     assert len({tuple(r["code"] for r in human.make_sheet(REPLIES, seed)[0]) for seed in range(10)}) > 1
