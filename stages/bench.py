@@ -25,15 +25,16 @@ from pathlib import Path
 import torch
 import transformers
 from datasets import Dataset
-from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM, TrainerCallback
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, TrainerCallback
 from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
 from stages.base_model import sample_texts, train_tokenizer
-from stages.modeling import lora_config, use_bf16
+from stages.modeling import generation_config, left_padded, lora_config, prompt_ids, use_bf16
 from stages.outputs import write_json
 from stages.params import SEVEN_PROJECTIONS, LoraParams
 from stages.parsing import listener_examples, parse_dpo, parse_empathetic, read_bytes
 from stages.paths import DPO_FILE, DPO_SUBDIR, ED_SUBDIR, SAMPLE_DIR
+from stages.training import throughput
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "data"
 RESULTS = Path("bench/results")
@@ -123,14 +124,11 @@ def run_sft(config, tokenizer, fmt: str, batch: int, accum: int, steps: int, *, 
         trainer = SFTTrainer(model=new_model(config), args=args, train_dataset=Dataset.from_list(rows),
                              processing_class=tokenizer, peft_config=lora_config(LORA), callbacks=[clock])
         trainer.train()
-    # Real tokens per optimizer step, from the rows the steps consumed (packed rows hold several examples).
-    data = trainer.train_dataset
-    per_row_tokens = sum(len(ids) for ids in data["input_ids"]) / len(data)
-    per_row_examples = sum(map(len, data["seq_lengths"])) / len(data) if "seq_lengths" in data.column_names else 1
-    rows_per_step = batch * accum
-    return {"examples_per_s": clock.steps * rows_per_step * per_row_examples / clock.seconds,
-            "real_tokens_per_s": clock.steps * rows_per_step * per_row_tokens / clock.seconds,
-            "mean_tokens_per_example": per_row_tokens / per_row_examples,
+    # The timed steps consumed this share of the rows (packed rows hold several examples).
+    passes = clock.steps * batch * accum / len(trainer.train_dataset)
+    tokens_per_s, examples_per_s = throughput(trainer.train_dataset, passes, clock.seconds)
+    return {"examples_per_s": examples_per_s, "real_tokens_per_s": tokens_per_s,
+            "mean_tokens_per_example": tokens_per_s / examples_per_s,
             "batch": batch, "grad_accum": accum, "timed_steps": clock.steps, "peak_gib": peak_gib()}
 
 
@@ -150,14 +148,10 @@ def run_dpo(config, tokenizer, batch: int, accum: int, steps: int, max_length: i
 
 def run_generate(config, tokenizer, batch: int, new_tokens: int, rounds: int) -> dict:
     model = new_model(config).eval()
-    prompts = [tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True, return_dict=False)
-               for row in sft_rows("dialogue", batch)]
-    width = max(map(len, prompts))
-    pad = tokenizer.pad_token_id
-    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=model.device)
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=model.device)
-    # A random model rarely stops: fix the length so every run generates the same number of tokens.
-    config = GenerationConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=pad)
+    ids, mask = (tensor.to(model.device) for tensor in left_padded(
+        [prompt_ids(tokenizer, row["prompt"]) for row in sft_rows("dialogue", batch)], tokenizer.pad_token_id))
+    config = generation_config(tokenizer, new_tokens, temperature=0.0)
+    config.min_new_tokens = new_tokens  # a random model may emit EOS: fix the length so every run generates alike
     with torch.no_grad():
         model.generate(input_ids=ids, attention_mask=mask, generation_config=config)  # warm-up
         start = time.perf_counter()

@@ -12,9 +12,9 @@ import sys
 from threading import Thread
 
 import torch
-from transformers import GenerationConfig, TextIteratorStreamer, set_seed
+from transformers import TextIteratorStreamer, set_seed
 
-from stages.modeling import load_model, load_tokenizer, prompt_ids
+from stages.modeling import generation_config, load_model, load_tokenizer, prompt_ids
 from stages.params import load_params
 
 HELP = "commands: /reset (forget the conversation), /system <text> (set the system message), /exit"
@@ -25,9 +25,7 @@ class Chat:
 
     def __init__(self, model, tokenizer, system: str, max_new_tokens: int, temperature: float):
         self.model, self.tokenizer, self.system = model, tokenizer, system
-        sampling = dict(do_sample=True, temperature=temperature) if temperature > 0 else dict(do_sample=False)
-        self.config = GenerationConfig(max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
-                                       pad_token_id=tokenizer.pad_token_id, **sampling)
+        self.config = generation_config(tokenizer, max_new_tokens, temperature)
         self.history: list[dict] = []
 
     def messages(self) -> list[dict]:

@@ -24,10 +24,11 @@ import numpy as np
 import torch
 from bert_score import BERTScorer
 from tqdm import tqdm
-from transformers import GenerationConfig, set_seed
+from transformers import set_seed
 
 from stages import human
-from stages.modeling import completion_ids, load_model, load_tokenizer, prompt_ids
+from stages.modeling import (completion_ids, generation_config, left_padded, load_model, load_tokenizer,
+                             prompt_ids)
 from stages.outputs import atomic_dir, read_jsonl, write_json, write_jsonl
 from stages.params import EvalParams, Params, load_params
 from stages.parsing import DataError, parse_prompts, read_bytes
@@ -70,17 +71,15 @@ def reference_text(example) -> str:
 
 def generate(model, tokenizer, prompts: list[list[int]], cfg: EvalParams) -> tuple[list[dict], float]:
     """Replies in the order of `prompts`, each {text, new_tokens, stopped}, and the seconds it took."""
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    sampling = dict(do_sample=True, temperature=cfg.temperature) if cfg.temperature > 0 else dict(do_sample=False)
-    config = GenerationConfig(max_new_tokens=cfg.max_new_tokens, eos_token_id=eos, pad_token_id=pad, **sampling)
+    eos = tokenizer.eos_token_id
+    config = generation_config(tokenizer, cfg.max_new_tokens, cfg.temperature)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     replies: list[dict] = [{}] * len(prompts)
     start = time.perf_counter()
     for first in tqdm(range(0, len(order), cfg.batch_size), desc="generate", unit="batch"):
         batch = order[first : first + cfg.batch_size]
-        width = max(len(prompts[i]) for i in batch)
-        input_ids = torch.tensor([[pad] * (width - len(prompts[i])) + prompts[i] for i in batch])
-        attention = torch.tensor([[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in batch])
+        input_ids, attention = left_padded([prompts[i] for i in batch], tokenizer.pad_token_id)
+        width = input_ids.shape[1]
         with torch.no_grad():
             output = model.generate(input_ids=input_ids.to(model.device), attention_mask=attention.to(model.device),
                                     generation_config=config)

@@ -9,7 +9,7 @@ from typing import Literal
 
 import torch
 from peft import LoraConfig, PeftModel
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from stages.params import LoraParams
 from stages.paths import BASE_MODEL, DPO_MODEL, SFT_MODEL
@@ -92,6 +92,22 @@ def prompt_ids(tokenizer, prompt) -> list[int]:
     if isinstance(prompt, list):
         return tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=False)
     return tokenizer(prompt).input_ids
+
+
+def generation_config(tokenizer, max_new_tokens: int, temperature: float) -> GenerationConfig:
+    """Greedy at temperature 0, sampling exactly when temperature > 0 (the notebook passed a temperature
+    without do_sample, so it was ignored); stops at EOS."""
+    sampling = dict(do_sample=True, temperature=temperature) if temperature > 0 else dict(do_sample=False)
+    return GenerationConfig(max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+                            pad_token_id=tokenizer.pad_token_id, **sampling)
+
+
+def left_padded(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of prompts padded on the left, as generation needs, and its attention mask."""
+    width = max(map(len, prompts))
+    ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    return ids, mask
 
 
 def completion_ids(tokenizer, prompt, completion) -> list[int]:
