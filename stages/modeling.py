@@ -1,5 +1,12 @@
-"""Loading the model stack: base, base+SFT, base+SFT+DPO. Every stage that needs a model goes through here,
-so the DPO stage and evaluation can never disagree about which adapters sit on which base."""
+"""The model stack and the one prompt format. Every stage and tool that touches a model goes through here,
+so training, evaluation, chat and export agree on which adapters sit on which base, where the model runs,
+and which token ids a conversation becomes.
+
+Adapters are never merged where a model is scored or trained on: merging a small LoRA update into bf16
+weights rounds most of it away (an update below half a bf16 step of the weight vanishes), so the "dpo"
+model would not be the model DPO trained. Kept unmerged, the update is added to the activations, as during
+training. Only `tools.export` merges, in float32, and saves float32 weights.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -9,10 +16,13 @@ from typing import Literal
 
 import torch
 from peft import LoraConfig, PeftModel
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedTokenizerFast
 
 from stages.params import LoraParams
-from stages.paths import BASE_MODEL, DPO_MODEL, SFT_MODEL
+from stages.parsing import parse_dpo, parse_empathetic, read_bytes
+from stages.paths import (BASE_MODEL, DPO_FILE, DPO_MODEL, DPO_SUBDIR, ED_SPLITS, ED_SUBDIR, SAMPLE_DIR,
+                          SFT_MODEL)
 
 # The real profile's models/base/ holds only this file: the hub id and the commit it resolved to.
 HUB_PIN = BASE_MODEL / "hub.json"
@@ -25,6 +35,10 @@ ADAPTERS = {"base": [], "sft": [SFT_MODEL], "dpo": [SFT_MODEL, DPO_MODEL]}
 
 class AdapterMismatch(SystemExit):
     """An adapter sits on a different base than the one it was trained on."""
+
+
+class PromptTooLong(ValueError):
+    """A conversation whose last message (with its reply) alone exceeds the token budget."""
 
 
 def fingerprint(stage: Stage) -> str:
@@ -50,14 +64,29 @@ def check_base(adapter: Path, below: Stage) -> None:
             "`dvc checkout` / `dvc exp apply <exp>` to restore matching models.")
 
 
+# --- where a model runs -------------------------------------------------------------------------------
+
+def placement() -> tuple[torch.device, torch.dtype]:
+    """The device and dtype for every model this project runs: a CUDA GPU in bf16 where it supports it,
+    else float32 there; Apple's MPS in float32 (its bf16 support depends on the OS); else the CPU in float32."""
+    if torch.cuda.is_available():
+        return torch.device("cuda"), torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    if torch.backends.mps.is_available():
+        return torch.device("mps"), torch.float32
+    return torch.device("cpu"), torch.float32
+
+
 def use_bf16() -> bool:
-    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    """Whether the trainers train in bf16: exactly when the placement says so."""
+    return placement()[1] == torch.bfloat16
 
 
 def cpu_only() -> bool:
     """No GPU (CUDA or Apple's MPS): several processes then form a gloo group on the CPU (torchrun)."""
-    return not torch.cuda.is_available() and not torch.backends.mps.is_available()
+    return placement()[0].type == "cpu"
 
+
+# --- loading ------------------------------------------------------------------------------------------
 
 def base_source() -> dict:
     """Arguments for from_pretrained: the local tiny model, or the pinned hub model."""
@@ -71,28 +100,164 @@ def load_tokenizer():
     return AutoTokenizer.from_pretrained(**base_source())
 
 
-def load_base_model():
-    return AutoModelForCausalLM.from_pretrained(
-        **base_source(), dtype=torch.bfloat16 if use_bf16() else torch.float32
-    )
+def load_base_model(dtype: torch.dtype | None = None):
+    """The base model on the CPU, in the placement's dtype unless told otherwise. Trainers place it."""
+    return AutoModelForCausalLM.from_pretrained(**base_source(), dtype=dtype or placement()[1])
 
 
-def load_model(stage: Stage):
-    """The base model with the adapters up to `stage` merged in, ready for inference or a new adapter."""
-    model = load_base_model()
+def stack(model, stage: Stage):
+    """`model` with the adapters up to `stage` applied, unmerged and frozen: base, base+SFT, or base+SFT+DPO
+    (the DPO adapter was trained on base+SFT, so both stay active)."""
+    adapters = ADAPTERS[stage]
+    for below, adapter in zip(("base", "sft"), adapters):
+        check_base(adapter, below)
+    if not adapters:
+        return model
+    model = PeftModel.from_pretrained(model, adapters[0], adapter_name="sft")
+    if stage == "dpo":
+        model.load_adapter(adapters[1], adapter_name="dpo")
+        model.base_model.set_adapter(["sft", "dpo"], inference_mode=True)
+    return model
+
+
+def load_model(stage: Stage, device: torch.device | None = None, dtype: torch.dtype | None = None):
+    """The stack up to `stage`, in eval mode, on the placement's device and dtype (or those given)."""
+    where, kind = placement()
+    return stack(load_base_model(dtype or kind), stage).to(device or where).eval()
+
+
+def merged_model(stage: Stage):
+    """The stack up to `stage` merged into plain float32 weights (what `tools.export` saves). In float32 the
+    update survives the merge; cast the result to bf16 and small updates round away again."""
+    model = load_base_model(torch.float32)
     for below, adapter in zip(("base", "sft"), ADAPTERS[stage]):
         check_base(adapter, below)
         model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     return model
 
 
-def prompt_ids(tokenizer, prompt) -> list[int]:
-    """Token ids of a prompt as the model sees it before replying: chat messages through the chat
-    template with the generation prompt, or plain text (the seed format)."""
-    if isinstance(prompt, list):
-        return tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=False)
-    return tokenizer(prompt).input_ids
+def lora_config(lora: LoraParams) -> LoraConfig:
+    return LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        task_type="CAUSAL_LM",
+    )
 
+
+# --- the tiny profile's tokenizer (base_model builds it; tools.bench too) ---------------------------------
+
+# TinyLlama-1.1B-Chat-v1.0's chat template (its tokenizer_config.json), character for character.
+TINYLLAMA_CHAT_TEMPLATE = (
+    "{% for message in messages %}\n"
+    "{% if message['role'] == 'user' %}\n"
+    "{{ '<|user|>\n' + message['content'] + eos_token }}\n"
+    "{% elif message['role'] == 'system' %}\n"
+    "{{ '<|system|>\n' + message['content'] + eos_token }}\n"
+    "{% elif message['role'] == 'assistant' %}\n"
+    "{{ '<|assistant|>\n'  + message['content'] + eos_token }}\n"
+    "{% endif %}\n"
+    "{% if loop.last and add_generation_prompt %}\n"
+    "{{ '<|assistant|>' }}\n"
+    "{% endif %}\n"
+    "{% endfor %}"
+)
+SPECIAL_TOKENS = ["<unk>", "<s>", "</s>"]  # ids 0, 1, 2, as in TinyLlama
+
+
+def sample_texts() -> list[str]:
+    texts = ["<|system|>", "<|user|>", "<|assistant|>"]
+    for split in ED_SPLITS:
+        path = SAMPLE_DIR / ED_SUBDIR / f"{split}.csv"
+        turns = parse_empathetic(read_bytes(path), str(path)).records
+        texts += [t.text for t in turns] + sorted({t.situation for t in turns})
+    path = SAMPLE_DIR / DPO_SUBDIR / DPO_FILE
+    for pair in parse_dpo(read_bytes(path), str(path)).records:
+        texts += [pair[key][0]["content"] for key in ("prompt", "chosen", "rejected")]
+    return texts
+
+
+def train_tokenizer(texts: list[str], vocab_size: int, max_length: int) -> PreTrainedTokenizerFast:
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    ))
+    # Like TinyLlama's tokenizer: plain encoding starts with <s>; chat templates add no BOS.
+    bpe.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="</s>",
+        padding_side="right",
+        chat_template=TINYLLAMA_CHAT_TEMPLATE,
+        model_max_length=max_length,
+        clean_up_tokenization_spaces=False,
+    )
+
+
+# --- the one prompt format ----------------------------------------------------------------------------
+
+def _text_ids(tokenizer, text: str) -> list[int]:
+    """Token ids of rendered text, the way the model's own usage tokenizes it: the tokenizer's defaults,
+    which add a BOS where the model expects one (TinyLlama: `<s>`; ChatML models: none). A template that
+    writes the BOS itself is not given a second one."""
+    ids = tokenizer(text).input_ids
+    bos = tokenizer.bos_token_id
+    if bos is not None and len(ids) > 1 and ids[0] == ids[1] == bos:
+        ids = ids[1:]
+    return ids
+
+
+def encode(tokenizer, prompt, completion=None) -> tuple[list[int], list[int]]:
+    """Prompt ids as the model sees them before replying, and the reply's ids as training and scoring
+    see them, ending at (and including) the first EOS: whatever a template writes after it (`\\n` after
+    `</s>` or `<|im_end|>`) is neither trained nor scored.
+
+    `prompt`: chat messages (rendered through the chat template) or plain text (the seed format);
+    `completion`: the reply as [assistant message] or text, or None for the prompt alone. The reply's ids
+    are what prompt + reply adds after the prompt's ids; the prompt's ids must be a prefix of them, so the
+    model is trained on exactly the context it is given at generation time."""
+    chat = isinstance(prompt, list)
+    prompt_text = (tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False) if chat
+                   else prompt)
+    prompt_ids = _text_ids(tokenizer, prompt_text)
+    if completion is None:
+        return prompt_ids, []
+    full_ids = (_text_ids(tokenizer, tokenizer.apply_chat_template(prompt + completion, tokenize=False)) if chat
+                else _text_ids(tokenizer, prompt + completion) + [tokenizer.eos_token_id])
+    if full_ids[: len(prompt_ids)] != prompt_ids:
+        raise ValueError(f"the prompt's tokens are not a prefix of prompt + reply's tokens: {prompt_text[-40:]!r} "
+                         "tokenizes differently alone than before the reply")
+    reply = full_ids[len(prompt_ids):]
+    eos = tokenizer.eos_token_id
+    return prompt_ids, reply[: reply.index(eos) + 1] if eos in reply else reply
+
+
+def fit(tokenizer, prompt, completion, budget: int) -> tuple[list, int]:
+    """The prompt with its oldest turns dropped until prompt + reply fit in `budget` tokens, and how many
+    messages were dropped. The system message and the last message always stay; turns go from the oldest,
+    so that what remains starts with a user turn. Raises PromptTooLong if even that does not fit."""
+    dropped = 0
+    while sum(map(len, encode(tokenizer, prompt, completion))) > budget:
+        if not isinstance(prompt, list):
+            raise PromptTooLong("a plain-text prompt has no turns to drop")
+        system = prompt[:1] if prompt and prompt[0]["role"] == "system" else []
+        turns = prompt[len(system):]
+        if len(turns) <= 1:
+            raise PromptTooLong(f"the last message alone (with the reply) exceeds {budget} tokens")
+        cut = 1
+        while cut < len(turns) - 1 and turns[cut]["role"] != "user":
+            cut += 1
+        prompt, dropped = system + turns[cut:], dropped + cut
+    return prompt, dropped
+
+
+# --- generation ---------------------------------------------------------------------------------------
 
 def generation_config(tokenizer, max_new_tokens: int, temperature: float) -> GenerationConfig:
     """Greedy at temperature 0, sampling exactly when temperature > 0 (the notebook passed a temperature
@@ -108,23 +273,3 @@ def left_padded(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, to
     ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts])
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
     return ids, mask
-
-
-def completion_ids(tokenizer, prompt, completion) -> list[int]:
-    """Token ids of a reply as training sees it: what prompt + completion adds after the prompt's ids
-    (TRL's rule), so the end-of-turn token counts as part of the reply."""
-    if isinstance(prompt, list):
-        full = tokenizer.apply_chat_template(prompt + completion, tokenize=True, return_dict=False)
-    else:
-        full = tokenizer(prompt + completion).input_ids + [tokenizer.eos_token_id]
-    return full[len(prompt_ids(tokenizer, prompt)):]
-
-
-def lora_config(lora: LoraParams) -> LoraConfig:
-    return LoraConfig(
-        r=lora.r,
-        lora_alpha=lora.alpha,
-        lora_dropout=lora.dropout,
-        target_modules=list(lora.target_modules),
-        task_type="CAUSAL_LM",
-    )

@@ -87,14 +87,13 @@ class TrainParams(Strict):
     """Knobs shared by the sft and dpo stages."""
 
     train_size: PositiveInt
-    eval_size: PositiveInt
     lora: LoraParams
     lr: PositiveFloat
     batch_size: PositiveInt
     eval_batch_size: PositiveInt
     grad_accum: PositiveInt
     max_length: PositiveInt
-    checkpoint_steps: PositiveInt  # save (and, for SFT, evaluate) every this many optimizer steps
+    checkpoint_steps: PositiveInt  # evaluate and save a checkpoint every this many optimizer steps
     liger: bool  # Liger's fused Triton kernels (GPU; needs `pip install liger-kernel`)
 
 
@@ -111,6 +110,8 @@ class SFTParams(TrainParams):
 
 
 class DPOParams(TrainParams):
+    # Open each DPO prompt with sft.system_prompt, as every SFT example and evaluation prompt is opened.
+    use_system_prompt: bool
     beta: PositiveFloat
     # One pass over the training pairs for the reference's log-probs instead of a reference forward per step:
     # pays when training covers the pairs more than once.
@@ -121,6 +122,10 @@ class DPOParams(TrainParams):
 
 
 class EvalParams(Strict):
+    # The fixed evaluation sets: their sizes belong to no SFT or DPO preset, so every experiment is scored
+    # on the same rows (SFT eval examples from valid.csv, held-out DPO pairs, test prompts from test.csv).
+    sft_eval_size: PositiveInt
+    dpo_eval_size: PositiveInt
     test_size: PositiveInt
     # A JSONL file of {system (optional), user, reference} scored as the prompt set `custom`.
     prompts_file: Optional[str] = Field(min_length=1)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 # Every reason a parser may drop a row for; metrics list each one, zero or not, so columns stay stable.
 ED_DROP_REASONS = ("too_few_fields", "bad_utterance_idx", "empty_utterance", "duplicate_turn")
-EXAMPLE_DROP_REASONS = ("missing_earlier_turn",)
+EXAMPLE_DROP_REASONS = ("missing_earlier_turn", "too_long")
 DPO_DROP_REASONS = ("empty_field", "chosen_equals_rejected", "duplicate")
 
 ED_HEADER = ["conv_id", "utterance_idx", "context", "prompt", "speaker_idx", "utterance", "selfeval", "tags"]
@@ -108,7 +108,8 @@ def listener_examples(turns: list[Turn], system_prompt: str, seed_format: bool) 
 
     dialogue format: TRL conversational prompt-completion; the system message carries the situation,
     speaker turns are `user`, earlier listener turns `assistant`. seed format: the notebook's
-    `Instruction: <emotion>` / `Response: <utterance>` text, for comparison.
+    `Instruction: <emotion>` / `Response: <utterance>` text, for comparison; the space before the reply
+    belongs to the reply, so the prompt tokenizes the same alone as before it.
     """
     parsed = Parsed(records=[])
     for conv_id, conv in conversations(turns).items():
@@ -121,8 +122,8 @@ def listener_examples(turns: list[Turn], system_prompt: str, seed_format: bool) 
                 continue
             example = {"id": f"{conv_id}:{turn.idx}", "emotion": turn.emotion, "situation": turn.situation}
             if seed_format:
-                example["prompt"] = f"Instruction: {turn.emotion}\nResponse: "
-                example["completion"] = turn.text
+                example["prompt"] = f"Instruction: {turn.emotion}\nResponse:"
+                example["completion"] = f" {turn.text}"
             else:
                 system = f"{system_prompt}\nWhat the user is going through: {turn.situation}"
                 history = [{"role": "user" if t.idx % 2 else "assistant", "content": t.text} for t in conv[:position]]
@@ -132,8 +133,9 @@ def listener_examples(turns: list[Turn], system_prompt: str, seed_format: bool) 
     return parsed
 
 
-def parse_dpo(raw: bytes, name: str) -> Parsed:
-    """Parse Human-Like-DPO data.json: strip; drop empty fields, chosen == rejected, exact duplicates."""
+def parse_dpo(raw: bytes, name: str, system_prompt: str = "") -> Parsed:
+    """Parse Human-Like-DPO data.json: strip; drop empty fields, chosen == rejected, exact duplicates.
+    A non-empty `system_prompt` opens every prompt as a system message, as in the SFT examples."""
     try:
         items = json.loads(decode_utf8(raw, name))
     except json.JSONDecodeError as error:
@@ -158,7 +160,8 @@ def parse_dpo(raw: bytes, name: str) -> Parsed:
         else:
             seen.add((prompt, chosen, rejected))
             parsed.records.append({
-                "prompt": [{"role": "user", "content": prompt}],
+                "prompt": ([{"role": "system", "content": system_prompt}] if system_prompt else [])
+                + [{"role": "user", "content": prompt}],
                 "chosen": [{"role": "assistant", "content": chosen}],
                 "rejected": [{"role": "assistant", "content": rejected}],
             })

@@ -1,18 +1,24 @@
 """preprocess: raw EmpatheticDialogues and Human-Like-DPO -> TRL-ready JSONL, plus row counts.
 
-SFT: one example per listener turn (stages.parsing.listener_examples); train/eval/test come from
-train/valid/test.csv, each shuffled with the seed and cut to its configured size.
-DPO: stripped, filtered, de-duplicated, shuffled with the seed, split into train and eval.
+SFT: one example per listener turn (stages.parsing.listener_examples). A dialogue too long for
+sft.max_length tokens (with the base model's tokenizer and chat template) loses its oldest turns, never
+the reply; one that still does not fit is dropped and counted. train/eval/test come from
+train/valid/test.csv, each shuffled with the seed and cut to its size: sft.train_size for train, the
+fixed eval.sft_eval_size and eval.test_size for the others, so every preset is scored on the same rows.
+DPO: stripped, filtered, de-duplicated, opened with the SFT system prompt (dpo.use_system_prompt),
+shuffled with the seed; the fixed eval.dpo_eval_size pairs are held out and up to dpo.train_size of the
+rest go to training.
 """
 from __future__ import annotations
 
 import random
 import sys
 
+from stages.modeling import PromptTooLong, fit, load_tokenizer
 from stages.outputs import write_json, write_jsonl
 from stages.params import load_params
-from stages.parsing import (DPO_DROP_REASONS, ED_DROP_REASONS, EXAMPLE_DROP_REASONS, DataError, listener_examples,
-                            parse_dpo, parse_empathetic, read_bytes)
+from stages.parsing import (DPO_DROP_REASONS, ED_DROP_REASONS, EXAMPLE_DROP_REASONS, DataError, Parsed,
+                            listener_examples, parse_dpo, parse_empathetic, read_bytes)
 from stages.paths import DPO_DATA, DPO_FILE, DPO_SUBDIR, ED_SUBDIR, METRICS_DIR, RAW_DIR, SFT_DATA
 
 SFT_SPLITS = {"train": "train", "eval": "valid", "test": "test"}  # processed split -> raw file
@@ -25,24 +31,40 @@ def subsample(rows: list, size: int, seed: int) -> list:
 
 
 def split_pairs(rows: list, train_size: int, eval_size: int, seed: int) -> tuple[list, list]:
-    """Shuffle, then take eval first and train from the rest. With fewer rows than asked for, both
-    shrink in proportion, so a 9000/1000 preset still gives a 90/10 split of a small sample."""
+    """Shuffle, hold out the first `eval_size` (a tenth of the rows when there are fewer than ten times
+    that many), and train on up to `train_size` of the rest. The held-out pairs depend on the rows, the
+    seed and eval_size only, never on train_size."""
     rows = subsample(rows, len(rows), seed)
-    wanted = train_size + eval_size
-    if len(rows) < wanted:
-        eval_size = max(1, round(len(rows) * eval_size / wanted))
-        train_size = len(rows) - eval_size
-    return rows[eval_size : eval_size + train_size], rows[:eval_size]
+    held_out = min(eval_size, max(1, len(rows) // 10))
+    return rows[held_out : held_out + train_size], rows[:held_out]
+
+
+def fit_examples(examples: Parsed, tokenizer, max_length: int) -> int:
+    """Fit each example into max_length tokens in place (oldest turns dropped); drop and count those that
+    cannot fit. Returns how many examples lost turns."""
+    fitted, truncated = [], 0
+    for example in examples.records:
+        try:
+            prompt, dropped = fit(tokenizer, example["prompt"], example["completion"], max_length)
+        except PromptTooLong:
+            examples.dropped["too_long"] += 1
+            continue
+        truncated += dropped > 0
+        fitted.append({**example, "prompt": prompt})
+    examples.records = fitted
+    return truncated
 
 
 def main() -> None:
     params = load_params()
-    sizes = {"train": params.sft.train_size, "eval": params.sft.eval_size, "test": params.eval.test_size}
+    tokenizer = load_tokenizer()
+    sizes = {"train": params.sft.train_size, "eval": params.eval.sft_eval_size, "test": params.eval.test_size}
     metrics, outputs = {}, {}
     for split, raw_split in SFT_SPLITS.items():
         path = RAW_DIR / ED_SUBDIR / f"{raw_split}.csv"
         turns = parse_empathetic(read_bytes(path), str(path))
         examples = listener_examples(turns.records, params.sft.system_prompt, params.sft.format == "seed")
+        metrics[f"sft.{split}.truncated"] = fit_examples(examples, tokenizer, params.sft.max_length)
         chosen = subsample(examples.records, sizes[split], params.seed)
         if not chosen:
             raise DataError(f"{path}: no SFT examples left after filtering")
@@ -53,10 +75,10 @@ def main() -> None:
         metrics[f"sft.{split}.examples"] = len(chosen)
 
     path = RAW_DIR / DPO_SUBDIR / DPO_FILE
-    pairs = parse_dpo(read_bytes(path), str(path))
+    pairs = parse_dpo(read_bytes(path), str(path), params.sft.system_prompt if params.dpo.use_system_prompt else "")
     if len(pairs.records) < 2:
         raise DataError(f"{path}: {len(pairs.records)} usable pairs after filtering; need at least 2")
-    train, held_out = split_pairs(pairs.records, params.dpo.train_size, params.dpo.eval_size, params.seed)
+    train, held_out = split_pairs(pairs.records, params.dpo.train_size, params.eval.dpo_eval_size, params.seed)
     outputs[DPO_DATA / "train.jsonl"], outputs[DPO_DATA / "eval.jsonl"] = train, held_out
     metrics.update(pairs.counts("dpo.rows", DPO_DROP_REASONS))
     metrics.update({"dpo.train.pairs": len(train), "dpo.eval.pairs": len(held_out)})

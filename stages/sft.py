@@ -1,9 +1,11 @@
 """sft: train a LoRA adapter on EmpatheticDialogues listener turns with TRL's SFTTrainer.
 
-Loss is on the completion (the listener's reply and its EOS) only; batches are padded to their own
-longest row. The base model's eval loss is measured first (a fresh LoRA adapter is a no-op), so
-metrics/sft.json shows what SFT changed. Eval loss and a checkpoint every sft.checkpoint_steps; a killed
-run resumes from its last complete checkpoint. The best adapter and the tokenizer go to models/sft/.
+Every example becomes token ids through the one prompt format (stages.modeling.encode); the loss is on
+the listener's reply and its EOS only, and batches are padded to their own longest row. The base model's
+eval loss is measured first (a fresh LoRA adapter is a no-op), so metrics/sft.json shows what SFT changed.
+Eval loss and a checkpoint every sft.checkpoint_steps and at the last step; a killed run resumes from its
+last complete checkpoint. The final adapter (not the best-scoring one: the eval set is the one reported,
+so picking on it would flatter the number) and the tokenizer go to models/sft/.
 """
 from __future__ import annotations
 
@@ -16,12 +18,13 @@ from stages.modeling import fingerprint, load_base_model, load_tokenizer, lora_c
 from stages.outputs import write_json
 from stages.params import load_params
 from stages.paths import METRICS_DIR, SFT_DATA, SFT_MODEL
-from stages.training import (MarkComplete, live_callback, load_split, resume_or_start, save_adapter,
-                             throughput, trainer_kwargs)
+from stages.training import (MarkComplete, TrainClock, final_evaluation, live_callback, resume_or_start,
+                             save_adapter, sft_dataset, throughput, trainer_kwargs)
 
 
 def build_trainer(params, output_dir: str, resume: bool = False) -> SFTTrainer:
     sft = params.sft
+    tokenizer = load_tokenizer()
     config = SFTConfig(
         **trainer_kwargs(params, sft, output_dir),
         num_train_epochs=sft.epochs,
@@ -35,20 +38,15 @@ def build_trainer(params, output_dir: str, resume: bool = False) -> SFTTrainer:
         train_sampling_strategy="group_by_length",
         packing=sft.packing,
         packing_strategy="bfd",
-        eval_strategy="steps",
-        eval_steps=sft.checkpoint_steps,
-        load_best_model_at_end=True,
-        metric_for_best_model="eval_loss",
-        save_total_limit=2,  # the latest, to resume from; the best is always kept besides
     )
     return SFTTrainer(
         model=load_base_model(),
         args=config,
-        train_dataset=load_split(SFT_DATA / "train.jsonl"),
-        eval_dataset=load_split(SFT_DATA / "eval.jsonl"),
-        processing_class=load_tokenizer(),
+        train_dataset=sft_dataset(SFT_DATA / "train.jsonl", tokenizer),
+        eval_dataset=sft_dataset(SFT_DATA / "eval.jsonl", tokenizer),
+        processing_class=tokenizer,
         peft_config=lora_config(sft.lora),
-        callbacks=[live_callback("sft", resume), MarkComplete()],
+        callbacks=[live_callback("sft", resume), MarkComplete(), TrainClock()],
     )
 
 
@@ -70,21 +68,25 @@ def main() -> None:
     trainer = build_trainer(params, str(run_dir), resume=checkpoint is not None)
     base_eval_loss = base_model_eval_loss(trainer, run_dir / "base_eval_loss.txt", resuming=checkpoint is not None)
     result = trainer.train(resume_from_checkpoint=checkpoint)
+    final = final_evaluation(trainer)
     if not trainer.is_world_process_zero():
         return
     save_adapter(trainer, SFT_MODEL, below="base")
-    runtime = result.metrics["train_runtime"]
-    tokens_per_s, examples_per_s = throughput(trainer.train_dataset, params.sft.epochs, runtime)
+    clock = TrainClock.of(trainer)
+    # The share of all epochs that these steps trained (all of it, or what a resumed run had left).
+    passes = params.sft.epochs * clock.steps / trainer.state.max_steps
+    tokens_per_s, examples_per_s = throughput(trainer.train_dataset, passes, clock.seconds)
     write_json(METRICS_DIR / "sft.json", {
         "base_eval_loss": base_eval_loss,
-        "eval_loss": trainer.state.best_metric,
+        "eval_loss": final["eval_loss"],
         "train_loss": result.training_loss,
-        "train_runtime_s": runtime,
+        "train_runtime_s": result.metrics["train_runtime"],
+        "train_step_seconds": clock.seconds,
         "train_tokens_per_s": tokens_per_s,
         "train_examples_per_s": examples_per_s,
         "steps": trainer.state.global_step,
     })
-    print(f"sft: eval loss {base_eval_loss:.4f} (base) -> {trainer.state.best_metric:.4f}; adapter in {SFT_MODEL}/")
+    print(f"sft: eval loss {base_eval_loss:.4f} (base) -> {final['eval_loss']:.4f}; adapter in {SFT_MODEL}/")
 
 
 if __name__ == "__main__":

@@ -1,33 +1,52 @@
-"""What the sft and dpo stages share: reading splits, the trainer settings both take from params,
-checkpoints to resume from, dvclive logging, saving the adapter, and a throughput figure."""
+"""What the sft and dpo stages share: splits as token ids, the trainer settings both take from params,
+checkpoints to resume from, dvclive logging, the final evaluation, a training-only clock, and saving the
+adapter."""
 from __future__ import annotations
 
 import hashlib
 import shutil
+import time
 from pathlib import Path
 
+import torch
 from accelerate import PartialState
-from datasets import Dataset
+from datasets import Dataset, Features, Sequence, Value
 from dvclive import Live
 from transformers import TrainerCallback
 from transformers.integrations import DVCLiveCallback
 
-from stages.modeling import Stage, cpu_only, prompt_ids, record_base, use_bf16
+from stages.modeling import Stage, cpu_only, encode, record_base, use_bf16
 from stages.outputs import atomic_dir, read_jsonl
 from stages.params import Params, TrainParams
 from stages.paths import CHECKPOINTS_DIR, LIVE_DIR
 
 
-def load_split(path) -> Dataset:
-    return Dataset.from_list(read_jsonl(path))
+def sft_dataset(path, tokenizer) -> Dataset:
+    """An SFT split as token ids through the one prompt format (modeling.encode), with the reply (and its
+    EOS) marked for the loss. preprocess already fitted every example into sft.max_length."""
+    rows = []
+    for example in read_jsonl(path):
+        prompt, reply = encode(tokenizer, example["prompt"], example["completion"])
+        rows.append({"input_ids": prompt + reply, "completion_mask": [0] * len(prompt) + [1] * len(reply)})
+    return Dataset.from_list(rows)
 
 
-def load_pairs(path, tokenizer, limit: int) -> tuple[Dataset, int]:
-    """A DPO split without the pairs whose prompt exceeds `limit` tokens (TRL 1.x has no
-    max_prompt_length), and how many were left out. The dpo stage trains on these; evaluate scores them."""
-    pairs = load_split(path)
-    kept = pairs.filter(lambda pair: len(prompt_ids(tokenizer, pair["prompt"])) <= limit)
-    return kept, len(pairs) - len(kept)
+def dpo_dataset(path, tokenizer, max_prompt_length: int) -> tuple[Dataset, int]:
+    """A DPO split as token ids through the one prompt format, without the pairs whose prompt exceeds
+    `max_prompt_length` tokens (TRL 1.x has no max_prompt_length), and how many were left out. The dpo
+    stage trains on these; evaluate scores them."""
+    rows, dropped = [], 0
+    for pair in read_jsonl(path):
+        prompt, chosen = encode(tokenizer, pair["prompt"], pair["chosen"])
+        if len(prompt) > max_prompt_length:
+            dropped += 1
+            continue
+        rows.append({"prompt_ids": prompt, "chosen_ids": chosen,
+                     "rejected_ids": encode(tokenizer, pair["prompt"], pair["rejected"])[1]})
+    return Dataset.from_list(rows, features=PAIR_FEATURES), dropped
+
+
+PAIR_FEATURES = Features({name: Sequence(Value("int64")) for name in ("prompt_ids", "chosen_ids", "rejected_ids")})
 
 
 def trainer_kwargs(params: Params, train: TrainParams, output_dir: str) -> dict:
@@ -47,8 +66,11 @@ def trainer_kwargs(params: Params, train: TrainParams, output_dir: str) -> dict:
         logging_steps=5,
         logging_first_step=True,  # so the curves start at step 1, and even a run of a few steps logs
         report_to="none",
+        eval_strategy="steps",
+        eval_steps=train.checkpoint_steps,
         save_strategy="steps",
         save_steps=train.checkpoint_steps,
+        save_total_limit=1,  # the latest checkpoint is all a resumed run needs; the final adapter is kept
         use_liger_kernel=train.liger,
     )
 
@@ -119,19 +141,52 @@ def live_callback(stage: str, resume: bool) -> LiveCallback:
     return LiveCallback(live=Live(dir=str(LIVE_DIR / stage), resume=resume, dvcyaml=None, save_dvc_exp=False))
 
 
+class TrainClock(TrainerCallback):
+    """Seconds spent in optimizer steps (forward, backward, update) by this process, and how many: no
+    evaluation, checkpointing or logging, and after a resume only the steps this run made."""
+
+    def __init__(self):
+        self.seconds, self.steps, self._start = 0.0, 0, 0.0
+
+    @staticmethod
+    def of(trainer) -> "TrainClock":
+        return next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, TrainClock))
+
+    @staticmethod
+    def _now() -> float:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()  # GPU work is asynchronous: count it when it is done
+        return time.perf_counter()
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._start = self._now()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.seconds += self._now() - self._start
+        self.steps += 1
+
+
 def throughput(dataset: Dataset, passes: float, seconds: float) -> tuple[float, float]:
-    """Real (unpadded) tokens and examples the trainer consumed per second of training. A packed row
+    """Real (unpadded) tokens and examples per second, for `passes` over `dataset` in `seconds`. A packed row
     (TRL's packing) holds several examples; its `seq_lengths` lists them."""
     tokens = sum(len(ids) for ids in dataset["input_ids"])
     examples = sum(map(len, dataset["seq_lengths"])) if "seq_lengths" in dataset.column_names else len(dataset)
     return (tokens * passes / seconds, examples * passes / seconds) if seconds > 0 else (0.0, 0.0)
 
 
+def final_evaluation(trainer) -> dict:
+    """The evaluation at the last step: the in-loop one when the last step was an evaluation step, else
+    one more, so the end of training is always evaluated and never twice."""
+    step = trainer.state.global_step
+    logged = [log for log in trainer.state.log_history if log.get("step") == step and "eval_loss" in log]
+    return logged[-1] if logged else trainer.evaluate()
+
+
 def save_adapter(trainer, out: Path, below: Stage) -> None:
     """Write the trained adapter, the tokenizer and a fingerprint of the stack `below` it to `out`
     atomically, then empty the run's checkpoint folder (DVC keeps the folder itself: persist)."""
     with atomic_dir(out) as tmp:
-        trainer.model.save_pretrained(tmp)
+        trainer.model.save_pretrained(tmp, selected_adapters=["default"])  # the trained one, not the SFT beneath
         trainer.processing_class.save_pretrained(tmp)
         record_base(tmp, below)
     run_dir = Path(trainer.args.output_dir)

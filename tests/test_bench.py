@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from stages import bench
+from tools import bench
 
 from conftest import shared_file
 

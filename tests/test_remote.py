@@ -93,7 +93,7 @@ def test_push_then_a_fresh_clone_pulls_identical_adapters(pipeline_copy, s3, tmp
     assert tracked_outputs(clone) == tracked_outputs(repo)
     assert {"models/sft/adapter_model.safetensors", "models/dpo/adapter_model.safetensors"} <= set(tracked_outputs(clone))
     assert "in sync" in run(["dvc", "status", "-c"], clone).stdout
-    answer = run(["python", "-m", "stages.chat", "--model", "dpo", "--prompt", "I feel lonely.",
+    answer = run(["python", "-m", "tools.chat", "--model", "dpo", "--prompt", "I feel lonely.",
                   "--max-new-tokens", "8"], clone)
     assert answer.stdout.strip()
 

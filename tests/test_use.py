@@ -7,13 +7,13 @@ import sys
 import torch
 
 from conftest import VENV_PATH, edit_params, run
-from stages.chat import Chat
-from stages.export import PROBE, stacked_model
-from stages.modeling import load_model, load_tokenizer, prompt_ids
+from stages.modeling import encode, load_model, load_tokenizer
+from tools.chat import Chat
+from tools.export import PROBE
 
 
 def test_prompt_mode_answers_once_and_exits(pipeline):
-    result = run(["python", "-m", "stages.chat", "--model", "sft", "--prompt", "I failed my driving test again.",
+    result = run(["python", "-m", "tools.chat", "--model", "sft", "--prompt", "I failed my driving test again.",
                   "--max-new-tokens", "20"], pipeline)
     assert result.returncode == 0 and result.stdout.strip()
 
@@ -21,7 +21,7 @@ def test_prompt_mode_answers_once_and_exits(pipeline):
 def test_chat_keeps_history_and_streams_the_reply(pipeline, monkeypatch):
     monkeypatch.chdir(pipeline)
     tokenizer = load_tokenizer()
-    chat = Chat(load_model("sft").eval(), tokenizer, "Be kind.", max_new_tokens=12, temperature=0.0)
+    chat = Chat(load_model("sft"), tokenizer, "Be kind.", max_new_tokens=12, temperature=0.0, max_length=1024)
     streamed = io.StringIO()
     first = chat.reply("My dog died.", out=streamed)
     assert streamed.getvalue().strip() == first
@@ -29,7 +29,7 @@ def test_chat_keeps_history_and_streams_the_reply(pipeline, monkeypatch):
     assert [m["role"] for m in chat.messages()] == ["system", "user", "assistant", "user", "assistant"]
     assert chat.messages()[2]["content"] == first
     # The second prompt holds the whole conversation, through the chat template.
-    rendered = tokenizer.decode(prompt_ids(tokenizer, chat.messages()[:4]))
+    rendered = tokenizer.decode(encode(tokenizer, chat.messages()[:4])[0])
     assert rendered.count("<|user|>") == 2 and "My dog died." in rendered and "<|system|>\nBe kind." in rendered
     assert chat.command("/system Be brief.") and chat.system == "Be brief." and chat.history == []
     chat.reply("Hi", out=io.StringIO())
@@ -39,7 +39,7 @@ def test_chat_keeps_history_and_streams_the_reply(pipeline, monkeypatch):
 
 def test_repl_reads_commands_from_the_terminal(pipeline):
     session = "I feel lonely.\n/system Answer briefly.\nStill lonely.\n/reset\n/exit\n"
-    result = subprocess.run([sys.executable, "-m", "stages.chat", "--model", "base", "--max-new-tokens", "5"],
+    result = subprocess.run([sys.executable, "-m", "tools.chat", "--model", "base", "--max-new-tokens", "5"],
                             cwd=pipeline, input=session, capture_output=True, text=True, timeout=300,
                             env={"PATH": VENV_PATH, "HOME": str(pipeline)})
     assert result.returncode == 0, result.stderr
@@ -49,7 +49,7 @@ def test_repl_reads_commands_from_the_terminal(pipeline):
 
 def test_export_loads_without_peft_and_matches_the_adapter_stack(pipeline, tmp_path, monkeypatch):
     out = tmp_path / "exported"
-    run(["python", "-m", "stages.export", "--model", "dpo", "--out", str(out)], pipeline)
+    run(["python", "-m", "tools.export", "--model", "dpo", "--out", str(out)], pipeline)
     assert not any(p.name.startswith("adapter_") for p in out.iterdir())
     # A separate interpreter in which peft cannot even be imported loads it with plain transformers.
     script = (
@@ -60,12 +60,12 @@ def test_export_loads_without_peft_and_matches_the_adapter_stack(pipeline, tmp_p
         "with torch.no_grad(): print(json.dumps(model(input_ids=ids).logits[0, -1].tolist()))\n"
     )
     monkeypatch.chdir(pipeline)
-    ids = prompt_ids(load_tokenizer(), PROBE)
+    ids = encode(load_tokenizer(), PROBE)[0]
     plain = subprocess.run([sys.executable, "-c", script, json.dumps(ids)], capture_output=True, text=True, check=True)
     exported_logits = torch.tensor(json.loads(plain.stdout))
     with torch.no_grad():
-        stacked_logits = stacked_model("dpo").eval()(input_ids=torch.tensor([ids])).logits[0, -1]
-        base_logits = stacked_model("base").eval()(input_ids=torch.tensor([ids])).logits[0, -1]
+        stacked_logits = load_model("dpo")(input_ids=torch.tensor([ids])).logits[0, -1]
+        base_logits = load_model("base")(input_ids=torch.tensor([ids])).logits[0, -1]
     assert torch.allclose(exported_logits, stacked_logits, atol=1e-4)
     assert not torch.allclose(exported_logits, base_logits, atol=1e-2)  # the adapters are really in it
 
@@ -73,7 +73,7 @@ def test_export_loads_without_peft_and_matches_the_adapter_stack(pipeline, tmp_p
 def test_an_adapter_on_a_different_base_is_refused_by_name(pipeline_copy):
     edit_params(pipeline_copy / "params.yaml", seed=7)  # a different random base model
     run(["python", "-m", "stages.base_model"], pipeline_copy)
-    for command in (["python", "-m", "stages.evaluate"], ["python", "-m", "stages.chat", "--prompt", "hi"]):
+    for command in (["python", "-m", "stages.evaluate"], ["python", "-m", "tools.chat", "--prompt", "hi"]):
         result = run(command, pipeline_copy, check=False)
         assert result.returncode == 1
         assert "models/sft/ was trained on a different base model than the one in models/ now" in result.stderr

@@ -1,8 +1,8 @@
 """bench: training and generation throughput on TinyLlama's shape (random weights), the notebook's recipe
 beside this project's, in one process and one run.
 
-    python -m stages.bench            # on a GPU: TinyLlama-1.1B's shape, bf16
-    python -m stages.bench --tiny     # CPU smoke run: a tiny shape and a few steps
+    python -m tools.bench            # on a GPU: TinyLlama-1.1B's shape, bf16
+    python -m tools.bench --tiny     # CPU smoke run: a tiny shape and a few steps
 
 The shape comes from ../shared/data/tinyllama/config.json when that reference folder is beside the
 checkout, else from TinyLlama's published numbers. Data are the project's own: EmpatheticDialogues sample
@@ -28,8 +28,8 @@ from datasets import Dataset
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, TrainerCallback
 from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
-from stages.base_model import sample_texts, train_tokenizer
-from stages.modeling import generation_config, left_padded, lora_config, prompt_ids, use_bf16
+from stages.modeling import (cpu_only, encode, generation_config, left_padded, lora_config, placement, sample_texts,
+                             train_tokenizer, use_bf16)
 from stages.outputs import write_json
 from stages.params import SEVEN_PROJECTIONS, LoraParams
 from stages.parsing import listener_examples, parse_dpo, parse_empathetic, read_bytes
@@ -79,8 +79,8 @@ def tokenizer_for(tiny: bool):
 
 def new_model(config: LlamaConfig):
     torch.manual_seed(0)
-    dtype = torch.bfloat16 if use_bf16() else torch.float32
-    return LlamaForCausalLM(config).to(dtype=dtype, device="cuda" if torch.cuda.is_available() else "cpu")
+    device, dtype = placement()
+    return LlamaForCausalLM(config).to(dtype=dtype, device=device)
 
 
 def sft_rows(fmt: str, count: int) -> list[dict]:
@@ -104,7 +104,7 @@ def peak_gib() -> float:
 
 def common(batch: int, accum: int, steps: int, workdir: str) -> dict:
     return dict(output_dir=workdir, per_device_train_batch_size=batch, gradient_accumulation_steps=accum,
-                max_steps=steps, learning_rate=1e-4, bf16=use_bf16(), use_cpu=not torch.cuda.is_available(),
+                max_steps=steps, learning_rate=1e-4, bf16=use_bf16(), use_cpu=cpu_only(),
                 report_to="none", save_strategy="no", logging_steps=10**6, seed=0)
 
 
@@ -149,7 +149,7 @@ def run_dpo(config, tokenizer, batch: int, accum: int, steps: int, max_length: i
 def run_generate(config, tokenizer, batch: int, new_tokens: int, rounds: int) -> dict:
     model = new_model(config).eval()
     ids, mask = (tensor.to(model.device) for tensor in left_padded(
-        [prompt_ids(tokenizer, row["prompt"]) for row in sft_rows("dialogue", batch)], tokenizer.pad_token_id))
+        [encode(tokenizer, row["prompt"])[0] for row in sft_rows("dialogue", batch)], tokenizer.pad_token_id))
     config = generation_config(tokenizer, new_tokens, temperature=0.0)
     config.min_new_tokens = new_tokens  # a random model may emit EOS: fix the length so every run generates alike
     with torch.no_grad():

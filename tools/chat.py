@@ -1,9 +1,11 @@
 """Talk to the model: base, base+SFT or base+SFT+DPO, with the chat template and streamed tokens.
 
-    python -m stages.chat --model dpo                 # a REPL; /reset, /system <text>, /exit
-    python -m stages.chat --model sft --prompt "I failed my driving test again."   # one answer, then exit
+    python -m tools.chat --model dpo                 # a REPL; /reset, /system <text>, /exit
+    python -m tools.chat --model sft --prompt "I failed my driving test again."   # one answer, then exit
 
-It loads models/ as the pipeline left them (after `dvc repro`, `dvc pull` or `dvc exp apply <exp>`).
+It loads models/ as the pipeline left them (after `dvc repro`, `dvc pull` or `dvc exp apply <exp>`), on the
+GPU when there is one, with the same prompt format as training. A conversation that outgrows
+sft.max_length minus --max-new-tokens forgets its oldest turns.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from threading import Thread
 import torch
 from transformers import TextIteratorStreamer, set_seed
 
-from stages.modeling import generation_config, load_model, load_tokenizer, prompt_ids
+from stages.modeling import PromptTooLong, encode, fit, generation_config, load_model, load_tokenizer
 from stages.params import load_params
 
 HELP = "commands: /reset (forget the conversation), /system <text> (set the system message), /exit"
@@ -23,9 +25,10 @@ HELP = "commands: /reset (forget the conversation), /system <text> (set the syst
 class Chat:
     """A conversation with one model: keeps the history and streams each reply."""
 
-    def __init__(self, model, tokenizer, system: str, max_new_tokens: int, temperature: float):
+    def __init__(self, model, tokenizer, system: str, max_new_tokens: int, temperature: float, max_length: int):
         self.model, self.tokenizer, self.system = model, tokenizer, system
         self.config = generation_config(tokenizer, max_new_tokens, temperature)
+        self.budget = max_length - max_new_tokens  # prompt tokens, leaving room for the reply
         self.history: list[dict] = []
 
     def messages(self) -> list[dict]:
@@ -34,7 +37,16 @@ class Chat:
     def reply(self, text: str, out=sys.stdout) -> str:
         """Answer `text`, writing tokens to `out` as they come; the answer joins the history."""
         self.history.append({"role": "user", "content": text})
-        ids = torch.tensor([prompt_ids(self.tokenizer, self.messages())], device=self.model.device)
+        try:
+            messages, dropped = fit(self.tokenizer, self.messages(), None, self.budget)
+        except PromptTooLong:
+            self.history.pop()
+            out.write(f"(that message is too long: over {self.budget} tokens)\n")
+            return ""
+        if dropped:
+            self.history = self.history[dropped:]
+            out.write(f"(forgot the {dropped} oldest messages to stay within {self.budget} tokens)\n")
+        ids = torch.tensor([encode(self.tokenizer, messages)[0]], device=self.model.device)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         worker = Thread(target=self.model.generate, kwargs=dict(
             input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=self.config, streamer=streamer))
@@ -95,7 +107,8 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params()
     set_seed(params.seed)
     system = params.sft.system_prompt if args.system is None else args.system
-    chat = Chat(load_model(args.model).eval(), load_tokenizer(), system, args.max_new_tokens, args.temperature)
+    chat = Chat(load_model(args.model), load_tokenizer(), system, args.max_new_tokens, args.temperature,
+                params.sft.max_length)
     if args.prompt is not None:
         chat.reply(args.prompt)
     else:

@@ -1,9 +1,11 @@
 """Merge the adapters into a standalone model directory that loads with plain transformers, no peft.
 
-    python -m stages.export --model dpo --out exported/dpo
+    python -m tools.export --model dpo --out exported/dpo
 
-After writing, it checks the export: the logits of `AutoModelForCausalLM.from_pretrained(<out>)` must match
-the adapter-stacked model (adapters applied, not merged) on a probe conversation.
+The merge is done in float32 and the weights are saved in float32: cast to bf16, an update smaller than
+half a bf16 step of its weight would round away. After writing, it checks the export on the accelerator
+when there is one: the logits of `AutoModelForCausalLM.from_pretrained(<out>)` must match the unmerged
+adapter stack, both in float32, on a probe conversation.
 """
 from __future__ import annotations
 
@@ -12,30 +14,18 @@ import sys
 from pathlib import Path
 
 import torch
-from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from stages.modeling import load_base_model, load_model, load_tokenizer, prompt_ids, use_bf16
+from stages.modeling import encode, load_model, load_tokenizer, merged_model, placement
 from stages.outputs import atomic_dir
-from stages.paths import DPO_MODEL, SFT_MODEL
 
 PROBE = [{"role": "system", "content": "You are a kind listener."},
          {"role": "user", "content": "I didn't get the job, and I really wanted it."}]
-TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 5e-2}  # max |logit difference|
-
-
-def stacked_model(stage: str):
-    """The adapters applied on top of the base without merging: the reference for the check."""
-    if stage == "base":
-        return load_base_model()
-    model = PeftModel.from_pretrained(load_base_model(), SFT_MODEL)
-    if stage == "dpo":  # the DPO adapter was trained on base+SFT merged, so it goes on top of that
-        model = PeftModel.from_pretrained(model.merge_and_unload(), DPO_MODEL)
-    return model
+TOLERANCE = 1e-4  # max |logit difference| in float32
 
 
 def max_logit_difference(exported, reference, tokenizer) -> float:
-    ids = torch.tensor([prompt_ids(tokenizer, PROBE)])
+    ids = torch.tensor([encode(tokenizer, PROBE)[0]])
     with torch.no_grad():
         a = exported(input_ids=ids.to(exported.device)).logits.float()
         b = reference(input_ids=ids.to(reference.device)).logits.float()
@@ -45,12 +35,12 @@ def max_logit_difference(exported, reference, tokenizer) -> float:
 def export(stage: str, out: Path) -> float:
     tokenizer = load_tokenizer()
     with atomic_dir(out) as tmp:
-        load_model(stage).save_pretrained(tmp)
+        merged_model(stage).save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-    dtype = torch.bfloat16 if use_bf16() else torch.float32
-    exported = AutoModelForCausalLM.from_pretrained(out, dtype=dtype).eval()
-    difference = max_logit_difference(exported, stacked_model(stage).eval(), tokenizer)
-    if difference > TOLERANCE[dtype]:
+    device = placement()[0]
+    exported = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).to(device).eval()
+    difference = max_logit_difference(exported, load_model(stage, device, torch.float32), tokenizer)
+    if difference > TOLERANCE:
         raise SystemExit(f"export: {out} does not match the adapter stack: max |logit difference| {difference:.2e}")
     return difference
 
