@@ -109,7 +109,8 @@ def main() -> None:
         **flat(final, "eval"),
         **{f"train.{key.replace('/', '_')}": last_train[key] for key in REPORTED},
         "train_runtime_s": result.metrics["train_runtime"],
-        "train_step_seconds": clock.seconds,
+        "train_step_seconds": clock.seconds,  # training steps only: no evaluation, checkpoints or logging
+        "train_steps_timed": clock.steps,  # the steps this run made (after a resume, fewer than steps)
         "train_pairs_per_s": pairs / clock.seconds if clock.seconds else 0.0,
         "steps": trainer.state.global_step,
         **{f"{split}_pairs_used": len(used) for split, used in (("train", trainer.train_dataset),

@@ -2,10 +2,10 @@
 so training, evaluation, chat and export agree on which adapters sit on which base, where the model runs,
 and which token ids a conversation becomes.
 
-Adapters are never merged where a model is scored or trained on: merging a small LoRA update into bf16
-weights rounds most of it away (an update below half a bf16 step of the weight vanishes), so the "dpo"
-model would not be the model DPO trained. Kept unmerged, the update is added to the activations, as during
-training. Only `tools.export` merges, in float32, and saves float32 weights.
+Adapters are never merged where a model is scored or trained on. Training applies them unmerged (and so
+does TRL's own evaluation); merged into bf16 weights, an update below half a bf16 step of its weight
+rounds away, weight by weight, and the merged "dpo" model is no longer the model DPO trained
+(tests/test_modeling.py). Only `tools.export` merges, in float32, and saves float32 weights.
 """
 from __future__ import annotations
 

@@ -81,7 +81,8 @@ def main() -> None:
         "eval_loss": final["eval_loss"],
         "train_loss": result.training_loss,
         "train_runtime_s": result.metrics["train_runtime"],
-        "train_step_seconds": clock.seconds,
+        "train_step_seconds": clock.seconds,  # training steps only: no evaluation, checkpoints or logging
+        "train_steps_timed": clock.steps,  # the steps this run made (after a resume, fewer than steps)
         "train_tokens_per_s": tokens_per_s,
         "train_examples_per_s": examples_per_s,
         "steps": trainer.state.global_step,

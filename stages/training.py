@@ -11,7 +11,6 @@ from pathlib import Path
 import torch
 from accelerate import PartialState
 from datasets import Dataset, Features, Sequence, Value
-from dvclive import Live
 from transformers import TrainerCallback
 from transformers.integrations import DVCLiveCallback
 
@@ -136,6 +135,8 @@ class LiveCallback(DVCLiveCallback):
 
 
 def live_callback(stage: str, resume: bool) -> LiveCallback:
+    from dvclive import Live  # here, not at the top: tools.gpu_check runs the stages where dvc is not installed
+
     # dvcyaml=None: the project's dvc.yaml declares the plots; dvclive must not rewrite it.
     # resume=True continues the curves of an interrupted run instead of starting them over.
     return LiveCallback(live=Live(dir=str(LIVE_DIR / stage), resume=resume, dvcyaml=None, save_dvc_exp=False))

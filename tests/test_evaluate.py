@@ -6,8 +6,8 @@ import sacrebleu
 import torch
 
 from stages import base_model
-from stages.evaluate import bert_scorer, generate, preference_accuracy, reply_logprobs
-from stages.modeling import completion_ids, prompt_ids
+from stages.evaluate import bert_scorer, generate, measures, preference_accuracy, reply_logprobs
+from stages.modeling import encode, train_tokenizer
 from stages.params import TinyModelParams, load_params
 from stages.scoring import (chrf, distinct, interval, mean_of, nltk_bleu, paired_difference, perplexity, repeats,
                             resample, sacrebleu_bleu)
@@ -22,7 +22,7 @@ HYP_REF_BLEU = (5 / 6 * 3 / 5 * 2 / 4 * 1 / 3) ** 0.25
 @pytest.fixture(scope="module")
 def tokenizer():
     texts = ["I am so sorry to hear that.", "That sounds hard.", "My dog died.", "Sure thing."] * 20
-    return base_model.train_tokenizer(texts, vocab_size=300, max_length=256)
+    return train_tokenizer(texts, vocab_size=300, max_length=256)
 
 
 @pytest.fixture(scope="module")
@@ -56,9 +56,9 @@ class ScriptedModel:
 def test_only_generated_tokens_are_scored_and_order_is_kept(tokenizer, cfg):
     eos = tokenizer.eos_token_id
     prompts = [
-        prompt_ids(tokenizer, [{"role": "user", "content": "My dog died and I am so sorry to hear that."}]),
-        prompt_ids(tokenizer, [{"role": "user", "content": "Hi"}]),
-        prompt_ids(tokenizer, "Instruction: sad\nResponse: "),
+        encode(tokenizer, [{"role": "user", "content": "My dog died and I am so sorry to hear that."}])[0],
+        encode(tokenizer, [{"role": "user", "content": "Hi"}])[0],
+        encode(tokenizer, "Instruction: sad\nResponse:")[0],
     ]
     sure = tokenizer("Sure thing.", add_special_tokens=False).input_ids
     hard = tokenizer("That sounds hard.", add_special_tokens=False).input_ids
@@ -153,8 +153,7 @@ def test_reply_logprobs_match_one_sequence_at_a_time(tokenizer):
     chats = [([{"role": "user", "content": "My dog died."}], "I am so sorry to hear that."),
              ([{"role": "user", "content": "Sure thing. That sounds hard."}], "Sure."),
              ([{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Hi"}], "That sounds hard.")]
-    sequences = [(prompt_ids(tokenizer, prompt), completion_ids(tokenizer, prompt, [{"role": "assistant", "content": text}]))
-                 for prompt, text in chats]
+    sequences = [encode(tokenizer, prompt, [{"role": "assistant", "content": text}]) for prompt, text in chats]
     rows = reply_logprobs(model, sequences, batch_size=2)
     for (prompt, reply), (logp, count) in zip(sequences, rows):
         assert tokenizer.eos_token_id in reply and count == len(reply)  # the reply's end-of-turn is scored
@@ -170,3 +169,21 @@ def test_bertscore_ranks_a_paraphrase_above_an_unrelated_reply(cfg):
     precision, recall, f1 = bert_scorer(cfg).score(candidates, [reference] * 3)
     assert f1[0].item() == pytest.approx(1.0, abs=1e-5) and precision[0].item() == pytest.approx(1.0, abs=1e-5)
     assert f1[0] > f1[1] > f1[2]
+
+
+def test_a_model_that_answers_eos_first_gets_defined_scores(tokenizer, cfg):
+    """An empty reply used to crash BERTScore (bert-score 0.3.13 with transformers 5 tokenizers). It scores 0
+    on every similarity metric and is counted; the non-empty replies keep their scores."""
+    eos = tokenizer.eos_token_id
+    prompts = [encode(tokenizer, [{"role": "user", "content": text}])[0] for text in ("My dog died.", "Hi")]
+    hard = tokenizer("That sounds hard.", add_special_tokens=False).input_ids
+    model = ScriptedModel(tokenizer, {tuple(prompts[0]): [eos], tuple(prompts[1]): hard + [eos]})
+    replies, _ = generate(model, tokenizer, prompts, cfg)
+    assert replies[0] == {"text": "", "new_tokens": 0, "stopped": True}
+    references = ["I am so sorry.", "That sounds hard."]
+    scored = measures(replies, references, np.array([[-3.0, 2], [-1.0, 2]]), bert_scorer(cfg))
+    values = {name: measure.value() for name, measure in scored.items()}
+    assert all(math.isfinite(value) for value in values.values())
+    assert values["empty_rate"] == 0.5 and values["stop_rate"] == 1.0
+    assert scored["bertscore_f1"].rows[0] == 0 and scored["bertscore_f1"].rows[1] == pytest.approx(1.0, abs=1e-5)
+    assert scored["bleu"].rows[0] == 0

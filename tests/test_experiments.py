@@ -40,8 +40,12 @@ def test_two_presets_run_from_the_queue_and_compare_side_by_side(pipeline_copy):
     for preset in ("dpo2", "dpo5"):  # identical but for the learning rate
         run(["dvc", "exp", "run", "--queue", "-n", f"sft7-{preset}", "-S", f"dpo={preset}", "-S", "dpo.max_steps=100"],
             pipeline_copy)
+    # One that fails: its raw files are missing, so download stops.
+    run(["dvc", "exp", "run", "--queue", "-n", "broken", "-S", "data=local", "-S", "data.local_dir=/nonexistent"],
+        pipeline_copy)
     run(["dvc", "queue", "start", "-j", "1"], pipeline_copy)
-    assert queue_settled(pipeline_copy).count("Success") == 2
+    status = queue_settled(pipeline_copy)
+    assert status.count("Success") == 2 and status.count("Failed") == 1
 
     exps = named_experiments(pipeline_copy)
     lr = {name: exps[name]["params"]["params.yaml"]["data"]["dpo"]["lr"] for name in ("sft7-dpo2", "sft7-dpo5")}
@@ -51,8 +55,13 @@ def test_two_presets_run_from_the_queue_and_compare_side_by_side(pipeline_copy):
 
     run(["python", "-m", "tools.compare"], pipeline_copy)
     report = (pipeline_copy / "reports/compare.md").read_text()
-    rows = {line.split("|")[1].strip(): line for line in report.splitlines() if line.startswith("| sft7-")}
-    assert set(rows) == {"sft7-dpo2", "sft7-dpo5"}
+    rows = {line.split("|")[1].strip(): line for line in report.splitlines() if line.startswith("| ") and "---" not in line}
+    assert set(rows) == {"experiment", "sft7-dpo2", "sft7-dpo5", "broken"}
+    # The failed run shows as failed, with its stage, and none of the numbers dvc exp show lends it.
+    cells = [cell.strip() for cell in rows["broken"].split("|")[2:-1]]
+    assert cells[0] == "FAILED in stage `download`"
+    header = [cell.strip() for cell in rows["experiment"].split("|")[2:-1]]
+    assert all(cells[header.index(title)] == "–" for title in ("SFT eval loss", "DPO reward acc", "BLEU sft/dpo"))
     assert "| 5e-06 |" in rows["sft7-dpo2"] and "| 4e-06 |" in rows["sft7-dpo5"]
     assert f"{margins['sft7-dpo2']:.3f}" in rows["sft7-dpo2"]
     for chart in ("eval_loss", "reward_accuracy", "bleu", "bertscore"):

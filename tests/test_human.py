@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from stages import human
+from stages import human, scoring
 from stages.parsing import DataError
 from stages.paths import HUMAN_KEY, HUMAN_RATINGS, HUMAN_SHEET
 
@@ -26,7 +26,7 @@ ALPHA_OVERALL, ALPHA_HELPFULNESS = 25 / 27, 7 / 9
 def workdir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / HUMAN_RATINGS).mkdir(parents=True)
-    human.write_sheet(REPLIES, seed=3)
+    scoring.write_sheet(REPLIES, seed=3)
     return tmp_path
 
 
@@ -39,9 +39,9 @@ def fill(rater: str, scores: dict, edit=lambda rows: rows, encoding="utf-8") -> 
     key = json.loads(HUMAN_KEY.read_text())
     rows = sheet_rows()
     for row in rows:
-        row.update(zip(human.CRITERIA, map(str, scores[key[row["code"]]["model"]])))
+        row.update(zip(scoring.CRITERIA, map(str, scores[key[row["code"]]["model"]])))
     with open(HUMAN_RATINGS / f"{rater}.csv", "w", newline="", encoding=encoding) as handle:
-        writer = csv.DictWriter(handle, fieldnames=human.COLUMNS)
+        writer = csv.DictWriter(handle, fieldnames=scoring.COLUMNS)
         writer.writeheader()
         writer.writerows(edit(rows))
 
@@ -53,15 +53,30 @@ def test_the_sheet_is_blind_and_the_key_unblinds_it(workdir):
     assert not any(model in text for model in ("base", "sft", "dpo"))
     assert sorted(key[row["code"]]["model"] for row in rows) == ["base", "dpo", "sft"]
     assert all(row["prompt"] == "Context: Be kind.\nPerson: My cat is ill." for row in rows)
-    assert all(row[criterion] == "" for row in rows for criterion in human.CRITERIA)
+    assert all(row[criterion] == "" for row in rows for criterion in scoring.CRITERIA)
     # The standing instructions are not repeated on every row; what a system message adds to them is kept.
-    rows_with_situation, _ = human.make_sheet(
+    rows_with_situation, _ = scoring.make_sheet(
         [dict(REPLIES[0], prompt=[{"role": "system", "content": "Be kind.\nThe cat is 15."}] + PROMPT[1:])], 0, "Be kind.")
     assert rows_with_situation[0]["prompt"] == "Context: The cat is 15.\nPerson: My cat is ill."
-    assert human.make_sheet(REPLIES[:1], 0, "Be kind.")[0][0]["prompt"] == "Person: My cat is ill."
-    # Shuffled with the seed: the same seed gives the same order, another seed may not.
-    assert [r["code"] for r in human.make_sheet(REPLIES, 3)[0]] == [r["code"] for r in rows]
-    assert len({tuple(r["code"] for r in human.make_sheet(REPLIES, seed)[0]) for seed in range(10)}) > 1
+    assert scoring.make_sheet(REPLIES[:1], 0, "Be kind.")[0][0]["prompt"] == "Person: My cat is ill."
+    # Shuffled with the seed: the same seed gives the same order of replies, another seed may not.
+    def order(seed):
+        sheet, key = scoring.make_sheet(REPLIES, seed)
+        return [key[row["code"]]["model"] for row in sheet]
+    assert order(3) == [key[row["code"]]["model"] for row in rows]
+    assert len({tuple(order(seed)) for seed in range(10)}) > 1
+
+
+def test_codes_are_random_and_only_the_key_unblinds_them():
+    """Codes derived from what raters can see (the reply, its prompt id, the model) could be recomputed by
+    anyone with the repository; random ones cannot. The same replies get new codes on every run."""
+    first, key = scoring.make_sheet(REPLIES, seed=3)
+    again, _ = scoring.make_sheet(REPLIES, seed=3)
+    assert not {row["code"] for row in first} & {row["code"] for row in again}
+    assert [row["response"] for row in first] == [row["response"] for row in again]
+    assert sorted(key) == sorted(row["code"] for row in first) and len(key) == 3
+    for row in first:
+        assert REPLIES[[r["model"] for r in REPLIES].index(key[row["code"]]["model"])]["response"] == row["response"]
 
 
 def test_two_raters_give_known_means_and_alpha(workdir):

@@ -56,7 +56,8 @@ DPO_TABLE = {
 @pytest.mark.parametrize("preset", SFT_TABLE)
 def test_sft_preset_changes_exactly_the_tables_knobs(tmp_path, preset):
     r, alpha, train, held_out, lr, batch, eval_batch, warmup = SFT_TABLE[preset]
-    expected = {"lora.r": r, "lora.alpha": alpha, "train_size": train, "eval_size": held_out, "lr": lr,
+    # The notebook's held-out size (held_out) is no preset knob: every preset is scored on eval.sft_eval_size.
+    expected = {"lora.r": r, "lora.alpha": alpha, "train_size": train, "lr": lr,
                 "batch_size": batch, "eval_batch_size": eval_batch, "warmup_ratio": warmup,
                 "lora.dropout": 0.05, "lora.target_modules": SEVEN, "epochs": 3, "grad_accum": 2,
                 "scheduler": "cosine", "weight_decay": 0.01}
@@ -69,10 +70,11 @@ def test_sft_preset_changes_exactly_the_tables_knobs(tmp_path, preset):
 @pytest.mark.parametrize("preset", DPO_TABLE)
 def test_dpo_preset_changes_exactly_the_tables_knobs(tmp_path, preset):
     r, alpha, targets, train, held_out, lr, batch, eval_batch, steps = DPO_TABLE[preset]
-    expected = {"lora.r": r, "lora.alpha": alpha, "lora.target_modules": targets, "train_size": train,
-                "eval_size": held_out, "lr": lr, "batch_size": batch, "eval_batch_size": eval_batch,
+    # The notebook's held-out size (held_out) is no preset knob: every preset is scored on eval.dpo_eval_size.
+    expected = {"lora.r": r, "lora.alpha": alpha, "lora.target_modules": targets, "train_size": train, "lr": lr, "batch_size": batch, "eval_batch_size": eval_batch,
                 "max_steps": steps, "lora.dropout": 0.05, "beta": 0.1, "grad_accum": 4, "warmup_steps": 10,
-                "max_prompt_length": 512, "max_length": 768}
+                "max_prompt_length": 512, "max_length": 768,
+                "use_system_prompt": True}
     default, variant = composed(tmp_path), composed(tmp_path, f"dpo={preset}")
     assert {k: v for k, v in flat(variant["dpo"]).items() if k in expected} == expected
     changed = {k for k in flat(variant) if flat(variant)[k] != flat(default)[k]}

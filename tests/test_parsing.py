@@ -84,6 +84,7 @@ def test_seed_format_reproduces_the_notebook_text():
     turns = parse_empathetic(ed("c1,1,proud,s,1,I won!,x,", "c1,2,proud,s,2,Congrats!,x,"), "t.csv").records
     (example,) = listener_examples(turns, "ignored", seed_format=True).records
     assert example["prompt"] + example["completion"] == "Instruction: proud\nResponse: Congrats!"
+    assert example["prompt"].endswith("Response:")  # the space opens the reply (see test_prompt_format)
 
 
 def test_sample_data_is_rich_enough_and_fully_parsed():

@@ -4,8 +4,11 @@ from transformers import DataCollatorForLanguageModeling
 
 from stages import base_model, download, preprocess, sft
 from stages.outputs import read_jsonl
+from stages.modeling import encode
 from stages.params import load_params
 from stages.paths import SFT_DATA
+
+from conftest import edit_params
 
 
 @pytest.fixture
@@ -14,6 +17,32 @@ def sft_trainer(project, tmp_path_factory):
     base_model.main()
     preprocess.main()
     return sft.build_trainer(load_params(), str(tmp_path_factory.mktemp("run")))
+
+
+def eval_steps(path) -> list[int]:
+    return [int(line.split("\t")[0]) for line in path.read_text().splitlines()[1:]]
+
+
+def test_a_run_shorter_than_checkpoint_steps_ends_evaluated_once(project):
+    """The last step is always evaluated (sft7's 375 steps used to end at its eval of step 360), never
+    twice, and a run with fewer steps than checkpoint_steps finishes (it used to crash on best_metric)."""
+    import json
+
+    edit_params(project / "params.yaml", **{"sft.train_size": 40, "sft.epochs": 1, "sft.checkpoint_steps": 100})
+    for stage in (download, base_model, preprocess):
+        stage.main()
+    sft.main()  # 40 examples, batch 4 x grad-accum 2: 5 steps
+    metrics = json.loads((project / "metrics/sft.json").read_text())
+    assert metrics["steps"] == 5 and metrics["eval_loss"] < metrics["base_eval_loss"]
+    assert eval_steps(project / "dvclive/sft/plots/metrics/eval/loss.tsv") == [0, 5]  # the base's, then the end
+    # Throughput counts training steps only, never the evaluations around them.
+    assert metrics["train_steps_timed"] == 5 and metrics["train_step_seconds"] < metrics["train_runtime_s"]
+    tokens = sum(len(ids) for ids in sft.build_trainer(load_params(), str(project / "again")).train_dataset["input_ids"])
+    assert metrics["train_tokens_per_s"] == pytest.approx(tokens / metrics["train_step_seconds"])
+
+    edit_params(project / "params.yaml", **{"sft.checkpoint_steps": 5})
+    sft.main()  # the in-loop evaluation of step 5 is the final one: not repeated
+    assert eval_steps(project / "dvclive/sft/plots/metrics/eval/loss.tsv") == [0, 5]
 
 
 def test_collated_batch_trains_on_the_reply_and_its_eos_only(sft_trainer):
@@ -43,8 +72,7 @@ def test_reply_in_the_batch_is_the_listener_turn(sft_trainer):
     labels = batch["labels"][0]
     reply = tokenizer.decode(labels[labels != -100].tolist(), skip_special_tokens=True).strip()
     rows = [row for row in read_jsonl(SFT_DATA / "train.jsonl")
-            if tokenizer.apply_chat_template(row["prompt"] + row["completion"], tokenize=True, return_dict=False)
-            == example["input_ids"]]
+            if sum(encode(tokenizer, row["prompt"], row["completion"]), []) == example["input_ids"]]
     assert rows and reply == rows[0]["completion"][0]["content"]
 
 

@@ -61,26 +61,27 @@ class StepClock(TrainerCallback):
         self.seconds = time.perf_counter() - self.start
 
 
-def model_config(tiny: bool) -> LlamaConfig:
+def model_config(tiny: bool, reference: Path = REFERENCE) -> LlamaConfig:
     shape = dict(TINYLLAMA)
-    if (REFERENCE / "tinyllama/config.json").exists():
-        reference = json.loads((REFERENCE / "tinyllama/config.json").read_text())
-        shape.update({key: reference[key] for key in shape})
+    if (reference / "tinyllama/config.json").exists():
+        published = json.loads((reference / "tinyllama/config.json").read_text())
+        shape.update({key: published[key] for key in shape})
     if tiny:
         shape.update(TINY)
     return LlamaConfig(**shape, bos_token_id=1, eos_token_id=2, pad_token_id=2, tie_word_embeddings=False)
 
 
-def tokenizer_for(tiny: bool):
-    if not tiny and (REFERENCE / "tinyllama/tokenizer.json").exists():
-        return AutoTokenizer.from_pretrained(REFERENCE / "tinyllama"), "TinyLlama"
+def tokenizer_for(tiny: bool, reference: Path = REFERENCE):
+    if not tiny and (reference / "tinyllama/tokenizer.json").exists():
+        return AutoTokenizer.from_pretrained(reference / "tinyllama"), "TinyLlama"
     return train_tokenizer(sample_texts(), vocab_size=2048, max_length=2048), "sample BPE"
 
 
 def new_model(config: LlamaConfig):
     torch.manual_seed(0)
     device, dtype = placement()
-    return LlamaForCausalLM(config).to(dtype=dtype, device=device)
+    with torch.device(device):  # initialised where it runs: 1.1B random weights take long on the CPU
+        return LlamaForCausalLM(config).to(dtype=dtype)
 
 
 def sft_rows(fmt: str, count: int) -> list[dict]:
@@ -90,8 +91,8 @@ def sft_rows(fmt: str, count: int) -> list[dict]:
     return [{"prompt": e["prompt"], "completion": e["completion"]} for e in itertools.islice(itertools.cycle(examples), count)]
 
 
-def dpo_rows(count: int) -> list[dict]:
-    files = sorted((REFERENCE / "human-like-dpo").glob("*.json")) or [SAMPLE_DIR / DPO_SUBDIR / DPO_FILE]
+def dpo_rows(count: int, reference: Path = REFERENCE) -> list[dict]:
+    files = sorted((reference / "human-like-dpo").glob("*.json")) or [SAMPLE_DIR / DPO_SUBDIR / DPO_FILE]
     pairs = [pair for path in files for pair in parse_dpo(read_bytes(path), str(path)).records]
     return list(itertools.islice(itertools.cycle(pairs), count))
 
@@ -173,10 +174,11 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--steps", type=int, help="timed optimizer steps per training run (default 20; tiny 2)")
     parser.add_argument("--liger", action="store_true", help="add runs with Liger kernels (needs liger-kernel)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON result")
+    parser.add_argument("--reference", type=Path, default=REFERENCE, help="the folder holding tinyllama/")
     args = parser.parse_args(argv)
     steps = (args.steps or (2 if args.tiny else 20)) + 1  # the first step is not timed
-    config = model_config(args.tiny)
-    tokenizer, tokenizer_name = tokenizer_for(args.tiny)
+    config = model_config(args.tiny, args.reference)
+    tokenizer, tokenizer_name = tokenizer_for(args.tiny, args.reference)
     if args.tiny:
         config.vocab_size = len(tokenizer)
     scale = 4 if args.tiny else 1  # smaller batches for the CPU smoke run

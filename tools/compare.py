@@ -1,13 +1,19 @@
 """Compare experiments the way the notebook's tables did, from `dvc exp show --json`.
 
 Writes reports/compare.md (one row per experiment: its presets' knobs, then eval loss, DPO reward
-accuracy and margin, BLEU, BERTScore, stop rate, runtime) and a PNG chart per main metric.
+accuracy and margin, BLEU, BERTScore, stop rate, runtime) and a PNG chart per main metric. Every
+experiment is scored on the same fixed evaluation sets (eval.sft_eval_size, eval.dpo_eval_size,
+eval.test_size), so its numbers are comparable across presets.
+
+A failed experiment is listed as failed, with the stage that failed (from `dvc queue logs`), and no
+numbers: `dvc exp show` reports the metrics files of the commit it started from, which are another run's.
 
     python -m tools.compare [experiment names...]      # default: every named experiment
 """
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,13 +28,13 @@ REPORTS = Path("reports")
 # (column title, where: "params" or a metrics file, dotted key, format)
 COLUMNS = [
     ("SFT r/alpha", "params", ("sft.lora.r", "sft.lora.alpha"), "{}/{}"),
-    ("SFT data", "params", ("sft.train_size", "sft.eval_size"), "{}/{}"),
+    ("SFT train", "params", ("sft.train_size",), "{}"),
     ("SFT lr", "params", ("sft.lr",), "{:g}"),
     ("SFT batch", "params", ("sft.batch_size", "sft.eval_batch_size"), "{}/{}"),
     ("SFT warmup", "params", ("sft.warmup_ratio",), "{:g}"),
     ("DPO r/alpha", "params", ("dpo.lora.r", "dpo.lora.alpha"), "{}/{}"),
     ("DPO targets", "params", ("dpo.lora.target_modules",), "{}"),
-    ("DPO data", "params", ("dpo.train_size", "dpo.eval_size"), "{}/{}"),
+    ("DPO train", "params", ("dpo.train_size",), "{}"),
     ("DPO lr", "params", ("dpo.lr",), "{:g}"),
     ("DPO batch", "params", ("dpo.batch_size", "dpo.eval_batch_size"), "{}/{}"),
     ("DPO steps", "params", ("dpo.max_steps",), "{}"),
@@ -60,17 +66,32 @@ def flatten(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
+def dvc(*args: str) -> str:
+    return subprocess.run([sys.executable, "-m", "dvc", *args], check=True, capture_output=True, text=True).stdout
+
+
+def failed_stage(name: str) -> str:
+    """The stage a failed queued experiment stopped at, read from its log."""
+    found = re.findall(r"failed to reproduce '([\w-]+)'", dvc("queue", "logs", name))
+    return found[-1] if found else "unknown"
+
+
 def experiments(shown: list) -> dict[str, dict]:
-    """Named experiments in `dvc exp show --json` output -> {"params": flat, "<metrics file>": {...}}."""
+    """Named experiments in `dvc exp show --json` output -> {"params": flat, "<metrics file>": {...}}, or
+    {"params": flat, "failed": stage} for one that failed (its metrics there are not its own)."""
     found = {}
     for baseline in shown:
         for group in baseline.get("experiments") or []:
             for exp in group.get("revs", []):
-                if exp.get("name") and exp.get("data"):
-                    data = exp["data"]
-                    record = {"params": flatten(data["params"]["params.yaml"]["data"])}
+                if not (exp.get("name") and exp.get("data")):
+                    continue
+                data = exp["data"]
+                record = {"params": flatten(data["params"]["params.yaml"]["data"])}
+                if exp.get("error"):
+                    record["failed"] = failed_stage(exp["name"])
+                else:
                     record.update({name: m.get("data", {}) for name, m in (data.get("metrics") or {}).items()})
-                    found[exp["name"]] = record
+                found[exp["name"]] = record
     return found
 
 
@@ -89,15 +110,16 @@ def cell(record: dict, where: str, keys: tuple, fmt: str) -> str:
 
 
 def table(records: dict[str, dict]) -> str:
-    header = ["experiment"] + [title for title, *_ in COLUMNS]
+    header = ["experiment", "status"] + [title for title, *_ in COLUMNS]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, record in records.items():
-        lines.append("| " + " | ".join([name] + [cell(record, *spec[1:]) for spec in COLUMNS]) + " |")
+        status = f"FAILED in stage `{record['failed']}`" if "failed" in record else "ok"
+        lines.append("| " + " | ".join([name, status] + [cell(record, *spec[1:]) for spec in COLUMNS]) + " |")
     return "\n".join(lines)
 
 
 def chart(records: dict[str, dict], path: Path, title: str, file: str, keys: list[str]) -> None:
-    names = list(records)
+    names = [name for name in records if "failed" not in records[name]]
     width = 0.8 / len(keys)
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(names)), 4))
     highest = 0.0
@@ -116,9 +138,7 @@ def chart(records: dict[str, dict], path: Path, title: str, file: str, keys: lis
 
 
 def main(selected: list[str]) -> None:
-    shown = json.loads(subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"], check=True, capture_output=True,
-                                      text=True).stdout)
-    records = experiments(shown)
+    records = experiments(json.loads(dvc("exp", "show", "--json")))
     if selected:
         missing = [name for name in selected if name not in records]
         if missing:
@@ -132,7 +152,9 @@ def main(selected: list[str]) -> None:
         + table(records) + "\n\n" + "\n".join(f"![{title}]({file})" for file, title, *_ in CHARTS) + "\n")
     for file, title, metrics_file, keys in CHARTS:
         chart(records, REPORTS / file, title, metrics_file, keys)
-    print(f"compare: {len(records)} experiments -> {REPORTS}/compare.md and {len(CHARTS)} charts")
+    failed = [name for name, record in records.items() if "failed" in record]
+    print(f"compare: {len(records)} experiments -> {REPORTS}/compare.md and {len(CHARTS)} charts"
+          + (f"; failed: {', '.join(failed)}" if failed else ""))
 
 
 if __name__ == "__main__":

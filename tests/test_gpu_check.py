@@ -1,0 +1,20 @@
+"""The GPU check's tiny variant on the CPU: the whole DAG through the stages' own code, every model seen
+where placement puts it, and the scored model equal to the unmerged stack."""
+import json
+
+from tools import gpu_check
+
+STAGES = ["base_model", "download", "preprocess", "sft", "dpo", "evaluate", "human"]
+
+
+def test_tiny_gpu_check_runs_every_stage_on_the_placed_device(project):
+    result = json.loads(gpu_check.main(["--tiny", "--out", str(project / "results")]).read_text())
+    assert sorted(result["stages"]) == sorted(STAGES) and all(run["seconds"] > 0 for run in result["stages"].values())
+    # The forward hook saw the base, the trainers' models and BERTScore's model, all on the CPU here.
+    seen = set(result["models_seen"])
+    assert {"LlamaForCausalLM on cpu", "BertModel on cpu"} <= seen and all(s.endswith("on cpu") for s in seen)
+    checks = result["checks"]
+    assert checks["scored_vs_unmerged_max_logit_difference"] < 1e-5
+    assert checks["export_fp32_vs_fp32_stack_max_logit_difference"] < 1e-4
+    assert result["train_tokens_per_s"] > 0 and result["train_pairs_per_s"] > 0
+    assert not (project / "models").exists()  # the scratch project stays out of the checkout

