@@ -10,6 +10,9 @@ model's dropout, so the stage disables the base's (and the frozen SFT adapter's)
 """
 from __future__ import annotations
 
+import math
+
+from accelerate import PartialState
 from transformers import TrainerCallback, set_seed
 from trl import DPOConfig, DPOTrainer
 from trl.trainer.utils import disable_dropout_in_model
@@ -63,11 +66,12 @@ def build_trainer(params, output_dir: str, resume: bool = False) -> tuple[DPOTra
     (train, dropped_train), (held_out, dropped_eval) = (dpo_dataset(DPO_DATA / f"{split}.jsonl", tokenizer,
                                                                     dpo.max_prompt_length)
                                                         for split in ("train", "eval"))
+    pairs_per_step = dpo.batch_size * dpo.grad_accum * PartialState().num_processes
     config = DPOConfig(
         **trainer_kwargs(params, dpo, output_dir),
         beta=dpo.beta,
         precompute_ref_log_probs=dpo.precompute_ref_log_probs,
-        max_steps=dpo.max_steps,
+        max_steps=min(dpo.max_steps, dpo.max_epochs * math.ceil(len(train) / pairs_per_step)),
         warmup_steps=dpo.warmup_steps,
         disable_dropout=False,  # done in policy_model, keeping the LoRA dropout
     )

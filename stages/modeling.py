@@ -93,6 +93,8 @@ def base_source() -> dict:
     if HUB_PIN.exists():
         pin = json.loads(HUB_PIN.read_text())
         return {"pretrained_model_name_or_path": pin["name"], "revision": pin["revision"]}
+    if not (BASE_MODEL / "config.json").exists():
+        raise SystemExit(f"{BASE_MODEL}/ holds no model: run `dvc repro base_model` (or `dvc pull`) first")
     return {"pretrained_model_name_or_path": str(BASE_MODEL)}
 
 

@@ -118,6 +118,9 @@ class DPOParams(TrainParams):
     precompute_ref_log_probs: bool
     max_prompt_length: PositiveInt
     max_steps: PositiveInt
+    # ...or this many passes over the train pairs, whichever ends first: the notebook's runs (9000 pairs,
+    # 500-800 steps of 8 pairs) never reach it; a small set (the offline sample's 288 pairs) stops there.
+    max_epochs: PositiveInt
     warmup_steps: int = Field(ge=0)
 
 

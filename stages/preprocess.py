@@ -57,32 +57,40 @@ def fit_examples(examples: Parsed, tokenizer, max_length: int) -> int:
 
 def main() -> None:
     params = load_params()
-    tokenizer = load_tokenizer()
     sizes = {"train": params.sft.train_size, "eval": params.eval.sft_eval_size, "test": params.eval.test_size}
-    metrics, outputs = {}, {}
+    # Parse every raw file before anything else: bad input stops the stage with its file and line.
+    parsed = {}
     for split, raw_split in SFT_SPLITS.items():
         path = RAW_DIR / ED_SUBDIR / f"{raw_split}.csv"
         turns = parse_empathetic(read_bytes(path), str(path))
         examples = listener_examples(turns.records, params.sft.system_prompt, params.sft.format == "seed")
+        if not examples.records:
+            raise DataError(f"{path}: no SFT examples left after filtering")
+        parsed[split] = path, turns, examples
+    path = RAW_DIR / DPO_SUBDIR / DPO_FILE
+    pairs = parse_dpo(read_bytes(path), str(path), params.sft.system_prompt if params.dpo.use_system_prompt else "")
+    if len(pairs.records) < 2:
+        raise DataError(f"{path}: {len(pairs.records)} usable pairs after filtering; need at least 2")
+
+    tokenizer = load_tokenizer()
+    metrics, outputs = {}, {}
+    for split, (path, turns, examples) in parsed.items():
+        raw_split = SFT_SPLITS[split]
         metrics[f"sft.{split}.truncated"] = fit_examples(examples, tokenizer, params.sft.max_length)
         chosen = subsample(examples.records, sizes[split], params.seed)
         if not chosen:
-            raise DataError(f"{path}: no SFT examples left after filtering")
+            raise DataError(f"{path}: no SFT example fits in sft.max_length ({params.sft.max_length} tokens)")
         outputs[SFT_DATA / f"{split}.jsonl"] = chosen
         metrics.update(turns.counts(f"ed.{raw_split}.rows", ED_DROP_REASONS))
         metrics[f"ed.{raw_split}.rows.extra_fields"] = turns.extra_fields
         metrics.update(examples.counts(f"sft.{split}.listener_turns", EXAMPLE_DROP_REASONS))
         metrics[f"sft.{split}.examples"] = len(chosen)
 
-    path = RAW_DIR / DPO_SUBDIR / DPO_FILE
-    pairs = parse_dpo(read_bytes(path), str(path), params.sft.system_prompt if params.dpo.use_system_prompt else "")
-    if len(pairs.records) < 2:
-        raise DataError(f"{path}: {len(pairs.records)} usable pairs after filtering; need at least 2")
     train, held_out = split_pairs(pairs.records, params.dpo.train_size, params.eval.dpo_eval_size, params.seed)
     outputs[DPO_DATA / "train.jsonl"], outputs[DPO_DATA / "eval.jsonl"] = train, held_out
     metrics.update(pairs.counts("dpo.rows", DPO_DROP_REASONS))
     metrics.update({"dpo.train.pairs": len(train), "dpo.eval.pairs": len(held_out)})
-    # Everything was parsed before anything is written: bad input leaves no output behind.
+    # Everything was parsed and fitted before anything is written: bad input leaves no output behind.
     for path, rows in outputs.items():
         write_jsonl(path, rows)
     write_json(METRICS_DIR / "data.json", metrics)

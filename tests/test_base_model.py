@@ -5,7 +5,7 @@ import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from conftest import shared_file
-from stages import base_model
+from stages import base_model, modeling
 from stages.modeling import load_base_model, load_tokenizer
 from stages.params import load_params
 
@@ -33,7 +33,7 @@ def test_tiny_tokenizer_has_tinyllamas_special_tokens(tiny_base):
 
 def test_chat_template_is_tinyllamas_exactly(tiny_base):
     reference = json.loads(shared_file("tinyllama", "tokenizer_config.json").read_text())["chat_template"]
-    assert base_model.TINYLLAMA_CHAT_TEMPLATE == reference
+    assert modeling.TINYLLAMA_CHAT_TEMPLATE == reference
     tiny = load_tokenizer()
     real = AutoTokenizer.from_pretrained(shared_file("tinyllama"))
     for generation_prompt in (False, True):
@@ -60,8 +60,8 @@ def test_tiny_model_has_tinyllamas_module_names(tiny_base):
 
 def test_tiny_model_and_tokenizer_are_deterministic(project):
     shape = load_params().model.tiny
-    texts = base_model.sample_texts()
-    first, second = (base_model.train_tokenizer(texts, shape.vocab_size, shape.max_position) for _ in range(2))
+    texts = modeling.sample_texts()
+    first, second = (modeling.train_tokenizer(texts, shape.vocab_size, shape.max_position) for _ in range(2))
     assert first.get_vocab() == second.get_vocab()
     a, b = (base_model.tiny_llama(shape, len(first), seed=3).state_dict() for _ in range(2))
     assert all(torch.equal(a[k], b[k]) for k in a)

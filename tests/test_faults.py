@@ -56,6 +56,8 @@ FAULTS = [  # (case, breakage, command, expected message)
     ("SFT data empty after filtering",
      rewrite(ED_TRAIN, lambda b: b.split(b"\n")[0] + b"\nc1,1,sad,s,1,only the speaker,x,\n"), "preprocess",
      f"{ED_TRAIN}: no SFT examples left after filtering"),
+    ("preprocess before base_model", lambda repo: None, "preprocess",
+     "models/base/ holds no model: run `dvc repro base_model` (or `dvc pull`) first"),
     ("local source without its files", set_param("data.source", "local"), "download",
      "data: Value error, local_dir must name a directory when source is 'local'"),
     ("eval prompts file with a bad line",

@@ -74,7 +74,7 @@ def test_dpo_preset_changes_exactly_the_tables_knobs(tmp_path, preset):
     expected = {"lora.r": r, "lora.alpha": alpha, "lora.target_modules": targets, "train_size": train, "lr": lr, "batch_size": batch, "eval_batch_size": eval_batch,
                 "max_steps": steps, "lora.dropout": 0.05, "beta": 0.1, "grad_accum": 4, "warmup_steps": 10,
                 "max_prompt_length": 512, "max_length": 768,
-                "use_system_prompt": True}
+                "use_system_prompt": True, "max_epochs": 3}
     default, variant = composed(tmp_path), composed(tmp_path, f"dpo={preset}")
     assert {k: v for k, v in flat(variant["dpo"]).items() if k in expected} == expected
     changed = {k for k in flat(variant) if flat(variant)[k] != flat(default)[k]}

@@ -20,8 +20,10 @@ import platform
 import resource
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
+import datasets.arrow_dataset
 import torch
 import transformers
 from datasets import Dataset
@@ -164,6 +166,12 @@ def run_generate(config, tokenizer, batch: int, new_tokens: int, rounds: int) ->
     return {"new_tokens_per_s": rounds * batch * new_tokens / seconds, "batch": batch, "new_tokens": new_tokens}
 
 
+def random_fingerprints() -> None:
+    """datasets on the GPU machine's Python 3.12 fails to hash some Arrow tables (PicklingError on
+    MonthDayNano); fingerprints only name cache files, which these one-off runs never reuse."""
+    datasets.arrow_dataset.generate_fingerprint = lambda dataset: uuid.uuid4().hex
+
+
 def device_name() -> str:
     return torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.processor() or platform.machine()})"
 
@@ -176,6 +184,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON result")
     parser.add_argument("--reference", type=Path, default=REFERENCE, help="the folder holding tinyllama/")
     args = parser.parse_args(argv)
+    random_fingerprints()
     steps = (args.steps or (2 if args.tiny else 20)) + 1  # the first step is not timed
     config = model_config(args.tiny, args.reference)
     tokenizer, tokenizer_name = tokenizer_for(args.tiny, args.reference)

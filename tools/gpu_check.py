@@ -25,10 +25,8 @@ import os
 import shutil
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
-import datasets.arrow_dataset
 import torch
 import yaml
 from peft import PeftModel
@@ -40,7 +38,7 @@ from stages import training
 from stages.modeling import encode, load_base_model, load_model, placement, sample_texts, train_tokenizer
 from stages.outputs import read_jsonl, write_json
 from stages.paths import BASE_MODEL, DPO_MODEL, METRICS_DIR, PROBE_SET, SFT_MODEL
-from tools.bench import REFERENCE, RESULTS, TINY, device_name, model_config
+from tools.bench import REFERENCE, RESULTS, TINY, device_name, model_config, random_fingerprints
 
 STAGES = ["download", "preprocess", "sft", "dpo", "evaluate", "human"]
 # A few steps of each, on a few rows; the real learning rates (lr_scale 1).
@@ -171,13 +169,12 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--reference", type=Path, default=REFERENCE, help="the folder holding tinyllama/")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON result")
     args = parser.parse_args(argv)
+    args.reference = args.reference.resolve()  # the stages run in a scratch folder
     if not args.tiny and not (args.reference / "tinyllama/config.json").exists():
         raise SystemExit(f"gpu_check: {args.reference}/tinyllama/config.json is missing; pass --reference or --tiny")
-    # datasets on Python 3.12 fails to hash some Arrow tables (PicklingError on MonthDayNano); fingerprints
-    # only name cache files, which this scratch run never reuses.
-    datasets.arrow_dataset.generate_fingerprint = lambda dataset: uuid.uuid4().hex
+    random_fingerprints()
     try:
-        import dvclive  # noqa: F401
+        from dvclive import Live  # noqa: F401  (the checkout's dvclive/ folder alone imports as an empty package)
     except ImportError:  # GPU machines lack dvc (which dvclive needs); curves are not what this check measures
         training.live_callback = lambda stage, resume: TrainerCallback()
     from stages import download, dpo, evaluate, human, preprocess, sft  # after the patches above
