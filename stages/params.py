@@ -123,6 +123,12 @@ class DPOParams(TrainParams):
     max_epochs: PositiveInt
     warmup_steps: int = Field(ge=0)
 
+    @model_validator(mode="after")
+    def _room_for_the_reply(self):
+        if self.max_prompt_length >= self.max_length:
+            raise ValueError("max_prompt_length must be below max_length, which counts prompt and reply")
+        return self
+
 
 class EvalParams(Strict):
     # The fixed evaluation sets: their sizes belong to no SFT or DPO preset, so every experiment is scored

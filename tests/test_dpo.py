@@ -1,8 +1,12 @@
-"""The DPO reference is the SFT policy: base with the SFT adapter merged, not the raw base."""
+"""The DPO reference is the SFT policy (base + SFT adapter), not the raw base; the policy is that plus a new
+adapter, the only trained weights; LoRA dropout is honored."""
 import pytest
+import torch
+from peft import get_peft_model
+from peft.tuners.lora import LoraLayer
 
 from stages import dpo
-from stages.modeling import load_model
+from stages.modeling import lora_config
 from stages.params import load_params
 
 
@@ -24,7 +28,28 @@ def test_reference_is_the_sft_model_not_the_raw_base(step0, tmp_path, monkeypatc
     _, metrics = step0
     # The same trainer and pairs, but built on the raw base: its log-probs are what a reference
     # that skipped the SFT adapter would give.
-    monkeypatch.setattr(dpo, "load_model", lambda stage: load_model("base"))
+    # A fresh adapter in the SFT adapter's place is a no-op: policy and reference are then the raw base.
+    fresh = lambda model, stage: get_peft_model(model, lora_config(load_params().sft.lora), adapter_name="sft")
+    monkeypatch.setattr(dpo, "stack", fresh)
     raw_base = dpo.build_trainer(load_params(), str(tmp_path / "base-run"))[0].evaluate()
     assert abs(metrics["eval_logps/chosen"] - raw_base["eval_logps/chosen"]) > 1.0
     assert abs(metrics["eval_logps/rejected"] - raw_base["eval_logps/rejected"]) > 1.0
+
+
+def test_only_the_new_adapter_trains_and_its_dropout_is_honored(step0):
+    trainer, _ = step0
+    policy, dropout = trainer.model, load_params().dpo.lora.dropout
+    assert set(policy.base_model.active_adapters) == {"default", "sft"}
+    trained = {name for name, param in policy.named_parameters() if param.requires_grad}
+    assert trained and all(".default." in name for name in trained)
+    layers = [module for module in policy.modules() if isinstance(module, LoraLayer)]
+    # TRL's disable_dropout would zero every dropout, LoRA's included; the stage zeroes only the base's and
+    # the frozen SFT adapter's, so dpo.lora.dropout applies to the adapter being trained.
+    assert all(layer.lora_dropout["default"].p == dropout > 0 for layer in layers)
+    assert all(getattr(layer.lora_dropout["sft"], "p", 0) == 0 for layer in layers)
+    assert not any(isinstance(m, torch.nn.Dropout) and m.p > 0 for name, m in policy.named_modules()
+                   if "lora_dropout" not in name)
+    # The reference is base + SFT adapter: frozen, in eval mode, its LoRA layers active.
+    reference = trainer.ref_model
+    assert not reference.training and not any(p.requires_grad for p in reference.parameters())
+    assert any(isinstance(module, LoraLayer) for module in reference.modules())

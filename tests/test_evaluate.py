@@ -187,3 +187,26 @@ def test_a_model_that_answers_eos_first_gets_defined_scores(tokenizer, cfg):
     assert values["empty_rate"] == 0.5 and values["stop_rate"] == 1.0
     assert scored["bertscore_f1"].rows[0] == 0 and scored["bertscore_f1"].rows[1] == pytest.approx(1.0, abs=1e-5)
     assert scored["bleu"].rows[0] == 0
+
+
+def test_a_prompt_too_long_loses_its_oldest_turns_or_is_named(tokenizer):
+    """Generation needs room for eval.max_new_tokens after the prompt: a long dialogue is fitted into
+    sft.max_length - eval.max_new_tokens by dropping its oldest turns; one whose last message alone does
+    not fit stops the stage with the set and id (it used to make a negative slice)."""
+    from stages.evaluate import encoded_sets
+    from stages.parsing import DataError
+
+    params = load_params(ROOT / "params.yaml")
+    # The whole dialogue is 176 prompt tokens with this tokenizer; the last exchange alone 62.
+    params = params.model_copy(update={"sft": params.sft.model_copy(update={"max_length": 150}),
+                                       "eval": params.eval.model_copy(update={"max_new_tokens": 30})})
+    turns = [{"role": "user" if i % 2 == 0 else "assistant", "content": "My dog died. " * 3} for i in range(5)]
+    example = {"id": "long-1", "prompt": [{"role": "system", "content": "Be kind."}] + turns,
+               "completion": [{"role": "assistant", "content": "That sounds hard."}]}
+    prompts, references, truncated = encoded_sets({"custom": [example]}, tokenizer, params)
+    assert truncated == {"custom": 1} and 62 <= len(prompts["custom"][0]) <= 120
+    assert sum(map(len, references["custom"][0])) <= 150
+    assert tokenizer.decode(prompts["custom"][0]).startswith("<s><|system|>\nBe kind.")
+    too_long = dict(example, id="long-2", prompt=[{"role": "user", "content": "My dog died. " * 40}])
+    with pytest.raises(DataError, match="prompt set 'custom', id 'long-2'"):
+        encoded_sets({"custom": [too_long]}, tokenizer, params)

@@ -75,11 +75,18 @@ def test_two_clean_runs_with_one_seed_give_identical_metrics(pipeline, tmp_path)
     again = cloned_and_reproduced(tmp_path / "again")
     for name in ("download", "data", "sft", "dpo", "eval", "human"):
         first, second = metrics(pipeline, name), metrics(again, name)
-        timing = {k for k in first if "runtime" in k or k.endswith("_per_s")}  # wall-clock, never equal
+        timing = {k for k in first if "runtime" in k or "seconds" in k or k.endswith("_per_s")}  # wall-clock
         assert set(first) == set(second)
         assert {k: first[k] for k in first if k not in timing} == {k: second[k] for k in second if k not in timing}
-    for output in ("eval/generations.jsonl", "eval/human/sheet.csv", "plots/eval.json"):
+    for output in ("eval/generations.jsonl", "plots/eval.json"):
         assert (pipeline / output).read_bytes() == (again / output).read_bytes()
+    # The rating sheet: the same replies in the same order; its codes are random, so only the key reads them.
+    sheets = []
+    for repo in (pipeline, again):
+        key = json.loads((repo / "eval/human/key.json").read_text())
+        rows = list(csv.DictReader((repo / "eval/human/sheet.csv").read_text(encoding="utf-8").splitlines(keepends=True)))
+        sheets.append([{**row, "code": key[row["code"]]} for row in rows])
+    assert sheets[0] == sheets[1]
 
 
 def test_filled_rating_sheets_rerun_only_the_human_stage(pipeline_copy):

@@ -1,4 +1,5 @@
 """A killed training stage resumes from its last complete checkpoint and ends where an uninterrupted run ends."""
+import json
 import os
 import shutil
 import signal
@@ -39,6 +40,9 @@ def test_killed_sft_resumes_and_matches_an_uninterrupted_run(project):
 
     resumed = run(["python", "-m", "stages.sft"], project)
     assert "sft: resuming from checkpoints/sft/checkpoint-40" in resumed.stdout and "sft: eval loss" in resumed.stdout
+    # Throughput counts only the 80 steps this run made, over the seconds they took.
+    metrics = json.loads((project / "metrics/sft.json").read_text())
+    assert metrics["steps"] == 120 and metrics["train_steps_timed"] == 80
     for name, tensor in adapter(project).items():
         assert torch.allclose(tensor, uninterrupted[name], atol=1e-5), name
     steps = [int(line.split("\t")[0]) for line in
