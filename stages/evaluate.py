@@ -13,7 +13,8 @@ the reference reply's tokens (up to its EOS) only, given its prompt. An empty re
 every similarity metric and is counted in `empty_rate`.
 
 Writes metrics/eval.json (flat: `<set>.<model>.<metric>`, paired differences
-`<set>.<after>_minus_<before>.<metric>` with `_low`/`_high` 95% bootstrap bounds, and per model
+`<set>.<after>_minus_<before>.<metric>` with `_low`/`_high` 95% bootstrap bounds, `<set>.<model>.distinct_replies`
+(the share of distinct replies: a model that gives many prompts one reply has collapsed), and per model
 `<model>.preference_accuracy` and `<model>.new_tokens_per_s`), plots/eval.json and a bar chart per metric
 in plots/eval/, eval/generations.jsonl, and the blind rating sheet eval/human/sheet.csv with its key.
 """
@@ -36,7 +37,7 @@ from stages.outputs import atomic_dir, read_jsonl, write_json, write_jsonl
 from stages.params import EvalParams, Params, load_params
 from stages.parsing import DataError, parse_prompts, read_bytes
 from stages.paths import DPO_DATA, EVAL_CHARTS, EVAL_PLOT, GENERATIONS, METRICS_DIR, PROBE_SET, SFT_DATA
-from stages.scoring import (Measure, chrf, distinct, interval, mean_of, nltk_bleu, paired_difference, perplexity,
+from stages.scoring import (Measure, chrf, distinct, distinct_replies, interval, mean_of, nltk_bleu, paired_difference, perplexity,
                             repeats, resample, sacrebleu_bleu, write_sheet)
 from stages.training import dpo_dataset
 
@@ -97,22 +98,27 @@ def generate(model, tokenizer, prompts: list[list[int]], cfg: EvalParams) -> tup
 
 def reply_logprobs(model, sequences: list[tuple[list[int], list[int]]], batch_size: int) -> np.ndarray:
     """For each (prompt ids, reply ids): the summed log-probability of the reply's tokens given the prompt,
-    and the reply's token count. Rows [logp, tokens], in the order given; batched by length."""
+    and the reply's token count. Rows [logp, tokens], in the order given; batched by length.
+
+    Rows are left-padded, so every reply ends at the last position, and the model computes logits for the
+    last (longest reply + 1) positions only: over a vocabulary of 49k (SmolLM2) or 32k (TinyLlama), logits for
+    every prompt position cost more than the rest of the forward pass on a CPU."""
     order = sorted(range(len(sequences)), key=lambda i: sum(map(len, sequences[i])))
     rows = np.zeros((len(sequences), 2))
     for first in tqdm(range(0, len(order), batch_size), desc="log-probs", unit="batch"):
         batch = order[first : first + batch_size]
-        ids = [prompt + reply for prompt, reply in (sequences[i] for i in batch)]
-        width = max(map(len, ids))
-        input_ids = torch.tensor([seq + [0] * (width - len(seq)) for seq in ids], device=model.device)
-        attention = torch.tensor([[1] * len(seq) + [0] * (width - len(seq)) for seq in ids], device=model.device)
+        input_ids, attention = left_padded([prompt + reply for prompt, reply in (sequences[i] for i in batch)], 0)
+        input_ids, attention = input_ids.to(model.device), attention.to(model.device)
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)  # each row counts from its first real token
+        keep = max(len(sequences[i][1]) for i in batch) + 1
         with torch.no_grad():
-            logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1].float()
-        token_logp = torch.log_softmax(logits, dim=-1).gather(2, input_ids[:, 1:, None]).squeeze(2)
+            logits = model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
+                           logits_to_keep=keep).logits[:, :-1].float()
+        # logits at position t predict token t + 1: the kept positions predict the last keep - 1 tokens
+        token_logp = torch.log_softmax(logits, dim=-1).gather(2, input_ids[:, 1 - keep :, None]).squeeze(2)
         for row, index in enumerate(batch):
-            prompt, reply = sequences[index]
-            # logits at position t predict token t + 1, so the reply's tokens are read one position early
-            rows[index] = token_logp[row, len(prompt) - 1 : len(prompt) - 1 + len(reply)].sum().item(), len(reply)
+            reply = sequences[index][1]
+            rows[index] = token_logp[row, token_logp.shape[1] - len(reply) :].sum().item(), len(reply)
     return rows
 
 
@@ -271,6 +277,7 @@ def main() -> None:
                 row.update({metric: value, f"{metric}_low": low, f"{metric}_high": high})
             for n in (1, 2):
                 metrics[f"{set_name}.{model_name}.distinct_{n}"] = row[f"distinct_{n}"] = distinct(texts, n)
+            metrics[f"{set_name}.{model_name}.distinct_replies"] = row["distinct_replies"] = distinct_replies(texts)
             rows.append(row)
         for after, before in COMPARISONS:
             for metric in COMPARED:

@@ -42,10 +42,10 @@ class PromptTooLong(ValueError):
 
 
 def fingerprint(stage: Stage) -> str:
-    """sha256 over what defines the model stack up to `stage`: the hub pin or the tiny model's files,
-    then the weights of each adapter on it."""
+    """sha256 over what defines the model stack up to `stage`: the hub pin or the base model's config and
+    weights, then the weights of each adapter on it."""
     digest = hashlib.sha256()
-    files = [HUB_PIN] if HUB_PIN.exists() else [BASE_MODEL / "config.json", BASE_MODEL / "model.safetensors"]
+    files = [HUB_PIN] if HUB_PIN.exists() else [BASE_MODEL / "config.json", *sorted(BASE_MODEL.glob("*.safetensors"))]
     for path in files + [adapter / "adapter_model.safetensors" for adapter in ADAPTERS[stage]]:
         digest.update(path.read_bytes())
     return digest.hexdigest()

@@ -37,19 +37,41 @@ class TinyModelParams(Strict):
     max_position: PositiveInt
 
 
+class GgufParams(Strict):
+    """A GGUF file shipped inside an installed Python distribution (a wheel on PyPI), pinned by its sha256."""
+
+    distribution: str = Field(min_length=1, description="the distribution's name, as pip knows it")
+    file: str = Field(min_length=1, description="the file's path inside site-packages")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+ModelKind = Literal["tiny", "hub", "gguf", "folder"]
+
+
 class ModelParams(Strict):
-    name: str = Field(min_length=1, description="'tiny' or a Hugging Face hub model id")
+    name: str = Field(min_length=1, description="'tiny', a Hugging Face hub id, or a local model folder")
     revision: Optional[str] = Field(min_length=1, description="hub revision (branch, tag or commit) to pin")
+    gguf: Optional[GgufParams]
     # Every stage multiplies its learning rate by this (see conf/model/tiny.yaml for why).
     lr_scale: PositiveFloat
     tiny: Optional[TinyModelParams]
 
+    @property
+    def kind(self) -> ModelKind:
+        """Where the base model comes from. A name with neither a revision nor a GGUF file is a local folder,
+        pinned by a hash of its files (the model_source stage)."""
+        if self.name == "tiny":
+            return "tiny"
+        if self.gguf is not None:
+            return "gguf"
+        return "hub" if self.revision else "folder"
+
     @model_validator(mode="after")
     def _profile_is_complete(self):
-        if self.name == "tiny" and self.tiny is None:
-            raise ValueError("tiny must give the tiny model's shape when name is 'tiny'")
-        if self.name != "tiny" and not self.revision:
-            raise ValueError(f"revision must pin a commit, tag or branch of {self.name}")
+        if (self.name == "tiny") != (self.tiny is not None):
+            raise ValueError("tiny gives the tiny model's shape: set it exactly when name is 'tiny'")
+        if self.gguf is not None and self.revision:
+            raise ValueError("revision must be null for a GGUF file: gguf.sha256 pins it")
         return self
 
 

@@ -125,7 +125,7 @@ def listener_examples(turns: list[Turn], system_prompt: str, seed_format: bool) 
                 example["prompt"] = f"Instruction: {turn.emotion}\nResponse:"
                 example["completion"] = f" {turn.text}"
             else:
-                system = f"{system_prompt}\nWhat the user is going through: {turn.situation}"
+                system = "\n".join(filter(None, [system_prompt, f"What the user is going through: {turn.situation}"]))
                 history = [{"role": "user" if t.idx % 2 else "assistant", "content": t.text} for t in conv[:position]]
                 example["prompt"] = [{"role": "system", "content": system}] + history
                 example["completion"] = [{"role": "assistant", "content": turn.text}]

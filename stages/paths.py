@@ -13,6 +13,7 @@ SFT_DATA = PROCESSED_DIR / "sft"
 DPO_DATA = PROCESSED_DIR / "dpo"
 
 MODELS_DIR = Path("models")
+MODEL_SOURCE = MODELS_DIR / "source.json"  # what models/base/ is made from, pinned (model_source stage)
 BASE_MODEL = MODELS_DIR / "base"
 SFT_MODEL = MODELS_DIR / "sft"
 DPO_MODEL = MODELS_DIR / "dpo"

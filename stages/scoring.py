@@ -82,6 +82,13 @@ def distinct(texts: list[str], n: int) -> float:
     return len(set(grams)) / len(grams) if grams else 0.0
 
 
+def distinct_replies(texts: list[str]) -> float:
+    """Share of replies that no other reply repeats word for word (case and spacing aside): 1 when every
+    prompt got its own reply, 1/n when n prompts got one. Distinct-n pools words over all replies, so it
+    misses a model that answers most prompts with the same sentence; this catches it."""
+    return len({" ".join(words(text)) for text in texts}) / len(texts) if texts else 0.0
+
+
 def repeats(text: str, n: int = 4) -> bool:
     """Whether a reply says the same n words (or more) twice: the loops the notebook's SFT6/SFT8 fell into."""
     grams = ngrams(words(text), n)

@@ -18,7 +18,7 @@ from stages.modeling import fingerprint, load_base_model, load_tokenizer, lora_c
 from stages.outputs import write_json
 from stages.params import load_params
 from stages.paths import METRICS_DIR, SFT_DATA, SFT_MODEL
-from stages.training import (MarkComplete, TrainClock, final_evaluation, live_callback, resume_or_start,
+from stages.training import (LogLastStep, MarkComplete, TrainClock, final_evaluation, live_callback, resume_or_start,
                              save_adapter, sft_dataset, throughput, trainer_kwargs)
 
 
@@ -46,7 +46,7 @@ def build_trainer(params, output_dir: str, resume: bool = False) -> SFTTrainer:
         eval_dataset=sft_dataset(SFT_DATA / "eval.jsonl", tokenizer),
         processing_class=tokenizer,
         peft_config=lora_config(sft.lora),
-        callbacks=[live_callback("sft", resume), MarkComplete(), TrainClock()],
+        callbacks=[live_callback("sft", resume), MarkComplete(), TrainClock(), LogLastStep()],
     )
 
 

@@ -142,6 +142,15 @@ def live_callback(stage: str, resume: bool) -> LiveCallback:
     return LiveCallback(live=Live(dir=str(LIVE_DIR / stage), resume=resume, dvcyaml=None, save_dvc_exp=False))
 
 
+class LogLastStep(TrainerCallback):
+    """Log the last step as well, so a stage reports the end of training's figures and not those of the last
+    multiple of logging_steps (in a 4-step DPO run, step 1, where every reward is still 0)."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == state.max_steps:
+            control.should_log = True
+
+
 class TrainClock(TrainerCallback):
     """Seconds spent in optimizer steps (forward, backward, update) by this process, and how many: no
     evaluation, checkpointing or logging, and after a resume only the steps this run made."""

