@@ -77,7 +77,8 @@ def copy_folder(folder: Path, out: Path) -> None:
 def main() -> None:
     params = load_params()
     model = params.model
-    pinned = json.loads(MODEL_SOURCE.read_text())
+    # Under dvc, model_source has just pinned the source; run by hand, the stage may come without a pin.
+    pinned = json.loads(MODEL_SOURCE.read_text()) if MODEL_SOURCE.exists() else None
     with atomic_dir(BASE_MODEL) as out:
         if model.kind == "tiny":
             tokenizer = train_tokenizer(sample_texts(), model.tiny.vocab_size, model.tiny.max_position)
@@ -89,7 +90,7 @@ def main() -> None:
             dequantize_gguf(gguf_path(model.gguf), out)
         else:
             copy_folder(model_folder(model.name), out)
-        if describe(model) != pinned:
+        if pinned is not None and describe(model) != pinned:
             raise SourceError(f"{MODEL_SOURCE} no longer matches {model.name}: it changed while base_model read "
                               "it (or model_source did not run). Run `dvc repro` again.")
     print(f"base_model: {model.name} -> {BASE_MODEL}/")

@@ -107,10 +107,8 @@ def test_distinct_repetition_and_perplexity_on_known_values():
     assert distinct(["a b a b", "a b c"], 1) == pytest.approx(3 / 7)  # a, b, c out of 7 words
     assert distinct(["a b a b", "a b c"], 2) == pytest.approx(3 / 5)  # (a b), (b a), (b c) out of 5 bigrams
     assert distinct([""], 2) == 0
-    # The hand-run's collapsed SFT model: half its probe replies one sentence. Distinct-2 stays high;
-    # the share of distinct replies does not.
+    # The hand-run's collapsed SFT model: half its probe replies one sentence.
     collapsed = ["I'm sorry for your loss."] * 17 + [f"That sounds hard, tell me about day {i}." for i in range(17)]
-    assert distinct(collapsed, 2) > 0.3
     assert distinct_replies(collapsed) == pytest.approx(18 / 34)
     assert distinct_replies(["Oh no!", "oh  NO!", "Oh no."]) == pytest.approx(2 / 3)  # case and spacing aside
     assert distinct_replies([]) == 0

@@ -130,7 +130,10 @@ def test_yaml_exponent_strings_are_coerced_to_floats():
     ({"sft.lora.target_modules": ["qkv"]}, "sft.lora.target_modules.0"),
     ({"data.source": "local"}, "data: Value error, local_dir must name a directory"),
     ({"data.source": "hub"}, "data: Value error, hub must give the download URLs"),
-    ({"model.tiny": None}, "model: Value error, tiny must give the tiny model's shape"),
+    ({"model.tiny": None}, "model: Value error, tiny gives the tiny model's shape: set it exactly when name is 'tiny'"),
+    ({"model.revision": "main", "model.gguf": {"distribution": "d", "file": "f.gguf", "sha256": "0" * 64}},
+     "model: Value error, revision must be null for a GGUF file"),
+    ({"model.gguf": {"distribution": "d", "file": "f.gguf", "sha256": "abc"}}, "model.gguf.sha256: String should match"),
     ({"dpo.beta": 0}, "dpo.beta: Input should be greater than 0"),
     ({"colour": "blue"}, "colour: unknown key"),
 ])
