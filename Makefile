@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install repro test params study compare
+.PHONY: install repro test params study compare show
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,3 +36,7 @@ study: $(VENV)/.installed
 # reports/compare.md and PNG charts from `dvc exp show --json`.
 compare: $(VENV)/.installed
 	PATH="$(CURDIR)/$(BIN):$$PATH" python -m tools.compare
+
+# The experiments at a glance: the params that differ and a dozen headline numbers (`dvc exp show` has ~300 columns).
+show: $(VENV)/.installed
+	PATH="$(CURDIR)/$(BIN):$$PATH" python -m tools.show
