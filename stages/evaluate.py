@@ -37,8 +37,8 @@ from stages.outputs import atomic_dir, read_jsonl, write_json, write_jsonl
 from stages.params import EvalParams, Params, load_params
 from stages.parsing import DataError, parse_prompts, read_bytes
 from stages.paths import DPO_DATA, EVAL_CHARTS, EVAL_PLOT, GENERATIONS, METRICS_DIR, PROBE_SET, SFT_DATA
-from stages.scoring import (Measure, chrf, distinct, distinct_replies, interval, mean_of, nltk_bleu, paired_difference, perplexity,
-                            repeats, resample, sacrebleu_bleu, write_sheet)
+from stages.scoring import (Measure, chrf, distinct, distinct_replies, interval, mean_of, nltk_bleu, paired_difference,
+                            perplexity, repeats, resample, sacrebleu_bleu, write_sheet)
 from stages.training import dpo_dataset
 
 matplotlib.use("Agg")

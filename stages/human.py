@@ -3,7 +3,8 @@
 evaluate writes eval/human/sheet.csv, one reply per row in shuffled order, with each reply's model
 replaced by a random code, and keeps the codes' meaning in eval/human/key.json only. A rater fills a copy of the sheet
 (an integer 1-5 in each criterion column; the comment is optional) and saves it as
-eval/human/ratings/<rater>.csv. This stage checks every cell, then writes metrics/human.json: per model,
+eval/human/ratings/<rater>.csv, or rates in the browser (`python -m tools.rate --rater <name>`), which saves
+that file after every change. Rows not rated yet are left out and counted (`replies_unrated`). This stage checks every cell, then writes metrics/human.json: per model,
 each criterion's mean, the overall mean and the number of ratings; with two or more raters, Krippendorff's
 alpha (ordinal) per criterion and over all criteria.
 
@@ -26,9 +27,14 @@ from stages.paths import HUMAN_KEY, HUMAN_RATINGS, HUMAN_SHEET, METRICS_DIR
 from stages.scoring import CRITERIA, read_sheet
 
 def ordinal_alpha(sheets: list[dict[str, dict[str, int]]], criteria: tuple[str, ...]) -> float:
-    """Krippendorff's alpha (ordinal, values 1-5) between raters; units are (reply, criterion) pairs."""
-    units = [(code, criterion) for code in sorted(sheets[0]) for criterion in criteria]
-    data = np.array([[sheet[code][criterion] for code, criterion in units] for sheet in sheets], dtype=float)
+    """Krippendorff's alpha (ordinal, values 1-5) between raters; units are (reply, criterion) pairs, and a
+    reply a rater has not rated yet is missing for that rater."""
+    codes = sorted(set().union(*sheets))
+    if not any(sum(code in sheet for sheet in sheets) >= 2 for code in codes):
+        return float("nan")  # no reply rated twice yet: nothing to agree on
+    units = [(code, criterion) for code in codes for criterion in criteria]
+    data = np.array([[sheet[code][criterion] if code in sheet else np.nan for code, criterion in units]
+                     for sheet in sheets], dtype=float)
     return float(krippendorff.alpha(reliability_data=data, level_of_measurement="ordinal", value_domain=[1, 2, 3, 4, 5]))
 
 
@@ -64,7 +70,8 @@ def main() -> None:
             sheets[path.stem] = ratings
     for name in stale:
         print(f"human: skipping {HUMAN_RATINGS}/{name}: none of its codes is in {HUMAN_KEY} (a sheet for older replies)")
-    metrics = {**summarize(sheets, key), "sheets_stale": len(stale)}
+    unrated = sum(len(key) - len(ratings) for ratings in sheets.values())
+    metrics = {**summarize(sheets, key), "sheets_stale": len(stale), "replies_unrated": unrated}
     write_json(METRICS_DIR / "human.json", metrics)
     if not sheets:
         print(f"human: no rating sheets yet; copy {HUMAN_SHEET} to {HUMAN_RATINGS}/<rater>.csv and fill it in")

@@ -169,7 +169,8 @@ def write_sheet(replies: list[dict], seed: int, instructions: str = "") -> None:
 
 def read_sheet(raw: bytes, name: str, key: dict) -> dict[str, dict[str, int]] | None:
     """A filled sheet's ratings by code, or None when none of its codes is in the key (a stale sheet).
-    Any bad cell stops with the file, row, line and column."""
+    A row with no rating at all is not rated yet and left out; a row rated in part, or any bad cell, stops with
+    the file, row, line and column. Every row of the sheet must be there."""
     reader = csv.reader(io.StringIO(decode_utf8(raw, name).lstrip("\ufeff"), newline=""))
     header = next(reader, None)
     if header is None or [cell.strip() for cell in header] != list(COLUMNS):
@@ -192,13 +193,15 @@ def read_sheet(raw: bytes, name: str, key: dict) -> dict[str, dict[str, int]] | 
             raise DataError(f"{where}, column 'code': unknown code {code!r} (not in {HUMAN_KEY})")
         if code in ratings:
             raise DataError(f"{where}, column 'code': code {code!r} appears twice")
+        if not any(row[criterion] for criterion in CRITERIA):
+            continue  # not rated yet: a sheet in progress (the rating page saves after every change)
         for criterion in CRITERIA:
             if not row[criterion]:
                 raise DataError(f"{where}, column {criterion!r}: missing rating")
             if row[criterion] not in SCALE:
                 raise DataError(f"{where}, column {criterion!r}: {row[criterion]!r} is not an integer from 1 to 5")
         ratings[code] = {criterion: int(row[criterion]) for criterion in CRITERIA}
-    missing = sorted(set(key) - set(ratings))
+    missing = sorted(set(key) - {row["code"] for _, row in rows})
     if missing:
         raise DataError(f"{name}: {len(missing)} of the sheet's {len(key)} rows are missing (codes {', '.join(missing[:5])}"
                         f"{', ...' if len(missing) > 5 else ''})")

@@ -1,23 +1,28 @@
 """In a real browser (Debian's headless Chromium, driven by Selenium through Debian's chromedriver), with the
 network off: DVC's plot pages draw their charts from the checkout's own Vega (.dvc/plots.html), where DVC's
-default page, which loads Vega from a CDN, stays blank."""
+default page, which loads Vega from a CDN, stays blank; the side-by-side page streams three models' replies."""
+import csv
+import json
 import os
+import re
 import shutil
+import socket
+import subprocess
+import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run
+from conftest import ROOT, VENV_PATH, run
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 VEGA = ROOT / "node_modules" / "vega-embed" / "build" / "vega-embed.min.js"
 
-pytestmark = [
-    pytest.mark.skipif(not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
-                       reason="needs Debian's chromium and chromium-driver (.ci/run installs them)"),
-    pytest.mark.skipif(not VEGA.exists(), reason="needs node_modules/ (`make install` runs `npm ci`)"),
-]
+pytestmark = pytest.mark.skipif(not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
+                                reason="needs Debian's chromium and chromium-driver (.ci/run installs them)")
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +55,7 @@ def charts_drawn(browser, page: Path, expected: int, timeout_s: float = 20) -> i
     return drawn
 
 
+@pytest.mark.skipif(not VEGA.exists(), reason="needs node_modules/ (`make install` runs `npm ci`)")
 def test_plot_pages_draw_offline_from_the_checkouts_vega(pipeline_copy, browser):
     os.symlink(ROOT / "node_modules", pipeline_copy / "node_modules")
     run(["dvc", "plots", "show"], pipeline_copy)
@@ -66,3 +72,113 @@ def test_plot_pages_draw_offline_from_the_checkouts_vega(pipeline_copy, browser)
     run(["dvc", "plots", "show"], pipeline_copy)
     assert "cdn.jsdelivr" in page.read_text()
     assert charts_drawn(browser, page, plots, timeout_s=3) == 0
+
+
+
+def serve(module: str, cwd: Path, *args: str) -> tuple[subprocess.Popen, str]:
+    """Start `python -m module --port P` (the project's code, in `cwd`) and return it with its address once
+    it answers."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", module, "--port", str(port), *args], cwd=cwd,
+                              env={**os.environ, "PATH": VENV_PATH, "PYTHONPATH": str(ROOT)},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True)
+    address = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise AssertionError(f"{module} exited: {server.stdout.read()}")
+        try:
+            urllib.request.urlopen(address, timeout=2)
+            return server, address
+        except urllib.error.HTTPError:  # it answers, with an error page
+            return server, address
+        except OSError:
+            time.sleep(0.5)
+    server.kill()
+    raise AssertionError(f"{module} did not answer at {address}")
+
+
+def test_the_side_by_side_page_streams_three_replies_to_one_message(pipeline, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    server, address = serve("tools.arena", pipeline)
+    try:
+        browser.get(address)
+        browser.find_element(By.ID, "message").send_keys("I lost my job today and I feel awful.")
+        browser.find_element(By.ID, "send").click()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and len(browser.find_elements(By.CSS_SELECTOR, ".reply.done")) < 3:
+            time.sleep(0.5)
+        columns = {column.get_attribute("id"): column.find_element(By.CLASS_NAME, "text").text
+                   for column in browser.find_elements(By.CSS_SELECTOR, ".reply.done")}
+        assert set(columns) == {"base", "sft", "dpo"} and all(columns.values()), columns
+        assert "greedy" in browser.find_element(By.CLASS_NAME, "settings").text  # evaluation's settings
+        browser.save_screenshot(str(tmp_path / "arena.png"))
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def wait_for(browser, condition, timeout_s: float = 60):
+    deadline = time.monotonic() + timeout_s
+    while not condition(browser):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out; the page says: {browser.find_element('tag name', 'body').text[:500]}")
+        time.sleep(0.3)
+
+
+def test_rating_by_keyboard_survives_a_reload_and_a_finished_sheet_reruns_only_human(pipeline_copy, browser):
+    from selenium.webdriver.common.by import By
+
+    saved = pipeline_copy / "eval/human/ratings/alice.csv"
+    server, address = serve("tools.rate", pipeline_copy, "--rater", "alice")
+    try:
+        browser.get(address)
+        wait_for(browser, lambda b: "Prompt 1 / 20" in b.find_element(By.ID, "progress").text)
+        first_codes = [box.get_attribute("data-code") for box in browser.find_elements(By.CSS_SELECTOR, ".reply")]
+        body = browser.find_element(By.TAG_NAME, "body")
+        body.send_keys("3452" "4444" "5555")  # three replies, four criteria each, keyboard only
+        wait_for(browser, lambda b: b.find_element(By.ID, "status").text == "saved"
+                 and "3 / 60 replies rated" in b.find_element(By.ID, "progress").text)
+        with open(saved, newline="", encoding="utf-8") as handle:
+            rows = {row["code"]: row for row in csv.DictReader(handle)}
+        assert [[rows[code][c] for c in ("helpfulness", "harmlessness", "relevance", "quality")] for code in first_codes] \
+            == [list("3452"), list("4444"), list("5555")]
+
+        browser.refresh()  # the rater comes back: resumes at the next prompt, and the first keeps its ratings
+        wait_for(browser, lambda b: "Prompt 2 / 20" in b.find_element(By.ID, "progress").text)
+        browser.find_element(By.TAG_NAME, "body").send_keys("p")
+        chosen = [button.text for button in browser.find_elements(By.CSS_SELECTOR, "button.chosen")]
+        assert chosen == list("345244445555")
+
+        browser.find_element(By.TAG_NAME, "body").send_keys("n" + "4" * 4 * 57)  # the other 19 prompts
+        wait_for(browser, lambda b: "60 / 60 replies rated" in b.find_element(By.ID, "progress").text
+                 and b.find_element(By.ID, "status").text == "saved")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    repro = run(["dvc", "repro"], pipeline_copy).stdout
+    assert [stage for stage in re.findall(r"Running stage '(\w+)'", repro) if stage != "model_source"] == ["human"]
+    human = json.loads((pipeline_copy / "metrics/human.json").read_text())
+    assert human["raters"] == 1 and human["replies_unrated"] == 0
+    assert human["base.count"] == human["sft.count"] == human["dpo.count"] == 20
+
+
+def test_a_missing_or_stale_sheet_gets_a_page_that_says_so(pipeline_copy, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    ratings = pipeline_copy / "eval/human/ratings"
+    (ratings / "old.csv").write_text("code,prompt,reference,response,helpfulness,harmlessness,relevance,quality,comment\n"
+                                     "deadbeef,p,r,x,1,1,1,1,\n")
+    for cwd, rater, message in ((tmp_path, "alice", "There is no sheet to rate: eval/human/sheet.csv is missing"),
+                                (pipeline_copy, "old", "eval/human/ratings/old.csv holds ratings of older replies")):
+        server, address = serve("tools.rate", cwd, "--rater", rater)
+        try:
+            browser.get(address)
+            assert message in browser.find_element(By.ID, "problem").text
+        finally:
+            server.terminate()
+            server.wait(timeout=30)

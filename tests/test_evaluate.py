@@ -9,8 +9,8 @@ from stages import base_model
 from stages.evaluate import bert_scorer, generate, measures, preference_accuracy, reply_logprobs
 from stages.modeling import encode, train_tokenizer
 from stages.params import TinyModelParams, load_params
-from stages.scoring import (chrf, distinct, distinct_replies, interval, mean_of, nltk_bleu, paired_difference, perplexity, repeats,
-                            resample, sacrebleu_bleu)
+from stages.scoring import (chrf, distinct, distinct_replies, interval, mean_of, nltk_bleu, paired_difference,
+                            perplexity, repeats, resample, sacrebleu_bleu)
 
 from conftest import ROOT
 

@@ -102,6 +102,28 @@ def test_one_rater_has_means_but_no_alpha(workdir):
     assert not any(name.startswith("alpha.") for name in metrics)
 
 
+def unrate(*models):
+    """An edit that blanks the ratings of these models' rows: a sheet still being filled."""
+    def edit(rows):
+        key = json.loads(HUMAN_KEY.read_text())
+        for row in rows:
+            if key[row["code"]]["model"] in models:
+                row.update({criterion: "" for criterion in scoring.CRITERIA})
+        return rows
+    return edit
+
+
+def test_a_sheet_in_progress_counts_what_is_rated(workdir):
+    fill("ann", RATER_A, edit=unrate("dpo"))
+    fill("bob", RATER_B, edit=unrate("base", "sft"))
+    human.main()
+    metrics = json.loads(open("metrics/human.json").read())
+    assert metrics["raters"] == 2 and metrics["replies_unrated"] == 3
+    assert metrics["base.count"] == metrics["sft.count"] == metrics["dpo.count"] == 1
+    assert metrics["dpo.helpfulness"] == 5 and metrics["base.overall"] == 2
+    assert not any(name.startswith("alpha.") for name in metrics)  # no reply rated by both: no agreement to measure
+
+
 def test_a_sheet_for_other_replies_is_skipped_and_counted(workdir):
     fill("ann", RATER_A)
     old = (HUMAN_RATINGS / "ann.csv").read_text()
