@@ -71,9 +71,9 @@ def test_two_presets_run_from_the_queue_and_compare_side_by_side(pipeline_copy):
     # The first view: the knobs that differ and the headline numbers, in a 200-column terminal.
     shown = run(["python", "-m", "tools.show"], pipeline_copy).stdout.splitlines()
     assert max(map(len, shown)) <= 200, "\n".join(shown)
-    header = shown[0].split()
-    assert {"dpo.lr", "dpo.max_steps", "data.source"} <= set(header) and "sft.lr" not in header  # only what differs
-    lines = {line.split()[0]: line for line in shown[2:]}
+    header = shown[1].split()  # titles span two rows: "dpo." over "lr"
+    assert {"lr", "max_steps", "source"} <= set(header) and "sft." not in shown[0]  # only what differs
+    lines = {line.split()[0]: line for line in shown[3:]}
     assert {"workspace", "sft7-dpo2", "sft7-dpo5", "broken"} <= set(lines)
     assert f"{margins['sft7-dpo2']:.3f}" in lines["sft7-dpo2"] and "5e-06" in lines["sft7-dpo2"]
     assert "(failed)" in lines["broken"] and f"{margins['sft7-dpo2']:.3f}" not in lines["broken"]

@@ -58,15 +58,29 @@ def cell(row: dict, file: str, keys: tuple, fmt: str) -> str:
     return "–" if None in values else fmt.format(*values)
 
 
+def param(value) -> str:
+    if isinstance(value, list):
+        return ",".join(str(item).removesuffix("_proj") for item in value)
+    return "–" if value is None else str(value)
+
+
+def two_lines(title: str, separator: str) -> tuple[str, str]:
+    """A column title over two header rows, split at its last separator, so that columns stay narrow."""
+    first, found, last = title.rpartition(separator)
+    return (first + found, last) if found else ("", title)
+
+
 def render(found: list[dict]) -> str:
     changed = changed_params(found)
-    header = ["experiment"] + changed + [title for title, *_ in HEADLINE]
+    header = [("", "experiment")] + [two_lines(key, ".") for key in changed] + [two_lines(title, " ")
+                                                                                for title, *_ in HEADLINE]
     table = [[row["name"] + (" (failed)" if row["failed"] else "")]
-             + [json.dumps(row["params"].get(key)) for key in changed]
+             + [param(row["params"].get(key)) for key in changed]
              + [cell(row, *spec[1:]) for spec in HEADLINE] for row in found]
-    widths = [max(len(line[i]) for line in [header] + table) for i in range(len(header))]
+    lines = [[top for top, _ in header], [bottom for _, bottom in header]]
+    widths = [max(len(line[i]) for line in lines + table) for i in range(len(header))]
     return "\n".join("  ".join(text.ljust(width) for text, width in zip(line, widths)).rstrip()
-                     for line in [header, ["─" * width for width in widths]] + table)
+                     for line in lines + [["─" * width for width in widths]] + table)
 
 
 def main(options: list[str]) -> None:
