@@ -13,17 +13,17 @@ import sys
 
 from tools.compare import dvc, flatten
 
-# (title, metrics file, keys): several keys share a cell as a/b/c, base/sft/dpo in that order
+# (title, keys as <metrics file>:<key>, format): several keys share a cell as a/b/c, base/sft/dpo in that order
+EVAL = "eval.json:ed_test"
 HEADLINE = [
-    ("SFT loss base→sft", "sft.json", ("base_eval_loss", "eval_loss"), "{:.3f}→{:.3f}"),
-    ("DPO acc", "dpo.json", ("eval.rewards_accuracies",), "{:.2f}"),
-    ("DPO margin", "dpo.json", ("eval.rewards_margins",), "{:.3f}"),
-    ("BERTScore b/s/d", "eval.json", tuple(f"ed_test.{m}.bertscore_f1" for m in ("base", "sft", "dpo")),
-     "{:.3f}/{:.3f}/{:.3f}"),
-    ("BLEU s/d", "eval.json", ("ed_test.sft.bleu", "ed_test.dpo.bleu"), "{:.3f}/{:.3f}"),
-    ("stop b/s/d", "eval.json", tuple(f"ed_test.{m}.stop_rate" for m in ("base", "sft", "dpo")), "{:.2f}/{:.2f}/{:.2f}"),
-    ("distinct s/d", "eval.json", ("probe.sft.distinct_replies", "probe.dpo.distinct_replies"), "{:.2f}/{:.2f}"),
-    ("train s sft/dpo", "", ("sft.json:train_runtime_s", "dpo.json:train_runtime_s"), "{:.0f}/{:.0f}"),
+    ("SFT loss base→sft", ("sft.json:base_eval_loss", "sft.json:eval_loss"), "{:.3f}→{:.3f}"),
+    ("DPO acc", ("dpo.json:eval.rewards_accuracies",), "{:.2f}"),
+    ("DPO margin", ("dpo.json:eval.rewards_margins",), "{:.3f}"),
+    ("BERTScore b/s/d", tuple(f"{EVAL}.{m}.bertscore_f1" for m in ("base", "sft", "dpo")), "{:.3f}/{:.3f}/{:.3f}"),
+    ("BLEU s/d", (f"{EVAL}.sft.bleu", f"{EVAL}.dpo.bleu"), "{:.3f}/{:.3f}"),
+    ("stop b/s/d", tuple(f"{EVAL}.{m}.stop_rate" for m in ("base", "sft", "dpo")), "{:.2f}/{:.2f}/{:.2f}"),
+    ("distinct s/d", ("eval.json:probe.sft.distinct_replies", "eval.json:probe.dpo.distinct_replies"), "{:.2f}/{:.2f}"),
+    ("train s sft/dpo", ("sft.json:train_runtime_s", "dpo.json:train_runtime_s"), "{:.0f}/{:.0f}"),
 ]
 
 
@@ -51,10 +51,10 @@ def changed_params(found: list[dict]) -> list[str]:
     return [key for key in keys if len({json.dumps(row["params"].get(key)) for row in found}) > 1]
 
 
-def cell(row: dict, file: str, keys: tuple, fmt: str) -> str:
+def cell(row: dict, keys: tuple, fmt: str) -> str:
     if row["failed"]:
         return "–"  # its metrics files are another run's
-    values = [row.get(file or key.split(":")[0], {}).get(key.split(":")[-1]) for key in keys]
+    values = [row.get(file, {}).get(key) for file, key in (spec.split(":") for spec in keys)]
     return "–" if None in values else fmt.format(*values)
 
 
