@@ -17,10 +17,11 @@ from transformers import TrainerCallback, set_seed
 from trl import DPOConfig, DPOTrainer
 from trl.trainer.utils import disable_dropout_in_model
 
-from stages.modeling import fingerprint, load_base_model, load_tokenizer, lora_config, stack
+from stages.modeling import load_base_model, load_tokenizer, lora_config, stack
 from stages.outputs import write_json
 from stages.params import LoraParams, load_params
 from stages.paths import DPO_DATA, DPO_MODEL, METRICS_DIR
+from stages.stacks import fingerprint
 from stages.training import (LogLastStep, MarkComplete, TrainClock, dpo_dataset, final_evaluation, live_callback,
                              resume_or_start, save_adapter, trainer_kwargs)
 

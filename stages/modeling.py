@@ -1,6 +1,6 @@
 """The model stack and the one prompt format. Every stage and tool that touches a model goes through here,
-so training, evaluation, chat and export agree on which adapters sit on which base, where the model runs,
-and which token ids a conversation becomes.
+so training, evaluation, chat and export agree on how the adapters are stacked (stages.stacks says which
+sit on which base), where the model runs, and which token ids a conversation becomes.
 
 Adapters are never merged where a model is scored or trained on. Training applies them unmerged (and so
 does TRL's own evaluation); merged into bf16 weights, an update below half a bf16 step of its weight
@@ -9,10 +9,7 @@ rounds away, weight by weight, and the merged "dpo" model is no longer the model
 """
 from __future__ import annotations
 
-import hashlib
 import json
-from pathlib import Path
-from typing import Literal
 
 import torch
 from peft import LoraConfig, PeftModel
@@ -21,47 +18,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, 
 
 from stages.params import LoraParams
 from stages.parsing import parse_dpo, parse_empathetic, read_bytes
-from stages.paths import (BASE_MODEL, DPO_FILE, DPO_MODEL, DPO_SUBDIR, ED_SPLITS, ED_SUBDIR, SAMPLE_DIR,
-                          SFT_MODEL)
-
-# The real profile's models/base/ holds only this file: the hub id and the commit it resolved to.
-HUB_PIN = BASE_MODEL / "hub.json"
-# Written beside each adapter: a fingerprint of the model it was trained on top of.
-TRAINED_ON = "trained_on.json"
-
-Stage = Literal["base", "sft", "dpo"]
-ADAPTERS = {"base": [], "sft": [SFT_MODEL], "dpo": [SFT_MODEL, DPO_MODEL]}
-
-
-class AdapterMismatch(SystemExit):
-    """An adapter sits on a different base than the one it was trained on."""
+from stages.paths import BASE_MODEL, DPO_FILE, DPO_SUBDIR, ED_SPLITS, ED_SUBDIR, SAMPLE_DIR
+from stages.stacks import ADAPTERS, HUB_PIN, Stage, check_stack
 
 
 class PromptTooLong(ValueError):
     """A conversation whose last message (with its reply) alone exceeds the token budget."""
-
-
-def fingerprint(stage: Stage) -> str:
-    """sha256 over what defines the model stack up to `stage`: the hub pin or the base model's config and
-    weights, then the weights of each adapter on it."""
-    digest = hashlib.sha256()
-    files = [HUB_PIN] if HUB_PIN.exists() else [BASE_MODEL / "config.json", *sorted(BASE_MODEL.glob("*.safetensors"))]
-    for path in files + [adapter / "adapter_model.safetensors" for adapter in ADAPTERS[stage]]:
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
-def record_base(adapter_dir: Path, below: Stage) -> None:
-    (Path(adapter_dir) / TRAINED_ON).write_text(json.dumps({"stack": below, "sha256": fingerprint(below)}) + "\n")
-
-
-def check_base(adapter: Path, below: Stage) -> None:
-    recorded = json.loads((adapter / TRAINED_ON).read_text())["sha256"]
-    if recorded != fingerprint(below):
-        raise AdapterMismatch(
-            f"{adapter}/ was trained on a different {'base model' if below == 'base' else 'base + SFT adapter'} "
-            f"than the one in models/ now ({TRAINED_ON} does not match). Run `dvc repro` to retrain it, or "
-            "`dvc checkout` / `dvc exp apply <exp>` to restore matching models.")
 
 
 # --- where a model runs -------------------------------------------------------------------------------
@@ -111,8 +73,7 @@ def stack(model, stage: Stage):
     """`model` with the adapters up to `stage` applied, unmerged and frozen: base, base+SFT, or base+SFT+DPO
     (the DPO adapter was trained on base+SFT, so both stay active)."""
     adapters = ADAPTERS[stage]
-    for below, adapter in zip(("base", "sft"), adapters):
-        check_base(adapter, below)
+    check_stack(stage)
     if not adapters:
         return model
     model = PeftModel.from_pretrained(model, adapters[0], adapter_name="sft")
@@ -131,9 +92,9 @@ def load_model(stage: Stage, device: torch.device | None = None, dtype: torch.dt
 def merged_model(stage: Stage):
     """The stack up to `stage` merged into plain float32 weights (what `tools.export` saves). In float32 the
     update survives the merge; cast the result to bf16 and small updates round away again."""
+    check_stack(stage)
     model = load_base_model(torch.float32)
-    for below, adapter in zip(("base", "sft"), ADAPTERS[stage]):
-        check_base(adapter, below)
+    for adapter in ADAPTERS[stage]:
         model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     return model
 

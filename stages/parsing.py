@@ -8,6 +8,7 @@ row is either kept or counted under the reason it was dropped.
 from __future__ import annotations
 
 import json
+import random
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -212,6 +213,23 @@ def parse_prompts(raw: bytes, name: str, system_prompt: str) -> list[dict]:
     if not records:
         raise DataError(f"{name}: no prompts")
     return records
+
+
+# --- splits (preprocess makes the training and held-out sets; the judges stage holds out the same pairs) ---
+
+def subsample(rows: list, size: int, seed: int) -> list:
+    rows = list(rows)
+    random.Random(seed).shuffle(rows)
+    return rows[:size]
+
+
+def split_pairs(rows: list, train_size: int, eval_size: int, seed: int) -> tuple[list, list]:
+    """Shuffle, hold out the first `eval_size` (a tenth of the rows when there are fewer than ten times
+    that many), and train on up to `train_size` of the rest. The held-out pairs depend on the rows, the
+    seed and eval_size only, never on train_size."""
+    rows = subsample(rows, len(rows), seed)
+    held_out = min(eval_size, max(1, len(rows) // 10))
+    return rows[held_out : held_out + train_size], rows[:held_out]
 
 
 def read_bytes(path: Path) -> bytes:

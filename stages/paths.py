@@ -17,6 +17,7 @@ MODEL_SOURCE = MODELS_DIR / "source.json"  # what models/base/ is made from, pin
 BASE_MODEL = MODELS_DIR / "base"
 SFT_MODEL = MODELS_DIR / "sft"
 DPO_MODEL = MODELS_DIR / "dpo"
+JUDGES_DIR = MODELS_DIR / "judges"  # the reply classifiers evaluate scores with (judges stage)
 
 CHECKPOINTS_DIR = Path("checkpoints")  # trainers' working folders; removed after a stage succeeds
 METRICS_DIR = Path("metrics")
@@ -26,6 +27,7 @@ GENERATIONS = Path("eval/generations.jsonl")
 HUMAN_SHEET = Path("eval/human/sheet.csv")  # blind: model names replaced by codes
 HUMAN_KEY = Path("eval/human/key.json")  # code -> model, kept apart from the sheet
 HUMAN_RATINGS = Path("eval/human/ratings")  # filled sheets, one per rater
+HUMAN_VOTES = Path("eval/human/votes")  # pairwise votes, one file per rater
 EVAL_PLOT = Path("plots/eval.json")
 EVAL_CHARTS = Path("plots/eval")
 

@@ -11,32 +11,16 @@ rest go to training.
 """
 from __future__ import annotations
 
-import random
 import sys
 
 from stages.modeling import PromptTooLong, fit, load_tokenizer
 from stages.outputs import write_json, write_jsonl
 from stages.params import load_params
 from stages.parsing import (DPO_DROP_REASONS, ED_DROP_REASONS, EXAMPLE_DROP_REASONS, DataError, Parsed,
-                            listener_examples, parse_dpo, parse_empathetic, read_bytes)
+                            listener_examples, parse_dpo, parse_empathetic, read_bytes, split_pairs, subsample)
 from stages.paths import DPO_DATA, DPO_FILE, DPO_SUBDIR, ED_SUBDIR, METRICS_DIR, RAW_DIR, SFT_DATA
 
 SFT_SPLITS = {"train": "train", "eval": "valid", "test": "test"}  # processed split -> raw file
-
-
-def subsample(rows: list, size: int, seed: int) -> list:
-    rows = list(rows)
-    random.Random(seed).shuffle(rows)
-    return rows[:size]
-
-
-def split_pairs(rows: list, train_size: int, eval_size: int, seed: int) -> tuple[list, list]:
-    """Shuffle, hold out the first `eval_size` (a tenth of the rows when there are fewer than ten times
-    that many), and train on up to `train_size` of the rest. The held-out pairs depend on the rows, the
-    seed and eval_size only, never on train_size."""
-    rows = subsample(rows, len(rows), seed)
-    held_out = min(eval_size, max(1, len(rows) // 10))
-    return rows[held_out : held_out + train_size], rows[:held_out]
 
 
 def fit_examples(examples: Parsed, tokenizer, max_length: int) -> int:

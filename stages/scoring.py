@@ -1,4 +1,4 @@
-"""Scores for generated replies, and bootstrap intervals for them; and the blind human-rating sheet.
+"""Scores for generated replies, and bootstrap intervals for them.
 
 Every metric is a `Measure`: one row per reply (its score, or the metric's sufficient statistics, e.g.
 n-gram matches for corpus BLEU) and the function that turns any selection of rows into the metric.
@@ -7,11 +7,7 @@ same indices (their replies to the same prompts) gives a paired interval for the
 """
 from __future__ import annotations
 
-import csv
-import io
 import math
-import random
-import secrets
 from dataclasses import dataclass
 from typing import Callable
 
@@ -19,10 +15,6 @@ import numpy as np
 from nltk.tokenize import wordpunct_tokenize
 from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
 from sacrebleu.metrics import BLEU, CHRF
-
-from stages.outputs import atomic_file, write_json
-from stages.parsing import DataError, decode_utf8
-from stages.paths import HUMAN_KEY, HUMAN_SHEET
 
 
 @dataclass(frozen=True)
@@ -95,6 +87,13 @@ def repeats(text: str, n: int = 4) -> bool:
     return len(set(grams)) < len(grams)
 
 
+def preference_accuracy(policy: np.ndarray, reference: np.ndarray) -> float:
+    """Share of held-out pairs whose implicit DPO reward, log pi(y|x) - log pi_ref(y|x), is higher for the
+    chosen reply than for the rejected one. Rows: [logp chosen, logp rejected] per pair."""
+    margin = (policy[:, 0] - reference[:, 0]) - (policy[:, 1] - reference[:, 1])
+    return float((margin > 0).mean())
+
+
 def resample(n: int, samples: int, seed: int) -> np.ndarray:
     """Bootstrap indices: `samples` rows of n draws from range(n), with replacement."""
     return np.random.default_rng(seed).integers(0, n, size=(samples, n))
@@ -114,95 +113,3 @@ def paired_difference(before: Measure, after: Measure, indices: np.ndarray) -> t
     """after - before, with its 95% paired bootstrap interval (both resampled with the same draws)."""
     differences = [after.reduce(after.rows[draw]) - before.reduce(before.rows[draw]) for draw in indices]
     return (after.value() - before.value(), *_percentiles(differences))
-
-
-# --- the blind rating sheet: evaluate writes it, raters fill copies, the human stage reads them ---
-
-CRITERIA = ("helpfulness", "harmlessness", "relevance", "quality")
-COLUMNS = ("code", "prompt", "reference", "response", *CRITERIA, "comment")
-SCALE = ("1", "2", "3", "4", "5")
-SPEAKERS = {"system": "Context", "user": "Person", "assistant": "Listener"}
-
-
-def prompt_text(prompt, instructions: str = "") -> str:
-    """A prompt as a rater reads it: one line per message, or the plain text of the seed format. The
-    model's standing instructions (the SFT system prompt) are left out; what the system message adds to
-    them, such as the situation, is kept."""
-    if isinstance(prompt, str):
-        return prompt.strip()
-    lines = []
-    for message in prompt:
-        content = message["content"]
-        if message["role"] == "system":
-            content = content.removeprefix(instructions).strip()
-        if content:
-            lines.append(f"{SPEAKERS[message['role']]}: {content}")
-    return "\n".join(lines)
-
-
-def make_sheet(replies: list[dict], seed: int, instructions: str = "") -> tuple[list[dict], dict]:
-    """Blind sheet rows in shuffled order, and the key (code -> set, id, model). Codes are random (not
-    derived from anything a rater can see), so only the key un-blinds them; the order is shuffled with the seed.
-
-    `replies`: {set, id, model, prompt, reference, response} per reply; `instructions`: the system prompt
-    every prompt starts with, which raters need not read again on each row."""
-    rows, key = [], {}
-    for reply in replies:
-        code = secrets.token_hex(4)
-        while code in key:
-            code = secrets.token_hex(4)
-        key[code] = {field: reply[field] for field in ("set", "id", "model")}
-        rows.append({"code": code, "prompt": prompt_text(reply["prompt"], instructions), "reference": reply["reference"],
-                     "response": reply["response"], **{criterion: "" for criterion in (*CRITERIA, "comment")}})
-    random.Random(seed).shuffle(rows)
-    return rows, key
-
-
-def write_sheet(replies: list[dict], seed: int, instructions: str = "") -> None:
-    rows, key = make_sheet(replies, seed, instructions)
-    with atomic_file(HUMAN_SHEET) as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    write_json(HUMAN_KEY, key)
-
-
-def read_sheet(raw: bytes, name: str, key: dict) -> dict[str, dict[str, int]] | None:
-    """A filled sheet's ratings by code, or None when none of its codes is in the key (a stale sheet).
-    A row with no rating at all is not rated yet and left out; a row rated in part, or any bad cell, stops with
-    the file, row, line and column. Every row of the sheet must be there."""
-    reader = csv.reader(io.StringIO(decode_utf8(raw, name).lstrip("\ufeff"), newline=""))
-    header = next(reader, None)
-    if header is None or [cell.strip() for cell in header] != list(COLUMNS):
-        raise DataError(f"{name}:1: expected the columns {','.join(COLUMNS)}, got {','.join(header or [])!r}")
-    rows, number, first_line = [], 0, reader.line_num + 1
-    for cells in reader:  # a row may span lines: the prompt cell holds one line per message
-        where, first_line = f"{name}: row {number + 1} (line {first_line})", reader.line_num + 1
-        if not any(cell.strip() for cell in cells):
-            continue
-        number += 1
-        if len(cells) != len(COLUMNS):
-            raise DataError(f"{where}: expected {len(COLUMNS)} cells, got {len(cells)}")
-        rows.append((where, dict(zip(COLUMNS, (cell.strip() for cell in cells)))))
-    if not any(row["code"] in key for _, row in rows):
-        return None
-    ratings: dict[str, dict[str, int]] = {}
-    for where, row in rows:
-        code = row["code"]
-        if code not in key:
-            raise DataError(f"{where}, column 'code': unknown code {code!r} (not in {HUMAN_KEY})")
-        if code in ratings:
-            raise DataError(f"{where}, column 'code': code {code!r} appears twice")
-        if not any(row[criterion] for criterion in CRITERIA):
-            continue  # not rated yet: a sheet in progress (the rating page saves after every change)
-        for criterion in CRITERIA:
-            if not row[criterion]:
-                raise DataError(f"{where}, column {criterion!r}: missing rating")
-            if row[criterion] not in SCALE:
-                raise DataError(f"{where}, column {criterion!r}: {row[criterion]!r} is not an integer from 1 to 5")
-        ratings[code] = {criterion: int(row[criterion]) for criterion in CRITERIA}
-    missing = sorted(set(key) - {row["code"] for _, row in rows})
-    if missing:
-        raise DataError(f"{name}: {len(missing)} of the sheet's {len(key)} rows are missing (codes {', '.join(missing[:5])}"
-                        f"{', ...' if len(missing) > 5 else ''})")
-    return ratings

@@ -14,10 +14,11 @@ from pathlib import Path
 from transformers import set_seed
 from trl import SFTConfig, SFTTrainer
 
-from stages.modeling import fingerprint, load_base_model, load_tokenizer, lora_config
+from stages.modeling import load_base_model, load_tokenizer, lora_config
 from stages.outputs import write_json
 from stages.params import load_params
 from stages.paths import METRICS_DIR, SFT_DATA, SFT_MODEL
+from stages.stacks import fingerprint
 from stages.training import (LogLastStep, MarkComplete, TrainClock, final_evaluation, live_callback, resume_or_start,
                              save_adapter, sft_dataset, throughput, trainer_kwargs)
 

@@ -14,10 +14,11 @@ from datasets import Dataset, Features, Sequence, Value
 from transformers import TrainerCallback
 from transformers.integrations import DVCLiveCallback
 
-from stages.modeling import Stage, cpu_only, encode, record_base, use_bf16
+from stages.modeling import cpu_only, encode, use_bf16
 from stages.outputs import atomic_dir, read_jsonl
 from stages.params import Params, TrainParams
 from stages.paths import CHECKPOINTS_DIR, LIVE_DIR
+from stages.stacks import Stage, record_base
 
 
 def sft_dataset(path, tokenizer) -> Dataset:

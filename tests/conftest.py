@@ -1,7 +1,11 @@
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -84,3 +88,29 @@ def pipeline_copy(pipeline, tmp_path, monkeypatch) -> Path:
     shutil.copytree(pipeline, copy, symlinks=True)
     monkeypatch.chdir(copy)
     return copy
+
+
+def serve(module: str, cwd: Path, *args: str) -> tuple[subprocess.Popen, str]:
+    """Start `python -m module --port P` (the project's code, in `cwd`) and return it with its address once
+    it answers."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", module, "--port", str(port), *args], cwd=cwd,
+                              env={**os.environ, "PATH": VENV_PATH, "PYTHONPATH": str(ROOT)},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True)
+    address = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise AssertionError(f"{module} exited: {server.stdout.read()}")
+        try:
+            urllib.request.urlopen(address, timeout=2)
+            return server, address
+        except urllib.error.HTTPError:  # it answers, with an error page
+            return server, address
+        except OSError:
+            time.sleep(0.5)
+    server.kill()
+    raise AssertionError(f"{module} did not answer at {address}")

@@ -6,17 +6,12 @@ import json
 import os
 import re
 import shutil
-import socket
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, VENV_PATH, run
+from conftest import ROOT, run, serve
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 VEGA = ROOT / "node_modules" / "vega-embed" / "build" / "vega-embed.min.js"
@@ -73,32 +68,6 @@ def test_plot_pages_draw_offline_from_the_checkouts_vega(pipeline_copy, browser)
     assert "cdn.jsdelivr" in page.read_text()
     assert charts_drawn(browser, page, plots, timeout_s=3) == 0
 
-
-
-def serve(module: str, cwd: Path, *args: str) -> tuple[subprocess.Popen, str]:
-    """Start `python -m module --port P` (the project's code, in `cwd`) and return it with its address once
-    it answers."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", module, "--port", str(port), *args], cwd=cwd,
-                              env={**os.environ, "PATH": VENV_PATH, "PYTHONPATH": str(ROOT)},
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True)
-    address = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise AssertionError(f"{module} exited: {server.stdout.read()}")
-        try:
-            urllib.request.urlopen(address, timeout=2)
-            return server, address
-        except urllib.error.HTTPError:  # it answers, with an error page
-            return server, address
-        except OSError:
-            time.sleep(0.5)
-    server.kill()
-    raise AssertionError(f"{module} did not answer at {address}")
 
 
 def test_the_side_by_side_page_streams_three_replies_to_one_message(pipeline, browser, tmp_path):

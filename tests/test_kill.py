@@ -16,7 +16,7 @@ from conftest import VENV_PATH, run
 
 # Seconds each stage's command ran on 2 cores (imports included); kill times are drawn within them. The
 # quick stages finish in a fraction of a second, so their kill lands before, during or after the writes.
-STAGE_SECONDS = {"download": 0.2, "model_source": 0.3, "base_model": 4.5, "preprocess": 0.2, "sft": 30, "dpo": 22, "evaluate": 13,
+STAGE_SECONDS = {"download": 0.2, "model_source": 0.3, "base_model": 4.5, "preprocess": 0.2, "judges": 4, "sft": 30, "dpo": 22, "evaluate": 13,
                  "human": 0.1}
 
 

@@ -6,9 +6,10 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from stages import modeling
-from stages.modeling import load_model, placement, record_base
+from stages.modeling import load_model, placement
 from stages.params import SEVEN_PROJECTIONS
 from stages.paths import BASE_MODEL, DPO_MODEL, SFT_MODEL
+from stages.stacks import record_base
 
 
 @pytest.mark.parametrize("cuda, bf16, mps, expected", [

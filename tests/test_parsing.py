@@ -6,7 +6,7 @@ import pytest
 from conftest import ROOT, shared_file
 from stages.parsing import (DataError, ED_DROP_REASONS, conversations, listener_examples, parse_dpo, parse_prompts,
                             parse_empathetic)
-from stages.preprocess import split_pairs, subsample
+from stages.parsing import split_pairs, subsample
 
 HEADER = "conv_id,utterance_idx,context,prompt,speaker_idx,utterance,selfeval,tags\n"
 

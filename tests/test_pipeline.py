@@ -9,7 +9,7 @@ from conftest import cloned_and_reproduced, edit_params, run
 
 # human's only input that changes is evaluate's key; with the same replies as the committed dvc.lock's, it
 # is already up to date in a fresh clone (its metrics file is committed).
-STAGES = ["download", "base_model", "preprocess", "sft", "dpo", "evaluate"]
+STAGES = ["download", "base_model", "preprocess", "judges", "sft", "dpo", "evaluate"]
 
 
 def ran(log: str) -> list[str]:

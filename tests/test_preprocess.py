@@ -6,6 +6,7 @@ import pytest
 from stages import base_model, download, preprocess
 from stages.outputs import read_jsonl
 from stages.params import compose, load_params
+from stages.parsing import split_pairs
 from stages.paths import DPO_DATA, SFT_DATA
 
 from conftest import ROOT, edit_params
@@ -33,10 +34,10 @@ def test_presets_are_scored_on_byte_identical_eval_sets(project, presets):
 def test_held_out_pairs_never_depend_on_the_train_size():
     rows = list(range(1000))
     for train_size in (10, 400, 9000):
-        train, held_out = preprocess.split_pairs(rows, train_size, eval_size=50, seed=1)
-        assert held_out == preprocess.split_pairs(rows, 10, eval_size=50, seed=1)[1] and len(held_out) == 50
+        train, held_out = split_pairs(rows, train_size, eval_size=50, seed=1)
+        assert held_out == split_pairs(rows, 10, eval_size=50, seed=1)[1] and len(held_out) == 50
         assert not set(train) & set(held_out) and len(train) == min(train_size, 950)
-    assert len(preprocess.split_pairs(rows[:100], 50, eval_size=1000, seed=1)[1]) == 10  # a tenth of a small set
+    assert len(split_pairs(rows[:100], 50, eval_size=1000, seed=1)[1]) == 10  # a tenth of a small set
 
 
 def test_long_dialogues_are_fitted_and_counted(project):

@@ -21,7 +21,7 @@ def test_prompt_mode_answers_once_and_exits(pipeline):
 def test_chat_keeps_history_and_streams_the_reply(pipeline, monkeypatch):
     monkeypatch.chdir(pipeline)
     tokenizer = load_tokenizer()
-    chat = Chat(load_model("sft"), tokenizer, "Be kind.", max_new_tokens=12, temperature=0.0, max_length=1024)
+    chat = Chat(load_model("sft"), tokenizer, "Be kind.", max_new_tokens=12, temperature=0.0)
     streamed = io.StringIO()
     first = chat.reply("My dog died.", out=streamed)
     assert streamed.getvalue().strip() == first

@@ -5,116 +5,121 @@ base+SFT and base+SFT+DPO answer it in three columns, their tokens streaming as 
     python -m tools.arena --port 8700 --temperature 0.7
 
 Generation is evaluation's: eval.max_new_tokens and eval.temperature from params.yaml (greedy at 0), with the
-same prompt format (tools.chat's Chat, one fresh conversation per message). Served by Flask on 127.0.0.1 only.
+same prompt format (tools.chat's Chat, one fresh conversation per message). Served on 127.0.0.1 to its own page
+only (tools.local_server). Each model answers one message at a time and keeps at most a few waiting (then
+429); a reply stops being generated when its reader goes away, and a failed generation ends its column with
+the error.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import queue
-from threading import Lock, Thread
+from threading import BoundedSemaphore, Event, Lock, Thread
 
-from flask import Flask, Response, request
+from flask import Response, render_template
 from transformers import set_seed
 
 from stages.modeling import load_model, load_tokenizer
 from stages.params import load_params
-from tools.chat import Chat
+from stages.stacks import MODELS
+from tools.chat import STREAM_TIMEOUT_S, Chat
+from tools.local_server import json_body, local_app, refusal
 
-MODELS = ("base", "sft", "dpo")
 TITLES = {"base": "base", "sft": "base + SFT", "dpo": "base + SFT + DPO"}
-
-PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Side by side</title>
-<style>
- body { font-family: system-ui, sans-serif; margin: 1.5em; max-width: 1200px; }
- textarea, input { width: 100%; font: inherit; box-sizing: border-box; margin-bottom: .5em; }
- .columns { display: grid; grid-template-columns: repeat(3, 1fr); gap: 1em; margin-top: 1em; }
- .reply { border: 1px solid #ccc; border-radius: 6px; padding: .8em; min-height: 6em; white-space: pre-wrap; }
- .reply h2 { font-size: 1em; margin: 0 0 .5em; } .reply.done { border-color: #3a3; }
- .settings { color: #555; font-size: .9em; }
-</style></head>
-<body>
-<h1>Side by side</h1>
-<p class="settings">SETTINGS</p>
-<label>System message (optional)<input id="system" value="SYSTEM"></label>
-<label>Message<textarea id="message" rows="3" placeholder="Type a message; Ctrl+Enter sends"></textarea></label>
-<button id="send">Send to all three</button>
-<div class="columns">COLUMNS</div>
-<script>
-async function stream(model, body) {
-  const box = document.querySelector(`#${model} .text`), column = document.getElementById(model);
-  box.textContent = ""; column.classList.remove("done");
-  const response = await fetch(`/reply/${model}`, {method: "POST", headers: {"Content-Type": "application/json"}, body});
-  const reader = response.body.getReader(), decoder = new TextDecoder();
-  for (;;) {
-    const {value, done} = await reader.read();
-    if (done) break;
-    box.textContent += decoder.decode(value, {stream: true});
-  }
-  column.classList.add("done");
-}
-function send() {
-  const body = JSON.stringify({system: document.getElementById("system").value,
-                               message: document.getElementById("message").value});
-  MODELS.forEach(model => stream(model, body));
-}
-document.getElementById("send").onclick = send;
-document.getElementById("message").addEventListener("keydown", e => { if (e.key === "Enter" && e.ctrlKey) send(); });
-</script></body></html>
-"""
-
-
-def page(system: str, max_new_tokens: int, temperature: float) -> str:
-    columns = "".join(f'<div class="reply" id="{m}"><h2>{TITLES[m]}</h2><div class="text"></div></div>' for m in MODELS)
-    decoding = "greedy" if temperature == 0 else f"temperature {temperature}"
-    return (PAGE.replace("SETTINGS", f"{decoding}, at most {max_new_tokens} new tokens (evaluation's settings)")
-            .replace("SYSTEM", system.replace("&", "&amp;").replace('"', "&quot;"))
-            .replace("COLUMNS", columns).replace("MODELS.forEach", f"{list(MODELS)}.forEach"))
+MAX_BODY = 64 * 1024
+MESSAGE_LIMIT = 8000  # characters, for the message and for the system message
+WAITING = 2  # messages a model may keep waiting behind the one it is answering
 
 
 class QueueWriter:
     """A file-like `out` for Chat.reply that hands each piece to the HTTP response."""
 
     def __init__(self):
-        self.pieces: queue.Queue[str | None] = queue.Queue()
+        self.pieces: queue.Queue[dict | None] = queue.Queue()
 
     def write(self, text: str) -> None:
-        self.pieces.put(text)
+        self.pieces.put({"text": text})
 
     def flush(self) -> None:
         pass
 
 
-def create_app(max_new_tokens: int, temperature: float) -> Flask:
-    params = load_params()
-    set_seed(params.seed)
-    # One tokenizer and one lock per model: the three columns generate at once, and a Rust tokenizer must not
-    # be used from two threads; a second message to a busy model waits for the first to finish.
-    models = {name: (load_model(name), load_tokenizer(), Lock()) for name in MODELS}
-    app = Flask(__name__)
+class Seat:
+    """One model and the work it takes on: one generation at a time, a few waiting, the rest refused."""
+
+    def __init__(self, model, tokenizer):
+        self.model, self.tokenizer = model, tokenizer
+        self.generating = Lock()  # one Rust tokenizer and one model: never two generations at once
+        self.admitted = BoundedSemaphore(1 + WAITING)
+
+
+def check_message(asked: dict) -> str | None:
+    for field in ("message", "system"):
+        value = asked.get(field, "")
+        if not isinstance(value, str) or len(value) > MESSAGE_LIMIT:
+            return f"{field} must be a string of at most {MESSAGE_LIMIT} characters"
+    return None if asked.get("message", "").strip() else "message is empty"
+
+
+def create_app(models: dict, system: str, max_new_tokens: int, temperature: float, port: int):
+    """`models`: name -> (model, tokenizer), for the names in MODELS."""
+    seats = {name: Seat(*models[name]) for name in MODELS}
+    app = local_app(__name__, port, MAX_BODY)
+    decoding = "greedy" if temperature == 0 else f"temperature {temperature}"
 
     @app.get("/")
     def index():
-        return page(params.sft.system_prompt, max_new_tokens, temperature)
+        return render_template("arena.html", settings=f"{decoding}, at most {max_new_tokens} new tokens "
+                               "(evaluation's settings)", system=system, models=list(MODELS),
+                               columns=[(name, TITLES[name]) for name in MODELS])
 
     @app.post("/reply/<name>")
     def reply(name: str):
-        if name not in models:
-            return f"unknown model {name!r}: one of {', '.join(MODELS)}", 404
-        asked = request.get_json(force=True)
-        model, tokenizer, busy = models[name]
-        chat = Chat(model, tokenizer, asked.get("system", ""), max_new_tokens, temperature, params.sft.max_length)
-        out = QueueWriter()
+        if name not in seats:
+            return refusal(404, f"unknown model {name!r}: one of {', '.join(MODELS)}")
+        try:
+            asked = json_body()
+        except ValueError as error:
+            return refusal(400, str(error))
+        problem = check_message(asked)
+        if problem:
+            return refusal(400, problem)
+        seat = seats[name]
+        if not seat.admitted.acquire(blocking=False):
+            return refusal(429, f"{name} is busy with {1 + WAITING} messages; send again when one is answered")
+        out, stop = QueueWriter(), Event()
+        chat = Chat(seat.model, seat.tokenizer, asked.get("system", ""), max_new_tokens, temperature)
 
         def answer():
             try:
-                with busy:
-                    chat.reply(asked.get("message", ""), out=out)
+                with seat.generating:
+                    if not stop.is_set():
+                        chat.reply(asked["message"], out=out, stop=stop)
+                out.pieces.put({"done": True})
+            except Exception as error:  # shown in the column; the server carries on
+                out.pieces.put({"error": f"generation failed: {type(error).__name__}: {error}"})
             finally:
+                seat.admitted.release()
                 out.pieces.put(None)
 
+        def events():
+            try:
+                yield json.dumps({"accepted": True}) + "\n"  # at once: the page (and the server) see the stream open
+                while True:
+                    try:
+                        event = out.pieces.get(timeout=STREAM_TIMEOUT_S)
+                    except queue.Empty:
+                        yield json.dumps({"error": f"no reply within {STREAM_TIMEOUT_S} s"}) + "\n"
+                        return
+                    if event is None:
+                        return
+                    yield json.dumps(event) + "\n"
+            finally:  # the reader went away, or the reply is complete: either way, stop generating
+                stop.set()
+
         Thread(target=answer, daemon=True).start()
-        return Response(iter(out.pieces.get, None), mimetype="text/plain")
+        return Response(events(), mimetype="application/x-ndjson")
 
     return app
 
@@ -125,9 +130,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-new-tokens", type=int, help="default: eval.max_new_tokens")
     parser.add_argument("--temperature", type=float, help="default: eval.temperature (0 = greedy)")
     args = parser.parse_args(argv)
-    cfg = load_params().eval
-    app = create_app(args.max_new_tokens or cfg.max_new_tokens,
-                     cfg.temperature if args.temperature is None else args.temperature)
+    params = load_params()
+    set_seed(params.seed)
+    # One tokenizer per model: the three columns generate at once, and a Rust tokenizer must not be shared
+    # between threads.
+    models = {name: (load_model(name), load_tokenizer()) for name in MODELS}
+    app = create_app(models, params.sft.system_prompt, args.max_new_tokens or params.eval.max_new_tokens,
+                     params.eval.temperature if args.temperature is None else args.temperature, args.port)
     print(f"side by side: http://127.0.0.1:{args.port}/", flush=True)
     app.run(host="127.0.0.1", port=args.port, threaded=True)
 

@@ -4,38 +4,53 @@
     python -m tools.chat --model sft --prompt "I failed my driving test again."   # one answer, then exit
 
 It loads models/ as the pipeline left them (after `dvc repro`, `dvc pull` or `dvc exp apply <exp>`), on the
-GPU when there is one, with the same prompt format as training. A conversation that outgrows
-sft.max_length minus --max-new-tokens forgets its oldest turns.
+GPU when there is one, with the same prompt format as training. A conversation that outgrows the model's
+context (its max_position_embeddings) minus --max-new-tokens forgets its oldest turns.
 """
 from __future__ import annotations
 
 import argparse
 import sys
-from threading import Thread
+from threading import Event, Thread
 
 import torch
-from transformers import TextIteratorStreamer, set_seed
+from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer, set_seed
 
 from stages.modeling import PromptTooLong, encode, fit, generation_config, load_model, load_tokenizer
 from stages.params import load_params
 
 HELP = "commands: /reset (forget the conversation), /system <text> (set the system message), /exit"
+STREAM_TIMEOUT_S = 300  # a generation that sends nothing for this long has hung: stop waiting for it
+
+
+class StopWhenSet(StoppingCriteria):
+    """Ends generation once `event` is set (the reader went away)."""
+
+    def __init__(self, event: Event):
+        self.event = event
+
+    def __call__(self, input_ids, scores, **kwargs) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
 class Chat:
-    """A conversation with one model: keeps the history and streams each reply."""
+    """A conversation with one model: keeps the history and streams each reply.
 
-    def __init__(self, model, tokenizer, system: str, max_new_tokens: int, temperature: float, max_length: int):
+    The prompt budget is the model's own context (config.max_position_embeddings) minus the reply's room:
+    sft.max_length is what training fitted examples into, not a limit of the model."""
+
+    def __init__(self, model, tokenizer, system: str, max_new_tokens: int, temperature: float):
         self.model, self.tokenizer, self.system = model, tokenizer, system
         self.config = generation_config(tokenizer, max_new_tokens, temperature)
-        self.budget = max_length - max_new_tokens  # prompt tokens, leaving room for the reply
+        self.budget = model.config.max_position_embeddings - max_new_tokens  # prompt tokens, leaving room for the reply
         self.history: list[dict] = []
 
     def messages(self) -> list[dict]:
         return ([{"role": "system", "content": self.system}] if self.system else []) + self.history
 
-    def reply(self, text: str, out=sys.stdout) -> str:
-        """Answer `text`, writing tokens to `out` as they come; the answer joins the history."""
+    def reply(self, text: str, out=sys.stdout, stop: Event | None = None) -> str:
+        """Answer `text`, writing tokens to `out` as they come; the answer joins the history. Setting `stop`
+        ends the generation early; an error in the generation is raised here, once the stream has ended."""
         self.history.append({"role": "user", "content": text})
         try:
             messages, dropped = fit(self.tokenizer, self.messages(), None, self.budget)
@@ -47,9 +62,19 @@ class Chat:
             self.history = self.history[dropped:]
             out.write(f"(forgot the {dropped} oldest messages to stay within {self.budget} tokens)\n")
         ids = torch.tensor([encode(self.tokenizer, messages)[0]], device=self.model.device)
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        worker = Thread(target=self.model.generate, kwargs=dict(
-            input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=self.config, streamer=streamer))
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True,
+                                        timeout=STREAM_TIMEOUT_S)
+        failed: list[BaseException] = []
+
+        def run():
+            try:
+                self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=self.config,
+                                    streamer=streamer, stopping_criteria=StoppingCriteriaList([StopWhenSet(stop or Event())]))
+            except BaseException as error:  # handed to the reader: the stream must end either way
+                failed.append(error)
+                streamer.end()
+
+        worker = Thread(target=run, daemon=True)
         worker.start()
         pieces = []
         for piece in streamer:
@@ -57,6 +82,9 @@ class Chat:
             out.write(piece)
             out.flush()
         worker.join()
+        if failed:
+            self.history.pop()
+            raise failed[0]
         out.write("\n")
         answer = "".join(pieces).strip()
         self.history.append({"role": "assistant", "content": answer})
@@ -107,8 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params()
     set_seed(params.seed)
     system = params.sft.system_prompt if args.system is None else args.system
-    chat = Chat(load_model(args.model), load_tokenizer(), system, args.max_new_tokens, args.temperature,
-                params.sft.max_length)
+    chat = Chat(load_model(args.model), load_tokenizer(), system, args.max_new_tokens, args.temperature)
     if args.prompt is not None:
         chat.reply(args.prompt)
     else:

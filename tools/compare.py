@@ -1,7 +1,9 @@
 """Compare experiments the way the notebook's tables did, from `dvc exp show --json`.
 
 Writes reports/compare.md (one row per experiment: its presets' knobs, then eval loss, DPO reward
-accuracy and margin, BLEU, BERTScore, stop rate, distinct replies, runtime) and a PNG chart per main metric. Every
+accuracy and margin, BLEU, BERTScore, the paired differences of BERTScore, human-likeness and emotion accuracy
+with their intervals, marked where they exclude zero, the learned metrics per model beside the human reference,
+stop rate, distinct replies, runtime) and a PNG chart per main metric. Every
 experiment is scored on the same fixed evaluation sets (eval.sft_eval_size, eval.dpo_eval_size,
 eval.test_size), so its numbers are comparable across presets.
 
@@ -43,8 +45,16 @@ COLUMNS = [
     ("DPO margin", "metrics/dpo.json", ("eval.rewards_margins",), "{:.3f}"),
     ("BLEU sft/dpo", "metrics/eval.json", ("ed_test.sft.bleu", "ed_test.dpo.bleu"), "{:.4f}/{:.4f}"),
     ("BERTScore sft/dpo", "metrics/eval.json", ("ed_test.sft.bertscore_f1", "ed_test.dpo.bertscore_f1"), "{:.4f}/{:.4f}"),
-    ("BERTScore dpo-sft [95% CI]", "metrics/eval.json", tuple(f"ed_test.dpo_minus_sft.bertscore_f1{end}" for end in
-                                                           ("", "_low", "_high")), "{:+.4f} [{:+.4f}, {:+.4f}]"),
+    *[(f"{title} {label} [95% CI]", "metrics/eval.json", tuple(f"ed_test.{name}.{metric}{end}" for end in
+                                                                ("", "_low", "_high")), "decided")
+      for title, metric in (("BERTScore", "bertscore_f1"), ("human-like", "humanlike"), ("emotion", "emotion_accuracy"))
+      for label, name in (("sft-base", "sft_minus_base"), ("dpo-sft", "dpo_minus_sft"))],
+    ("human-like base/sft/dpo", "metrics/eval.json", tuple(f"ed_test.{m}.humanlike" for m in ("base", "sft", "dpo")),
+     "{:.2f}/{:.2f}/{:.2f}"),
+    # The real listeners' replies are the human reference; chance is the commonest emotion's share.
+    ("emotion real/base/sft/dpo (chance)", "metrics/eval.json",
+     tuple(f"ed_test.{m}.emotion_accuracy" for m in ("reference", "base", "sft", "dpo")) + ("ed_test.emotion_chance",),
+     "{:.2f}/{:.2f}/{:.2f}/{:.2f} ({:.2f})"),
     ("stop rate sft/dpo", "metrics/eval.json", ("ed_test.sft.stop_rate", "ed_test.dpo.stop_rate"), "{:.2f}/{:.2f}"),
     # Below 1, some prompts got the same reply word for word; far below 1, the model has collapsed.
     ("distinct replies sft/dpo (probe)", "metrics/eval.json", ("probe.sft.distinct_replies", "probe.dpo.distinct_replies"),
@@ -56,6 +66,8 @@ CHARTS = [  # (file, title, metrics file, keys)
     ("reward_accuracy.png", "DPO held-out reward accuracy", "metrics/dpo.json", ["eval.rewards_accuracies"]),
     ("bleu.png", "BLEU (nltk, method 4), ED test", "metrics/eval.json", ["ed_test.base.bleu", "ed_test.sft.bleu", "ed_test.dpo.bleu"]),
     ("bertscore.png", "BERTScore F1, ED test", "metrics/eval.json", ["ed_test.base.bertscore_f1", "ed_test.sft.bertscore_f1", "ed_test.dpo.bertscore_f1"]),
+    ("humanlike.png", "Human-like replies (share), ED test", "metrics/eval.json", ["ed_test.base.humanlike", "ed_test.sft.humanlike", "ed_test.dpo.humanlike"]),
+    ("emotion.png", "Emotion named from the reply (accuracy), ED test", "metrics/eval.json", ["ed_test.reference.emotion_accuracy", "ed_test.base.emotion_accuracy", "ed_test.sft.emotion_accuracy", "ed_test.dpo.emotion_accuracy"]),
 ]
 
 
@@ -67,6 +79,13 @@ def flatten(tree: dict, prefix: str = "") -> dict:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
+
+
+def decided(value: float, low: float, high: float) -> str:
+    """A paired difference with its 95% interval, marked ▲ / ▼ when the interval lies above / below zero (a
+    change the prompts can tell apart), unmarked when it holds zero."""
+    mark = "▲" if low > 0 else "▼" if high < 0 else " "
+    return f"{value:+.3f}{mark}"
 
 
 def dvc(*args: str) -> str:
@@ -109,6 +128,9 @@ def cell(record: dict, where: str, keys: tuple, fmt: str) -> str:
         if value is None:
             return "–"
         values.append(",".join(v.replace("_proj", "") for v in value) if isinstance(value, list) else value)
+    if fmt == "decided":
+        value, low, high = values
+        return f"{decided(value, low, high)} [{low:+.3f}, {high:+.3f}]"
     return fmt.format(*values)
 
 
@@ -129,7 +151,7 @@ def chart(records: dict[str, dict], path: Path, title: str, file: str, keys: lis
     for i, key in enumerate(keys):
         values = [records[n].get(file, {}).get(key, float("nan")) for n in names]
         highest = max([highest, *(v for v in values if v == v)])
-        ax.bar([x + i * width for x in range(len(names))], values, width, label=key.split(".")[0])
+        ax.bar([x + i * width for x in range(len(names))], values, width, label=key.split(".")[-2] if key.count(".") > 1 else key)
     ax.set_xticks([x + width * (len(keys) - 1) / 2 for x in range(len(names))], names, rotation=30, ha="right")
     ax.set_title(title)
     if len(keys) > 1:  # one bar per model; room above the bars for the legend
@@ -151,7 +173,9 @@ def main(selected: list[str]) -> None:
         sys.exit("compare: no named experiments yet; run `make study` and `dvc queue start` first")
     REPORTS.mkdir(exist_ok=True)
     (REPORTS / "compare.md").write_text(
-        "# Experiments compared\n\nFrom `dvc exp show --json`; regenerate with `make compare`.\n\n"
+        "# Experiments compared\n\nFrom `dvc exp show --json`; regenerate with `make compare`. Differences are paired "
+        "(the same ED test prompts) with 95% bootstrap intervals: ▲ / ▼ mark a rise / fall whose interval excludes "
+        "0; unmarked ones are not decided.\n\n"
         + table(records) + "\n\n" + "\n".join(f"![{title}]({file})" for file, title, *_ in CHARTS) + "\n")
     for file, title, metrics_file, keys in CHARTS:
         chart(records, REPORTS / file, title, metrics_file, keys)

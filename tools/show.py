@@ -1,30 +1,45 @@
-"""A first view of the experiments that a person can read: one row per experiment, the params that differ
-between them, and a dozen headline numbers, in well under 200 columns. `dvc exp show` has about 300 columns
-(every param, data count and metric); it and `dvc metrics show` stay one command away, and every number
-stays in its metrics file.
+"""A first view of the experiments that a person can read in a 120-column terminal: the params that differ
+between them, a dozen headline numbers, and the paired differences, each marked where its 95% interval
+excludes zero. `dvc exp show` has about 400 columns (every param, data count and metric); it and
+`dvc metrics show` stay one command away, and every number stays in its metrics file.
 
-    python -m tools.show          # or: make show
-    python -m tools.show -A       # `dvc exp show` options that choose the rows pass through
+    python -m tools.show              # or: make show
+    python -m tools.show -A           # `dvc exp show` options that choose the rows pass through
+    python -m tools.show --width 200  # fold the tables at another width
+
+A table wider than the terminal is folded: its columns continue in a block below, each block repeating the
+experiment's name.
 """
 from __future__ import annotations
 
+import argparse
 import json
-import sys
+import textwrap
 
-from tools.compare import dvc, flatten
+from tools.compare import decided, dvc, flatten
 
-# (title, keys as <metrics file>:<key>, format): several keys share a cell as a/b/c, base/sft/dpo in that order
-EVAL = "eval.json:ed_test"
+# (title, keys as <metrics file>:<key>, format): several keys share a cell as a/b/c, in the order the title gives
+ED = "eval.json:ed_test"
+MODELS = ("base", "sft", "dpo")
 HEADLINE = [
     ("SFT loss base→sft", ("sft.json:base_eval_loss", "sft.json:eval_loss"), "{:.3f}→{:.3f}"),
     ("DPO acc", ("dpo.json:eval.rewards_accuracies",), "{:.2f}"),
     ("DPO margin", ("dpo.json:eval.rewards_margins",), "{:.3f}"),
-    ("BERTScore b/s/d", tuple(f"{EVAL}.{m}.bertscore_f1" for m in ("base", "sft", "dpo")), "{:.3f}/{:.3f}/{:.3f}"),
-    ("BLEU s/d", (f"{EVAL}.sft.bleu", f"{EVAL}.dpo.bleu"), "{:.3f}/{:.3f}"),
-    ("stop b/s/d", tuple(f"{EVAL}.{m}.stop_rate" for m in ("base", "sft", "dpo")), "{:.2f}/{:.2f}/{:.2f}"),
+    ("BERTScore b/s/d", tuple(f"{ED}.{m}.bertscore_f1" for m in MODELS), "{:.3f}/{:.3f}/{:.3f}"),
+    ("human-like b/s/d", tuple(f"{ED}.{m}.humanlike" for m in MODELS), "{:.2f}/{:.2f}/{:.2f}"),
+    ("emotion real|b/s/d", (f"{ED}.reference.emotion_accuracy", *(f"{ED}.{m}.emotion_accuracy" for m in MODELS)),
+     "{:.2f}|{:.2f}/{:.2f}/{:.2f}"),
+    ("stop b/s/d", tuple(f"{ED}.{m}.stop_rate" for m in MODELS), "{:.2f}/{:.2f}/{:.2f}"),
     ("distinct s/d", ("eval.json:probe.sft.distinct_replies", "eval.json:probe.dpo.distinct_replies"), "{:.2f}/{:.2f}"),
     ("train s sft/dpo", ("sft.json:train_runtime_s", "dpo.json:train_runtime_s"), "{:.0f}/{:.0f}"),
 ]
+# (title, eval.json key of a paired difference on the ED test prompts)
+DIFFERENCES = [(f"{title} {step}", f"ed_test.{name}.{metric}")
+               for title, metric in (("BERTScore", "bertscore_f1"), ("human-like", "humanlike"),
+                                     ("emotion", "emotion_accuracy"))
+               for step, name in (("s−b", "sft_minus_base"), ("d−s", "dpo_minus_sft"))]
+LEGEND = ("Paired differences on the ED test prompts: ▲ / ▼ mark a rise / fall whose 95% interval excludes 0; "
+          "unmarked ones are not decided.")
 
 
 def rows(shown: list) -> list[dict]:
@@ -58,8 +73,13 @@ def cell(row: dict, keys: tuple, fmt: str) -> str:
     return "–" if None in values else fmt.format(*values)
 
 
+def difference(row: dict, key: str) -> str:
+    values = [row.get("eval.json", {}).get(f"{key}{end}") for end in ("", "_low", "_high")]
+    return "–" if row["failed"] or None in values else decided(*values)
+
+
 def param(value) -> str:
-    if isinstance(value, list):
+    if isinstance(value, list):  # LoRA targets: q,k,v,o,gate,up,down
         return ",".join(str(item).removesuffix("_proj") for item in value)
     return "–" if value is None else str(value)
 
@@ -70,22 +90,49 @@ def two_lines(title: str, separator: str) -> tuple[str, str]:
     return (first + found, last) if found else ("", title)
 
 
-def render(found: list[dict]) -> str:
+def fold(header: list[tuple[str, str]], table: list[list[str]], width: int) -> list[str]:
+    """Lines of the table (first column: the experiment), in blocks no wider than `width`."""
+    titles = [[top for top, _ in header], [bottom for _, bottom in header]]
+    widths = [max(len(line[i]) for line in titles + table) for i in range(len(header))]
+    blocks, current = [], [0]
+    for column in range(1, len(header)):
+        if current != [0] and sum(widths[i] + 2 for i in current) + widths[column] > width:
+            blocks.append(current)
+            current = [0]
+        current.append(column)
+    blocks.append(current)
+    lines = []
+    for block in blocks:
+        if lines:
+            lines.append("")
+        for line in (*titles, ["─" * w for w in widths], *table):
+            lines.append("  ".join(line[i].ljust(widths[i]) for i in block).rstrip())
+    return lines
+
+
+def render(found: list[dict], width: int = 120) -> str:
+    names = [row["name"] + (" (failed)" if row["failed"] else "") for row in found]
     changed = changed_params(found)
-    header = [("", "experiment")] + [two_lines(key, ".") for key in changed] + [two_lines(title, " ")
-                                                                                for title, *_ in HEADLINE]
-    table = [[row["name"] + (" (failed)" if row["failed"] else "")]
-             + [param(row["params"].get(key)) for key in changed]
-             + [cell(row, *spec[1:]) for spec in HEADLINE] for row in found]
-    lines = [[top for top, _ in header], [bottom for _, bottom in header]]
-    widths = [max(len(line[i]) for line in lines + table) for i in range(len(header))]
-    return "\n".join("  ".join(text.ljust(width) for text, width in zip(line, widths)).rstrip()
-                     for line in lines + [["─" * width for width in widths]] + table)
+    sections = []
+    if changed:
+        sections.append(["Params that differ:"] + fold(
+            [("", "experiment")] + [two_lines(key, ".") for key in changed],
+            [[name] + [param(row["params"].get(key)) for key in changed] for name, row in zip(names, found)], width))
+    sections.append(["Headline numbers (ED test unless named):"] + fold(
+        [("", "experiment")] + [two_lines(title, " ") for title, *_ in HEADLINE],
+        [[name] + [cell(row, *spec[1:]) for spec in HEADLINE] for name, row in zip(names, found)], width))
+    sections.append(textwrap.wrap(LEGEND, width) + fold(
+        [("", "experiment")] + [two_lines(title, " ") for title, _ in DIFFERENCES],
+        [[name] + [difference(row, key) for _, key in DIFFERENCES] for name, row in zip(names, found)], width))
+    return "\n\n".join("\n".join(section) for section in sections)
 
 
-def main(options: list[str]) -> None:
-    print(render(rows(json.loads(dvc("exp", "show", "--json", *options)))))
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--width", type=int, default=120, help="fold tables wider than this (default 120)")
+    args, options = parser.parse_known_args(argv)
+    print(render(rows(json.loads(dvc("exp", "show", "--json", *options))), args.width))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

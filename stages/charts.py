@@ -1,0 +1,79 @@
+"""evaluate's PNG charts: one grouped bar chart per metric (prompt sets on the x axis, a bar per model, 95%
+intervals as error bars) and one chart of the paired differences. `dvc plots show` lists them beside its own
+charts of plots/eval.json."""
+from __future__ import annotations
+
+import matplotlib
+import numpy as np
+
+from stages.outputs import atomic_dir
+from stages.paths import EVAL_CHARTS
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+CHARTS = {  # metric -> chart title
+    "bleu": "BLEU (nltk sentence BLEU, method 4, 0-1)",
+    "sacrebleu": "sacreBLEU (corpus, 0-100)",
+    "chrf": "chrF (corpus, 0-100)",
+    "bertscore_f1": "BERTScore F1",
+    "perplexity": "Perplexity of the reference replies",
+    "mean_new_tokens": "Mean reply length (tokens)",
+    "stop_rate": "Stop rate (reply ended with EOS)",
+    "repetition": "Repetition (share of replies repeating a 4-gram)",
+    "humanlike": "Human-like replies (share, by the DPO-data classifier)",
+    "emotion_accuracy": "Emotion named from the reply (accuracy; dashed: chance)",
+}
+BAR = 0.2
+
+
+def draw(rows: list[dict], differences: dict[str, tuple[float, float, float]], chance: dict[str, float]) -> None:
+    """`rows`: {set, model, <metric>, <metric>_low, <metric>_high} per set and model (the human reference
+    among them, with the learned metrics only); `differences`: "<set>.<after>_minus_<before>.<metric>" ->
+    (value, low, high); `chance`: set -> the emotion classifier's chance level."""
+    sets = list(dict.fromkeys(row["set"] for row in rows))
+    models = list(dict.fromkeys(row["model"] for row in rows))
+    with atomic_dir(EVAL_CHARTS) as folder:
+        for metric, title in CHARTS.items():
+            fig, ax = plt.subplots(figsize=(6.5, 3.5))
+            drawn = [m for m in models if any(metric in r for r in rows if r["model"] == m)]
+            for offset, model in enumerate(drawn):
+                got = [next((r for r in rows if r["set"] == s and r["model"] == model and metric in r), None)
+                       for s in sets]
+                values = np.array([r[metric] if r else np.nan for r in got])
+                errors = np.array([[r[metric] - r[f"{metric}_low"], r[f"{metric}_high"] - r[metric]] if r else [0, 0]
+                                   for r in got]).T
+                ax.bar(np.arange(len(sets)) + (offset - (len(drawn) - 1) / 2) * BAR, values, BAR, yerr=errors,
+                       capsize=3, label=model)
+            if metric == "emotion_accuracy":
+                for i, name in enumerate(sets):
+                    if name in chance:
+                        ax.hlines(chance[name], i - 0.45, i + 0.45, colors="black", linestyles="dashed", linewidth=1)
+            ax.set_xticks(np.arange(len(sets)), sets)
+            ax.set_title(title, fontsize=10)
+            ax.legend(fontsize=8)
+            fig.tight_layout()
+            fig.savefig(folder / f"{metric}.png", dpi=100)
+            plt.close(fig)
+        draw_differences(folder, differences)
+
+
+def draw_differences(folder, differences: dict[str, tuple[float, float, float]]) -> None:
+    """One panel per metric (their scales differ); a bar per prompt set and training step."""
+    metrics = list(dict.fromkeys(name.rsplit(".", 1)[1] for name in differences))
+    labels = list(dict.fromkeys(name.rsplit(".", 1)[0] for name in differences))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 0.35 * len(labels) + 1.4), sharey=True)
+    for ax, metric in zip(np.atleast_1d(axes), metrics):
+        got = [differences.get(f"{label}.{metric}", (np.nan, np.nan, np.nan)) for label in labels]
+        values = np.array([value for value, _, _ in got])
+        errors = np.nan_to_num(np.array([[value - low, high - value] for value, low, high in got]).T)
+        decided = ["tab:blue" if low > 0 else "tab:red" if high < 0 else "tab:gray" for _, low, high in got]
+        ax.barh(np.arange(len(labels)), values, xerr=errors, capsize=3, color=decided)
+        ax.axvline(0, color="black", linewidth=0.8)
+        ax.set_yticks(np.arange(len(labels)), labels, fontsize=8)
+        ax.set_title(metric, fontsize=9)
+    fig.suptitle("Paired differences, 95% bootstrap intervals: blue / red bars are rises / falls whose interval "
+                 "is clear of 0; grey ones are undecided", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(folder / "differences.png", dpi=100)
+    plt.close(fig)

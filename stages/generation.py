@@ -1,0 +1,98 @@
+"""What evaluate asks of a model: prompts as ids, replies generated from them, and log-probabilities of given
+replies. Pure of files and params beyond what is passed in, so tests call them on tiny inputs.
+
+Generation is batched, sorted by prompt length and left-padded; only generated tokens are decoded (the prompt
+is cut off by position, never by string matching), and a reply ends at its first EOS.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from stages.modeling import PromptTooLong, encode, fit, generation_config, left_padded
+from stages.params import EvalParams, Params
+from stages.parsing import DataError
+from stages.paths import DPO_DATA
+from stages.training import dpo_dataset
+
+
+def generate(model, tokenizer, prompts: list[list[int]], cfg: EvalParams) -> tuple[list[dict], float]:
+    """Replies in the order of `prompts`, each {text, new_tokens, stopped}, and the seconds it took."""
+    eos = tokenizer.eos_token_id
+    config = generation_config(tokenizer, cfg.max_new_tokens, cfg.temperature)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    replies: list[dict] = [{}] * len(prompts)
+    start = time.perf_counter()
+    for first in tqdm(range(0, len(order), cfg.batch_size), desc="generate", unit="batch"):
+        batch = order[first : first + cfg.batch_size]
+        input_ids, attention = left_padded([prompts[i] for i in batch], tokenizer.pad_token_id)
+        width = input_ids.shape[1]
+        with torch.no_grad():
+            output = model.generate(input_ids=input_ids.to(model.device), attention_mask=attention.to(model.device),
+                                    generation_config=config)
+        for row, index in enumerate(batch):
+            ids = output[row, width:].tolist()
+            stopped = eos in ids
+            ids = ids[: ids.index(eos)] if stopped else ids
+            replies[index] = {"text": tokenizer.decode(ids, skip_special_tokens=True).strip(),
+                              "new_tokens": len(ids), "stopped": stopped}
+    return replies, time.perf_counter() - start
+
+
+def reply_logprobs(model, sequences: list[tuple[list[int], list[int]]], batch_size: int) -> np.ndarray:
+    """For each (prompt ids, reply ids): the summed log-probability of the reply's tokens given the prompt,
+    and the reply's token count. Rows [logp, tokens], in the order given; batched by length.
+
+    Rows are left-padded, so every reply ends at the last position, and the model computes logits for the
+    last (longest reply + 1) positions only: over a vocabulary of 49k (SmolLM2) or 32k (TinyLlama), logits for
+    every prompt position cost more than the rest of the forward pass on a CPU."""
+    order = sorted(range(len(sequences)), key=lambda i: sum(map(len, sequences[i])))
+    rows = np.zeros((len(sequences), 2))
+    for first in tqdm(range(0, len(order), batch_size), desc="log-probs", unit="batch"):
+        batch = order[first : first + batch_size]
+        input_ids, attention = left_padded([prompt + reply for prompt, reply in (sequences[i] for i in batch)], 0)
+        input_ids, attention = input_ids.to(model.device), attention.to(model.device)
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)  # each row counts from its first real token
+        keep = max(len(sequences[i][1]) for i in batch) + 1
+        with torch.no_grad():
+            logits = model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
+                           logits_to_keep=keep).logits[:, :-1].float()
+        # logits at position t predict token t + 1: the kept positions predict the last keep - 1 tokens
+        token_logp = torch.log_softmax(logits, dim=-1).gather(2, input_ids[:, 1 - keep :, None]).squeeze(2)
+        for row, index in enumerate(batch):
+            reply = sequences[index][1]
+            rows[index] = token_logp[row, token_logp.shape[1] - len(reply) :].sum().item(), len(reply)
+    return rows
+
+
+def held_out_pairs(params: Params, tokenizer) -> list[tuple[list[int], list[int]]]:
+    """The dpo stage's held-out pairs as (prompt, reply) ids, chosen then rejected, cut to dpo.max_length
+    the way TRL truncates them (keeping the start)."""
+    pairs, _ = dpo_dataset(DPO_DATA / "eval.jsonl", tokenizer, params.dpo.max_prompt_length)
+    return [(pair["prompt_ids"], pair[side][: params.dpo.max_length - len(pair["prompt_ids"])])
+            for pair in pairs for side in ("chosen_ids", "rejected_ids")]
+
+
+def encoded_sets(sets: dict[str, list[dict]], tokenizer, params: Params) -> tuple[dict, dict, dict]:
+    """Per prompt set: the prompt ids to generate from (fitted into sft.max_length - eval.max_new_tokens),
+    the (prompt ids, reference reply ids) to score perplexity on (fitted into sft.max_length), and how many
+    prompts lost their oldest turns."""
+    generate_budget = params.sft.max_length - params.eval.max_new_tokens
+    prompts, references, truncated = {}, {}, {}
+    for name, examples in sets.items():
+        prompts[name], references[name], truncated[name] = [], [], 0
+        for example in examples:
+            try:
+                prompt, dropped = fit(tokenizer, example["prompt"], None, generate_budget)
+                scored, _ = fit(tokenizer, example["prompt"], example["completion"], params.sft.max_length)
+            except PromptTooLong as error:
+                raise DataError(f"prompt set {name!r}, id {example['id']!r}: {error} "
+                                f"(sft.max_length {params.sft.max_length}, eval.max_new_tokens "
+                                f"{params.eval.max_new_tokens})") from None
+            truncated[name] += dropped > 0
+            prompts[name].append(encode(tokenizer, prompt)[0])
+            references[name].append(encode(tokenizer, scored, example["completion"]))
+    return prompts, references, truncated

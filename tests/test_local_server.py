@@ -1,0 +1,187 @@
+"""The pages on 127.0.0.1 answer their own page only: a foreign Host, a cross-site request, a body that is not
+JSON and an oversized body are refused with a 4xx before anything is written; the arena bounds its work, stops
+generating for a reader who left, and ends a failed column with its error."""
+import http.client
+import json
+import time
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from conftest import serve
+from stages import sheet
+from stages.modeling import train_tokenizer
+from stages.paths import GENERATIONS, HUMAN_RATINGS, HUMAN_VOTES
+from stages.stacks import MODELS
+from tools import arena, rate, vote
+
+PORT = 8765
+BASE = f"http://127.0.0.1:{PORT}"
+PROMPT = [{"role": "user", "content": "My cat is ill."}]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_tokenizer(["I am so sorry to hear that.", "That sounds hard.", "My cat is ill."] * 20, 300, 256)
+
+
+class ScriptedModel:
+    """Stands in for a model in Chat: streams `tokens` tokens, one every `delay` seconds, stops when the
+    stopping criteria say so, or raises on the third token."""
+
+    device = torch.device("cpu")
+    config = SimpleNamespace(max_position_embeddings=256)
+
+    def __init__(self, token_id: int, tokens: int = 40, delay: float = 0.0, fail: bool = False):
+        self.token_id, self.tokens, self.delay, self.fail = token_id, tokens, delay, fail
+        self.made, self.running = 0, 0
+
+    def generate(self, input_ids, attention_mask, generation_config, streamer, stopping_criteria):
+        self.running += 1
+        try:
+            streamer.put(input_ids[0])  # the prompt, which the streamer skips
+            for step in range(self.tokens):
+                if self.fail and step == 2:
+                    raise RuntimeError("CUDA out of memory")
+                time.sleep(self.delay)
+                if stopping_criteria(input_ids, None).all():
+                    break
+                self.made += 1
+                streamer.put(torch.tensor([self.token_id]))
+            streamer.end()
+        finally:
+            self.running -= 1
+
+
+def arena_app(tokenizer, **model_options):
+    token = tokenizer("sorry", add_special_tokens=False).input_ids[0]
+    models = {name: (ScriptedModel(token, **model_options), tokenizer) for name in MODELS}
+    return arena.create_app(models, "Be kind.", 40, 0.0, PORT), models
+
+
+@pytest.fixture()
+def pages(tmp_path, monkeypatch, tokenizer):
+    """The three apps over a tiny sheet and generations file, in an empty working directory."""
+    monkeypatch.chdir(tmp_path)
+    HUMAN_RATINGS.mkdir(parents=True)
+    HUMAN_VOTES.mkdir(parents=True)
+    replies = [{"set": "probe", "id": "ill-1", "model": model, "prompt": PROMPT, "reference": "Oh no.",
+                "response": f"reply of {model}"} for model in MODELS]
+    sheet.write_sheet(replies)
+    GENERATIONS.write_text("".join(json.dumps({**reply, "stack": model * 20}) + "\n"
+                                   for reply, model in zip(replies, MODELS)))
+    code = json.loads(sheet.HUMAN_KEY.read_text()).popitem()[0]
+    return {
+        "rate": (rate.create_app("ann", PORT), "/api/rate", {"code": code, "field": "quality", "value": "4"}),
+        "vote": (vote.create_app("ann", PORT, ["probe"], "Be kind."), "/api/typed", {"message": "Hi"}),
+        "arena": (arena_app(tokenizer)[0], "/reply/sft", {"message": "My cat is ill.", "system": ""}),
+    }
+
+
+def on_disk(folder):
+    return sorted((path.name, path.read_bytes()) for path in folder.rglob("*") if path.is_file())
+
+
+@pytest.mark.parametrize("page", ["rate", "vote", "arena"])
+def test_requests_from_anywhere_but_the_page_are_refused_and_change_nothing(pages, page, tmp_path):
+    app, path, body = pages[page]
+    client = app.test_client()
+    before = on_disk(tmp_path)
+    refusals = [
+        (client.get("/", base_url="http://evil.example:8765"), 400, "is not this server"),  # DNS rebinding
+        (client.post(path, json=body, base_url="http://evil.example:8765"), 400, "is not this server"),
+        (client.post(path, json=body, base_url=BASE, headers={"Origin": "http://evil.example"}), 403, "cross-site"),
+        (client.post(path, json=body, base_url=BASE, headers={"Sec-Fetch-Site": "cross-site"}), 403, "cross-site"),
+        (client.get("/api/next" if page == "vote" else "/api/sheet", base_url=BASE,
+                    headers={"Sec-Fetch-Site": "cross-site"}), 403, "cross-site"),
+        # what a plain HTML form, or a fetch with no preflight, can send from any site
+        (client.post(path, data=json.dumps(body), content_type="text/plain", base_url=BASE), 415, "application/json"),
+        (client.post(path, data="code=x", content_type="application/x-www-form-urlencoded", base_url=BASE), 415,
+         "application/json"),
+        (client.post(path, json={**body, "padding": "x" * 1_000_000}, base_url=BASE), 413, "at most"),
+    ]
+    for response, status, message in refusals:
+        assert response.status_code == status and message in response.get_json()["error"], response.get_json()
+    assert on_disk(tmp_path) == before
+    # The page itself, from its own origin: opening it, and opening it through a link from elsewhere, work.
+    assert client.get("/", base_url=BASE).status_code == 200
+    assert client.get("/", base_url="http://localhost:8765", headers={"Sec-Fetch-Site": "cross-site"}).status_code == 200
+
+
+def test_the_rating_page_saves_what_its_own_page_sends_and_caps_comments(pages, tmp_path):
+    app, path, body = pages["rate"]
+    client = app.test_client()
+    headers = {"Origin": BASE, "Sec-Fetch-Site": "same-origin"}
+    assert client.post(path, json=body, base_url=BASE, headers=headers).status_code == 200
+    saved = (HUMAN_RATINGS / "ann.csv").read_text()
+    assert ",4," in saved
+    too_long = client.post(path, json={**body, "field": "comment", "value": "x" * 2001}, base_url=BASE, headers=headers)
+    assert too_long.status_code == 400 and "at most 2000" in too_long.get_json()["error"]
+    assert (HUMAN_RATINGS / "ann.csv").read_text() == saved
+    assert 'maxLength = COMMENT_LIMIT' in client.get("/", base_url=BASE).get_data(as_text=True)
+
+
+def test_the_arena_page_is_rendered_with_escaping(tokenizer):
+    models = {name: (ScriptedModel(5), tokenizer) for name in MODELS}
+    app = arena.create_app(models, 'COLUMNS "><script>alert(1)</script>', 40, 0.0, PORT)
+    html = app.test_client().get("/", base_url=BASE).get_data(as_text=True)
+    assert "<script>alert(1)" not in html and "&lt;script&gt;alert(1)" in html
+    assert html.count('class="reply"') == 3  # the system prompt's COLUMNS did not add columns
+
+
+def events(response) -> list[dict]:
+    return [json.loads(line) for line in response.get_data(as_text=True).splitlines() if line]
+
+
+def test_a_failed_generation_ends_its_column_with_the_error(tokenizer):
+    app, _ = arena_app(tokenizer, fail=True)
+    response = app.test_client().post("/reply/dpo", json={"message": "Hi"}, base_url=BASE)
+    got = events(response)
+    assert got[0] == {"accepted": True} and got[-1] == {"error": "generation failed: RuntimeError: CUDA out of memory"}
+    assert "".join(event.get("text", "") for event in got[1:-1])  # what came before the error was shown
+
+
+def test_the_arena_bounds_its_work_and_stops_for_a_reader_who_left(tokenizer):
+    app, models = arena_app(tokenizer, tokens=400, delay=0.02)
+    client = app.test_client()
+    # One client per reader: a test client serves one request at a time.
+    streams = [app.test_client().post("/reply/sft", json={"message": f"message {i}"}, base_url=BASE, buffered=False)
+               for i in range(1 + arena.WAITING)]
+    assert all(stream.status_code == 200 for stream in streams)
+    refused = client.post("/reply/sft", json={"message": "one too many"}, base_url=BASE)
+    assert refused.status_code == 429 and "busy" in refused.get_json()["error"]
+    other = app.test_client().post("/reply/dpo", json={"message": "another model"}, base_url=BASE, buffered=False)
+    assert other.status_code == 200  # each model has its own seat
+
+    sft = models["sft"][0]
+    deadline = time.monotonic() + 10
+    while sft.made < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sft.running == 1  # one generation at a time; the others wait
+    for stream in streams:  # every reader goes away
+        stream.close()
+    deadline = time.monotonic() + 10
+    while sft.running and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sft.running == 0 and sft.made < 100, sft.made  # stopped, not the 400 tokens (8 s) asked for
+    accepted = client.post("/reply/sft", json={"message": "again"}, base_url=BASE)
+    assert accepted.status_code == 200 and events(accepted)[-1] == {"done": True}
+
+
+def test_the_real_server_refuses_a_foreign_host_and_a_form_post(pages, tmp_path):
+    """The same guard on the server `python -m tools.rate` starts on 127.0.0.1."""
+    server, address = serve("tools.rate", tmp_path, "--rater", "ann")
+    try:
+        port = int(address.rsplit(":", 1)[1].strip("/"))
+        for headers, body, status in (({"Host": "evil.example"}, None, 400),
+                                      ({"Content-Type": "text/plain"}, '{"code": "x"}', 415)):
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            connection.request("POST" if body else "GET", "/api/rate" if body else "/", body=body, headers=headers)
+            answer = connection.getresponse()
+            assert answer.status == status and "error" in json.loads(answer.read())
+            connection.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert not (HUMAN_RATINGS / "ann.csv").exists()

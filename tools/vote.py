@@ -1,0 +1,235 @@
+"""Pairwise blind votes in the browser: one prompt, two anonymous replies from two of base / sft / dpo (which
+model stands on which side is drawn at random), and the rater says which is better, or that they tie.
+
+    python -m tools.vote --rater alice          # prints http://127.0.0.1:8603/
+    python -m tools.vote --rater bob --sets probe
+
+Prompts come from evaluate's replies (eval/generations.jsonl: the ED test set and the probe set), or are typed
+on the page, and then the two models answer them there (loaded on the first typed message; greedy, at
+evaluation's settings). Each vote is written at once, atomically, as a row of eval/human/votes/<rater>.csv:
+the prompt, both replies, which model stood on which side, the choice, and the fingerprint of both model
+stacks, so that the human stage counts it only while those models are the ones in models/ (stages.votes).
+The page never learns which model is which: the server keeps that until the vote comes back.
+
+A rater is not shown the same prompt and pair twice; prompts and pairs that another rater has voted on come
+first, so that agreement between raters can be measured. Keys: a or left arrow: A is better; b or right
+arrow: B is better; t or down arrow: a tie. Served on 127.0.0.1 to its own page only (tools.local_server).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import re
+import secrets
+from collections import OrderedDict
+from datetime import datetime, timezone
+from pathlib import Path
+from threading import Lock
+
+from flask import jsonify, render_template
+
+from stages.outputs import atomic_file, read_jsonl
+from stages.params import load_params
+from stages.parsing import DataError, read_bytes
+from stages.paths import GENERATIONS, HUMAN_VOTES
+from stages.sheet import as_text_cell, digest, prompt_text
+from stages.stacks import MODELS
+from stages.votes import COLUMNS, PAIRS, STACK_DIGITS, read_votes
+from tools.local_server import json_body, local_app, refusal
+
+SET_NAMES = {"ed_test": "EmpatheticDialogues test", "probe": "probe set", "typed": "typed on this page"}
+CHOICES = {"A": "left", "B": "right", "tie": "tie"}
+MAX_BODY = 32 * 1024
+MESSAGE_LIMIT = 4000
+PENDING = 64  # shown items the server remembers the hidden sides of
+chance = secrets.SystemRandom()  # not params.seed: the sides must not follow from anything public
+
+
+class VoteProblem(Exception):
+    """Why there is nothing to vote on: shown as the page, not as a traceback."""
+
+
+def stored_prompts(sets: list[str]) -> tuple[dict, dict]:
+    """(set, id) -> {prompt, replies: model -> text} for every prompt all three models answered, and each
+    model's stack fingerprint, from eval/generations.jsonl."""
+    if not GENERATIONS.exists():
+        raise VoteProblem(f"There are no replies to vote on: {GENERATIONS} is missing. Run `dvc repro evaluate` "
+                          "(or `dvc pull`) first, or type a message below.")
+    prompts, stacks = {}, {}
+    for row in read_jsonl(GENERATIONS):
+        if row["set"] in sets:
+            entry = prompts.setdefault((row["set"], row["id"]), {"prompt": row["prompt"], "replies": {}})
+            entry["replies"][row["model"]] = row["response"]
+        stacks[row["model"]] = row["stack"]
+    return {item: entry for item, entry in prompts.items() if set(entry["replies"]) == set(MODELS)}, stacks
+
+
+def cast_votes(stacks: dict) -> dict[str, list]:
+    """Every rater's votes for these stacks (stages.votes.Vote)."""
+    votes = {}
+    for path in sorted(Path(HUMAN_VOTES).glob("*.csv")):
+        try:
+            votes[path.stem], _ = read_votes(read_bytes(path), str(path), path.stem, stacks)
+        except DataError as error:
+            raise VoteProblem(f"{error}. Fix the file or move it away (git keeps it).") from None
+    return votes
+
+
+def saved_rows(path: Path) -> list[dict]:
+    """A votes file's rows as written, to write them back with one more."""
+    if not path.exists():
+        return []
+    reader = csv.DictReader(io.StringIO(path.read_text(encoding="utf-8-sig"), newline=""))
+    if reader.fieldnames != list(COLUMNS):
+        raise VoteProblem(f"{path}:1: expected the columns {','.join(COLUMNS)}; fix the file or move it away")
+    return list(reader)
+
+
+def next_item(items: list[tuple], mine: set, others: set) -> tuple | None:
+    """An item (set, id, pair) this rater has not voted on: one another rater voted on if there is one."""
+    open_items = [item for item in items if item not in mine]
+    shared = [item for item in open_items if item in others]
+    return chance.choice(shared or open_items) if open_items else None
+
+
+def create_app(rater: str, port: int, sets: list[str], system_prompt: str, load_models=None):
+    """`load_models`: () -> {name: (Chat factory(message) -> reply text, stack fingerprint)}, called on the
+    first typed message."""
+    app = local_app(__name__, port, MAX_BODY)
+    lock, typing = Lock(), Lock()
+    pending: OrderedDict[str, dict] = OrderedDict()
+    live: dict = {}
+    path = HUMAN_VOTES / f"{rater}.csv"
+
+    def show(item: dict) -> dict:
+        """Remember the hidden sides of `item` under a random token; what the page may see of it."""
+        token = secrets.token_urlsafe(16)
+        pending[token] = item
+        while len(pending) > PENDING:
+            pending.popitem(last=False)
+        return {"token": token, "source": SET_NAMES[item["set"]], "prompt": item["prompt"],
+                "replies": [item["left_reply"], item["right_reply"]]}
+
+    def draw(set_name: str, prompt_id: str, prompt: str, replies: dict, stacks: dict, pair) -> dict:
+        left, right = chance.sample(sorted(pair), 2)
+        return {"set": set_name, "prompt_id": prompt_id, "prompt": prompt, "left": left, "right": right,
+                "left_reply": replies[left], "right_reply": replies[right],
+                "left_stack": stacks[left][:STACK_DIGITS], "right_stack": stacks[right][:STACK_DIGITS]}
+
+
+    @app.get("/")
+    def index():
+        try:
+            stored_prompts(sets)
+        except VoteProblem as problem:
+            return render_template("problem.html", title="Nothing to vote on yet", message=str(problem)), 409
+        return render_template("vote.html", rater=rater, message_limit=MESSAGE_LIMIT)
+
+    @app.get("/api/next")
+    def next_pair():
+        try:
+            prompts, stacks = stored_prompts(sets)
+            votes = cast_votes(stacks)
+        except VoteProblem as problem:
+            return refusal(409, str(problem))
+        mine = {vote.item for vote in votes.get(rater, [])}
+        others = {vote.item for name, cast in votes.items() if name != rater for vote in cast}
+        items = [(set_name, prompt_id, frozenset(pair)) for set_name, prompt_id in prompts for pair in PAIRS]
+        item = next_item(items, mine, others)
+        with lock:
+            shown = {"done": True} if item is None else show(draw(
+                item[0], item[1], prompt_text(prompts[item[:2]]["prompt"], system_prompt),
+                prompts[item[:2]]["replies"], stacks, item[2]))
+        stored = sum(vote.set != "typed" for vote in votes.get(rater, []))
+        return jsonify({**shown, "voted": stored, "total": len(items)})
+
+    @app.post("/api/typed")
+    def typed():
+        try:
+            asked = json_body()
+        except ValueError as error:
+            return refusal(400, str(error))
+        message = asked.get("message")
+        if not isinstance(message, str) or not message.strip() or len(message) > MESSAGE_LIMIT:
+            return refusal(400, f"message must be a non-empty string of at most {MESSAGE_LIMIT} characters")
+        if load_models is None:
+            return refusal(409, "typed messages need the models: run `dvc repro` (or `dvc pull`) first")
+        if not typing.acquire(blocking=False):
+            return refusal(429, "two models are answering another typed message; send again when they are done")
+        try:
+            if not live:
+                live.update(load_models())
+            pair = frozenset(chance.choice(PAIRS))
+            replies = {name: live[name][0](message.strip()) for name in pair}
+            stacks = {name: live[name][1] for name in pair}
+        except Exception as error:  # shown on the page; the server carries on
+            return refusal(500, f"generation failed: {type(error).__name__}: {error}")
+        finally:
+            typing.release()
+        with lock:
+            return jsonify(show(draw("typed", digest(message.strip())[:16], message.strip(), replies, stacks, pair)))
+
+    @app.post("/api/vote")
+    def vote():
+        try:
+            asked = json_body()
+        except ValueError as error:
+            return refusal(400, str(error))
+        if asked.get("choice") not in CHOICES:
+            return refusal(400, f"choice must be one of {', '.join(CHOICES)}, not {asked.get('choice')!r}")
+        with lock:
+            item = pending.pop(asked.get("token"), None) if isinstance(asked.get("token"), str) else None
+            if item is None:
+                return refusal(400, "unknown or already answered pair: reload the page")
+            try:
+                rows = saved_rows(path)
+            except VoteProblem as problem:
+                return refusal(409, str(problem))
+            row = {**item, "choice": CHOICES[asked["choice"]],
+                   "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                   **{column: as_text_cell(item[column]) for column in ("prompt", "left_reply", "right_reply")}}
+            with atomic_file(path) as handle:
+                writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+                writer.writeheader()
+                writer.writerows(rows + [row])
+        return jsonify({"saved": str(path)})
+
+    return app
+
+
+def live_models():
+    """Each model as a one-message Chat at evaluation's settings, with its stack fingerprint."""
+    from stages.modeling import load_model, load_tokenizer
+    from stages.stacks import fingerprint
+    from tools.chat import Chat
+
+    params = load_params()
+    found = {}
+    for name in MODELS:
+        model, tokenizer = load_model(name), load_tokenizer()
+
+        def answer(message, model=model, tokenizer=tokenizer):
+            chat = Chat(model, tokenizer, params.sft.system_prompt, params.eval.max_new_tokens, params.eval.temperature)
+            return chat.reply(message, out=io.StringIO())
+
+        found[name] = (answer, fingerprint(name))
+    return found
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rater", required=True, help="your name: votes go to eval/human/votes/<rater>.csv")
+    parser.add_argument("--port", type=int, default=8603)
+    parser.add_argument("--sets", default="ed_test,probe", help="prompt sets to draw from (default: ed_test,probe)")
+    args = parser.parse_args(argv)
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", args.rater):
+        parser.error(f"--rater {args.rater!r}: use letters, digits, - and _ (it names a file)")
+    params = load_params()
+    print(f"voting as {args.rater}: http://127.0.0.1:{args.port}/", flush=True)
+    create_app(args.rater, args.port, args.sets.split(","), params.sft.system_prompt, live_models).run(
+        host="127.0.0.1", port=args.port, threaded=True)
+
+
+if __name__ == "__main__":
+    main()
