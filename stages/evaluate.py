@@ -176,8 +176,8 @@ def score_set(set_name: str, examples: list[dict], replies: dict, logprobs: dict
 def main() -> None:
     params = load_params()
     cfg = params.eval
-    check_stack("dpo")  # a mismatched adapter stops the stage before a single reply is generated
     sets = prompt_sets(params)
+    check_stack("dpo")  # a missing or mismatched adapter stops the stage before a single reply is generated
     tokenizer = load_tokenizer()
     prompts, reference_ids, truncated = encoded_sets(sets, tokenizer, params)
     pairs = held_out_pairs(params, tokenizer)

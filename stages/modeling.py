@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 
 import torch
-from peft import LoraConfig, PeftModel
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedTokenizerFast
 
@@ -76,6 +75,8 @@ def stack(model, stage: Stage):
     check_stack(stage)
     if not adapters:
         return model
+    from peft import PeftModel  # here: importing peft takes seconds, which preprocess and base_model need not pay
+
     model = PeftModel.from_pretrained(model, adapters[0], adapter_name="sft")
     if stage == "dpo":
         model.load_adapter(adapters[1], adapter_name="dpo")
@@ -92,6 +93,8 @@ def load_model(stage: Stage, device: torch.device | None = None, dtype: torch.dt
 def merged_model(stage: Stage):
     """The stack up to `stage` merged into plain float32 weights (what `tools.export` saves). In float32 the
     update survives the merge; cast the result to bf16 and small updates round away again."""
+    from peft import PeftModel
+
     check_stack(stage)
     model = load_base_model(torch.float32)
     for adapter in ADAPTERS[stage]:
@@ -99,7 +102,9 @@ def merged_model(stage: Stage):
     return model
 
 
-def lora_config(lora: LoraParams) -> LoraConfig:
+def lora_config(lora: LoraParams):
+    from peft import LoraConfig
+
     return LoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,

@@ -42,6 +42,8 @@ def record_base(adapter_dir: Path, below: Stage) -> None:
 
 
 def check_base(adapter: Path, below: Stage) -> None:
+    if not (adapter / TRAINED_ON).is_file():
+        raise AdapterMismatch(f"{adapter}/ holds no adapter: run `dvc repro` (or `dvc pull`) first")
     recorded = json.loads((adapter / TRAINED_ON).read_text())["sha256"]
     if recorded != fingerprint(below):
         raise AdapterMismatch(

@@ -72,6 +72,7 @@ def trainer_kwargs(params: Params, train: TrainParams, output_dir: str) -> dict:
         save_steps=train.checkpoint_steps,
         save_total_limit=1,  # the latest checkpoint is all a resumed run needs; the final adapter is kept
         use_liger_kernel=train.liger,
+        gradient_checkpointing=train.gradient_checkpointing,
     )
 
 

@@ -64,9 +64,36 @@ def project(tmp_path, monkeypatch) -> Path:
     return tmp_path
 
 
+# The suite's smaller preset for the embedded default: conf/config.yaml's own keys override the group presets
+# (its `_self_` comes last), so appended there in a clone it holds for `dvc repro` and for `dvc exp run -S ...`
+# alike. It leaves every preset's own knobs alone (tests/test_experiments.py checks them through the queue).
+TEST_PRESET = """
+# The test suite's smaller preset (tests/conftest.py): one SFT epoch, a few DPO steps, fewer test prompts,
+# shorter replies and fewer bootstrap resamples than the embedded default.
+sft:
+  epochs: 1
+dpo:
+  max_steps: 12
+eval:
+  test_size: 16
+  max_new_tokens: 24
+  bootstrap_samples: 200
+"""
+
+
+def use_test_preset(repo: Path) -> None:
+    from stages.params import compose
+
+    with open(repo / "conf/config.yaml", "a") as config:
+        config.write(TEST_PRESET)
+    compose([], output=repo / "params.yaml", conf_dir=repo / "conf")
+
+
 def cloned_and_reproduced(dest: Path) -> Path:
-    """The project as a fresh clone (a git repo) at `dest`, after one embedded `dvc repro` (log in repro.log)."""
+    """The project as a fresh clone (a git repo) at `dest`, on the test preset, after one `dvc repro` (log in
+    repro.log)."""
     repo = copy_project(dest)
+    use_test_preset(repo)
     run(["git", "init", "-q"], repo)
     run(["git", "add", "-A"], repo)
     run(["git", "-c", "user.name=test", "-c", "user.email=test@localhost", "commit", "-qm", "clone"], repo)
@@ -77,7 +104,8 @@ def cloned_and_reproduced(dest: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def pipeline(tmp_path_factory) -> Path:
-    """A fresh clone after one embedded `dvc repro`. Tests may read it, not change it."""
+    """A fresh clone after one `dvc repro` of the embedded default on the test preset. Tests may read it, not
+    change it."""
     return cloned_and_reproduced(tmp_path_factory.mktemp("pipeline"))
 
 

@@ -151,3 +151,40 @@ def test_a_missing_or_stale_sheet_gets_a_page_that_says_so(pipeline_copy, browse
         finally:
             server.terminate()
             server.wait(timeout=30)
+
+
+def test_pairwise_votes_by_keyboard_keep_the_hidden_sides_and_rerun_only_human(pipeline_copy, browser):
+    from selenium.webdriver.common.by import By
+
+    saved = pipeline_copy / "eval/human/votes/carol.csv"
+    server, address = serve("tools.vote", pipeline_copy, "--rater", "carol")
+    shown = []
+    try:
+        browser.get(address)
+        for voted, key in enumerate("abt"):  # A better, B better, a tie: keyboard only
+            wait_for(browser, lambda b: f"{voted} / " in b.find_element(By.ID, "progress").text
+                     and b.find_element(By.CSS_SELECTOR, "#A .text").text)
+            shown.append([browser.find_element(By.CSS_SELECTOR, f"#{side} .text").text for side in "AB"])
+            browser.find_element(By.TAG_NAME, "body").send_keys(key)
+        wait_for(browser, lambda b: "3 / " in b.find_element(By.ID, "progress").text)
+        total = int(browser.find_element(By.ID, "progress").text.split(" / ")[1].split()[0])
+        browser.refresh()  # the count survives a reload
+        wait_for(browser, lambda b: f"3 / {total}" in b.find_element(By.ID, "progress").text)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert total == 3 * 50  # every ED test and probe prompt (16 + 34), each with three pairs
+    with open(saved, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["choice"] for row in rows] == ["left", "right", "tie"]
+    generations = {(g["set"], g["id"], g["model"]): g["response"] for g in
+                   map(json.loads, (pipeline_copy / "eval/generations.jsonl").read_text().splitlines())}
+    for row, (a, b) in zip(rows, shown):
+        assert row["left"] != row["right"] and {row["left"], row["right"]} <= {"base", "sft", "dpo"}
+        # the side the page showed is the model the row names: the replies are those models' own
+        assert generations[row["set"], row["prompt_id"], row["left"]].strip() == a.strip()
+        assert generations[row["set"], row["prompt_id"], row["right"]].strip() == b.strip()
+    repro = run(["dvc", "repro"], pipeline_copy).stdout
+    assert [stage for stage in re.findall(r"Running stage '(\w+)'", repro) if stage != "model_source"] == ["human"]
+    human = json.loads((pipeline_copy / "metrics/human.json").read_text())
+    assert human["votes.count"] == 3 and human["rater.carol.votes"] == 3 and human["votes.stale"] == 0

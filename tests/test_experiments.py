@@ -4,8 +4,12 @@ import re
 import time
 
 import matplotlib.image
+import yaml
 
-from conftest import run
+from conftest import ROOT, run
+from stages.params import compose
+from tools import show
+from tools.compare import flatten
 from tools.study import study_runs
 
 
@@ -26,7 +30,9 @@ def named_experiments(repo) -> dict[str, dict]:
 
 
 def test_study_queues_the_nine_distinct_runs_named_after_their_presets(pipeline_copy):
-    assert len(study_runs()) == 9 and len(set(study_runs())) == 9
+    # the notebook's study: each SFT preset under DPO1, each DPO preset on SFT7, sft7 + dpo1 once
+    assert study_runs() == [("sft4", "dpo1"), ("sft5", "dpo1"), ("sft6", "dpo1"), ("sft7", "dpo1"), ("sft8", "dpo1"),
+                            ("sft7", "dpo2"), ("sft7", "dpo3"), ("sft7", "dpo4"), ("sft7", "dpo5")]
     run(["python", "-m", "tools.study"], pipeline_copy)
     queued = named_experiments(pipeline_copy)
     assert set(queued) == {f"{sft}-{dpo}" for sft, dpo in study_runs()}
@@ -38,7 +44,7 @@ def test_study_queues_the_nine_distinct_runs_named_after_their_presets(pipeline_
 
 def test_two_presets_run_from_the_queue_and_compare_side_by_side(pipeline_copy):
     for preset in ("dpo2", "dpo5"):  # identical but for the learning rate
-        run(["dvc", "exp", "run", "--queue", "-n", f"sft7-{preset}", "-S", f"dpo={preset}", "-S", "dpo.max_steps=20"],
+        run(["dvc", "exp", "run", "--queue", "-n", f"sft7-{preset}", "-S", f"dpo={preset}", "-S", "dpo.max_steps=6"],
             pipeline_copy)
     # One that fails: its raw files are missing, so download stops.
     run(["dvc", "exp", "run", "--queue", "-n", "broken", "-S", "data=local", "-S", "data.local_dir=/nonexistent"],
@@ -68,13 +74,43 @@ def test_two_presets_run_from_the_queue_and_compare_side_by_side(pipeline_copy):
         image = matplotlib.image.imread(pipeline_copy / "reports" / f"{chart}.png")
         assert image.ndim == 3 and image.shape[0] > 100 and image.std() > 0  # a drawn chart, not a blank
 
-    # The first view: the knobs that differ and the headline numbers, in a 200-column terminal.
-    shown = run(["python", "-m", "tools.show"], pipeline_copy).stdout.splitlines()
-    assert max(map(len, shown)) <= 200, "\n".join(shown)
-    header = shown[1].split()  # titles span two rows: "dpo." over "lr"
-    assert {"lr", "max_steps", "source"} <= set(header) and "sft." not in shown[0]  # only what differs
-    lines = {line.split()[0]: line for line in shown[3:]}
-    assert {"workspace", "sft7-dpo2", "sft7-dpo5", "broken"} <= set(lines)
-    assert f"{margins['sft7-dpo2']:.3f}" in lines["sft7-dpo2"] and "5e-06" in lines["sft7-dpo2"]
-    assert "(failed)" in lines["broken"] and f"{margins['sft7-dpo2']:.3f}" not in lines["broken"]
+    # The first view: the knobs that differ, the headline numbers and the decided differences, in 120 columns.
+    shown = run(["python", "-m", "tools.show"], pipeline_copy).stdout
+    lines = shown.splitlines()
+    assert max(map(len, lines)) <= 120, shown
+    params = shown[shown.index("Params that differ:") : shown.index("Headline numbers")]
+    headline = shown[shown.index("Headline numbers") : shown.index("Paired differences")]
+    assert {"lr", "max_steps", "source"} <= set(params.split()) and "sft." not in params  # only what differs
+    rows = {}
+    for line in headline.splitlines()[4:]:  # the first block's rows: experiment, SFT loss, DPO acc and margin, ...
+        if line.strip() and not line.startswith(("─", " ")):
+            rows.setdefault(line.split()[0], line)
+    assert {"workspace", "sft7-dpo2", "sft7-dpo5", "broken"} <= set(rows)
+    assert f"{margins['sft7-dpo2']:.3f}" in rows["sft7-dpo2"] and "(failed)" in rows["broken"]
+    assert f"{margins['sft7-dpo2']:.3f}" not in rows["broken"] and "–" in rows["broken"]
 
+
+def test_show_fits_the_nine_study_runs_in_120_columns_and_marks_what_is_decided(pipeline, tmp_path):
+    """`make show` after `make study`: nine experiments (and the workspace) with the presets' own params, every
+    line within 120 columns; a paired difference whose interval excludes zero is marked with its direction."""
+    metrics = {f"{name}.json": json.loads((pipeline / "metrics" / f"{name}.json").read_text())
+               for name in ("sft", "dpo", "eval")}
+    evaluation = metrics["eval.json"] = dict(metrics["eval.json"])
+    for key, (value, low, high) in {"ed_test.sft_minus_base.bertscore_f1": (0.05, 0.01, 0.09),  # a decided rise
+                                    "ed_test.dpo_minus_sft.bertscore_f1": (-0.03, -0.05, -0.01),  # a decided fall
+                                    "ed_test.dpo_minus_sft.humanlike": (0.02, -0.01, 0.05)}.items():  # undecided
+        evaluation.update({key: value, f"{key}_low": low, f"{key}_high": high})
+    found = []
+    for name, overrides in [("workspace", [])] + [(f"{sft}-{dpo}", [f"sft={sft}", f"dpo={dpo}"]) for sft, dpo in study_runs()]:
+        compose(overrides, output=tmp_path / "params.yaml", conf_dir=ROOT / "conf")
+        found.append({"name": name, "failed": False, "params": flatten(yaml.safe_load((tmp_path / "params.yaml").read_text())),
+                      **metrics})
+    shown = show.render(found)
+    assert max(map(len, shown.splitlines())) <= 120, shown
+    assert all(f"{sft}-{dpo}" in shown for sft, dpo in study_runs())
+    differences = shown[shown.index("Paired differences"):]
+    row = next(line for line in differences.splitlines() if line.startswith("sft6-dpo1"))
+    cells = row.split()
+    assert cells[1:3] == ["+0.050▲", "-0.030▼"] and cells[4] == "+0.020"  # BERTScore s−b, d−s; human-like d−s
+    for key in ("sft.lora.alpha", "dpo.lora.target_modules", "dpo.max_steps"):  # differing params, each shown
+        assert key.rsplit(".", 1)[1] in shown

@@ -1,9 +1,14 @@
-"""Bad input, tried and named: each case exits non-zero with one message that says what and where."""
+"""Bad input, tried and named: each case exits non-zero with one message that says what and where.
+
+The cases run each stage's `python -m` entry in-process (runpy, as `__main__`), which is what turns an error
+into its exit message; a few of them also run as a real subprocess, for the exit status and no traceback."""
 import json
+import runpy
 
 import pytest
 
 from conftest import edit_params, run
+from stages import download
 
 ED_TRAIN = "data/raw/empatheticdialogues/train.csv"
 DPO_JSON = "data/raw/human_like_dpo/data.json"
@@ -70,22 +75,35 @@ FAULTS = [  # (case, breakage, command, expected message)
 ]
 
 
-@pytest.mark.parametrize("case, breakage, stage, message", FAULTS, ids=[f[0] for f in FAULTS])
-def test_bad_input_is_named_and_nothing_is_half_written(project, case, breakage, stage, message):
-    run(["python", "-m", "stages.download"], project)
+def exit_message(stage: str) -> str:
+    """Run `python -m stages.<stage>` in this process and return the message it exits with."""
+    with pytest.raises(SystemExit) as exit:
+        runpy.run_module(f"stages.{stage}", run_name="__main__")
+    assert isinstance(exit.value.code, str), f"exit code {exit.value.code!r}, not a message"
+    return exit.value.code
+
+
+def broken(project, breakage, message: str) -> str:
+    download.main()
     breakage(project)
     if "LINE" in message:  # the line of the first bad byte
         raw = (project / ED_TRAIN).read_bytes()
         message = message.replace("LINE", str(raw[: raw.index(b"I\xe2m")].count(b"\n") + 1))
+    return message
+
+
+@pytest.mark.parametrize("case, breakage, stage, message", FAULTS, ids=[f[0] for f in FAULTS])
+def test_bad_input_is_named_and_nothing_is_half_written(project, case, breakage, stage, message):
+    message = broken(project, breakage, message)
     metrics_before = {path.name: path.read_bytes() for path in (project / "metrics").iterdir()}
-    result = run(["python", "-m", f"stages.{stage}"], project, check=False)
-    assert result.returncode == 1
-    assert message in result.stderr, result.stderr
-    assert "Traceback" not in result.stderr
+    assert message in exit_message(stage)
     assert not (project / "data/processed").exists()
     assert {path.name: path.read_bytes() for path in (project / "metrics").iterdir()} == metrics_before
 
 
-def test_a_preset_that_does_not_exist_is_named(project):
-    result = run(["python", "-m", "stages.params", "--compose", "sft=sft9"], project, check=False)
-    assert result.returncode != 0 and "sft9" in result.stderr
+@pytest.mark.parametrize("case", ["wrong type", "CSV with a wrong header", "rating sheet with an out-of-range value"])
+def test_a_stage_run_as_a_command_exits_1_with_the_message_and_no_traceback(project, case):
+    _, breakage, stage, message = next(fault for fault in FAULTS if fault[0] == case)
+    message = broken(project, breakage, message)
+    result = run(["python", "-m", f"stages.{stage}"], project, check=False)
+    assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr, result.stderr

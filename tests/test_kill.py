@@ -14,10 +14,11 @@ import yaml
 
 from conftest import VENV_PATH, run
 
-# Seconds each stage's command ran on 2 cores (imports included); kill times are drawn within them. The
-# quick stages finish in a fraction of a second, so their kill lands before, during or after the writes.
-STAGE_SECONDS = {"download": 0.2, "model_source": 0.3, "base_model": 4.5, "preprocess": 0.2, "judges": 4, "sft": 30, "dpo": 22, "evaluate": 13,
-                 "human": 0.1}
+# Seconds of each stage's command on 2 cores on the test preset, counted from when dvc starts it; kill times are
+# drawn within them. The quick stages finish in a fraction of a second, so their kill lands before, during or
+# after the writes.
+STAGE_SECONDS = {"download": 0.2, "model_source": 0.3, "base_model": 4.5, "preprocess": 0.2, "judges": 8, "sft": 20,
+                 "dpo": 20, "evaluate": 18, "human": 0.1}
 
 
 def declared_outputs(repo, stage: str) -> list[str]:
@@ -97,5 +98,7 @@ def test_a_killed_stage_is_not_taken_as_done_and_leaves_nothing_partial(pipeline
     after = {path: snapshot(repo, path) for path in outputs}
     for path in outputs:
         assert after[path] in (None, finished[path]), f"{stage}: {path} is partial after the kill at {delay:.1f} s"
+    if yaml.safe_load((repo / "dvc.yaml").read_text())["stages"][stage].get("always_changed"):
+        return  # model_source: dvc status lists it whatever happened, so it says nothing about the kill
     status = json.loads(run(["dvc", "status", "--json"], repo).stdout)
     assert stage in status or after == finished, f"{stage} killed at {delay:.1f} s but dvc status says up to date"

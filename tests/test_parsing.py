@@ -134,7 +134,7 @@ def test_real_dpo_rows_parse_cleanly():
     for path in sorted(folder.glob("*.json")):
         rows += json.loads(path.read_text())
     parsed = parse_dpo(json.dumps(rows).encode(), "parts.json")
-    assert parsed.read == 7162
+    assert parsed.read == len(rows) > 0
     assert parsed.read == len(parsed.records) + sum(parsed.dropped.values())
     triples = {(r["prompt"][0]["content"], r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in parsed.records}
     assert len(triples) == len(parsed.records)

@@ -6,7 +6,7 @@ import pytest
 from stages import base_model, download, preprocess
 from stages.outputs import read_jsonl
 from stages.params import compose, load_params
-from stages.parsing import split_pairs
+from stages.parsing import listener_examples, parse_empathetic, read_bytes, split_pairs
 from stages.paths import DPO_DATA, SFT_DATA
 
 from conftest import ROOT, edit_params
@@ -46,13 +46,20 @@ def test_long_dialogues_are_fitted_and_counted(project):
     edit_params(project / "params.yaml", **{"sft.max_length": 120})
     preprocess.main()
     data = json.loads((project / "metrics/data.json").read_text())
-    assert data["sft.train.truncated"] > 0 and data["sft.train.listener_turns.dropped.too_long"] >= 0
+    from stages.modeling import encode, load_tokenizer
+    tokenizer = load_tokenizer()
+    # Dropped as too long: exactly the examples whose system message, last message and reply alone exceed 120.
+    path = project / "data/raw/empatheticdialogues/train.csv"
+    examples = listener_examples(parse_empathetic(read_bytes(path), str(path)).records,
+                                 load_params().sft.system_prompt, False).records
+    too_long = sum(sum(map(len, encode(tokenizer, e["prompt"][:1] + e["prompt"][-1:], e["completion"]))) > 120
+                   for e in examples)
+    assert data["sft.train.listener_turns.dropped.too_long"] == too_long > 0
+    assert data["sft.train.truncated"] > 0
     for prefix in ("sft.train", "sft.eval", "sft.test"):
         turns = f"{prefix}.listener_turns"
         assert data[f"{turns}.read"] == data[f"{turns}.kept"] + data[f"{turns}.dropped.missing_earlier_turn"] \
             + data[f"{turns}.dropped.too_long"]
-    from stages.modeling import encode, load_tokenizer
-    tokenizer = load_tokenizer()
     for example in read_jsonl(SFT_DATA / "train.jsonl"):
         assert sum(map(len, encode(tokenizer, example["prompt"], example["completion"]))) <= 120
         assert example["prompt"][1]["role"] == "user"  # what is left starts with the speaker's turn

