@@ -17,7 +17,7 @@ from transformers import TrainerCallback, set_seed
 from trl import DPOConfig, DPOTrainer
 from trl.trainer.utils import disable_dropout_in_model
 
-from stages.modeling import load_base_model, load_tokenizer, lora_config, stack
+from stages.modeling import check_targets, load_base_model, load_tokenizer, lora_config, stack
 from stages.outputs import write_json
 from stages.params import LoraParams, load_params
 from stages.paths import DPO_DATA, DPO_MODEL, METRICS_DIR
@@ -46,6 +46,7 @@ class KeepStack(TrainerCallback):
 
 def policy_model(lora: LoraParams):
     model = stack(load_base_model(), "sft")
+    check_targets(model, lora, "dpo")
     disable_dropout_in_model(model)  # the base's and the frozen SFT adapter's; the new adapter's is added after
     model.add_adapter("default", lora_config(lora))
     activate_stack(model)
@@ -118,6 +119,7 @@ def main() -> None:
         "train_steps_timed": clock.steps,  # the steps this run made (after a resume, fewer than steps)
         "train_pairs_per_s": pairs / clock.seconds if clock.seconds else 0.0,
         "steps": trainer.state.global_step,
+        "lr": trainer.args.learning_rate,  # dpo.lr times model.lr_scale
         **{f"{split}_pairs_used": len(used) for split, used in (("train", trainer.train_dataset),
                                                                   ("eval", trainer.eval_dataset))},
         "dropped.long_prompt": dropped_long_prompts,

@@ -102,6 +102,22 @@ def merged_model(stage: Stage):
     return model
 
 
+def check_targets(model, lora: LoraParams, key: str) -> None:
+    """Stop, naming what the model has, when a LoRA target names no module of it (PEFT would raise deep inside
+    the trainer)."""
+    if lora.target_modules == "all-linear":
+        return
+    names = [name for name, _ in model.named_modules()]
+    # PEFT's rule: a target is a module's name or the end of its dotted path
+    missing = [target for target in lora.target_modules
+               if not any(name == target or name.endswith(f".{target}") for name in names)]
+    linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                     if isinstance(module, torch.nn.Linear)})
+    if missing:
+        raise SystemExit(f"{key}.lora.target_modules: {', '.join(missing)} not in the model; its linear layers are "
+                         f"{', '.join(linear)} (or use all-linear)")
+
+
 def lora_config(lora: LoraParams):
     from peft import LoraConfig
 
@@ -109,7 +125,7 @@ def lora_config(lora: LoraParams):
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
-        target_modules=list(lora.target_modules),
+        target_modules=lora.target_modules,
         task_type="CAUSAL_LM",
     )
 

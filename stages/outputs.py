@@ -1,5 +1,7 @@
 """Atomic outputs: a stage writes into a temporary sibling and renames it into place at the end,
-so a stage killed half-way never leaves an output that looks done.
+so a stage killed half-way never leaves an output that looks done. The temporary's bytes are flushed to the
+disk (fsync) before the rename, and the folder after it: without that, a power cut soon after can leave the
+renamed file empty (the rating page rewrites its file on every click).
 
 While a temporary exists, SIGTERM (a preempted job, `kill`) unwinds the stack as Ctrl-C does, so the
 temporary is removed; one left by SIGKILL is removed by the next write of the same output."""
@@ -38,6 +40,21 @@ def _terminate_unwinds() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for root, _, files in os.walk(folder):
+        for name in files:
+            _fsync(Path(root) / name)
+        _fsync(Path(root))
+
+
 def _prepare(final: Path) -> str:
     """Make the parent folder and remove temporaries a killed run left; return the temporary's prefix."""
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -59,9 +76,11 @@ def atomic_dir(final: Path | str) -> Iterator[Path]:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        _fsync_tree(tmp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
+        _fsync(final.parent)
 
 
 @contextlib.contextmanager
@@ -73,10 +92,13 @@ def atomic_file(final: Path | str, mode: str = "w") -> Iterator:
         try:
             with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
                 yield handle
+                handle.flush()
+                os.fsync(handle.fileno())
         except BaseException:
             os.unlink(tmp)
             raise
         os.replace(tmp, final)
+        _fsync(final.parent)
 
 
 def write_json(path: Path | str, data) -> None:

@@ -11,14 +11,19 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 PARAMS_FILE = Path("params.yaml")
 CONF_DIR = Path("conf")
 SEVEN_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+# A count: a whole number above 0 (YAML's true, false and 3.0 are refused, not read as 1, 0 and 3).
+Count = Annotated[int, Field(gt=0, strict=True)]
+# A positive finite number (.inf and .nan are refused; a string such as "2e-4" is read as the number).
+Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
 
 class Strict(BaseModel):
@@ -28,13 +33,21 @@ class Strict(BaseModel):
 class TinyModelParams(Strict):
     """Shape of the random-weight Llama built for the offline profile."""
 
-    vocab_size: PositiveInt
-    hidden_size: PositiveInt
-    intermediate_size: PositiveInt
-    num_layers: PositiveInt
-    num_heads: PositiveInt
-    num_kv_heads: PositiveInt
-    max_position: PositiveInt
+    vocab_size: Count
+    hidden_size: Count
+    intermediate_size: Count
+    num_layers: Count
+    num_heads: Count
+    num_kv_heads: Count
+    max_position: Count
+
+    @model_validator(mode="after")
+    def _heads_divide(self):
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"num_heads ({self.num_heads}) must divide hidden_size ({self.hidden_size})")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_kv_heads ({self.num_kv_heads}) must divide num_heads ({self.num_heads})")
+        return self
 
 
 class GgufParams(Strict):
@@ -53,7 +66,7 @@ class ModelParams(Strict):
     revision: Optional[str] = Field(min_length=1, description="hub revision (branch, tag or commit) to pin")
     gguf: Optional[GgufParams]
     # Every stage multiplies its learning rate by this (see conf/model/tiny.yaml for why).
-    lr_scale: PositiveFloat
+    lr_scale: Positive
     tiny: Optional[TinyModelParams]
 
     @property
@@ -76,12 +89,13 @@ class ModelParams(Strict):
 
 
 class HubParams(Strict):
-    empatheticdialogues_url: str
+    # https only: a download over plain http can be changed on the way (the sha256 pins are optional)
+    empatheticdialogues_url: str = Field(pattern=r"^https://")
     empatheticdialogues_sha256: Optional[str] = Field(pattern=r"^[0-9a-f]{64}$")
-    human_like_dpo_url: str
+    human_like_dpo_url: str = Field(pattern=r"^https://")
     human_like_dpo_sha256: Optional[str] = Field(pattern=r"^[0-9a-f]{64}$")
-    retries: PositiveInt
-    timeout_s: PositiveFloat
+    retries: Count
+    timeout_s: Positive
 
 
 class DataParams(Strict):
@@ -99,23 +113,25 @@ class DataParams(Strict):
 
 
 class LoraParams(Strict):
-    r: PositiveInt
-    alpha: PositiveInt
-    dropout: float = Field(ge=0, lt=1)
-    target_modules: list[Literal[tuple(SEVEN_PROJECTIONS)]] = Field(min_length=1)
+    r: Count
+    alpha: Count
+    dropout: float = Field(ge=0, lt=1, allow_inf_nan=False)
+    # Module names of the model (Llama's: SEVEN_PROJECTIONS), or PEFT's "all-linear": every linear layer but
+    # the output head. The sft and dpo stages stop on a name the model does not have, listing those it has.
+    target_modules: Union[Literal["all-linear"], list[Annotated[str, Field(min_length=1)]]] = Field(min_length=1)
 
 
 class TrainParams(Strict):
     """Knobs shared by the sft and dpo stages."""
 
-    train_size: PositiveInt
+    train_size: Count
     lora: LoraParams
-    lr: PositiveFloat
-    batch_size: PositiveInt
-    eval_batch_size: PositiveInt
-    grad_accum: PositiveInt
-    max_length: PositiveInt
-    checkpoint_steps: PositiveInt  # evaluate and save a checkpoint every this many optimizer steps
+    lr: Positive
+    batch_size: Count
+    eval_batch_size: Count
+    grad_accum: Count
+    max_length: Count
+    checkpoint_steps: Count  # evaluate and save a checkpoint every this many optimizer steps
     liger: bool  # Liger's fused Triton kernels (GPU; needs `pip install liger-kernel`)
     # Recompute activations in the backward pass instead of keeping them: less memory, about a third more compute.
     # TRL turns it on by default; a LoRA run of a 1.1B model fits a 16 GiB card without it (see docs/speed.md).
@@ -128,50 +144,52 @@ class SFTParams(TrainParams):
     # example still sees only itself, through position ids that restart at 0.
     packing: bool
     system_prompt: str
-    epochs: PositiveInt
+    epochs: Count
     scheduler: Literal["cosine", "linear", "constant_with_warmup"]
-    warmup_ratio: float = Field(ge=0, lt=1)
-    weight_decay: float = Field(ge=0)
+    warmup_ratio: float = Field(ge=0, lt=1, allow_inf_nan=False)
+    weight_decay: float = Field(ge=0, allow_inf_nan=False)
 
 
 class DPOParams(TrainParams):
     # Open each DPO prompt with sft.system_prompt, as every SFT example and evaluation prompt is opened.
     use_system_prompt: bool
-    beta: PositiveFloat
+    beta: Positive
     # One pass over the training pairs for the reference's log-probs instead of a reference forward per step:
     # pays when training covers the pairs more than once.
     precompute_ref_log_probs: bool
-    max_prompt_length: PositiveInt
-    max_steps: PositiveInt
+    max_prompt_length: Count
+    max_steps: Count
     # ...or this many passes over the train pairs, whichever ends first: the notebook's runs (9000 pairs,
     # 500-800 steps of 8 pairs) never reach it; a small set (the offline sample's 288 pairs) stops there.
-    max_epochs: PositiveInt
-    warmup_steps: int = Field(ge=0)
+    max_epochs: Count
+    warmup_steps: int = Field(ge=0, strict=True)
 
     @model_validator(mode="after")
     def _room_for_the_reply(self):
         if self.max_prompt_length >= self.max_length:
             raise ValueError("max_prompt_length must be below max_length, which counts prompt and reply")
+        if self.warmup_steps > self.max_steps:
+            raise ValueError(f"warmup_steps ({self.warmup_steps}) must not exceed max_steps ({self.max_steps})")
         return self
 
 
 class EvalParams(Strict):
     # The fixed evaluation sets: their sizes belong to no SFT or DPO preset, so every experiment is scored
     # on the same rows (SFT eval examples from valid.csv, held-out DPO pairs, test prompts from test.csv).
-    sft_eval_size: PositiveInt
-    dpo_eval_size: PositiveInt
-    test_size: PositiveInt
+    sft_eval_size: Count
+    dpo_eval_size: Count
+    test_size: Count
     # A JSONL file of {system (optional), user, reference} scored as the prompt set `custom`.
     prompts_file: Optional[str] = Field(min_length=1)
-    batch_size: PositiveInt
-    max_new_tokens: PositiveInt
-    temperature: float = Field(ge=0)
+    batch_size: Count
+    max_new_tokens: Count
+    temperature: float = Field(ge=0, allow_inf_nan=False)
     bertscore_model: str = Field(description="'packaged-minilm' (offline, from PyPI) or a hub id")
-    bertscore_num_layers: PositiveInt
-    bootstrap_samples: PositiveInt
+    bertscore_num_layers: Count
+    bootstrap_samples: Count
     # The blind rating sheet: this many prompts of this prompt set, each answered by every model.
     human_set: Literal["ed_test", "probe", "custom"]
-    human_prompts: PositiveInt
+    human_prompts: Count
 
     @model_validator(mode="after")
     def _custom_set_has_a_file(self):
@@ -181,12 +199,20 @@ class EvalParams(Strict):
 
 
 class Params(Strict):
-    seed: int = Field(ge=0)
+    seed: int = Field(ge=0, lt=2**32, strict=True)  # numpy's seeds stop at 2**32
     model: ModelParams
     data: DataParams
     sft: SFTParams
     dpo: DPOParams
     eval: EvalParams
+
+    @model_validator(mode="after")
+    def _room_for_a_prompt(self):
+        # evaluate fits each prompt into sft.max_length - eval.max_new_tokens tokens
+        if self.eval.max_new_tokens >= self.sft.max_length:
+            raise ValueError(f"eval.max_new_tokens ({self.eval.max_new_tokens}) must be below sft.max_length "
+                             f"({self.sft.max_length}), which holds the prompt and the reply")
+        return self
 
 
 class ParamsError(SystemExit):
@@ -220,11 +246,20 @@ def load_params(path: Path | str = PARAMS_FILE) -> Params:
     return parse_params(raw, path)
 
 
+HEADER = """\
+# Composed from conf/ by DVC's Hydra support: `dvc exp run` rewrites this file. Change a default in conf/ and
+# run `make params`; change a knob for one run with `dvc exp run -S sft.lr=1e-4`. Every learning rate is
+# multiplied by model.lr_scale (metrics/sft.json and metrics/dpo.json record the rate used as `lr`).
+"""
+
+
 def compose(overrides: list[str], output: Path = PARAMS_FILE, conf_dir: Path = CONF_DIR) -> Params:
-    """Compose conf/ with Hydra overrides into `output`, exactly as `dvc exp run -S ...` does, and validate it."""
+    """Compose conf/ with Hydra overrides into `output`, exactly as `dvc exp run -S ...` does (with HEADER
+    above), and validate it."""
     from dvc.utils.hydra import compose_and_dump
 
     compose_and_dump(str(output), str(Path(conf_dir).resolve()), None, "config", "", overrides)
+    output.write_text(HEADER + output.read_text())
     return load_params(output)
 
 

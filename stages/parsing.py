@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 # Every reason a parser may drop a row for; metrics list each one, zero or not, so columns stay stable.
-ED_DROP_REASONS = ("too_few_fields", "bad_utterance_idx", "empty_utterance", "duplicate_turn")
+ED_DROP_REASONS = ("not_utf8", "too_few_fields", "bad_utterance_idx", "empty_utterance", "duplicate_turn")
 EXAMPLE_DROP_REASONS = ("missing_earlier_turn", "too_long")
 DPO_DROP_REASONS = ("empty_field", "chosen_equals_rejected", "duplicate")
 
@@ -61,18 +62,24 @@ def decode_utf8(raw: bytes, name: str) -> str:
 
 
 def parse_empathetic(raw: bytes, name: str) -> Parsed:
-    """Parse one EmpatheticDialogues split into turns."""
-    lines = decode_utf8(raw, name).split("\n")
-    header = lines[0].strip().lstrip("\ufeff").split(",")
+    """Parse one EmpatheticDialogues split into turns. A row that is not valid UTF-8 is dropped and counted
+    (the header must be)."""
+    first, _, rest = raw.partition(b"\n")
+    header_line = decode_utf8(first, name)
+    header = header_line.strip().lstrip("\ufeff").split(",")
     if header != ED_HEADER:
-        raise DataError(f"{name}:1: expected header {','.join(ED_HEADER)!r}, got {lines[0].strip()!r}")
+        raise DataError(f"{name}:1: expected header {','.join(ED_HEADER)!r}, got {header_line.strip()!r}")
     parsed = Parsed(records=[])
     seen = set()
-    for line in lines[1:]:
-        line = line.rstrip("\r")
-        if not line.strip():
+    for raw_line in rest.split(b"\n"):
+        if not raw_line.strip():
             continue
         parsed.read += 1
+        try:
+            line = raw_line.decode("utf-8").rstrip("\r")
+        except UnicodeDecodeError:
+            parsed.dropped["not_utf8"] += 1
+            continue
         fields = line.split(",")
         if len(fields) < len(ED_HEADER):
             parsed.dropped["too_few_fields"] += 1
@@ -80,7 +87,7 @@ def parse_empathetic(raw: bytes, name: str) -> Parsed:
         if len(fields) > len(ED_HEADER):
             parsed.extra_fields += 1
         conv_id, idx, emotion, situation, _speaker, text = fields[:6]
-        if not idx.strip().isdigit() or int(idx) < 1:
+        if not re.fullmatch(r"[0-9]+", idx.strip()) or int(idx) < 1:  # "²".isdigit(), yet int("²") fails
             parsed.dropped["bad_utterance_idx"] += 1
             continue
         text = unescape(text)

@@ -14,7 +14,7 @@ from pathlib import Path
 from transformers import set_seed
 from trl import SFTConfig, SFTTrainer
 
-from stages.modeling import load_base_model, load_tokenizer, lora_config
+from stages.modeling import check_targets, load_base_model, load_tokenizer, lora_config
 from stages.outputs import write_json
 from stages.params import load_params
 from stages.paths import METRICS_DIR, SFT_DATA, SFT_MODEL
@@ -40,8 +40,10 @@ def build_trainer(params, output_dir: str, resume: bool = False) -> SFTTrainer:
         packing=sft.packing,
         packing_strategy="bfd",
     )
+    model = load_base_model()
+    check_targets(model, sft.lora, "sft")
     return SFTTrainer(
-        model=load_base_model(),
+        model=model,
         args=config,
         train_dataset=sft_dataset(SFT_DATA / "train.jsonl", tokenizer),
         eval_dataset=sft_dataset(SFT_DATA / "eval.jsonl", tokenizer),
@@ -87,6 +89,7 @@ def main() -> None:
         "train_tokens_per_s": tokens_per_s,
         "train_examples_per_s": examples_per_s,
         "steps": trainer.state.global_step,
+        "lr": trainer.args.learning_rate,  # sft.lr times model.lr_scale
     })
     print(f"sft: eval loss {base_eval_loss:.4f} (base) -> {final['eval_loss']:.4f}; adapter in {SFT_MODEL}/")
 

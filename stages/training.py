@@ -4,6 +4,7 @@ adapter."""
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import time
 from pathlib import Path
@@ -199,6 +200,13 @@ def save_adapter(trainer, out: Path, below: Stage) -> None:
     atomically, then empty the run's checkpoint folder (DVC keeps the folder itself: persist)."""
     with atomic_dir(out) as tmp:
         trainer.model.save_pretrained(tmp, selected_adapters=["default"])  # the trained one, not the SFT beneath
+        # PEFT keeps target_modules as a set and writes it in the order of the process's string hashes: sorted,
+        # two runs write the same file
+        config_path = tmp / "adapter_config.json"
+        config = json.loads(config_path.read_text())
+        if isinstance(config.get("target_modules"), list):
+            config["target_modules"] = sorted(config["target_modules"])
+        config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         trainer.processing_class.save_pretrained(tmp)
         record_base(tmp, below)
     run_dir = Path(trainer.args.output_dir)

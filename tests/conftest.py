@@ -3,6 +3,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -142,3 +143,24 @@ def serve(module: str, cwd: Path, *args: str) -> tuple[subprocess.Popen, str]:
             time.sleep(0.5)
     server.kill()
     raise AssertionError(f"{module} did not answer at {address}")
+
+
+BACKGROUND_DIRS: list[Path] = []
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The real-model tests go last, and their `dvc exp run` starts now, in the background (test_real_model.py)."""
+    real = [item for item in items if item.path.name == "test_real_model.py"]
+    if real and len(real) < len(items) and SHARED_DATA.is_dir():
+        items[:] = [item for item in items if item not in real] + real
+        BACKGROUND_DIRS.append(Path(tempfile.mkdtemp(prefix="real-model-")))
+        real[0].module.start_in_background(BACKGROUND_DIRS[-1])
+
+
+def pytest_sessionfinish(session, exitstatus):
+    background = getattr(sys.modules.get("test_real_model"), "BACKGROUND", {})
+    if background and background["process"].poll() is None:  # the session ended early
+        background["process"].terminate()
+        background["process"].wait()
+    for folder in BACKGROUND_DIRS:  # over a gigabyte: the model, its DVC cache and the experiment's outputs
+        shutil.rmtree(folder, ignore_errors=True)

@@ -26,7 +26,7 @@ def test_tiny_bench_measures_every_run_and_the_ratios(project):
 
 def test_the_full_shape_is_tinyllamas():
     reference = json.loads(shared_file("tinyllama", "config.json").read_text())
-    config = bench.model_config(tiny=False)
+    config = bench.model_config(tiny=False, reference=shared_file())
     for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                 "num_key_value_heads", "vocab_size"):
         assert getattr(config, key) == reference[key] == bench.TINYLLAMA[key]

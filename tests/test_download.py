@@ -1,7 +1,10 @@
-"""The hub download path, against an HTTP server on 127.0.0.1 serving files this test builds."""
+"""The hub download path, against an HTTPS server on 127.0.0.1 (a certificate this test makes) serving files
+this test builds."""
 import hashlib
 import io
 import json
+import ssl
+import subprocess
 import tarfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,14 +20,20 @@ CSV = b"conv_id,utterance_idx,context,prompt,speaker_idx,utterance,selfeval,tags
 PAIRS = json.dumps([{"prompt": "Hi?", "chosen": "Hey!", "rejected": "Greetings."}]).encode()
 
 
-def tarball(members: dict[str, bytes | Path]) -> bytes:
-    """A gzipped tar; a Path value makes the member a symlink to that path."""
+def tarball(members: dict[str, bytes | Path | bytes]) -> bytes:
+    """A gzipped tar; a Path value makes the member a symlink to that path, a tar type (e.g. tarfile.CHRTYPE)
+    a special file of that type."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
         for name, data in members.items():
             info = tarfile.TarInfo(name)
             if isinstance(data, Path):
                 info.type, info.linkname = tarfile.SYMTYPE, str(data)
+                tar.addfile(info)
+            elif data in (tarfile.CHRTYPE, tarfile.FIFOTYPE, tarfile.LNKTYPE):
+                info.type = data
+                if data == tarfile.LNKTYPE:
+                    info.linkname = "empatheticdialogues/train.csv"
                 tar.addfile(info)
             else:
                 info.size = len(data)
@@ -38,7 +47,7 @@ GOOD_TAR = tarball({f"empatheticdialogues/{s}.csv": CSV + s.encode() for s in ("
 class Server:
     """Serves `files`; a path listed in `drop_after` sends that many bytes of the body, then hangs up."""
 
-    def __init__(self):
+    def __init__(self, certificate: Path, key: Path):
         self.files: dict[str, bytes] = {}
         self.drop_after: dict[str, int] = {}
         self.fail_first: dict[str, int] = {}
@@ -66,13 +75,27 @@ class Server:
                 pass
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(certificate, key)
+        self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+        self.url = f"https://127.0.0.1:{self.httpd.server_address[1]}"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
 
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1, which the downloads in this module trust."""
+    folder = tmp_path_factory.mktemp("tls")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(folder / "key.pem"),
+                    "-out", str(folder / "cert.pem")], check=True, capture_output=True)
+    return folder / "cert.pem", folder / "key.pem"
+
+
 @pytest.fixture
-def server():
-    server = Server()
+def server(certificate, monkeypatch):
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(certificate[0]))  # requests trusts it, as a system CA
+    server = Server(*certificate)
     server.files = {"/ed.tar.gz": GOOD_TAR, "/data.json": PAIRS}
     yield server
     server.httpd.shutdown()
@@ -139,10 +162,18 @@ def test_checksum_mismatch_fails_cleanly(hub_project):
     assert leftovers(hub_project) == []
 
 
+COMPLETE = {f"empatheticdialogues/{s}.csv": CSV for s in ("train", "valid", "test")}
+
+
 @pytest.mark.parametrize("members, message", [
-    ({"../escape.csv": b"x", **{f"empatheticdialogues/{s}.csv": CSV for s in ("train", "valid", "test")}},
-     "outside the destination"),
-    ({"empatheticdialogues/train.csv": Path("../../../../escape.csv")}, "outside the destination"),
+    ({"../escape.csv": b"x", **COMPLETE}, "refusing member '../escape.csv': its path leaves the destination"),
+    ({"/tmp/escape.csv": b"x", **COMPLETE}, "refusing member '/tmp/escape.csv': its path leaves the destination"),
+    ({**COMPLETE, "empatheticdialogues/x/../../../escape.csv": b"x"}, "its path leaves the destination"),
+    ({"empatheticdialogues/train.csv": Path("../../../../escape.csv")},
+     "refusing member 'empatheticdialogues/train.csv': it is a link"),
+    ({**COMPLETE, "empatheticdialogues/hard": tarfile.LNKTYPE}, "refusing member 'empatheticdialogues/hard': it is a link"),
+    ({**COMPLETE, "empatheticdialogues/tty": tarfile.CHRTYPE}, "it is a device, FIFO or other special file"),
+    ({**COMPLETE, "empatheticdialogues/pipe": tarfile.FIFOTYPE}, "it is a device, FIFO or other special file"),
     ({"empatheticdialogues/train.csv": CSV}, "no empatheticdialogues/valid.csv in the archive"),
 ])
 def test_unsafe_or_incomplete_archives_are_refused(hub_project, server, members, message):
@@ -158,6 +189,13 @@ def test_corrupt_tarball_is_refused(hub_project, server):
     with pytest.raises(download.DownloadError, match="empatheticdialogues.tar.gz: cannot extract: Compressed file ended"):
         download.main()
     assert leftovers(hub_project) == []
+
+
+def test_a_plain_http_url_is_refused_by_the_params_schema(project):
+    from stages.params import ParamsError
+
+    with pytest.raises(ParamsError, match="data.hub.human_like_dpo_url: String should match pattern '\\^https://'"):
+        compose(["data=hub", "data.hub.human_like_dpo_url=http://example.org/data.json"])
 
 
 def test_sample_and_local_sources_copy_the_raw_layout(project, tmp_path_factory):

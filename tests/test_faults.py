@@ -49,8 +49,8 @@ FAULTS = [  # (case, breakage, command, expected message)
     ("negative lr", set_param("sft.lr", -4.0e-5), "preprocess", "sft.lr: Input should be greater than 0"),
     ("CSV with a wrong header", rewrite(ED_TRAIN, lambda b: b.replace(b"utterance_idx", b"turn", 1)), "preprocess",
      f"{ED_TRAIN}:1: expected header"),
-    ("CSV with non-UTF-8 bytes", rewrite(ED_TRAIN, lambda b: b.replace("I'm".encode(), b"I\xe2m", 1)),  # cut UTF-8
-     "preprocess", f"{ED_TRAIN}:LINE: not valid UTF-8 (byte 0xe2)"),
+    ("CSV header with non-UTF-8 bytes", rewrite(ED_TRAIN, lambda b: b.replace(b"conv_id", b"conv\xe2id", 1)),
+     "preprocess", f"{ED_TRAIN}:1: not valid UTF-8 (byte 0xe2)"),
     ("DPO JSON that is not an array", rewrite(DPO_JSON, lambda b: b'{"prompt": "hi"}'), "preprocess",
      f"{DPO_JSON}: expected a JSON array of {{prompt, chosen, rejected}}, got dict"),
     ("DPO item without a field", rewrite(DPO_JSON, lambda b: json.dumps([{"prompt": "a", "chosen": "b"}]).encode()),
@@ -83,18 +83,14 @@ def exit_message(stage: str) -> str:
     return exit.value.code
 
 
-def broken(project, breakage, message: str) -> str:
+def broken(project, breakage) -> None:
     download.main()
     breakage(project)
-    if "LINE" in message:  # the line of the first bad byte
-        raw = (project / ED_TRAIN).read_bytes()
-        message = message.replace("LINE", str(raw[: raw.index(b"I\xe2m")].count(b"\n") + 1))
-    return message
 
 
 @pytest.mark.parametrize("case, breakage, stage, message", FAULTS, ids=[f[0] for f in FAULTS])
 def test_bad_input_is_named_and_nothing_is_half_written(project, case, breakage, stage, message):
-    message = broken(project, breakage, message)
+    broken(project, breakage)
     metrics_before = {path.name: path.read_bytes() for path in (project / "metrics").iterdir()}
     assert message in exit_message(stage)
     assert not (project / "data/processed").exists()
@@ -104,6 +100,6 @@ def test_bad_input_is_named_and_nothing_is_half_written(project, case, breakage,
 @pytest.mark.parametrize("case", ["wrong type", "CSV with a wrong header", "rating sheet with an out-of-range value"])
 def test_a_stage_run_as_a_command_exits_1_with_the_message_and_no_traceback(project, case):
     _, breakage, stage, message = next(fault for fault in FAULTS if fault[0] == case)
-    message = broken(project, breakage, message)
+    broken(project, breakage)
     result = run(["python", "-m", f"stages.{stage}"], project, check=False)
     assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr, result.stderr

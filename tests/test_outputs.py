@@ -54,3 +54,24 @@ def test_a_killed_write_leaves_the_old_output_and_the_next_write_cleans_up(tmp_p
     write_json(tmp_path / "out/metrics.json", {"loss": 0.5})
     assert leftovers(tmp_path / "out") == []
     assert (tmp_path / "out/model/weights.bin").read_bytes() == b"new"
+
+
+def test_bytes_reach_the_disk_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
+    """fsync of the temporary file (and every file of a temporary folder) before it is renamed, then of the
+    folder holding it: a power cut then leaves the old output or the new one, never an empty file."""
+    import os
+
+    from stages import outputs
+
+    synced, real_fsync, real_replace = [], os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real_fsync(fd)))
+    monkeypatch.setattr(os, "replace", lambda a, b: (synced.append(f"rename {a} -> {b}"), real_replace(a, b)))
+    write_json(tmp_path / "out/metrics.json", {"loss": 1})
+    assert len(synced) == 3 and ".metrics.json.tmp-" in synced[0]
+    assert synced[1].startswith("rename") and synced[2] == str(tmp_path / "out")
+    synced.clear()
+    with outputs.atomic_dir(tmp_path / "out/model") as folder:
+        (folder / "weights.bin").write_bytes(b"new")
+    files = [entry for entry in synced[:-2] if not entry.startswith("rename")]
+    assert any(entry.endswith("/weights.bin") for entry in files) and synced[-2].startswith("rename")
+    assert synced[-1] == str(tmp_path / "out")

@@ -34,12 +34,13 @@ def test_every_bad_row_is_counted_under_its_reason():
         "c1,1,sad,s,1,hello,x,",
         "c1,1,sad,s,1,hello again,x,",        # same turn twice
         "c1,two,sad,s,2,hi,x,",               # not an index
+        "c1,²,sad,s,2,hi,x,",                 # a digit to str.isdigit(), yet not a number to int()
         "c1,3,sad,s,1,   ,x,",                # empty after stripping
         "c1,4,sad,s",                         # truncated row
         "",                                   # blank lines are not rows
     ), "valid.csv")
-    assert parsed.read == 5 and len(parsed.records) == 1
-    assert parsed.dropped == Counter(duplicate_turn=1, bad_utterance_idx=1, empty_utterance=1, too_few_fields=1)
+    assert parsed.read == 6 and len(parsed.records) == 1
+    assert parsed.dropped == Counter(duplicate_turn=1, bad_utterance_idx=2, empty_utterance=1, too_few_fields=1)
     counts = parsed.counts("ed.valid.rows", ED_DROP_REASONS)
     assert counts["ed.valid.rows.read"] == counts["ed.valid.rows.kept"] + sum(parsed.dropped.values())
 
@@ -49,10 +50,13 @@ def test_wrong_header_names_the_file_and_line():
         parse_empathetic(b"id,text\n1,hello\n", "test.csv")
 
 
-def test_non_utf8_names_the_line():
-    raw = ed("c1,1,sad,s,1,hello,x,", "c1,2,sad,s,2,cafe,x,").replace(b"cafe", b"caf\xe9")  # Latin-1
-    with pytest.raises(DataError, match=r"train.csv:3: not valid UTF-8"):
-        parse_empathetic(raw, "train.csv")
+def test_a_row_that_is_not_utf8_is_dropped_and_counted_and_a_bad_header_is_named():
+    raw = ed("c1,1,sad,s,1,hello,x,", "c1,2,sad,s,2,cafe,x,", "c1,3,sad,s,1,thanks,x,").replace(b"cafe", b"caf\xe9")
+    parsed = parse_empathetic(raw, "train.csv")  # one Latin-1 byte costs its row, not the file
+    assert parsed.read == 3 and [turn.idx for turn in parsed.records] == [1, 3]
+    assert parsed.dropped == Counter(not_utf8=1)
+    with pytest.raises(DataError, match=r"train.csv:1: not valid UTF-8"):
+        parse_empathetic(b"conv_id,\xe9" + raw[10:], "train.csv")
 
 
 def test_one_example_per_listener_turn_with_the_dialogue_so_far():

@@ -4,6 +4,7 @@ import json
 import re
 
 import pytest
+import yaml
 
 from conftest import cloned_and_reproduced, edit_params, run
 
@@ -28,6 +29,9 @@ def test_repro_runs_every_stage_and_each_step_helps(pipeline):
     assert [stage for stage in ran((pipeline / "repro.log").read_text()) if stage != "human"] == STAGES
     sft, dpo, evaluation = metrics(pipeline, "sft"), metrics(pipeline, "dpo"), metrics(pipeline, "eval")
     assert sft["eval_loss"] < sft["base_eval_loss"]
+    params = yaml.safe_load((pipeline / "params.yaml").read_text())
+    assert sft["lr"] == pytest.approx(params["sft"]["lr"] * params["model"]["lr_scale"])  # the rate used, scaled
+    assert dpo["lr"] == pytest.approx(params["dpo"]["lr"] * params["model"]["lr_scale"])
     assert dpo["eval.rewards_accuracies"] > 0.5
     for prompt_set in ("ed_test", "probe"):
         assert evaluation[f"{prompt_set}.sft.stop_rate"] > evaluation[f"{prompt_set}.base.stop_rate"]
@@ -85,13 +89,15 @@ def test_two_clean_runs_with_one_seed_give_identical_metrics(pipeline, tmp_path)
         assert {k: first[k] for k in first if k not in timing} == {k: second[k] for k in second if k not in timing}
     for output in ("eval/generations.jsonl", "plots/eval.json"):
         assert (pipeline / output).read_bytes() == (again / output).read_bytes()
-    # The rating sheet: the same replies in the same order; its codes are random, so only the key reads them.
+    # The rating sheet: the same replies to the same prompts; its codes (and so the order of a prompt's replies)
+    # are random, so only the key reads them.
     sheets = []
     for repo in (pipeline, again):
         key = json.loads((repo / "eval/human/key.json").read_text())
         rows = list(csv.DictReader((repo / "eval/human/sheet.csv").read_text(encoding="utf-8").splitlines(keepends=True)))
-        sheets.append([{**row, "code": key[row["code"]]} for row in rows])
-    assert sheets[0] == sheets[1]
+        sheets.append(sorted(({**row, "code": key[row["code"]]} for row in rows), key=lambda row: json.dumps(row["code"])))
+    assert sheets[0] == sheets[1] and set(json.loads((pipeline / "eval/human/key.json").read_text())).isdisjoint(
+        json.loads((again / "eval/human/key.json").read_text()))
 
 
 def test_filled_rating_sheets_rerun_only_the_human_stage(pipeline_copy):

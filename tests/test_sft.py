@@ -5,7 +5,7 @@ from transformers import DataCollatorForLanguageModeling
 from stages import base_model, download, preprocess, sft
 from stages.outputs import read_jsonl
 from stages.modeling import encode
-from stages.params import load_params
+from stages.params import SEVEN_PROJECTIONS, load_params
 from stages.paths import SFT_DATA
 
 from conftest import edit_params
@@ -97,3 +97,20 @@ def test_a_packed_batch_gives_the_padded_batchs_loss(sft_trainer, tmp_path):
         loss_leaked = free_trainer.compute_loss(model, leaked)
     assert loss_free.item() == pytest.approx(loss_padded.item(), rel=1e-5)
     assert abs(loss_leaked.item() - loss_padded.item()) > 1e-3
+
+
+def test_lora_targets_are_any_module_names_or_all_linear_and_a_missing_one_is_named(sft_trainer, tmp_path):
+    params = load_params()
+    def with_targets(targets):
+        return params.model_copy(update={"sft": params.sft.model_copy(update={
+            "lora": params.sft.lora.model_copy(update={"target_modules": targets})})})
+    with pytest.raises(SystemExit) as stop:  # a model whose projections are named otherwise (Phi-3's qkv_proj)
+        sft.build_trainer(with_targets(["qkv_proj", "o_proj"]), str(tmp_path / "a"))
+    assert str(stop.value) == ("sft.lora.target_modules: qkv_proj not in the model; its linear layers are down_proj, "
+                               "gate_proj, k_proj, lm_head, o_proj, q_proj, up_proj, v_proj (or use all-linear)")
+    every = sft.build_trainer(with_targets("all-linear"), str(tmp_path / "b")).model
+    # PEFT resolves all-linear to every linear layer but the output head: here, the seven projections
+    resolved = {name.rsplit(".", 1)[-1] for name in every.peft_config["default"].target_modules}
+    assert resolved == set(SEVEN_PROJECTIONS)
+    dotted = sft.build_trainer(with_targets(["self_attn.q_proj"]), str(tmp_path / "c")).model
+    assert dotted.peft_config["default"].target_modules == {"self_attn.q_proj"}

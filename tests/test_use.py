@@ -77,3 +77,16 @@ def test_an_adapter_on_a_different_base_is_refused_by_name(pipeline_copy):
         result = run(command, pipeline_copy, check=False)
         assert result.returncode == 1
         assert "models/sft/ was trained on a different base model than the one in models/ now" in result.stderr
+        assert "generate:" not in result.stderr  # refused before a single reply was generated
+
+
+def test_chat_budgets_prompts_from_the_models_context_not_sft_max_length(pipeline_copy):
+    """The CPU presets' lengths: sft.max_length 160 and chat's default 256 new tokens. The budget used to be
+    160 - 256 < 0, and every message was "too long"; the model's own context (1,024 here) is the limit."""
+    edit_params(pipeline_copy / "params.yaml", **{"sft.max_length": 160})
+    out = run(["python", "-m", "tools.chat", "--model", "dpo", "--prompt", "I lost my job today and I feel awful."],
+              pipeline_copy).stdout
+    assert out.strip() and "too long" not in out
+    model = load_model("base")
+    assert Chat(model, load_tokenizer(), "", max_new_tokens=256, temperature=0.0).budget == \
+        model.config.max_position_embeddings - 256

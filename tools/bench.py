@@ -1,13 +1,14 @@
 """bench: training and generation throughput on TinyLlama's shape (random weights), the notebook's recipe
 beside this project's, in one process and one run.
 
-    python -m tools.bench            # on a GPU: TinyLlama-1.1B's shape, bf16
-    python -m tools.bench --tiny     # CPU smoke run: a tiny shape and a few steps
+    python -m tools.bench --reference DIR   # on a GPU: TinyLlama-1.1B's shape, bf16
+    python -m tools.bench --tiny            # CPU smoke run: a tiny shape and a few steps
 
-The shape comes from ../shared/data/tinyllama/config.json when that reference folder is beside the
-checkout, else from TinyLlama's published numbers. Data are the project's own: EmpatheticDialogues sample
-rows in the notebook's seed format (short) and in this project's dialogue format (long), and DPO pairs
-(the real rows in ../shared/data when present). Each run goes through the same TRL trainers as the stages,
+DIR holds reference files: tinyllama/ (TinyLlama's config.json and tokenizer, as on the hub) and, if you have
+them, human-like-dpo/*.json (Human-Like-DPO rows). Without it, the shape is TinyLlama's published numbers and
+the tokenizer is trained on the sample. Data are the project's own: EmpatheticDialogues sample rows in the
+notebook's seed format (short) and in this project's dialogue format (long), and DPO pairs (the real rows in
+DIR when there are some). Each run goes through the same TRL trainers as the stages,
 LoRA r 8 on the seven projections. Writes bench/results/<date>-<device>.json.
 """
 from __future__ import annotations
@@ -38,7 +39,6 @@ from stages.parsing import listener_examples, parse_dpo, parse_empathetic, read_
 from stages.paths import DPO_FILE, DPO_SUBDIR, ED_SUBDIR, SAMPLE_DIR
 from stages.training import throughput
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "data"
 RESULTS = Path("bench/results")
 TINYLLAMA = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
                  num_key_value_heads=4, vocab_size=32000, max_position_embeddings=2048)
@@ -63,9 +63,9 @@ class StepClock(TrainerCallback):
         self.seconds = time.perf_counter() - self.start
 
 
-def model_config(tiny: bool, reference: Path = REFERENCE) -> LlamaConfig:
+def model_config(tiny: bool, reference: Path | None = None) -> LlamaConfig:
     shape = dict(TINYLLAMA)
-    if (reference / "tinyllama/config.json").exists():
+    if reference and (reference / "tinyllama/config.json").exists():
         published = json.loads((reference / "tinyllama/config.json").read_text())
         shape.update({key: published[key] for key in shape})
     if tiny:
@@ -73,8 +73,8 @@ def model_config(tiny: bool, reference: Path = REFERENCE) -> LlamaConfig:
     return LlamaConfig(**shape, bos_token_id=1, eos_token_id=2, pad_token_id=2, tie_word_embeddings=False)
 
 
-def tokenizer_for(tiny: bool, reference: Path = REFERENCE):
-    if not tiny and (reference / "tinyllama/tokenizer.json").exists():
+def tokenizer_for(tiny: bool, reference: Path | None = None):
+    if not tiny and reference and (reference / "tinyllama/tokenizer.json").exists():
         return AutoTokenizer.from_pretrained(reference / "tinyllama"), "TinyLlama"
     return train_tokenizer(sample_texts(), vocab_size=2048, max_length=2048), "sample BPE"
 
@@ -93,8 +93,8 @@ def sft_rows(fmt: str, count: int) -> list[dict]:
     return [{"prompt": e["prompt"], "completion": e["completion"]} for e in itertools.islice(itertools.cycle(examples), count)]
 
 
-def dpo_rows(count: int, reference: Path = REFERENCE) -> list[dict]:
-    files = sorted((reference / "human-like-dpo").glob("*.json")) or [SAMPLE_DIR / DPO_SUBDIR / DPO_FILE]
+def dpo_rows(count: int, reference: Path | None = None) -> list[dict]:
+    files = (sorted((reference / "human-like-dpo").glob("*.json")) if reference else []) or [SAMPLE_DIR / DPO_SUBDIR / DPO_FILE]
     pairs = [pair for path in files for pair in parse_dpo(read_bytes(path), str(path)).records]
     return list(itertools.islice(itertools.cycle(pairs), count))
 
@@ -135,14 +135,15 @@ def run_sft(config, tokenizer, fmt: str, batch: int, accum: int, steps: int, *, 
             "batch": batch, "grad_accum": accum, "timed_steps": clock.steps, "peak_gib": peak_gib()}
 
 
-def run_dpo(config, tokenizer, batch: int, accum: int, steps: int, max_length: int, liger: bool = False) -> dict:
+def run_dpo(config, tokenizer, batch: int, accum: int, steps: int, max_length: int, reference: Path | None,
+            liger: bool = False) -> dict:
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     clock = StepClock()
     with tempfile.TemporaryDirectory() as workdir:
         args = DPOConfig(**common(batch, accum, steps, workdir), max_length=max_length, use_liger_kernel=liger)
         trainer = DPOTrainer(model=new_model(config), args=args, processing_class=tokenizer,
-                             train_dataset=Dataset.from_list(dpo_rows(batch * accum * steps + batch)),
+                             train_dataset=Dataset.from_list(dpo_rows(batch * accum * steps + batch, reference)),
                              peft_config=lora_config(LORA), callbacks=[clock])
         trainer.train()
     return {"pairs_per_s": clock.steps * batch * accum / clock.seconds, "batch": batch, "grad_accum": accum,
@@ -182,7 +183,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--steps", type=int, help="timed optimizer steps per training run (default 20; tiny 2)")
     parser.add_argument("--liger", action="store_true", help="add runs with Liger kernels (needs liger-kernel)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON result")
-    parser.add_argument("--reference", type=Path, default=REFERENCE, help="the folder holding tinyllama/")
+    parser.add_argument("--reference", type=Path, help="a folder holding tinyllama/ (and human-like-dpo/)")
     args = parser.parse_args(argv)
     random_fingerprints()
     steps = (args.steps or (2 if args.tiny else 20)) + 1  # the first step is not timed
@@ -196,14 +197,14 @@ def main(argv: list[str] | None = None) -> Path:
         "sft_project": run_sft(config, tokenizer, "dialogue", 32 // scale, 1, steps),
         "sft_project_packed": run_sft(config, tokenizer, "dialogue", 8 // scale, 1, steps, packing=True),
         "sft7_recipe": run_sft(config, tokenizer, "dialogue", 4, 2, steps),
-        "dpo_notebook": run_dpo(config, tokenizer, 2, 4, steps, max_length=768),
-        "dpo_project": run_dpo(config, tokenizer, 16 // scale, 1, steps, max_length=768),
+        "dpo_notebook": run_dpo(config, tokenizer, 2, 4, steps, 768, args.reference),
+        "dpo_project": run_dpo(config, tokenizer, 16 // scale, 1, steps, 768, args.reference),
         "generate_batch_1": run_generate(config, tokenizer, 1, 64 if args.tiny else 128, rounds=2),
         "generate_batch_64": run_generate(config, tokenizer, 64 // scale, 64 if args.tiny else 128, rounds=2),
     }
     if args.liger:
         runs["sft_project_liger"] = run_sft(config, tokenizer, "dialogue", 32 // scale, 1, steps, liger=True)
-        runs["dpo_project_liger"] = run_dpo(config, tokenizer, 16 // scale, 1, steps, max_length=768, liger=True)
+        runs["dpo_project_liger"] = run_dpo(config, tokenizer, 16 // scale, 1, steps, 768, args.reference, liger=True)
     best_sft = max((r for name, r in runs.items() if name.startswith("sft_project")), key=lambda r: r["real_tokens_per_s"])
     best_dpo = max((r for name, r in runs.items() if name.startswith("dpo_project")), key=lambda r: r["pairs_per_s"])
     result = {

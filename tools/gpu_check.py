@@ -1,7 +1,7 @@
 """GPU check: the whole DAG on TinyLlama's real shape (random weights), in bf16 on the accelerator, for a
 few steps, with the stages' own code.
 
-    python -m tools.gpu_check            # on a GPU: config and tokenizer from ../shared/data/tinyllama/
+    python -m tools.gpu_check --reference DIR   # on a GPU: config and tokenizer from DIR/tinyllama/
     python -m tools.gpu_check --tiny     # CPU smoke run: a tiny shape and the sample's own tokenizer
 
 It runs base model, download, preprocess, judges, sft, dpo, evaluate and human in order, in a scratch copy of the
@@ -38,7 +38,7 @@ from stages import training
 from stages.modeling import encode, load_base_model, load_model, placement, sample_texts, train_tokenizer
 from stages.outputs import read_jsonl, write_json
 from stages.paths import BASE_MODEL, DPO_MODEL, METRICS_DIR, PROBE_SET, SFT_MODEL
-from tools.bench import REFERENCE, RESULTS, TINY, device_name, model_config, random_fingerprints
+from tools.bench import RESULTS, TINY, device_name, model_config, random_fingerprints
 
 STAGES = ["download", "preprocess", "judges", "sft", "dpo", "evaluate", "human"]
 # A few steps of each, on a few rows; the real learning rates (lr_scale 1).
@@ -166,12 +166,12 @@ def merge_checks() -> dict:
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true", help="a tiny shape, for a CPU smoke run")
-    parser.add_argument("--reference", type=Path, default=REFERENCE, help="the folder holding tinyllama/")
+    parser.add_argument("--reference", type=Path, help="a folder holding tinyllama/: TinyLlama's config and tokenizer")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON result")
     args = parser.parse_args(argv)
-    args.reference = args.reference.resolve()  # the stages run in a scratch folder
-    if not args.tiny and not (args.reference / "tinyllama/config.json").exists():
-        raise SystemExit(f"gpu_check: {args.reference}/tinyllama/config.json is missing; pass --reference or --tiny")
+    if not args.tiny and not (args.reference and (args.reference / "tinyllama/config.json").exists()):
+        raise SystemExit(f"gpu_check: {args.reference}/tinyllama/config.json is missing; pass --reference DIR or --tiny")
+    args.reference = args.reference and args.reference.resolve()  # the stages run in a scratch folder
     random_fingerprints()
     try:
         from dvclive import Live  # noqa: F401  (the checkout's dvclive/ folder alone imports as an empty package)
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> Path:
     with tempfile.TemporaryDirectory() as scratch:
         workdir = Path(scratch)
         small_bert(workdir / "bert")
-        judging.packaged_minilm = lambda: str(workdir / "bert")
+        packaged_minilm, judging.packaged_minilm = judging.packaged_minilm, lambda: str(workdir / "bert")
         scratch_project(root, workdir, workdir / "bert")
         os.chdir(workdir)
         try:
@@ -196,6 +196,7 @@ def main(argv: list[str] | None = None) -> Path:
             metrics = {name: json.loads((METRICS_DIR / f"{name}.json").read_text()) for name in ("sft", "dpo", "eval")}
         finally:
             os.chdir(root)
+            judging.packaged_minilm = packaged_minilm
     devices.handle.remove()
     expected = placement()[0].type
     assert devices.seen and {device for _, device in devices.seen} == {expected}, devices.seen

@@ -32,6 +32,7 @@ HEADLINE = [
     ("stop b/s/d", tuple(f"{ED}.{m}.stop_rate" for m in MODELS), "{:.2f}/{:.2f}/{:.2f}"),
     ("distinct s/d", ("eval.json:probe.sft.distinct_replies", "eval.json:probe.dpo.distinct_replies"), "{:.2f}/{:.2f}"),
     ("train s sft/dpo", ("sft.json:train_runtime_s", "dpo.json:train_runtime_s"), "{:.0f}/{:.0f}"),
+    ("lr used sft/dpo", ("sft.json:lr", "dpo.json:lr"), "{:.2g}/{:.2g}"),  # times model.lr_scale
 ]
 # (title, eval.json key of a paired difference on the ED test prompts)
 DIFFERENCES = [(f"{title} {step}", f"ed_test.{name}.{metric}")
