@@ -26,7 +26,7 @@ repro: $(VENV)/.installed
 test: $(VENV)/.installed
 	PATH="$(CURDIR)/$(BIN):$$PATH" python -m pytest
 
-# Rewrite params.yaml as the default composition of conf/ (after editing a preset there).
+# Rewrite params.yaml (with its header) as the default composition of conf/, after editing a preset there.
 params: $(VENV)/.installed
 	$(BIN)/python -m stages.params --compose > /dev/null
 

@@ -20,7 +20,8 @@ def test_shipped_accelerate_configs_load(name, kind):
 
 def test_sft_then_dpo_on_two_processes_give_valid_adapters(project):
     edit_params(project / "params.yaml", **{"sft.train_size": 48, "eval.sft_eval_size": 8, "sft.epochs": 1,
-                                            "sft.checkpoint_steps": 2, "dpo.max_steps": 4, "dpo.checkpoint_steps": 2})
+                                            "sft.checkpoint_steps": 2, "dpo.max_steps": 4, "dpo.warmup_steps": 1,
+                                            "dpo.checkpoint_steps": 2})
     download.main()
     base_model.main()
     preprocess.main()

@@ -47,7 +47,10 @@ def start_in_background(folder: Path) -> None:
     log = open(repo / "exp-run.log", "w")
     BACKGROUND.update(repo=repo, log=log, start=time.monotonic(), process=subprocess.Popen(
         ["dvc", "exp", "run", *PROFILE, "-S", f"data.local_dir={data}"], cwd=repo, stdout=log,
-        stderr=subprocess.STDOUT, env={**os.environ, "PATH": VENV_PATH}))
+        stderr=subprocess.STDOUT,
+        # one thread: the other core is the rest of the suite's; two processes of two threads each on two cores
+        # spend a third of their time waiting on each other
+        env={**os.environ, "PATH": VENV_PATH, "OMP_NUM_THREADS": "1"}))
 
 
 @pytest.fixture(scope="module")

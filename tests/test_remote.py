@@ -120,7 +120,7 @@ def test_experiments_and_released_adapters_travel_through_git_and_s3(pipeline_co
     run(["git", "push", "-q", "origin", "HEAD", "dpo-adapter@v0.1.0"], repo)
     run(["dvc", "push"], repo)
 
-    run(["dvc", "exp", "run", "-n", "short-dpo", "-S", "dpo.max_steps=2"], repo)
+    run(["dvc", "exp", "run", "-n", "short-dpo", "-S", "dpo.max_steps=2", "-S", "dpo.warmup_steps=1"], repo)
     experiment = digests(repo / "models/dpo")
     assert experiment != released
     run(["dvc", "exp", "push", "origin", "short-dpo"], repo)
