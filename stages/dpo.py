@@ -17,6 +17,7 @@ from transformers import TrainerCallback, set_seed
 from trl import DPOConfig, DPOTrainer
 from trl.trainer.utils import disable_dropout_in_model
 
+from stages.cards import adapter_card, recorded
 from stages.modeling import check_targets, load_base_model, load_tokenizer, lora_config, stack
 from stages.outputs import write_json
 from stages.params import LoraParams, load_params
@@ -106,12 +107,11 @@ def main() -> None:
     final = final_evaluation(trainer)
     if not trainer.is_world_process_zero():
         return
-    save_adapter(trainer, DPO_MODEL, below="sft")
     clock = TrainClock.of(trainer)
     pairs = clock.steps * params.dpo.batch_size * params.dpo.grad_accum * trainer.args.world_size
     # The last logged training figures: an average over the steps since the one logged before.
     last_train = next(log for log in reversed(trainer.state.log_history) if "rewards/chosen" in log)
-    write_json(METRICS_DIR / "dpo.json", {
+    metrics = {
         **flat(final, "eval"),
         **{f"train.{key.replace('/', '_')}": last_train[key] for key in REPORTED},
         "train_runtime_s": result.metrics["train_runtime"],
@@ -123,7 +123,9 @@ def main() -> None:
         **{f"{split}_pairs_used": len(used) for split, used in (("train", trainer.train_dataset),
                                                                   ("eval", trainer.eval_dataset))},
         "dropped.long_prompt": dropped_long_prompts,
-    })
+    }
+    save_adapter(trainer, DPO_MODEL, below="sft", card=adapter_card("dpo", params, *recorded(), metrics))
+    write_json(METRICS_DIR / "dpo.json", metrics)
     print(f"dpo: eval reward accuracy {final['eval_rewards/accuracies']:.3f}, "
           f"margin {final['eval_rewards/margins']:.3f}; adapter in {DPO_MODEL}/")
 

@@ -18,7 +18,8 @@ replies (`reference`). An empty reply scores 0 on every similarity metric and is
 Writes metrics/eval.json (flat: `<set>.<model>.<metric>`, paired differences
 `<set>.<after>_minus_<before>.<metric>` with `_low`/`_high` 95% bootstrap bounds, per model
 `<model>.preference_accuracy` and `<model>.new_tokens_per_s`), plots/eval.json and the charts in plots/eval/,
-eval/generations.jsonl, and the blind rating sheet with its key (stages.sheet).
+eval/generations.jsonl, the blind rating sheet with its key (stages.sheet), and the stack's model card with
+the headline metrics (stages.cards).
 """
 from __future__ import annotations
 
@@ -30,13 +31,14 @@ from bert_score import BERTScorer
 from transformers import set_seed
 
 from stages import charts
+from stages.cards import recorded, stack_card
 from stages.generation import encoded_sets, generate, held_out_pairs, reply_logprobs
 from stages.judging import Judges, chance
 from stages.modeling import load_model, load_tokenizer, placement
-from stages.outputs import read_jsonl, write_json, write_jsonl
+from stages.outputs import atomic_file, read_jsonl, write_json, write_jsonl
 from stages.params import EvalParams, Params, load_params
 from stages.parsing import DataError, parse_prompts, read_bytes
-from stages.paths import EVAL_PLOT, GENERATIONS, METRICS_DIR, PROBE_SET, SFT_DATA
+from stages.paths import EVAL_PLOT, GENERATIONS, METRICS_DIR, PROBE_SET, SFT_DATA, STACK_CARD
 from stages.scoring import (Measure, chrf, distinct, distinct_replies, interval, mean_of, nltk_bleu, paired_difference,
                             perplexity, preference_accuracy, repeats, resample, sacrebleu_bleu)
 from stages.sheet import write_sheet
@@ -209,6 +211,8 @@ def main() -> None:
                                     if name.endswith(".emotion_chance")})
     write_json(EVAL_PLOT, [row for row in rows if row["model"] != "reference"])
     write_json(METRICS_DIR / "eval.json", metrics)
+    with atomic_file(STACK_CARD) as card:
+        card.write(stack_card(params, *recorded(), metrics).content)
 
 
 if __name__ == "__main__":

@@ -124,6 +124,7 @@ class LoraParams(Strict):
 class TrainParams(Strict):
     """Knobs shared by the sft and dpo stages."""
 
+    preset: str = Field(min_length=1, description="the conf/ preset composed (model cards name it)")
     train_size: Count
     lora: LoraParams
     lr: Positive

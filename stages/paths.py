@@ -1,4 +1,4 @@
-"""Where each stage reads and writes (the data contract in DESIGN.md). dvc.yaml names the same paths."""
+"""Where each stage reads and writes (the data contract in docs/pipeline.md). dvc.yaml names the same paths."""
 from pathlib import Path
 
 SAMPLE_DIR = Path("data/sample")
@@ -21,9 +21,11 @@ JUDGES_DIR = MODELS_DIR / "judges"  # the reply classifiers evaluate scores with
 
 CHECKPOINTS_DIR = Path("checkpoints")  # trainers' working folders; removed after a stage succeeds
 METRICS_DIR = Path("metrics")
+DATA_METRICS = METRICS_DIR / "data.json"  # rows read, kept and dropped (preprocess)
 LIVE_DIR = Path("dvclive")
 PROBE_SET = Path("data/eval/probe.jsonl")  # the project's own prompts with reference replies
 GENERATIONS = Path("eval/generations.jsonl")
+STACK_CARD = Path("eval/model-card.md")  # the model card of base + SFT + DPO, with the headline metrics
 HUMAN_SHEET = Path("eval/human/sheet.csv")  # blind: model names replaced by codes
 HUMAN_KEY = Path("eval/human/key.json")  # code -> model, kept apart from the sheet
 HUMAN_RATINGS = Path("eval/human/ratings")  # filled sheets, one per rater

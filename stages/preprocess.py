@@ -18,7 +18,7 @@ from stages.outputs import write_json, write_jsonl
 from stages.params import load_params
 from stages.parsing import (DPO_DROP_REASONS, ED_DROP_REASONS, EXAMPLE_DROP_REASONS, DataError, Parsed,
                             listener_examples, parse_dpo, parse_empathetic, read_bytes, split_pairs, subsample)
-from stages.paths import DPO_DATA, DPO_FILE, DPO_SUBDIR, ED_SUBDIR, METRICS_DIR, RAW_DIR, SFT_DATA
+from stages.paths import DATA_METRICS, DPO_DATA, DPO_FILE, DPO_SUBDIR, ED_SUBDIR, RAW_DIR, SFT_DATA
 
 SFT_SPLITS = {"train": "train", "eval": "valid", "test": "test"}  # processed split -> raw file
 
@@ -77,7 +77,7 @@ def main() -> None:
     # Everything was parsed and fitted before anything is written: bad input leaves no output behind.
     for path, rows in outputs.items():
         write_jsonl(path, rows)
-    write_json(METRICS_DIR / "data.json", metrics)
+    write_json(DATA_METRICS, metrics)
     print(f"preprocess: sft {[metrics[f'sft.{s}.examples'] for s in SFT_SPLITS]} train/eval/test -> {SFT_DATA}/, "
           f"dpo {len(train)}/{len(held_out)} train/eval -> {DPO_DATA}/")
 

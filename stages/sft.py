@@ -14,6 +14,7 @@ from pathlib import Path
 from transformers import set_seed
 from trl import SFTConfig, SFTTrainer
 
+from stages.cards import adapter_card, recorded
 from stages.modeling import check_targets, load_base_model, load_tokenizer, lora_config
 from stages.outputs import write_json
 from stages.params import load_params
@@ -74,12 +75,11 @@ def main() -> None:
     final = final_evaluation(trainer)
     if not trainer.is_world_process_zero():
         return
-    save_adapter(trainer, SFT_MODEL, below="base")
     clock = TrainClock.of(trainer)
     # The share of all epochs that these steps trained (all of it, or what a resumed run had left).
     passes = params.sft.epochs * clock.steps / trainer.state.max_steps
     tokens_per_s, examples_per_s = throughput(trainer.train_dataset, passes, clock.seconds)
-    write_json(METRICS_DIR / "sft.json", {
+    metrics = {
         "base_eval_loss": base_eval_loss,
         "eval_loss": final["eval_loss"],
         "train_loss": result.training_loss,
@@ -90,7 +90,9 @@ def main() -> None:
         "train_examples_per_s": examples_per_s,
         "steps": trainer.state.global_step,
         "lr": trainer.args.learning_rate,  # sft.lr times model.lr_scale
-    })
+    }
+    save_adapter(trainer, SFT_MODEL, below="base", card=adapter_card("sft", params, *recorded(), metrics))
+    write_json(METRICS_DIR / "sft.json", metrics)
     print(f"sft: eval loss {base_eval_loss:.4f} (base) -> {final['eval_loss']:.4f}; adapter in {SFT_MODEL}/")
 
 

@@ -195,9 +195,10 @@ def final_evaluation(trainer) -> dict:
     return logged[-1] if logged else trainer.evaluate()
 
 
-def save_adapter(trainer, out: Path, below: Stage) -> None:
-    """Write the trained adapter, the tokenizer and a fingerprint of the stack `below` it to `out`
-    atomically, then empty the run's checkpoint folder (DVC keeps the folder itself: persist)."""
+def save_adapter(trainer, out: Path, below: Stage, card) -> None:
+    """Write the trained adapter, the tokenizer, its model card (a huggingface_hub ModelCard, in place of PEFT's
+    empty template) and a fingerprint of the stack `below` it to `out` atomically, then empty the run's
+    checkpoint folder (DVC keeps the folder itself: persist)."""
     with atomic_dir(out) as tmp:
         trainer.model.save_pretrained(tmp, selected_adapters=["default"])  # the trained one, not the SFT beneath
         # PEFT keeps target_modules as a set and writes it in the order of the process's string hashes: sorted,
@@ -208,6 +209,7 @@ def save_adapter(trainer, out: Path, below: Stage) -> None:
             config["target_modules"] = sorted(config["target_modules"])
         config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         trainer.processing_class.save_pretrained(tmp)
+        card.save(tmp / "README.md")
         record_base(tmp, below)
     run_dir = Path(trainer.args.output_dir)
     shutil.rmtree(run_dir)

@@ -92,7 +92,7 @@ def use_test_preset(repo: Path) -> None:
 
 def cloned_and_reproduced(dest: Path) -> Path:
     """The project as a fresh clone (a git repo) at `dest`, on the test preset, after one `dvc repro` (log in
-    repro.log)."""
+    repro.log), its results committed."""
     repo = copy_project(dest)
     use_test_preset(repo)
     run(["git", "init", "-q"], repo)
@@ -100,6 +100,9 @@ def cloned_and_reproduced(dest: Path) -> Path:
     run(["git", "-c", "user.name=test", "-c", "user.email=test@localhost", "commit", "-qm", "clone"], repo)
     result = run(["dvc", "repro"], repo)
     (repo / "repro.log").write_text(result.stdout)
+    # Committed as a user would: an experiment then starts from this dvc.lock and reruns only what it changes.
+    run(["git", "add", "-A"], repo)
+    run(["git", "-c", "user.name=test", "-c", "user.email=test@localhost", "commit", "-qm", "dvc repro"], repo)
     return repo
 
 

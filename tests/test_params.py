@@ -60,7 +60,7 @@ def test_sft_preset_changes_exactly_the_tables_knobs(tmp_path, preset):
     expected = {"lora.r": r, "lora.alpha": alpha, "train_size": train, "lr": lr,
                 "batch_size": batch, "eval_batch_size": eval_batch, "warmup_ratio": warmup,
                 "lora.dropout": 0.05, "lora.target_modules": SEVEN, "epochs": 3, "grad_accum": 2,
-                "scheduler": "cosine", "weight_decay": 0.01}
+                "scheduler": "cosine", "weight_decay": 0.01, "preset": preset}
     default, variant = composed(tmp_path), composed(tmp_path, f"sft={preset}")
     assert {k: v for k, v in flat(variant["sft"]).items() if k in expected} == expected
     changed = {k for k in flat(variant) if flat(variant)[k] != flat(default)[k]}
@@ -74,7 +74,7 @@ def test_dpo_preset_changes_exactly_the_tables_knobs(tmp_path, preset):
     expected = {"lora.r": r, "lora.alpha": alpha, "lora.target_modules": targets, "train_size": train, "lr": lr, "batch_size": batch, "eval_batch_size": eval_batch,
                 "max_steps": steps, "lora.dropout": 0.05, "beta": 0.1, "grad_accum": 4, "warmup_steps": 10,
                 "max_prompt_length": 512, "max_length": 768,
-                "use_system_prompt": True, "max_epochs": 3}
+                "use_system_prompt": True, "max_epochs": 3, "preset": preset}
     default, variant = composed(tmp_path), composed(tmp_path, f"dpo={preset}")
     assert {k: v for k, v in flat(variant["dpo"]).items() if k in expected} == expected
     changed = {k for k in flat(variant) if flat(variant)[k] != flat(default)[k]}

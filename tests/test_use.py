@@ -73,11 +73,13 @@ def test_export_loads_without_peft_and_matches_the_adapter_stack(pipeline, tmp_p
 def test_an_adapter_on_a_different_base_is_refused_by_name(pipeline_copy):
     edit_params(pipeline_copy / "params.yaml", seed=7)  # a different random base model
     run(["python", "-m", "stages.base_model"], pipeline_copy)
-    for command in (["python", "-m", "stages.evaluate"], ["python", "-m", "tools.chat", "--prompt", "hi"]):
+    for command in (["python", "-m", "stages.evaluate"], ["python", "-m", "tools.chat", "--prompt", "hi"],
+                    ["python", "-m", "tools.export", "--out", "exported"]):
         result = run(command, pipeline_copy, check=False)
         assert result.returncode == 1
         assert "models/sft/ was trained on a different base model than the one in models/ now" in result.stderr
         assert "generate:" not in result.stderr  # refused before a single reply was generated
+    assert not (pipeline_copy / "exported").exists()
 
 
 def test_chat_budgets_prompts_from_the_models_context_not_sft_max_length(pipeline_copy):

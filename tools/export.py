@@ -1,27 +1,44 @@
-"""Merge the adapters into a standalone model directory that loads with plain transformers, no peft.
+"""Merge the adapters into one model that runs without peft: a transformers folder, or GGUF for llama.cpp and Ollama.
 
-    python -m tools.export --model dpo --out exported/dpo
+    python -m tools.export --model dpo --out exported/dpo                          # float32 folder
+    python -m tools.export --model dpo --out exported/dpo-bf16 --dtype bfloat16    # half the size
+    python -m tools.export --model dpo --out exported/dpo-gguf --format gguf --gguf-type q8_0
 
-The merge is done in float32 and the weights are saved in float32: cast to bf16, an update smaller than
-half a bf16 step of its weight would round away. After writing, it checks the export on the accelerator
-when there is one: the logits of `AutoModelForCausalLM.from_pretrained(<out>)` must match the unmerged
-adapter stack, both in float32, on a probe conversation.
+The merge is always done in float32 (merged into bf16 weights, an update smaller than half a bf16 step of its
+weight rounds away); a smaller dtype or a GGUF type is the last step. Every export is then loaded back
+(transformers, or transformers' GGUF reader) and its logits on a probe conversation compared with the float32
+adapter stack: the largest difference is printed and recorded in export.json beside the files, with what was
+exported from which stack. A float32 folder must match within 1e-4. The folder also gets the stack's model card
+(README.md), and a GGUF export an Ollama Modelfile.
+
+The export is written to a temporary folder beside --out and renamed into place when it is complete, so a runner
+never finds half a file; an existing --out is replaced only if it is an earlier export.
 """
 from __future__ import annotations
 
 import argparse
+import errno
+import json
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM
 
+from stages.cards import recorded, stack_card
 from stages.modeling import encode, load_model, load_tokenizer, merged_model, placement
 from stages.outputs import atomic_dir
+from stages.params import load_params
+from stages.paths import METRICS_DIR
+from stages.stacks import ADAPTERS, fingerprint
+from tools.runners import modelfile, write_gguf
 
 PROBE = [{"role": "system", "content": "You are a kind listener."},
          {"role": "user", "content": "I didn't get the job, and I really wanted it."}]
-TOLERANCE = 1e-4  # max |logit difference| in float32
+TOLERANCE = 1e-4  # max |logit difference| of a float32 folder
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+RECORD = "export.json"
 
 
 def max_logit_difference(exported, reference, tokenizer) -> float:
@@ -29,29 +46,91 @@ def max_logit_difference(exported, reference, tokenizer) -> float:
     with torch.no_grad():
         a = exported(input_ids=ids.to(exported.device)).logits.float()
         b = reference(input_ids=ids.to(reference.device)).logits.float()
-    return (a - b).abs().max().item()
+    return (a.cpu() - b.cpu()).abs().max().item()
 
 
-def export(stage: str, out: Path) -> float:
+def check_destination(out: Path) -> None:
+    if out.exists() and not (out / RECORD).is_file():
+        raise SystemExit(f"export: {out} exists and is not an earlier export (no {RECORD} in it); choose another "
+                         "--out or remove it")
+
+
+def write_files(stage: str, folder: Path, fmt: str, dtype: str, gguf_type: str) -> tuple[str, dict]:
+    """The merged model in `folder`; returns the GGUF file to load back (none for a folder) and what the GGUF
+    writer kept at a higher precision."""
     tokenizer = load_tokenizer()
-    with atomic_dir(out) as tmp:
-        merged_model(stage).save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+    model = merged_model(stage)
+    if fmt == "folder":
+        model.to(DTYPES[dtype]).save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        return "", {}
+    name = f"model-{gguf_type}.gguf"
+    with tempfile.TemporaryDirectory() as tokenizer_dir:  # the GGUF carries the tokenizer; its files are not kept
+        tokenizer.save_pretrained(tokenizer_dir)
+        kept = write_gguf(model, Path(tokenizer_dir), folder / name, gguf_type, f"{stage} stack")
+    (folder / "Modelfile").write_text(modelfile(tokenizer, name, load_params().sft.system_prompt))
+    return name, {"kept_at_higher_precision": kept}
+
+
+def card(stage: str, fmt: str):
+    """The stack's card, for the merged model: loads with transformers (or a GGUF runner), not peft."""
+    scores_path = METRICS_DIR / "eval.json"
+    scores = json.loads(scores_path.read_text()) if scores_path.is_file() else {}
+    model_card = stack_card(load_params(), *recorded(), scores, model=stage)
+    model_card.data.library_name = "gguf" if fmt == "gguf" else "transformers"
+    model_card.data.tags = [*model_card.data.tags, "merged", *(["gguf"] if fmt == "gguf" else [])]
+    return model_card
+
+
+def export(stage: str, out: Path, fmt: str = "folder", dtype: str = "float32", gguf_type: str = "q8_0") -> dict:
+    check_destination(out)
+    tokenizer = load_tokenizer()
     device = placement()[0]
-    exported = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).to(device).eval()
-    difference = max_logit_difference(exported, load_model(stage, device, torch.float32), tokenizer)
-    if difference > TOLERANCE:
-        raise SystemExit(f"export: {out} does not match the adapter stack: max |logit difference| {difference:.2e}")
-    return difference
+    with atomic_dir(out) as tmp:
+        gguf_file, extra = write_files(stage, tmp, fmt, dtype, gguf_type)
+        exported = AutoModelForCausalLM.from_pretrained(
+            tmp, **({"gguf_file": gguf_file} if gguf_file else {}),
+            dtype=torch.float32 if gguf_file else DTYPES[dtype]).to(device).eval()
+        difference = max_logit_difference(exported, load_model(stage, device, torch.float32), tokenizer)
+        del exported
+        if fmt == "folder" and dtype == "float32" and difference > TOLERANCE:
+            raise SystemExit(f"export: the merged model does not match the adapter stack: max |logit difference| "
+                             f"{difference:.2e} (allowed {TOLERANCE:.0e}); nothing was written to {out}")
+        if stage != "base":
+            card(stage, fmt).save(tmp / "README.md")
+        record = {
+            "model": stage, "stack": ["base", *(path.name for path in ADAPTERS[stage])],
+            "stack_sha256": fingerprint(stage), "format": fmt,
+            **({"gguf_type": gguf_type} if fmt == "gguf" else {"dtype": dtype}),
+            "max_logit_difference": difference,
+            "compared_with": "the float32 adapter stack, unmerged, on the probe conversation in tools/export.py",
+            **extra,
+            "files": {path.name: path.stat().st_size for path in sorted(tmp.iterdir()) if path.is_file()},
+        }
+        (tmp / RECORD).write_text(json.dumps(record, indent=2) + "\n")
+    return record
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=["base", "sft", "dpo"], default="dpo")
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True, help="the folder to write (replaced if an earlier export)")
+    parser.add_argument("--format", choices=["folder", "gguf"], default="folder")
+    parser.add_argument("--dtype", choices=list(DTYPES), default="float32",
+                        help="the folder's weights, cast after the float32 merge (--format folder)")
+    parser.add_argument("--gguf-type", choices=["f16", "q8_0"], default="q8_0", help="the GGUF tensor type")
     args = parser.parse_args(argv)
-    difference = export(args.model, args.out)
-    print(f"export: {args.model} -> {args.out}/ (logits match the adapter stack: max difference {difference:.1e})")
+    if args.format == "gguf" and args.dtype != "float32":
+        parser.error("--dtype applies to --format folder; a GGUF export takes --gguf-type")
+    try:
+        record = export(args.model, args.out, args.format, args.dtype, args.gguf_type)
+    except OSError as error:
+        if error.errno != errno.ENOSPC:
+            raise
+        raise SystemExit(f"export: the disk filled while writing {args.out}; nothing was left there") from None
+    size = sum(record["files"].values()) / 2**20
+    print(f"export: {args.model} -> {args.out}/ ({args.format}, {record.get('dtype') or record['gguf_type']}, "
+          f"{size:.1f} MiB); max logit difference to the float32 adapter stack {record['max_logit_difference']:.2e}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,202 @@
+"""Model cards in the Hugging Face format (YAML metadata, then Markdown), for a folder that may be pushed to the
+Hub as it is: each adapter's README.md, written by the stage that trains it in place of PEFT's empty template,
+and the stack's card, written by evaluate with the headline metrics and their intervals (tools.export puts
+it beside an exported model).
+
+Everything on a card is read from files the stage already depends on: params.yaml, models/source.json (what the
+base model is), metrics/data.json (the rows), the stage's own metrics.
+"""
+from __future__ import annotations
+
+import json
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from stages.params import DPOParams, ModelParams, Params, SFTParams
+from stages.paths import DATA_METRICS, MODEL_SOURCE
+
+DATASETS = {"sft": "facebook/empathetic_dialogues", "dpo": "HumanLLMs/Human-Like-DPO-Dataset"}
+# The trained weights carry EmpatheticDialogues' terms (CC BY-NC 4.0): the SFT adapter is trained on it, and the
+# DPO adapter on top of the SFT adapter.
+LICENSE = "cc-by-nc-4.0"
+LICENSES = """\
+- EmpatheticDialogues: CC BY-NC 4.0 (non-commercial use, with attribution); it binds both adapters, since the
+  DPO adapter is trained on top of the SFT adapter.
+- HumanLLMs/Human-Like-DPO-Dataset: the terms on its dataset card.
+- The base model: its own licence (TinyLlama-1.1B-Chat-v1.0 and SmolLM2-135M-Instruct: Apache-2.0).
+- The code that trained them: MIT."""
+STACK = {"sft": ["sft"], "dpo": ["sft", "dpo"]}
+# The prompt sets as the Hub's model-index names them: (dataset type, dataset name)
+PROMPT_SETS = {"ed_test": (DATASETS["sft"], "EmpatheticDialogues test"), "probe": ("probe", "probe prompts")}
+# (metrics/eval.json key, what it is): the headline rows of the stack card
+HEADLINES = [
+    ("ed_test.{model}.humanlike", "human-like replies (share, DPO-data classifier)"),
+    ("ed_test.{model}.emotion_accuracy", "emotion named from the reply (accuracy)"),
+    ("ed_test.{model}.bertscore_f1", "BERTScore F1 against the real listener"),
+    ("ed_test.{model}.stop_rate", "replies that end with EOS"),
+    ("probe.{model}.humanlike", "human-like replies (share, DPO-data classifier)"),
+]
+
+
+def recorded() -> tuple[dict, dict]:
+    """What the cards are made of besides params and a stage's metrics: the base model's pin and the row counts."""
+    return json.loads(MODEL_SOURCE.read_text()), json.loads(DATA_METRICS.read_text())
+
+
+def base_metadata(model: ModelParams, source: dict) -> dict:
+    """`base_model` (a hub id, where the base has one) and `base_model_pin`: which bytes it was. `source` is
+    models/source.json, the pin the base model was built from."""
+    if source["kind"] == "hub":
+        return {"base_model": source["name"], "base_model_pin": f"revision {source['revision']}"}
+    if source["kind"] == "gguf":
+        return {"base_model": model.name,  # the GGUF file's hub id
+                "base_model_pin": f"GGUF file {source['file']} of the {source['distribution']} wheel, "
+                                  f"sha256 {source['sha256']}"}
+    if source["kind"] == "folder":
+        return {"base_model_pin": f"local folder {source['name']}, sha256 of its files {source['sha256']}"}
+    return {"base_model_pin": "the tiny random-weight Llama that the base_model stage builds from data/sample/"}
+
+
+def _loading(stage: str, base: str) -> str:
+    lines = ["from peft import PeftModel", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
+             f'base = AutoModelForCausalLM.from_pretrained("{base}")',
+             'tokenizer = AutoTokenizer.from_pretrained("<sft adapter folder>")',
+             'model = PeftModel.from_pretrained(base, "<sft adapter folder>", adapter_name="sft")']
+    if stage == "dpo":
+        lines += ['model.load_adapter("<dpo adapter folder>", adapter_name="dpo")',
+                  "# both adapters active, unmerged, as in training: base -> SFT -> DPO",
+                  'model.base_model.set_adapter(["sft", "dpo"], inference_mode=True)']
+    return "```python\n" + "\n".join(lines) + "\n```"
+
+
+def _training_rows(stage: str, train: SFTParams | DPOParams, lr: float, data: dict) -> list[tuple[str, str]]:
+    lora = train.lora
+    targets = lora.target_modules if isinstance(lora.target_modules, str) else ", ".join(lora.target_modules)
+    rows = [("preset", train.preset), ("learning rate used", f"{lr:g}"),
+            ("batch", f"{train.batch_size} x {train.grad_accum} gradient accumulation"),
+            ("LoRA", f"r {lora.r}, alpha {lora.alpha}, dropout {lora.dropout}, on {targets}")]
+    if stage == "sft":
+        rows += [("epochs", str(train.epochs)), ("max length", f"{train.max_length} tokens"),
+                 ("training examples", str(data["sft.train.examples"])),
+                 ("eval examples", str(data["sft.eval.examples"]))]
+    else:
+        rows += [("beta", f"{train.beta:g}"), ("max steps", f"{train.max_steps} (or {train.max_epochs} passes)"),
+                 ("max length", f"{train.max_length} tokens"),
+                 ("training pairs", str(data["dpo.train.pairs"])), ("held-out pairs", str(data["dpo.eval.pairs"]))]
+    return rows
+
+
+def _table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def adapter_card(stage: str, params: Params, source: dict, data: dict, trained: dict) -> ModelCard:
+    """The card of the adapter `stage` trains. `trained`: the stage's own metrics (metrics/<stage>.json)."""
+    train = params.sft if stage == "sft" else params.dpo
+    meta = base_metadata(params.model, source)
+    metadata = ModelCardData(
+        **meta, library_name="peft", license=LICENSE, language="en", pipeline_tag="text-generation",
+        datasets=[DATASETS[name] for name in STACK[stage]], tags=["peft", "lora", "trl", stage],
+        model_name=f"{stage}-adapter", stack=["base", *STACK[stage]], preset=train.preset, lr=trained["lr"],
+        lora_r=train.lora.r, lora_alpha=train.lora.alpha, **({"beta": params.dpo.beta} if stage == "dpo" else {}))
+    if stage == "sft":
+        purpose = ("A LoRA adapter from supervised fine-tuning on EmpatheticDialogues listener turns, so the model "
+                   "answers people with empathy. The loss was on the listener's reply and its end-of-sequence "
+                   "token only.")
+        result = _table([("eval loss, base model", f"{trained['base_eval_loss']:.4f}"),
+                         ("eval loss, with this adapter", f"{trained['eval_loss']:.4f}")], ("", "value"))
+    else:
+        purpose = ("A LoRA adapter from Direct Preference Optimization on Human-Like-DPO pairs, so the model "
+                   "sounds human. It was trained on top of the SFT adapter (unmerged, frozen), and the DPO "
+                   "reference was base + SFT adapter: load it on exactly that stack.")
+        result = _table([("reward accuracy", f"{trained['eval.rewards_accuracies']:.3f}"),
+                         ("reward margin", f"{trained['eval.rewards_margins']:.3f}"),
+                         ("eval loss", f"{trained['eval.loss']:.4f}")], ("held-out pairs", "value"))
+    body = f"""
+# {stage.upper()} adapter: {meta.get('base_model', 'the embedded tiny model')}
+
+{purpose}
+
+Base model: {meta.get('base_model', 'none on the Hub')} ({meta['base_model_pin']}).
+
+## How to load it
+
+The stack is base, then SFT{', then DPO' if stage == 'dpo' else ''}, in that order, with the adapters unmerged as
+they were trained:
+
+{_loading(stage, meta.get('base_model', '<base model folder>'))}
+
+## Training
+
+{_table(_training_rows(stage, train, trained['lr'], data), ('', 'value'))}
+
+## Results at the end of training
+
+{result}
+
+The stack's evaluation (held-out prompts, with intervals) is in the evaluate stage's card.
+
+## Licences
+
+{LICENSES}
+"""
+    return ModelCard(f"---\n{metadata.to_yaml()}\n---\n{body}")
+
+
+def stack_card(params: Params, source: dict, data: dict, scores: dict, model: str = "dpo") -> ModelCard:
+    """The card of the stack up to `model`, with its headline metrics (metrics/eval.json) as the Hub's
+    model-index and as a table with 95% intervals."""
+    meta = base_metadata(params.model, source)
+    present = [(key.format(model=model), name) for key, name in HEADLINES if key.format(model=model) in scores]
+    results = [EvalResult(task_type="text-generation", dataset_type=PROMPT_SETS[key.split(".")[0]][0],
+                          dataset_name=PROMPT_SETS[key.split(".")[0]][1], metric_type=key.rsplit(".", 1)[1],
+                          metric_name=name, metric_value=scores[key])
+               for key, name in present]
+    metadata = ModelCardData(
+        **meta, library_name="peft", license=LICENSE, language="en", pipeline_tag="text-generation",
+        datasets=[DATASETS[name] for name in STACK[model]], tags=["peft", "lora", "trl", *STACK[model]],
+        model_name=f"base+{'+'.join(STACK[model])}", eval_results=results, stack=["base", *STACK[model]],
+        sft_preset=params.sft.preset, dpo_preset=params.dpo.preset)
+    rows = [(name, PROMPT_SETS[key.split(".")[0]][1], f"{scores[key]:.3f}",
+             f"[{scores[key + '_low']:.3f}, {scores[key + '_high']:.3f}]" if key + "_low" in scores else "")
+            for key, name in present]
+    differences = [(f"{key}", f"{scores[key]:+.3f}", f"[{scores[key + '_low']:+.3f}, {scores[key + '_high']:+.3f}]",
+                    "yes" if scores[key + "_low"] > 0 or scores[key + "_high"] < 0 else "no")
+                   for key in sorted(scores) if "_minus_" in key and not key.endswith(("_low", "_high"))
+                   and key + "_low" in scores and key.rsplit(".", 1)[1] in ("humanlike", "emotion_accuracy",
+                                                                            "bertscore_f1")]
+    replies = ("Greedy replies" if params.eval.temperature == 0
+               else f"Replies sampled at temperature {params.eval.temperature:g}")
+    reference = [f"{name} {scores[key]:.3f}" for key, name in (
+        ("ed_test.reference.humanlike", "human-like"), ("ed_test.reference.emotion_accuracy", "emotion named"),
+        ("ed_test.emotion_chance", "emotion by chance (the commonest label)")) if key in scores]
+    body = f"""
+# base + {' + '.join(a.upper() for a in STACK[model])}: {meta.get('base_model', 'the embedded tiny model')}
+
+The base model ({meta['base_model_pin']}) with the LoRA adapter from SFT on EmpatheticDialogues (preset
+{params.sft.preset}){f' and the one from DPO on Human-Like-DPO (preset {params.dpo.preset})' if model == 'dpo' else ''}, loaded
+in that order and unmerged.
+
+## Evaluation
+
+{replies} of at most {params.eval.max_new_tokens} new tokens to {min(params.eval.test_size, data['sft.test.examples'])} held-out
+EmpatheticDialogues test prompts and to the probe prompts; 95% bootstrap intervals over prompts.
+
+{_table(rows, ('metric', 'prompts', 'value', '95% interval'))}
+
+The real listeners' replies to the same prompts, scored alike: {'; '.join(reference) or 'not scored'}.
+
+Paired differences (decided: the interval excludes 0):
+
+{_table(differences, ('difference', 'value', '95% interval', 'decided'))}
+
+## Training data
+
+{data['sft.train.examples']} SFT examples, {data['dpo.train.pairs']} DPO pairs.
+
+## Licences
+
+{LICENSES}
+"""
+    return ModelCard(f"---\n{metadata.to_yaml()}\n---\n{body}")

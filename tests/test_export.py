@@ -1,0 +1,204 @@
+"""Taking the model out: GGUF files that transformers reads back with the stack's logits, an Ollama Modelfile
+whose template renders what the chat template renders, half-precision folders that say what they cost, and
+refusals that leave nothing half-written."""
+import errno
+import json
+import re
+
+import gguf
+import pytest
+import torch
+import yaml
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from conftest import ROOT, run, shared_file
+from stages.modeling import encode, load_tokenizer, merged_model
+from stages.params import GgufParams
+from stages.sources import gguf_path
+from tools import export as export_tool
+from tools.runners import llama_rows, modelfile
+
+CONVERSATION = [{"role": "system", "content": "Be kind."},
+                {"role": "user", "content": "I lost my job today."},
+                {"role": "assistant", "content": "I'm so sorry. That is a hard day."},
+                {"role": "user", "content": "Thanks. What should I do now?"}]
+# Largest |logit difference| to the float32 merged model, as a share of its largest |logit|: f16 keeps 11
+# significant bits of each weight (measured here: 0.1%); q8_0 stores blocks of 32 weights as 8-bit integers with
+# one f16 scale each (measured: 2.4% on the tiny model).
+TOLERANCE = {"f16": 0.005, "q8_0": 0.05}
+
+
+# --- a small interpreter of the Go template subset the Modelfile uses ---------------------------------------
+
+def go_render(template: str, messages: list[dict]) -> str:
+    """`{{ range .Messages }}`, `{{ if eq .Role "x" }}` / `{{ else if ... }}` / `{{ end }}`, `{{ .Content }}`."""
+    tokens = re.split(r"({{.*?}})", template)
+
+    def block(position: int, message: dict | None) -> tuple[str, int]:
+        out, active, taken = [], [True], [False]  # stacks for nested ifs within this block
+        while position < len(tokens):
+            token = tokens[position]
+            action = token[2:-2].strip() if token.startswith("{{") else None
+            position += 1
+            if action is None:
+                if all(active):
+                    out.append(token)
+            elif action == "range .Messages":
+                start, rendered = position, ""
+                for each in messages:
+                    text, position = block(start, each)
+                    rendered += text
+                if not messages:
+                    _, position = block(start, {"Role": None, "Content": ""})
+                if all(active):
+                    out.append(rendered)
+            elif action.startswith(("if ", "else if ")):
+                role = re.fullmatch(r'(?:else )?if eq \.Role "(\w+)"', action).group(1)
+                if action.startswith("if "):
+                    active.append(False)
+                    taken.append(False)
+                hit = not taken[-1] and message["Role"] == role
+                active[-1] = hit
+                taken[-1] = taken[-1] or hit
+            elif action == "end":
+                if len(active) == 1:
+                    return "".join(out), position
+                active.pop()
+                taken.pop()
+            elif action == ".Content":
+                if all(active):
+                    out.append(message["Content"])
+            else:
+                raise AssertionError(f"outside the subset: {token}")
+        return "".join(out), position
+
+    return block(0, None)[0]
+
+
+def template_of(text: str) -> str:
+    return re.search(r'^TEMPLATE """(.*?)"""$', text, re.S | re.M).group(1)
+
+
+def as_ollama(messages: list[dict]) -> list[dict]:
+    return [{"Role": m["role"], "Content": m["content"]} for m in messages]
+
+
+@pytest.fixture(scope="module")
+def tinyllama():
+    return AutoTokenizer.from_pretrained(shared_file("tinyllama", "tokenizer.json").parent)
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    path = gguf_path(GgufParams(**yaml.safe_load((ROOT / "conf/model/smollm2.yaml").read_text())["gguf"]))
+    return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+
+
+@pytest.mark.parametrize("name", ["tinyllama", "smollm2"])
+def test_the_modelfile_template_renders_what_the_chat_template_renders(name, request):
+    tokenizer = request.getfixturevalue(name)
+    text = modelfile(tokenizer, "model-q8_0.gguf", "Be kind.")
+    for turns in (CONVERSATION[:2], CONVERSATION):
+        expected = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+        assert go_render(template_of(text), as_ollama(turns)) == expected
+    assert f'PARAMETER stop "{tokenizer.eos_token}"' in text
+    assert 'SYSTEM """Be kind."""' in text and text.startswith("FROM ./model-q8_0.gguf\n")
+
+
+def test_the_interpreter_follows_the_go_subset():
+    template = '{{ range .Messages }}{{ if eq .Role "user" }}U:{{ .Content }};{{ else if eq .Role "system" }}' \
+               'S:{{ .Content }};{{ end }}{{ end }}A:'
+    assert go_render(template, [{"Role": "system", "Content": "x"}, {"Role": "user", "Content": "y"},
+                                {"Role": "assistant", "Content": "z"}]) == "S:x;U:y;A:"
+
+
+def test_llama_rows_is_the_inverse_of_what_transformers_undoes():
+    from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
+
+    weight = torch.arange(8 * 3, dtype=torch.float32).reshape(8, 3).numpy()
+    back = LlamaTensorProcessor(config={})._reverse_permute_weights(llama_rows(weight, 2), 2, 2)
+    assert (back == weight).all() and not (llama_rows(weight, 2) == weight).all()
+
+
+@pytest.fixture(scope="module")
+def merged_logits(pipeline):
+    """The float32 merged DPO stack's logits on the conversation (the reference every export is held to)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(pipeline)
+        tokenizer = load_tokenizer()
+        ids = torch.tensor([encode(tokenizer, CONVERSATION)[0]])
+        with torch.no_grad():
+            return ids, merged_model("dpo")(input_ids=ids).logits
+
+
+@pytest.mark.parametrize("kind", ["f16", "q8_0"])
+def test_gguf_reads_back_with_the_merged_models_logits_and_template(kind, pipeline, merged_logits, tmp_path):
+    out = tmp_path / kind
+    result = run(["python", "-m", "tools.export", "--model", "dpo", "--format", "gguf", "--gguf-type", kind,
+                  "--out", str(out)], pipeline)
+    assert f"{out}/ (gguf, {kind}," in result.stdout
+    name = f"model-{kind}.gguf"
+    model = AutoModelForCausalLM.from_pretrained(out, gguf_file=name, dtype=torch.float32).eval()
+    ids, reference = merged_logits
+    with torch.no_grad():
+        difference = (model(input_ids=ids).logits - reference).abs().max().item()
+    scale = reference.abs().max().item()
+    assert 0 < difference < TOLERANCE[kind] * scale  # the rounded model, close to the float32 one
+    record = json.loads((out / "export.json").read_text())
+    assert record["gguf_type"] == kind and 0 < record["max_logit_difference"] < TOLERANCE[kind] * scale
+    assert record["files"][name] == (out / name).stat().st_size
+
+    reader = gguf.GGUFReader(out / name)
+    tokenizer = AutoTokenizer.from_pretrained(pipeline / "models" / "sft")
+    template = reader.fields["tokenizer.chat_template"]
+    assert template.contents() == tokenizer.chat_template
+    read_back = AutoTokenizer.from_pretrained(out, gguf_file=name)
+    assert read_back.chat_template == tokenizer.chat_template
+    text = tokenizer.apply_chat_template(CONVERSATION, tokenize=False, add_generation_prompt=True)
+    assert read_back(text).input_ids == tokenizer(text).input_ids
+    types = {tensor.name: tensor.tensor_type.name for tensor in reader.tensors}
+    assert types["blk.0.attn_q.weight"] == kind.upper() and types["output_norm.weight"] == "F32"
+    modelfile_text = (out / "Modelfile").read_text()
+    assert modelfile_text.startswith(f"FROM ./{name}\n")
+    assert go_render(template_of(modelfile_text), as_ollama(CONVERSATION)) == text
+
+
+def test_a_half_precision_folder_records_what_it_costs(pipeline, merged_logits, tmp_path):
+    full, half = tmp_path / "f32", tmp_path / "bf16"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(pipeline)
+        exact = export_tool.export("dpo", full)
+        record = export_tool.export("dpo", half, dtype="bfloat16")
+    assert exact["max_logit_difference"] < export_tool.TOLERANCE
+    assert export_tool.TOLERANCE < record["max_logit_difference"] < 0.5
+    assert record["dtype"] == "bfloat16" and record["stack"] == ["base", "sft", "dpo"]
+    ratio = record["files"]["model.safetensors"] / exact["files"]["model.safetensors"]
+    assert 0.45 < ratio < 0.55
+    model = AutoModelForCausalLM.from_pretrained(half)
+    assert next(model.parameters()).dtype == torch.bfloat16
+    card = (half / "README.md").read_text()
+    assert "library_name: transformers" in card and "merged" in card
+
+
+def test_refusals_leave_nothing_half_written(pipeline_copy, monkeypatch):
+    for argv, message in ((["--format", "onnx"], "invalid choice: 'onnx'"),
+                          (["--dtype", "int4"], "invalid choice: 'int4'"),
+                          (["--format", "gguf", "--dtype", "bfloat16"], "--dtype applies to --format folder")):
+        result = run(["python", "-m", "tools.export", "--out", "out", *argv], pipeline_copy, check=False)
+        assert result.returncode == 2 and message in result.stderr and not (pipeline_copy / "out").exists()
+
+    precious = pipeline_copy / "notes"
+    precious.mkdir()
+    (precious / "keep.txt").write_text("mine")
+    result = run(["python", "-m", "tools.export", "--out", "notes"], pipeline_copy, check=False)
+    assert result.returncode == 1 and "notes exists and is not an earlier export" in result.stderr
+    assert (precious / "keep.txt").read_text() == "mine"
+
+    earlier = export_tool.export("sft", pipeline_copy / "out")  # an earlier export is replaced in place...
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(export_tool, "write_gguf", full_disk)
+    with pytest.raises(SystemExit, match="the disk filled while writing out; nothing was left there"):
+        export_tool.main(["--out", "out", "--format", "gguf"])
+    assert json.loads((pipeline_copy / "out" / "export.json").read_text()) == earlier  # ...only when complete
+    assert not [p for p in pipeline_copy.iterdir() if p.name.startswith(".out.tmp-")]
