@@ -94,14 +94,14 @@ def smollm2():
     return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
 
 
-@pytest.mark.parametrize("name", ["tinyllama", "smollm2"])
-def test_the_modelfile_template_renders_what_the_chat_template_renders(name, request):
+@pytest.mark.parametrize("name, stops", [("tinyllama", ["</s>"]), ("smollm2", ["<|im_end|>", "<|im_start|>"])])
+def test_the_modelfile_template_renders_what_the_chat_template_renders(name, stops, request):
     tokenizer = request.getfixturevalue(name)
     text = modelfile(tokenizer, "model-q8_0.gguf", "Be kind.")
     for turns in (CONVERSATION[:2], CONVERSATION):
         expected = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
         assert go_render(template_of(text), as_ollama(turns)) == expected
-    assert f'PARAMETER stop "{tokenizer.eos_token}"' in text
+    assert re.findall(r'^PARAMETER stop "(.*)"$', text, re.M) == stops  # the end of a turn, and the next one's start
     assert 'SYSTEM """Be kind."""' in text and text.startswith("FROM ./model-q8_0.gguf\n")
 
 

@@ -45,7 +45,7 @@ def start_in_background(folder: Path) -> None:
     run(["git", "add", "-A"], repo)
     run(["git", "-c", "user.name=test", "-c", "user.email=test@localhost", "commit", "-qm", "clone"], repo)
     log = open(repo / "exp-run.log", "w")
-    BACKGROUND.update(repo=repo, log=log, start=time.monotonic(), process=subprocess.Popen(
+    BACKGROUND.update(repo=repo, log=log, start=time.time(), process=subprocess.Popen(
         ["dvc", "exp", "run", *PROFILE, "-S", f"data.local_dir={data}"], cwd=repo, stdout=log,
         stderr=subprocess.STDOUT,
         # one thread: the other core is the rest of the suite's; two processes of two threads each on two cores
@@ -54,14 +54,19 @@ def start_in_background(folder: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def real_run(tmp_path_factory):
+def real_run(tmp_path_factory, pytestconfig):
     if not BACKGROUND:  # run alone, or without the reference rows (real_rows skips then)
         start_in_background(tmp_path_factory.mktemp("real"))
+    waited_from = time.time()
     returncode = BACKGROUND["process"].wait()
     BACKGROUND["log"].close()
     repo = BACKGROUND["repo"]
     assert returncode == 0, (repo / "exp-run.log").read_text()[-5000:]
-    print(f"real-model profile: dvc exp run done {time.monotonic() - BACKGROUND['start']:.0f} s after it started")
+    # on the terminal, uncaptured: how long the background run took is what decides whether the suite waits for it
+    ended = (repo / "exp-run.log").stat().st_mtime  # its last line
+    pytestconfig.pluginmanager.get_plugin("terminalreporter").write_line(
+        f"\nreal-model profile: dvc exp run took {ended - BACKGROUND['start']:.0f} s; its tests began "
+        f"{waited_from - BACKGROUND['start']:.0f} s after it started")
     return repo
 
 
@@ -127,3 +132,30 @@ def test_the_learned_metrics_stand_beside_the_human_reference_and_chance(real_ru
             key = f"ed_test.{model}.{metric}"
             assert evaluation[f"{key}_low"] <= evaluation[key] <= evaluation[f"{key}_high"]
     assert 0 < evaluation["ed_test.emotion_chance"] < 1
+
+
+def test_the_merged_stack_as_q8_0_gguf_reads_back_close_to_the_float32_model(real_run, monkeypatch, tmp_path):
+    """SmolLM2 in q8_0 (f16 is tested on the tiny model, tests/test_export.py, with the tolerances' reasons):
+    transformers' GGUF reader gives logits within q8_0's tolerance, and the file holds the chat template."""
+    import gguf
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from stages.modeling import encode, load_tokenizer, merged_model
+    from test_export import CONVERSATION, TOLERANCE
+    from tools.runners import write_gguf
+
+    monkeypatch.chdir(real_run)
+    tokenizer = load_tokenizer()
+    tokenizer.save_pretrained(tmp_path / "tokenizer")
+    merged = merged_model("dpo")
+    ids = torch.tensor([encode(tokenizer, CONVERSATION)[0]])
+    write_gguf(merged, tmp_path / "tokenizer", tmp_path / "q8_0.gguf", "q8_0", "dpo stack")
+    read = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="q8_0.gguf", dtype=torch.float32).eval()
+    with torch.no_grad():
+        reference = merged(input_ids=ids).logits
+        difference = (read(input_ids=ids).logits - reference).abs().max().item()
+    assert 0 < difference < TOLERANCE["q8_0"] * reference.abs().max().item()
+    fields = gguf.GGUFReader(tmp_path / "q8_0.gguf").fields
+    assert fields["tokenizer.chat_template"].contents() == tokenizer.chat_template
+    assert fields["tokenizer.ggml.model"].contents() == "gpt2"

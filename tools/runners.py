@@ -147,9 +147,10 @@ def modelfile(tokenizer, gguf_name: str, system: str) -> str:
     branches = "{{ else ".join(f'if eq .Role "{role}" }}}}{prefix}{{{{ .Content }}}}{suffix}'
                                for role, (prefix, suffix) in turns.items())
     template = f"{{{{ range .Messages }}}}{{{{ {branches}{{{{ end }}}}{{{{ end }}}}{generation_prompt}"
-    stops = [tokenizer.eos_token] + [token for token in tokenizer.all_special_tokens
-                                     if token in turns["user"][0] and token not in (tokenizer.eos_token,
-                                                                                    tokenizer.bos_token)]
+    # the end of a turn, and a special token that opens the user's turn (ChatML's <|im_start|>)
+    special = [added.content for added in tokenizer.added_tokens_decoder.values() if added.special]
+    stops = [tokenizer.eos_token] + [token for token in special
+                                     if token in turns["user"][0] and token != tokenizer.eos_token]
     for text in (template, system):
         if '"""' in text:
             raise ExportError('export: a Modelfile cannot quote text that holds """')
