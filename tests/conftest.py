@@ -1,3 +1,4 @@
+import concurrent.futures
 import os
 import shutil
 import socket
@@ -106,11 +107,26 @@ def cloned_and_reproduced(dest: Path) -> Path:
     return repo
 
 
+# A second clean run, for the determinism test (test_pipeline.py), when that test is in the session: it is built
+# beside the first, since each `dvc repro` of the tiny pipeline keeps about one core busy.
+SECOND_RUN: dict = {}
+
+
 @pytest.fixture(scope="session")
 def pipeline(tmp_path_factory) -> Path:
     """A fresh clone after one `dvc repro` of the embedded default on the test preset. Tests may read it, not
     change it."""
+    if SECOND_RUN.get("wanted"):
+        SECOND_RUN["future"] = concurrent.futures.ThreadPoolExecutor(1).submit(
+            cloned_and_reproduced, tmp_path_factory.mktemp("second-run"))
     return cloned_and_reproduced(tmp_path_factory.mktemp("pipeline"))
+
+
+@pytest.fixture(scope="session")
+def second_pipeline(pipeline, tmp_path_factory) -> Path:
+    """Another fresh clone and `dvc repro`, independent of `pipeline` (built at the same time when it can be)."""
+    future = SECOND_RUN.get("future")
+    return future.result() if future else cloned_and_reproduced(tmp_path_factory.mktemp("second-run"))
 
 
 @pytest.fixture
@@ -152,12 +168,21 @@ BACKGROUND_DIRS: list[Path] = []
 
 
 def pytest_collection_modifyitems(session, config, items):
-    """The real-model tests go last, and their `dvc exp run` starts now, in the background (test_real_model.py)."""
+    """The real-model tests go last, and their `dvc exp run` starts now, in the background (test_real_model.py);
+    the second clean pipeline is built with the first if a test wants it."""
+    SECOND_RUN["wanted"] = any("second_pipeline" in getattr(item, "fixturenames", ()) for item in items)
     real = [item for item in items if item.path.name == "test_real_model.py"]
     if real and len(real) < len(items) and SHARED_DATA.is_dir():
         items[:] = [item for item in items if item not in real] + real
         BACKGROUND_DIRS.append(Path(tempfile.mkdtemp(prefix="real-model-")))
         real[0].module.start_in_background(BACKGROUND_DIRS[-1])
+
+
+def pytest_terminal_summary(terminalreporter):
+    background = getattr(sys.modules.get("test_real_model"), "BACKGROUND", {})
+    if "took_s" in background:
+        terminalreporter.write_line(f"real-model profile: its dvc exp run took {background['took_s']:.0f} s; its "
+                                    f"tests began {background['tests_began_s']:.0f} s after it started")
 
 
 def pytest_sessionfinish(session, exitstatus):

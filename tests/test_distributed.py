@@ -6,7 +6,7 @@ import pytest
 import torch
 from accelerate.commands.config.config_args import load_config_from_file
 
-from stages import base_model, download, preprocess
+from stages import base_model, download, model_source, preprocess
 from stages.modeling import load_model
 
 from conftest import ROOT, edit_params, run
@@ -23,6 +23,7 @@ def test_sft_then_dpo_on_two_processes_give_valid_adapters(project):
                                             "sft.checkpoint_steps": 2, "dpo.max_steps": 4, "dpo.warmup_steps": 1,
                                             "dpo.checkpoint_steps": 2})
     download.main()
+    model_source.main()
     base_model.main()
     preprocess.main()
     launch = ["torchrun", "--nproc_per_node", "2", "-m"]

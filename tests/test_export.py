@@ -202,3 +202,22 @@ def test_refusals_leave_nothing_half_written(pipeline_copy, monkeypatch):
         export_tool.main(["--out", "out", "--format", "gguf"])
     assert json.loads((pipeline_copy / "out" / "export.json").read_text()) == earlier  # ...only when complete
     assert not [p for p in pipeline_copy.iterdir() if p.name.startswith(".out.tmp-")]
+
+
+def test_llama_cpp_answers_with_the_stacks_first_greedy_tokens(pipeline, tmp_path):
+    llama_cpp = pytest.importorskip(
+        "llama_cpp", reason="llama-cpp-python is not installed (`pip install llama-cpp-python` builds llama.cpp)")
+    out = tmp_path / "f16"
+    run(["python", "-m", "tools.export", "--model", "dpo", "--format", "gguf", "--gguf-type", "f16",
+         "--out", str(out)], pipeline)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(pipeline)
+        tokenizer = load_tokenizer()
+        prompt = encode(tokenizer, CONVERSATION[:2])[0]
+        with torch.no_grad():
+            expected = merged_model("dpo").generate(torch.tensor([prompt]), max_new_tokens=4, do_sample=False)
+    llm = llama_cpp.Llama(model_path=str(out / "model-f16.gguf"), n_ctx=512, verbose=False)
+    text = tokenizer.decode(prompt)
+    assert llm.tokenize(text.encode(), add_bos=False, special=True) == prompt  # the same ids from the same text
+    produced = [token for _, token in zip(range(4), llm.generate(prompt, temp=0.0))]
+    assert produced == expected[0, len(prompt):].tolist()

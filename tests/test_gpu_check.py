@@ -5,7 +5,7 @@ import time
 
 from tools import gpu_check
 
-STAGES = ["base_model", "download", "preprocess", "judges", "sft", "dpo", "evaluate", "human"]
+STAGES = ["model_source", "base_model", "download", "preprocess", "judges", "sft", "dpo", "evaluate", "human"]
 
 
 def test_tiny_gpu_check_runs_every_stage_on_the_placed_device(project):

@@ -6,7 +6,7 @@ import re
 import pytest
 import yaml
 
-from conftest import cloned_and_reproduced, edit_params, run
+from conftest import edit_params, run
 
 # human's only input that changes is evaluate's key; with the same replies as the committed dvc.lock's, it
 # is already up to date in a fresh clone (its metrics file is committed).
@@ -80,8 +80,8 @@ def test_changing_lora_rank_reruns_training_and_evaluation_only(pipeline_copy):
     assert config["r"] == 4
 
 
-def test_two_clean_runs_with_one_seed_give_identical_metrics(pipeline, tmp_path):
-    again = cloned_and_reproduced(tmp_path / "again")
+def test_two_clean_runs_with_one_seed_give_identical_metrics(pipeline, second_pipeline):
+    again = second_pipeline
     for name in ("download", "data", "sft", "dpo", "eval", "human"):
         first, second = metrics(pipeline, name), metrics(again, name)
         timing = {k for k in first if "runtime" in k or "seconds" in k or k.endswith("_per_s")}  # wall-clock

@@ -119,9 +119,10 @@ def test_a_long_dialogue_loses_its_oldest_turns_never_the_reply(tinyllama):
 
 def test_only_the_shared_core_renders_chat_templates():
     """SFT, DPO, evaluate, chat and export build ids through modeling.encode: nothing else renders a
-    template or tokenizes a conversation by itself."""
+    template or tokenizes a conversation by itself. tools/runners.py renders the template only to translate it
+    into Ollama's (tests/test_export.py holds the two equal), never to build ids."""
     for path in sorted((ROOT / "stages").glob("*.py")) + sorted((ROOT / "tools").glob("*.py")):
         calls = {node.func.attr for node in ast.walk(ast.parse(path.read_text()))
                  if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)}
-        if path.name != "modeling.py":
+        if path.name not in ("modeling.py", "runners.py"):
             assert "apply_chat_template" not in calls, path

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import VENV_PATH, edit_params, run
-from stages import base_model, download, preprocess, sft
+from stages import base_model, download, model_source, preprocess, sft
 
 
 def adapter(repo) -> dict:
@@ -21,7 +21,7 @@ def adapter(repo) -> dict:
 def test_killed_sft_resumes_and_matches_an_uninterrupted_run(project):
     # 80 examples, batches of 4 x 2: 10 steps an epoch, 30 in all, a checkpoint every 10
     edit_params(project / "params.yaml", **{"sft.train_size": 80, "sft.checkpoint_steps": 10})
-    for stage in (download, base_model, preprocess, sft):  # in this process; the killed run below is a real one
+    for stage in (download, model_source, base_model, preprocess, sft):  # in this process; the killed run below is a real one
         stage.main()
     uninterrupted = adapter(project)
     assert list((project / "checkpoints/sft").iterdir()) == []  # emptied after success

@@ -2,7 +2,7 @@ import pytest
 import torch
 from transformers import DataCollatorForLanguageModeling
 
-from stages import base_model, download, preprocess, sft
+from stages import base_model, download, model_source, preprocess, sft
 from stages.outputs import read_jsonl
 from stages.modeling import encode
 from stages.params import SEVEN_PROJECTIONS, load_params
@@ -29,7 +29,7 @@ def test_a_run_shorter_than_checkpoint_steps_ends_evaluated_once(project):
     import json
 
     edit_params(project / "params.yaml", **{"sft.train_size": 40, "sft.epochs": 1, "sft.checkpoint_steps": 100})
-    for stage in (download, base_model, preprocess):
+    for stage in (download, model_source, base_model, preprocess):
         stage.main()
     sft.main()  # 40 examples, batch 4 x grad-accum 2: 5 steps
     metrics = json.loads((project / "metrics/sft.json").read_text())

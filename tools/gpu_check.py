@@ -157,7 +157,7 @@ def merge_checks() -> dict:
         naive = PeftModel.from_pretrained(naive, adapter).merge_and_unload()
     naive_difference = (logits(naive.to(device).eval(), ids) - reference).abs().max().item()
     del naive
-    export_difference = export("dpo", Path("exported"))  # raises if the float32 export leaves the stack
+    export_difference = export("dpo", Path("exported"))["max_logit_difference"]  # raises if it leaves the stack
     return {"scored_vs_unmerged_max_logit_difference": (scored - reference).abs().max().item(),
             "naive_merge_vs_unmerged_max_logit_difference": naive_difference,
             "export_fp32_vs_fp32_stack_max_logit_difference": export_difference}
@@ -177,7 +177,8 @@ def main(argv: list[str] | None = None) -> Path:
         from dvclive import Live  # noqa: F401  (the checkout's dvclive/ folder alone imports as an empty package)
     except ImportError:  # GPU machines lack dvc (which dvclive needs); curves are not what this check measures
         training.live_callback = lambda stage, resume: TrainerCallback()
-    from stages import download, dpo, evaluate, human, judges, judging, preprocess, sft  # after the patches above
+    from stages import (download, dpo, evaluate, human, judges, judging, model_source, preprocess,  # after the
+                        sft)  # patches above
 
     root, out = Path.cwd(), args.out.resolve()
     devices = ForwardDevices()
@@ -188,7 +189,8 @@ def main(argv: list[str] | None = None) -> Path:
         scratch_project(root, workdir, workdir / "bert")
         os.chdir(workdir)
         try:
-            runs = {"base_model": timed(lambda: write_base_model(args.tiny, args.reference))}
+            runs = {"model_source": timed(model_source.main),  # the pin the model cards name
+                    "base_model": timed(lambda: write_base_model(args.tiny, args.reference))}
             for name, module in zip(STAGES, (download, preprocess, judges, sft, dpo, evaluate, human)):
                 print(f"gpu_check: {name}", flush=True)
                 runs[name] = timed(module.main)
