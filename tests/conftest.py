@@ -5,6 +5,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -83,12 +84,16 @@ eval:
 """
 
 
+COMPOSING = threading.Lock()  # Hydra's global state takes one composition at a time
+
+
 def use_test_preset(repo: Path) -> None:
     from stages.params import compose
 
     with open(repo / "conf/config.yaml", "a") as config:
         config.write(TEST_PRESET)
-    compose([], output=repo / "params.yaml", conf_dir=repo / "conf")
+    with COMPOSING:
+        compose([], output=repo / "params.yaml", conf_dir=repo / "conf")
 
 
 def cloned_and_reproduced(dest: Path) -> Path:

@@ -50,7 +50,7 @@ def test_two_presets_run_from_the_queue_and_compare_side_by_side(pipeline_copy):
     # One that fails: its raw files are missing, so download stops.
     run(["dvc", "exp", "run", "--queue", "-n", "broken", "-S", "data=local", "-S", "data.local_dir=/nonexistent"],
         pipeline_copy)
-    run(["dvc", "queue", "start", "-j", "2"], pipeline_copy)  # two workers: each run keeps about one core busy
+    run(["dvc", "queue", "start", "-j", "1"], pipeline_copy)
     status = queue_settled(pipeline_copy)
     assert status.count("Success") == 2 and status.count("Failed") == 1
 
