@@ -55,10 +55,9 @@ def check_destination(out: Path) -> None:
                          "--out or remove it")
 
 
-def write_files(stage: str, folder: Path, fmt: str, dtype: str, gguf_type: str) -> tuple[str, dict]:
+def write_files(stage: str, tokenizer, folder: Path, fmt: str, dtype: str, gguf_type: str) -> tuple[str, dict]:
     """The merged model in `folder`; returns the GGUF file to load back (none for a folder) and what the GGUF
     writer kept at a higher precision."""
-    tokenizer = load_tokenizer()
     model = merged_model(stage)
     if fmt == "folder":
         model.to(DTYPES[dtype]).save_pretrained(folder)
@@ -87,7 +86,7 @@ def export(stage: str, out: Path, fmt: str = "folder", dtype: str = "float32", g
     tokenizer = load_tokenizer()
     device = placement()[0]
     with atomic_dir(out) as tmp:
-        gguf_file, extra = write_files(stage, tmp, fmt, dtype, gguf_type)
+        gguf_file, extra = write_files(stage, tokenizer, tmp, fmt, dtype, gguf_type)
         exported = AutoModelForCausalLM.from_pretrained(
             tmp, **({"gguf_file": gguf_file} if gguf_file else {}),
             dtype=torch.float32 if gguf_file else DTYPES[dtype]).to(device).eval()
