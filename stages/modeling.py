@@ -28,18 +28,28 @@ class PromptTooLong(ValueError):
 # --- where a model runs -------------------------------------------------------------------------------
 
 def placement() -> tuple[torch.device, torch.dtype]:
-    """The device and dtype for every model this project runs: a CUDA GPU in bf16 where it supports it,
-    else float32 there; Apple's MPS in float32 (its bf16 support depends on the OS); else the CPU in float32."""
+    """The device and dtype for every model this project runs: a CUDA GPU in bf16 where it has bf16 units
+    (compute capability 8.0, Ampere, and later), in fp16 below that; Apple's MPS in float32 (its bf16 support
+    depends on the OS); else the CPU in float32.
+
+    A T4 (7.5, the notebook's Kaggle and Colab card) has no bf16 units, yet torch.cuda.is_bf16_supported()
+    answers True there by emulation, far slower than fp16: the capability decides, not that answer."""
     if torch.cuda.is_available():
-        return torch.device("cuda"), torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+        return torch.device("cuda"), torch.bfloat16 if torch.cuda.get_device_capability() >= (8, 0) else torch.float16
     if torch.backends.mps.is_available():
         return torch.device("mps"), torch.float32
     return torch.device("cpu"), torch.float32
 
 
 def use_bf16() -> bool:
-    """Whether the trainers train in bf16: exactly when the placement says so."""
+    """Whether the trainers train in bf16 mixed precision: exactly when the placement says bf16."""
     return placement()[1] == torch.bfloat16
+
+
+def use_fp16() -> bool:
+    """Whether the trainers train in fp16 mixed precision (base weights fp16, LoRA weights float32 as PEFT keeps
+    them, the loss scaled): exactly when the placement says fp16."""
+    return placement()[1] == torch.float16
 
 
 def cpu_only() -> bool:
@@ -85,9 +95,36 @@ def stack(model, stage: Stage):
 
 
 def load_model(stage: Stage, device: torch.device | None = None, dtype: torch.dtype | None = None):
-    """The stack up to `stage`, in eval mode, on the placement's device and dtype (or those given)."""
+    """The stack up to `stage`, in eval mode, on the placement's device and dtype (or those given); the SFT and
+    DPO adapters as one where that is exact (combined_adapters)."""
     where, kind = placement()
-    return stack(load_base_model(dtype or kind), stage).to(device or where).eval()
+    model = stack(load_base_model(dtype or kind), stage)
+    if stage == "dpo":
+        model = combined_adapters(model)
+    return model.to(device or where).eval()
+
+
+def combined_adapters(model):
+    """base + SFT + DPO with the two adapters as one, unmerged: PEFT's "cat" combination puts their ranks side by
+    side (A rows scaled as each adapter was, B columns as they are), so every adapted layer adds the same update
+    in half the small matmuls and kernel launches. Exact for plain LoRA; a DoRA, rsLoRA or biased adapter stays
+    stacked."""
+    configs = [model.peft_config[name] for name in ("sft", "dpo")]
+    if any(config.use_dora or config.use_rslora or config.lora_bias for config in configs):
+        return model
+    # PEFT makes the new adapter in its layers' dtype: a bf16 model would round the two float32 adapters to bf16.
+    # Combined in float32, the rest goes back to its own dtype (bf16 -> float32 -> bf16 is exact).
+    dtypes = {name: tensor.dtype for name, tensor in (*model.named_parameters(), *model.named_buffers())}
+    model.float()
+    model.add_weighted_adapter(["sft", "dpo"], [1.0, 1.0], "stack", combination_type="cat")
+    model.set_adapter("stack")
+    for name in ("sft", "dpo"):
+        model.delete_adapter(name)
+    model.base_model.set_adapter("stack", inference_mode=True)
+    for name, tensor in (*model.named_parameters(), *model.named_buffers()):
+        if name in dtypes:
+            tensor.data = tensor.data.to(dtypes[name])
+    return model
 
 
 def merged_model(stage: Stage):

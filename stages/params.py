@@ -133,7 +133,9 @@ class TrainParams(Strict):
     grad_accum: Count
     max_length: Count
     checkpoint_steps: Count  # evaluate and save a checkpoint every this many optimizer steps
-    liger: bool  # Liger's fused Triton kernels (GPU; needs `pip install liger-kernel`)
+    # Liger's fused Triton kernels: "auto" uses them where they run (a CUDA GPU with liger-kernel installed:
+    # requirements-gpu.txt), true insists (the stage stops where they cannot run), false never.
+    liger: Union[Literal["auto"], Annotated[bool, Field(strict=True)]]
     # Recompute activations in the backward pass instead of keeping them: less memory, about a third more compute.
     # TRL turns it on by default; a LoRA run of a 1.1B model fits a 16 GiB card without it (see docs/speed.md).
     gradient_checkpointing: bool

@@ -28,7 +28,7 @@ def build_trainer(params, output_dir: str, resume: bool = False) -> SFTTrainer:
     sft = params.sft
     tokenizer = load_tokenizer()
     config = SFTConfig(
-        **trainer_kwargs(params, sft, output_dir),
+        **trainer_kwargs(params, "sft", output_dir),
         num_train_epochs=sft.epochs,
         lr_scheduler_type=sft.scheduler,
         warmup_steps=sft.warmup_ratio,  # a float below 1 is a share of all steps

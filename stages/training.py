@@ -4,6 +4,7 @@ adapter."""
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import shutil
 import time
@@ -15,7 +16,7 @@ from datasets import Dataset, Features, Sequence, Value
 from transformers import TrainerCallback
 from transformers.integrations import DVCLiveCallback
 
-from stages.modeling import cpu_only, encode, use_bf16
+from stages.modeling import cpu_only, encode, use_bf16, use_fp16
 from stages.outputs import atomic_dir, read_jsonl
 from stages.params import Params, TrainParams
 from stages.paths import CHECKPOINTS_DIR, LIVE_DIR
@@ -50,8 +51,19 @@ def dpo_dataset(path, tokenizer, max_prompt_length: int) -> tuple[Dataset, int]:
 PAIR_FEATURES = Features({name: Sequence(Value("int64")) for name in ("prompt_ids", "chosen_ids", "rejected_ids")})
 
 
-def trainer_kwargs(params: Params, train: TrainParams, output_dir: str) -> dict:
-    """Arguments common to SFTConfig and DPOConfig."""
+def liger_kernels(stage: str, setting) -> bool:
+    """Whether a stage runs Liger's kernels: "auto" wherever they run (a CUDA GPU with liger-kernel installed, which
+    `make install` does on a machine with a CUDA torch), true insists, false never."""
+    runnable = torch.cuda.is_available() and importlib.util.find_spec("liger_kernel") is not None
+    if setting is True and not runnable:
+        raise SystemExit(f"{stage}.liger: true, but Liger's kernels need a CUDA GPU and liger-kernel "
+                         "(pip install -r requirements-gpu.txt); set it to auto or false")
+    return runnable if setting == "auto" else setting
+
+
+def trainer_kwargs(params: Params, stage: str, output_dir: str) -> dict:
+    """Arguments common to SFTConfig and DPOConfig, from the params of `stage` ("sft" or "dpo")."""
+    train: TrainParams = getattr(params, stage)
     return dict(
         output_dir=output_dir,
         learning_rate=train.lr * params.model.lr_scale,
@@ -62,6 +74,7 @@ def trainer_kwargs(params: Params, train: TrainParams, output_dir: str) -> dict:
         seed=params.seed,
         data_seed=params.seed,
         bf16=use_bf16(),
+        fp16=use_fp16(),
         # Without a GPU, several processes (torchrun) must be told to train as one gloo group, not each alone.
         use_cpu=cpu_only(),
         logging_steps=5,
@@ -72,7 +85,7 @@ def trainer_kwargs(params: Params, train: TrainParams, output_dir: str) -> dict:
         save_strategy="steps",
         save_steps=train.checkpoint_steps,
         save_total_limit=1,  # the latest checkpoint is all a resumed run needs; the final adapter is kept
-        use_liger_kernel=train.liger,
+        use_liger_kernel=liger_kernels(stage, train.liger),
         gradient_checkpointing=train.gradient_checkpointing,
     )
 

@@ -145,6 +145,8 @@ def test_yaml_exponent_strings_are_coerced_to_floats():
      "model: Value error, revision must be null for a GGUF file"),
     ({"model.gguf": {"distribution": "d", "file": "f.gguf", "sha256": "abc"}}, "model.gguf.sha256: String should match"),
     ({"dpo.beta": 0}, "dpo.beta: Input should be greater than 0"),
+    ({"sft.liger": "yes"}, "sft.liger"),
+    ({"dpo.liger": 1}, "dpo.liger"),
     ({"colour": "blue"}, "colour: unknown key"),
 ])
 def test_bad_params_name_the_key(changes, expected):
@@ -164,3 +166,23 @@ def test_a_stage_with_bad_params_exits_nonzero_naming_the_key(project):
     assert result.returncode != 0
     assert "sft.lora.r: Input should be greater than 0" in result.stderr
     assert not (project / "data" / "processed").exists()
+
+
+def test_liger_auto_runs_the_kernels_where_they_run_and_true_insists(monkeypatch):
+    import importlib.util
+
+    import torch
+
+    from stages.training import liger_kernels
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert liger_kernels("sft", "auto") is False and liger_kernels("sft", False) is False
+    with pytest.raises(SystemExit, match="sft.liger: true, but Liger's kernels need a CUDA GPU and liger-kernel"):
+        liger_kernels("sft", True)
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "liger_kernel" else find_spec(name, *a))
+    assert liger_kernels("dpo", "auto") is True and liger_kernels("dpo", True) is True
+    assert liger_kernels("dpo", False) is False
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "liger_kernel" else find_spec(name, *a))
+    assert liger_kernels("dpo", "auto") is False  # a GPU without liger-kernel installed

@@ -114,3 +114,28 @@ def test_lora_targets_are_any_module_names_or_all_linear_and_a_missing_one_is_na
     assert resolved == set(SEVEN_PROJECTIONS)
     dotted = sft.build_trainer(with_targets(["self_attn.q_proj"]), str(tmp_path / "c")).model
     assert dotted.peft_config["default"].target_modules == {"self_attn.q_proj"}
+
+
+def test_below_ampere_sft_trains_in_fp16_mixed_precision(project, monkeypatch, tmp_path):
+    """A T4's path (stages.modeling.placement picks fp16 below compute capability 8.0): the trainer set to fp16
+    mixed precision, the base weights in fp16, the LoRA weights float32 (what loss scaling needs), and a step
+    that moves them with a finite loss. On a CPU accelerate runs the step without autocast or a loss scaler, so
+    this checks the choice and the dtypes; the scaler itself only runs on a GPU."""
+    import math
+
+    from stages import modeling
+
+    edit_params(project / "params.yaml", **{"sft.train_size": 8, "sft.epochs": 1, "sft.grad_accum": 1})
+    for stage in (download, model_source, base_model, preprocess):
+        stage.main()
+    monkeypatch.setattr(modeling, "placement", lambda: (torch.device("cpu"), torch.float16))
+    trainer = sft.build_trainer(load_params(), str(tmp_path / "run"))
+    assert trainer.args.fp16 and not trainer.args.bf16
+    weights = dict(trainer.model.named_parameters())
+    lora = {name: param.detach().clone() for name, param in weights.items() if param.requires_grad}
+    assert lora and all("lora_" in name for name in lora)
+    assert {weights[name].dtype for name in lora} == {torch.float32}
+    assert {param.dtype for name, param in weights.items() if name not in lora} == {torch.float16}
+    result = trainer.train()
+    assert math.isfinite(result.training_loss) and trainer.state.global_step == 2
+    assert any(not torch.equal(weights[name].detach(), before) for name, before in lora.items())
