@@ -64,13 +64,15 @@ def pair_lengths(pairs) -> list[int]:
 
 class TokenizedDPOTrainer(DPOTrainer):
     """DPOTrainer on pairs already turned into ids by stages.modeling.encode (TRL would re-tokenize them
-    its own way: no BOS, and the text after the EOS kept), drawn in batches of similar length as SFT's are
-    (transformers' length grouping cannot find a pair's length: it looks for input_ids)."""
+    its own way: no BOS, and the text after the EOS kept). With group_by_length, pairs are drawn in batches of
+    similar length (transformers' own grouping cannot find a pair's length: it looks for input_ids)."""
 
     def _prepare_dataset(self, dataset, *args, **kwargs):
         return dataset
 
     def _get_train_sampler(self, train_dataset=None):
+        if self.args.train_sampling_strategy != "group_by_length":
+            return super()._get_train_sampler(train_dataset)
         pairs = self.train_dataset if train_dataset is None else train_dataset
         return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
                                     lengths=pair_lengths(pairs))
@@ -91,6 +93,7 @@ def build_trainer(params, output_dir: str, resume: bool = False) -> tuple[DPOTra
         max_steps=min(dpo.max_steps, dpo.max_epochs * math.ceil(len(train) / pairs_per_step)),
         warmup_steps=dpo.warmup_steps,
         disable_dropout=False,  # done in policy_model, keeping the LoRA dropout
+        train_sampling_strategy="group_by_length",  # batches of similar length pad little, as SFT's
     )
     trainer = TokenizedDPOTrainer(
         model=policy_model(dpo.lora),

@@ -1,43 +1,45 @@
-"""bench: training and generation throughput on TinyLlama's shape (random weights), the notebook's recipe
-beside this project's, in one process and one run.
+"""bench: training and generation throughput on TinyLlama's shape (random weights): this project's settings beside
+what a user would run instead (plain TRL with its defaults: the peer) and the notebook's recipe.
 
-    python -m tools.bench --reference DIR   # on a GPU: TinyLlama-1.1B's shape, bf16
-    python -m tools.bench --tiny            # CPU smoke run: a tiny shape and a few steps
+    python -m tools.bench --reference DIR            # on a GPU: TinyLlama-1.1B's shape and tokenizer, bf16
+    python -m tools.bench --reference DIR --memory-cap-gib 16   # and the recipes under a 16 GiB cap (a T4's)
+    python -m tools.bench --tiny                     # CPU smoke run: a tiny shape, a few steps
 
 DIR holds reference files: tinyllama/ (TinyLlama's config.json and tokenizer, as on the hub) and, if you have
-them, human-like-dpo/*.json (Human-Like-DPO rows). Without it, the shape is TinyLlama's published numbers and
-the tokenizer is trained on the sample. Data are the project's own: EmpatheticDialogues sample rows in the
-notebook's seed format (short) and in this project's dialogue format (long), and DPO pairs (the real rows in
-DIR when there are some). Each run goes through the same TRL trainers as the stages,
-LoRA r 8 on the seven projections. Writes bench/results/<date>-<device>.json.
+them, human-like-dpo/*.json (Human-Like-DPO rows). Without it, the shape is TinyLlama's published numbers and the
+tokenizer is trained on the sample. Rows: EmpatheticDialogues sample turns in the notebook's seed format (short)
+and in this project's dialogue format (long), and DPO pairs (the real ones in DIR when there are some).
+
+How it measures: every configuration runs in a process of its own, so each peak is its own; the model is made
+in the placement's dtype on the device and the peak counter is reset after that. A training run makes
+`--warmup` optimizer steps untimed (allocation, autotuning), then `--steps` timed ones; the tokens are those of
+the batches those timed steps trained on, real (attention mask) and padded (the tensor) alike. Generation
+times `--rounds` calls after one untimed call. Writes bench/results/<date>-<device>.json.
 """
 from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.metadata
 import itertools
 import json
 import platform
 import resource
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
-import datasets.arrow_dataset
 import torch
-import transformers
-from datasets import Dataset
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, TrainerCallback
-from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
-from stages.modeling import (cpu_only, encode, generation_config, left_padded, lora_config, placement, sample_texts,
-                             train_tokenizer, use_bf16)
+from stages.modeling import (combined_adapters, cpu_only, encode, generation_config, left_padded, lora_config,
+                             placement, sample_texts, train_tokenizer, use_bf16, use_fp16)
 from stages.outputs import write_json
 from stages.params import SEVEN_PROJECTIONS, LoraParams
 from stages.parsing import listener_examples, parse_dpo, parse_empathetic, read_bytes
 from stages.paths import DPO_FILE, DPO_SUBDIR, ED_SUBDIR, SAMPLE_DIR
-from stages.training import throughput
 
 RESULTS = Path("bench/results")
 TINYLLAMA = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
@@ -45,25 +47,35 @@ TINYLLAMA = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
 TINY = dict(hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
 LORA = LoraParams(r=8, alpha=16, dropout=0.05, target_modules=SEVEN_PROJECTIONS)
 SYSTEM = "You are a kind, attentive listener. Reply to the user with empathy, in a few sentences."
+VERSIONED = ("torch", "transformers", "trl", "peft", "accelerate", "liger-kernel")
+
+# name: (what runs, its settings). Batch sizes are for the GPU; --tiny divides the larger ones by 4.
+RUNS = {
+    # plain TRL, as a user would run it: its defaults (batch 8, checkpointing on, TRL's own tokenization and
+    # collator, padding to the longest in the batch, rows in random order), LoRA as here
+    "sft_peer": ("sft", dict(peer=True, batch=8, accum=1)),
+    # the notebook: seed-format rows padded to 512, loss on the whole text, batch 4 x 2
+    "sft_notebook": ("sft", dict(notebook=True, fmt="seed", batch=4, accum=2)),
+    # this project: dialogue rows grouped by length, each batch padded to its longest, loss on the reply
+    "sft_project": ("sft", dict(batch=32, accum=1)),
+    "sft_project_packed": ("sft", dict(batch=8, accum=1, packing=True)),
+    "sft7_recipe": ("sft", dict(batch=4, accum=2, capped=True)),  # the default preset's shape
+    "dpo_peer": ("dpo", dict(peer=True, batch=8, accum=1)),
+    "dpo_notebook": ("dpo", dict(batch=2, accum=4, notebook=True)),  # also dpo1's shape
+    "dpo_project": ("dpo", dict(batch=16, accum=1)),
+    "dpo1_recipe": ("dpo", dict(batch=2, accum=4, capped=True)),
+    "generate_batch_1": ("generate", dict(batch=1)),
+    "generate_batch_64": ("generate", dict(batch=64)),
+    # what evaluate runs for "dpo": base + SFT + DPO adapters, combined into one (stages.modeling.combined_adapters)
+    "generate_stack_batch_64": ("generate", dict(batch=64, stack=True)),
+}
 
 
-class StepClock(TrainerCallback):
-    """Times optimizer steps after the first (which pays for warm-up and allocation)."""
+# --- what every run shares ------------------------------------------------------------------------------
 
-    def __init__(self):
-        self.start, self.steps = None, 0
+def model_config(tiny: bool, reference: Path | None = None):
+    from transformers import LlamaConfig
 
-    def on_step_end(self, args, state, control, **kwargs):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        if self.start is None:
-            self.start = time.perf_counter()
-        else:
-            self.steps += 1
-        self.seconds = time.perf_counter() - self.start
-
-
-def model_config(tiny: bool, reference: Path | None = None) -> LlamaConfig:
     shape = dict(TINYLLAMA)
     if reference and (reference / "tinyllama/config.json").exists():
         published = json.loads((reference / "tinyllama/config.json").read_text())
@@ -74,16 +86,32 @@ def model_config(tiny: bool, reference: Path | None = None) -> LlamaConfig:
 
 
 def tokenizer_for(tiny: bool, reference: Path | None = None):
+    from transformers import AutoTokenizer
+
     if not tiny and reference and (reference / "tinyllama/tokenizer.json").exists():
         return AutoTokenizer.from_pretrained(reference / "tinyllama"), "TinyLlama"
     return train_tokenizer(sample_texts(), vocab_size=2048, max_length=2048), "sample BPE"
 
 
-def new_model(config: LlamaConfig):
+def new_model(config):
+    """Random weights made in the placement's dtype on its device (not float32 first and cast: that transient
+    would be every run's peak), then the peak counter reset, so a run's peak is its own."""
+    from transformers import AutoModelForCausalLM
+
     torch.manual_seed(0)
     device, dtype = placement()
-    with torch.device(device):  # initialised where it runs: 1.1B random weights take long on the CPU
-        return LlamaForCausalLM(config).to(dtype=dtype)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    return model
+
+
+def peak_gib() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # on a CPU: the process's peak
 
 
 def sft_rows(fmt: str, count: int) -> list[dict]:
@@ -99,135 +127,281 @@ def dpo_rows(count: int, reference: Path | None = None) -> list[dict]:
     return list(itertools.islice(itertools.cycle(pairs), count))
 
 
-def peak_gib() -> float:
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # on CPU: the process's peak so far
+class TimedSteps:
+    """Counts the tokens of every micro-batch a timed optimizer step trains on (wrapping the trainer's
+    training_step), and times those steps: from the end of the last warm-up step to the end of the last step,
+    with the GPU synchronized at both ends."""
+
+    def __init__(self, trainer, warmup: int):
+        self.warmup, self.real, self.padded, self.rows, self.start, self.seconds = warmup, 0, 0, 0, None, 0.0
+        train_step = trainer.training_step
+
+        def counted_step(model, inputs, *rest):
+            self.count(inputs, trainer.state.global_step + 1)  # train() makes a new state: read it now
+            return train_step(model, inputs, *rest)
+
+        trainer.training_step = counted_step
+
+        from transformers import TrainerCallback
+
+        clock = self
+
+        class Clock(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+                now = time.perf_counter()
+                if state.global_step == clock.warmup:
+                    clock.start = now
+                elif state.global_step > clock.warmup:
+                    clock.seconds = now - clock.start
+
+        trainer.add_callback(Clock())
+
+    def count(self, inputs: dict, step: int) -> None:
+        if step <= self.warmup:
+            return
+        ids = inputs["input_ids"]
+        mask = inputs.get("attention_mask")
+        self.padded += ids.numel()
+        self.real += int(mask.sum()) if mask is not None else ids.numel()  # a packed row has no padding
+        self.rows += ids.shape[0]
 
 
-def common(batch: int, accum: int, steps: int, workdir: str) -> dict:
-    return dict(output_dir=workdir, per_device_train_batch_size=batch, gradient_accumulation_steps=accum,
-                max_steps=steps, learning_rate=1e-4, bf16=use_bf16(), use_cpu=cpu_only(),
-                report_to="none", save_strategy="no", logging_steps=10**6, seed=0)
+def trainer_settings(steps: int, batch: int, accum: int, workdir: str, peer: bool) -> dict:
+    settings = dict(output_dir=workdir, per_device_train_batch_size=batch, gradient_accumulation_steps=accum,
+                    max_steps=steps, report_to="none", save_strategy="no", logging_steps=10**6, seed=0,
+                    use_cpu=cpu_only(), bf16=use_bf16(), fp16=use_fp16())
+    if not peer:  # the project's settings (stages.training.trainer_kwargs); the peer keeps TRL's
+        settings.update(learning_rate=1e-4, gradient_checkpointing=False)
+    return settings
 
 
-def run_sft(config, tokenizer, fmt: str, batch: int, accum: int, steps: int, *, notebook: bool = False,
-            packing: bool = False, liger: bool = False) -> dict:
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-    clock = StepClock()
-    rows = sft_rows(fmt, batch * accum * steps * (8 if packing else 1))  # a packed row holds several examples
+def train_result(timed: TimedSteps, steps: int, batch: int, accum: int, unit: str, per_row: float) -> dict:
+    return {f"{unit}_per_s": timed.rows / per_row / timed.seconds,
+            "real_tokens_per_s": timed.real / timed.seconds, "padded_tokens_per_s": timed.padded / timed.seconds,
+            "real_tokens": timed.real, "padded_tokens": timed.padded, "padding_share": 1 - timed.real / timed.padded,
+            "timed_steps": steps - timed.warmup, "warmup_steps": timed.warmup, "seconds": timed.seconds,
+            "batch": batch, "grad_accum": accum, "peak_gib": peak_gib()}
+
+
+# --- the three kinds of run -----------------------------------------------------------------------------
+
+def run_sft(config, tokenizer, warmup: int, steps: int, batch: int, accum: int, fmt: str = "dialogue",
+            peer: bool = False, notebook: bool = False, packing: bool = False) -> dict:
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from stages.training import sft_dataset
+
+    total = warmup + steps
+    rows = sft_rows(fmt, batch * accum * total * (8 if packing else 1))  # a packed row holds several examples
     with tempfile.TemporaryDirectory() as workdir:
-        args = SFTConfig(**common(batch, accum, steps, workdir), use_liger_kernel=liger,
-                         # The notebook: every row padded to 512, loss on the whole text. Here: each batch
-                         # padded to its longest row (or packed), loss on the reply.
-                         max_length=512 if notebook else 1024, pad_to_multiple_of=512 if notebook else None,
-                         completion_only_loss=not notebook, packing=packing, packing_strategy="bfd",
-                         train_sampling_strategy="random" if notebook else "group_by_length")
-        trainer = SFTTrainer(model=new_model(config), args=args, train_dataset=Dataset.from_list(rows),
-                             processing_class=tokenizer, peft_config=lora_config(LORA), callbacks=[clock])
+        settings = trainer_settings(total, batch, accum, workdir, peer)
+        if peer:  # TRL tokenizes the conversations itself
+            data = Dataset.from_list(rows)
+        else:
+            Path(workdir, "rows.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+            data = sft_dataset(Path(workdir, "rows.jsonl"), tokenizer)
+            settings.update(
+                # The notebook: every row padded to 512, loss on the whole text, rows in random order.
+                max_length=512 if notebook else 1024, pad_to_multiple_of=512 if notebook else None,
+                completion_only_loss=not notebook, packing=packing, packing_strategy="bfd",
+                train_sampling_strategy="random" if notebook else "group_by_length")
+        trainer = SFTTrainer(model=new_model(config), args=SFTConfig(**settings), train_dataset=data,
+                             processing_class=tokenizer, peft_config=lora_config(LORA))
+        timed = TimedSteps(trainer, warmup)
         trainer.train()
-    # The timed steps consumed this share of the rows (packed rows hold several examples).
-    passes = clock.steps * batch * accum / len(trainer.train_dataset)
-    tokens_per_s, examples_per_s = throughput(trainer.train_dataset, passes, clock.seconds)
-    return {"examples_per_s": examples_per_s, "real_tokens_per_s": tokens_per_s,
-            "mean_tokens_per_example": tokens_per_s / examples_per_s,
-            "batch": batch, "grad_accum": accum, "timed_steps": clock.steps, "peak_gib": peak_gib()}
+    return train_result(timed, total, batch, accum, "examples", per_row=1) | (
+        {"examples_per_s": None} if packing else {})  # a packed row's examples are not counted per batch
 
 
-def run_dpo(config, tokenizer, batch: int, accum: int, steps: int, max_length: int, reference: Path | None,
-            liger: bool = False) -> dict:
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-    clock = StepClock()
+def run_dpo(config, tokenizer, warmup: int, steps: int, batch: int, accum: int, reference: Path | None,
+            peer: bool = False, notebook: bool = False) -> dict:
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    from stages.dpo import TokenizedDPOTrainer
+    from stages.training import dpo_dataset
+
+    total = warmup + steps
+    rows = dpo_rows(batch * accum * total, reference)
     with tempfile.TemporaryDirectory() as workdir:
-        args = DPOConfig(**common(batch, accum, steps, workdir), max_length=max_length, use_liger_kernel=liger)
-        trainer = DPOTrainer(model=new_model(config), args=args, processing_class=tokenizer,
-                             train_dataset=Dataset.from_list(dpo_rows(batch * accum * steps + batch, reference)),
-                             peft_config=lora_config(LORA), callbacks=[clock])
+        settings = trainer_settings(total, batch, accum, workdir, peer)
+        if peer:  # TRL tokenizes the conversations itself
+            trainer = DPOTrainer(model=new_model(config), args=DPOConfig(**settings), processing_class=tokenizer,
+                                 train_dataset=Dataset.from_list(rows), peft_config=lora_config(LORA))
+        else:
+            Path(workdir, "pairs.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+            pairs, _ = dpo_dataset(Path(workdir, "pairs.jsonl"), tokenizer, max_prompt_length=512)
+            # the notebook drew pairs at random; the project groups them by length (stages.dpo)
+            settings.update(max_length=768, train_sampling_strategy="random" if notebook else "group_by_length")
+            trainer = TokenizedDPOTrainer(model=new_model(config), args=DPOConfig(**settings),
+                                          processing_class=tokenizer, train_dataset=pairs,
+                                          peft_config=lora_config(LORA))
+        timed = TimedSteps(trainer, warmup)
         trainer.train()
-    return {"pairs_per_s": clock.steps * batch * accum / clock.seconds, "batch": batch, "grad_accum": accum,
-            "max_length": max_length, "timed_steps": clock.steps, "peak_gib": peak_gib()}
+    return train_result(timed, total, batch, accum, "pairs", per_row=2)  # a pair is two rows: chosen, rejected
 
 
-def run_generate(config, tokenizer, batch: int, new_tokens: int, rounds: int) -> dict:
-    model = new_model(config).eval()
-    ids, mask = (tensor.to(model.device) for tensor in left_padded(
+def run_generate(config, tokenizer, batch: int, rounds: int, new_tokens: int, stack: bool = False) -> dict:
+    from peft import get_peft_model
+
+    model = new_model(config)
+    if stack:  # two random adapters, as evaluate runs "dpo": combined into one
+        lora = lora_config(LORA)
+        lora.init_lora_weights = False  # nonzero, so the adapters compute something
+        model = get_peft_model(model, lora, adapter_name="sft")
+        model.add_adapter("dpo", lora)
+        model = combined_adapters(model).to(placement()[0])
+    model.eval()
+    ids, mask = (tensor.to(placement()[0]) for tensor in left_padded(
         [encode(tokenizer, row["prompt"])[0] for row in sft_rows("dialogue", batch)], tokenizer.pad_token_id))
-    config = generation_config(tokenizer, new_tokens, temperature=0.0)
-    config.min_new_tokens = new_tokens  # a random model may emit EOS: fix the length so every run generates alike
+    settings = generation_config(tokenizer, new_tokens, temperature=0.0)
+    settings.min_new_tokens = new_tokens  # a random model may emit EOS: every call generates alike
     with torch.no_grad():
-        model.generate(input_ids=ids, attention_mask=mask, generation_config=config)  # warm-up
+        model.generate(input_ids=ids, attention_mask=mask, generation_config=settings)  # untimed
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
         start = time.perf_counter()
         for _ in range(rounds):
-            model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+            model.generate(input_ids=ids, attention_mask=mask, generation_config=settings)
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
-    return {"new_tokens_per_s": rounds * batch * new_tokens / seconds, "batch": batch, "new_tokens": new_tokens}
+    return {"new_tokens_per_s": rounds * batch * new_tokens / seconds, "batch": batch, "new_tokens": new_tokens,
+            "rounds": rounds, "seconds": seconds, "peak_gib": peak_gib()}
 
 
 def random_fingerprints() -> None:
     """datasets on the GPU machine's Python 3.12 fails to hash some Arrow tables (PicklingError on
     MonthDayNano); fingerprints only name cache files, which these one-off runs never reuse."""
+    import datasets.arrow_dataset
+
     datasets.arrow_dataset.generate_fingerprint = lambda dataset: uuid.uuid4().hex
+
+
+def run_one(name: str, args) -> dict:
+    """One configuration, in this process."""
+    random_fingerprints()
+    kind, settings = RUNS[name]
+    settings = dict(settings)
+    scale = 4 if args.tiny else 1
+    settings["batch"] = max(1, settings["batch"] // scale) if settings["batch"] > 4 else settings["batch"]
+    cap = args.memory_cap_gib if settings.pop("capped", False) and torch.cuda.is_available() else None
+    if cap:  # what a 16 GiB card (a T4) leaves: an allocation past it fails as it would there
+        torch.cuda.set_per_process_memory_fraction(cap * 2**30 / torch.cuda.get_device_properties(0).total_memory)
+    config = model_config(args.tiny, args.reference)
+    tokenizer, _ = tokenizer_for(args.tiny, args.reference)
+    if args.tiny:
+        config.vocab_size = len(tokenizer)
+    if kind == "sft":
+        result = run_sft(config, tokenizer, args.warmup, args.steps, **settings)
+    elif kind == "dpo":
+        result = run_dpo(config, tokenizer, args.warmup, args.steps, reference=args.reference, **settings)
+    else:
+        result = run_generate(config, tokenizer, rounds=args.rounds, new_tokens=64 if args.tiny else 128, **settings)
+    return result | ({"memory_cap_gib": cap} if cap else {})
+
+
+# --- the run of runs ------------------------------------------------------------------------------------
+
+def versions() -> dict:
+    found = {}
+    for name in VERSIONED:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = None
+    return found
 
 
 def device_name() -> str:
     return torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.processor() or platform.machine()})"
 
 
-def main(argv: list[str] | None = None) -> Path:
+def ratios(runs: dict) -> dict:
+    """The headline: the project's best over the peer (plain TRL) and over the notebook, on the same card in the
+    same run; for generation, the stack at batch 64 over batch 1."""
+    def best(prefix, key):
+        return max((r[key] for name, r in runs.items() if name.startswith(prefix) and r.get(key)), default=None)
+
+    def over(a, b):
+        return a / b if a and b else None
+
+    sft, dpo = best("sft_project", "real_tokens_per_s"), best("dpo_project", "pairs_per_s")
+    return {"sft_real_tokens_over_peer": over(sft, runs.get("sft_peer", {}).get("real_tokens_per_s")),
+            "sft_real_tokens_over_notebook": over(sft, runs.get("sft_notebook", {}).get("real_tokens_per_s")),
+            "dpo_pairs_over_peer": over(dpo, runs.get("dpo_peer", {}).get("pairs_per_s")),
+            "dpo_pairs_over_notebook": over(dpo, runs.get("dpo_notebook", {}).get("pairs_per_s")),
+            "generate_stack_over_batch_1": over(runs.get("generate_stack_batch_64", {}).get("new_tokens_per_s"),
+                                                runs.get("generate_batch_1", {}).get("new_tokens_per_s"))}
+
+
+def in_own_process(name: str, args) -> dict:
+    """One configuration in a child process of its own (its peak memory, allocator and compiled kernels its own)."""
+    settings = ["--warmup", str(args.warmup), "--steps", str(args.steps), "--rounds", str(args.rounds),
+                "--memory-cap-gib", str(args.memory_cap_gib), *(["--tiny"] if args.tiny else []),
+                *(["--reference", str(args.reference)] if args.reference else [])]
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        done = subprocess.run([sys.executable, "-m", "tools.bench", *settings, "--only", name, "--result", out.name])
+        if done.returncode:
+            return {"failed": f"exit status {done.returncode} (its output is above)"}
+        return json.loads(Path(out.name).read_text())
+
+
+def parse(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true", help="a tiny shape and a few steps, for a CPU smoke run")
-    parser.add_argument("--steps", type=int, help="timed optimizer steps per training run (default 20; tiny 2)")
-    parser.add_argument("--liger", action="store_true", help="add runs with Liger kernels (needs liger-kernel)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed optimizer steps per training run (default 3)")
+    parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps per training run (default 20)")
+    parser.add_argument("--rounds", type=int, default=3, help="timed generate calls per generation run (default 3)")
+    parser.add_argument("--runs", default=",".join(RUNS), help=f"comma-separated, of: {', '.join(RUNS)}")
+    parser.add_argument("--memory-cap-gib", type=float, default=16,
+                        help="cap the recipes' runs (sft7_recipe, dpo1_recipe) at this much GPU memory (default 16)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON result")
     parser.add_argument("--reference", type=Path, help="a folder holding tinyllama/ (and human-like-dpo/)")
+    parser.add_argument("--only", help=argparse.SUPPRESS)  # one configuration, in this process (a child)
+    parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)  # where the child writes it
     args = parser.parse_args(argv)
-    random_fingerprints()
-    steps = (args.steps or (2 if args.tiny else 20)) + 1  # the first step is not timed
+    args.reference = args.reference and args.reference.resolve()
+    names = [name for name in args.runs.split(",") if name]
+    unknown = [name for name in names if name not in RUNS]
+    if unknown:
+        parser.error(f"--runs: {', '.join(unknown)} unknown; the runs are {', '.join(RUNS)}")
+    if min(args.warmup, args.steps, args.rounds) < 1:
+        parser.error("--warmup, --steps and --rounds must be at least 1")
+    return args, names
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args, names = parse(argv)
+    if args.only:
+        write_json(args.result, run_one(args.only, args))
+        return args.result
     config = model_config(args.tiny, args.reference)
-    tokenizer, tokenizer_name = tokenizer_for(args.tiny, args.reference)
-    if args.tiny:
-        config.vocab_size = len(tokenizer)
-    scale = 4 if args.tiny else 1  # smaller batches for the CPU smoke run
-    runs = {
-        "sft_notebook": run_sft(config, tokenizer, "seed", 4, 2, steps, notebook=True),
-        "sft_project": run_sft(config, tokenizer, "dialogue", 32 // scale, 1, steps),
-        "sft_project_packed": run_sft(config, tokenizer, "dialogue", 8 // scale, 1, steps, packing=True),
-        "sft7_recipe": run_sft(config, tokenizer, "dialogue", 4, 2, steps),
-        "dpo_notebook": run_dpo(config, tokenizer, 2, 4, steps, 768, args.reference),
-        "dpo_project": run_dpo(config, tokenizer, 16 // scale, 1, steps, 768, args.reference),
-        "generate_batch_1": run_generate(config, tokenizer, 1, 64 if args.tiny else 128, rounds=2),
-        "generate_batch_64": run_generate(config, tokenizer, 64 // scale, 64 if args.tiny else 128, rounds=2),
-    }
-    if args.liger:
-        runs["sft_project_liger"] = run_sft(config, tokenizer, "dialogue", 32 // scale, 1, steps, liger=True)
-        runs["dpo_project_liger"] = run_dpo(config, tokenizer, 16 // scale, 1, steps, 768, args.reference, liger=True)
-    best_sft = max((r for name, r in runs.items() if name.startswith("sft_project")), key=lambda r: r["real_tokens_per_s"])
-    best_dpo = max((r for name, r in runs.items() if name.startswith("dpo_project")), key=lambda r: r["pairs_per_s"])
+    runs = {}
+    for name in names:
+        print(f"bench: {name}", flush=True)
+        runs[name] = in_own_process(name, args)
     result = {
         "device": device_name(),
         "date": datetime.date.today().isoformat(),
         "tiny": args.tiny,
-        "shape": {key: getattr(config, key) for key in TINYLLAMA},
-        "tokenizer": tokenizer_name,
-        "dtype": "bfloat16" if use_bf16() else "float32",
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+        "shape": {key: getattr(config, key) for key in TINYLLAMA if key != "vocab_size" or not args.tiny},
+        "tokenizer": tokenizer_for(args.tiny, args.reference)[1],
+        "dtype": str(placement()[1]).removeprefix("torch."),
+        "warmup_steps": args.warmup, "timed_steps": args.steps,
+        "versions": versions(),
         "runs": runs,
-        "ratio": {  # this project's best over the notebook's recipe, on the same card in the same run
-            "sft_real_tokens": best_sft["real_tokens_per_s"] / runs["sft_notebook"]["real_tokens_per_s"],
-            "dpo_pairs": best_dpo["pairs_per_s"] / runs["dpo_notebook"]["pairs_per_s"],
-            "generate_tokens": runs["generate_batch_64"]["new_tokens_per_s"] / runs["generate_batch_1"]["new_tokens_per_s"],
-        },
+        "ratio": ratios(runs),
     }
     slug = "".join(c if c.isalnum() else "-" for c in result["device"].lower()).strip("-")
     path = args.out / f"{result['date']}-{slug}{'-tiny' if args.tiny else ''}.json"
     write_json(path, result)
     print(json.dumps({"device": result["device"], "ratio": result["ratio"],
-                      **{name: {k: round(v, 1) for k, v in r.items() if k.endswith("_per_s") or k == "peak_gib"}
-                         for name, r in runs.items()}}, indent=1))
+                      **{name: {k: round(v, 2) for k, v in r.items() if isinstance(v, float)
+                                and (k.endswith("_per_s") or k == "peak_gib")} for name, r in runs.items()}}, indent=1))
     print(f"bench: {path}")
     return path
 
