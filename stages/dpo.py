@@ -25,7 +25,7 @@ from stages.params import LoraParams, load_params
 from stages.paths import DPO_DATA, DPO_MODEL, METRICS_DIR
 from stages.stacks import fingerprint
 from stages.training import (LogLastStep, MarkComplete, TrainClock, dpo_dataset, final_evaluation, live_callback,
-                             resume_or_start, save_adapter, trainer_kwargs)
+                             on_every_gpu, resume_or_start, save_adapter, trainer_kwargs)
 
 REPORTED = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
             "logps/chosen", "logps/rejected")
@@ -115,6 +115,7 @@ def flat(metrics: dict, prefix: str) -> dict:
 
 
 def main() -> None:
+    on_every_gpu("stages.dpo")
     params = load_params()
     set_seed(params.seed)
     run_dir, checkpoint = resume_or_start("dpo", params.seed, params.model, params.dpo, DPO_DATA / "train.jsonl",

@@ -20,8 +20,8 @@ from stages.outputs import write_json
 from stages.params import load_params
 from stages.paths import METRICS_DIR, SFT_DATA, SFT_MODEL
 from stages.stacks import fingerprint
-from stages.training import (LogLastStep, MarkComplete, TrainClock, final_evaluation, live_callback, resume_or_start,
-                             save_adapter, sft_dataset, throughput, trainer_kwargs)
+from stages.training import (LogLastStep, MarkComplete, TrainClock, final_evaluation, live_callback, on_every_gpu,
+                             resume_or_start, save_adapter, sft_dataset, throughput, trainer_kwargs)
 
 
 def build_trainer(params, output_dir: str, resume: bool = False) -> SFTTrainer:
@@ -65,6 +65,7 @@ def base_model_eval_loss(trainer: SFTTrainer, stored: Path, resuming: bool) -> f
 
 
 def main() -> None:
+    on_every_gpu("stages.sft")
     params = load_params()
     set_seed(params.seed)
     run_dir, checkpoint = resume_or_start("sft", params.seed, params.model, params.sft, SFT_DATA / "train.jsonl",

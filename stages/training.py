@@ -6,7 +6,10 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -88,6 +91,19 @@ def trainer_kwargs(params: Params, stage: str, output_dir: str) -> dict:
         use_liger_kernel=liger_kernels(stage, train.liger),
         gradient_checkpointing=train.gradient_checkpointing,
     )
+
+
+def on_every_gpu(module: str) -> None:
+    """Run `python -m module` as one process per GPU (accelerate launch, DDP) when this process sees several GPUs
+    and no launcher started it, and exit with that run's status: `dvc repro` on Kaggle's two T4s then trains on
+    both. Left alone, HF Trainer would wrap the model in nn.DataParallel, which TRL refuses. Each process takes
+    the preset's batch, so two GPUs train twice the rows per step (as the notebook's DataParallel did)."""
+    gpus = torch.cuda.device_count()
+    if gpus > 1 and "LOCAL_RANK" not in os.environ:
+        print(f"{module}: {gpus} GPUs: one process on each (accelerate launch --multi_gpu)", flush=True)
+        launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(gpus),
+                  "--num_machines", "1", "-m", module]
+        raise SystemExit(subprocess.run(launch).returncode)
 
 
 COMPLETE = "complete"  # marker written once a checkpoint is fully on disk

@@ -9,7 +9,7 @@ from tools import bench
 
 from conftest import shared_file
 
-SMOKE = dict(tiny=True, warmup=3, steps=4, rounds=1, memory_cap_gib=16.0, reference=None)
+SMOKE = dict(tiny=True, warmup=3, steps=4, rounds=1, memory_cap_gib=16.0, reference=None, profile=False)
 
 
 def test_tiny_bench_runs_each_configuration_in_its_own_process_beside_its_peer(project):
@@ -42,9 +42,9 @@ def test_the_tokens_counted_are_those_of_the_timed_batches(project):
     assert notebook["padded_tokens"] == 4 * 4 * 2 * 512
     assert notebook["real_tokens"] < notebook["padded_tokens"] / 4  # seed rows are short: the padding it wasted
     # A DPO step of 2 pairs x 4 micro-batches trains 8 pairs, each as two rows (chosen, rejected).
-    pairs = bench.run_one("dpo_notebook", SimpleNamespace(**SMOKE))
+    pairs = bench.run_one("dpo_notebook", SimpleNamespace(**{**SMOKE, "profile": True}))
     assert pairs["pairs_per_s"] * pairs["seconds"] == pytest.approx(4 * 2 * 4)
-
+    assert "aten::mm" in pairs["profile"]  # the top ops of the run, as a table
 
 def test_the_full_shape_is_tinyllamas():
     reference = json.loads(shared_file("tinyllama", "config.json").read_text())

@@ -1,6 +1,7 @@
 """The training stages run unchanged on several processes. `accelerate launch` starts multi-GPU runs
 through torchrun; here torchrun starts two CPU processes, which form a gloo group."""
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -42,3 +43,28 @@ def test_sft_then_dpo_on_two_processes_give_valid_adapters(project):
     steps = (project / "dvclive/sft/plots/metrics/loss.tsv").read_text().splitlines()[1:]
     assert len(steps) == len({line.split("\t")[0] for line in steps})
     assert not any((project / "checkpoints/sft").iterdir())
+
+
+@pytest.mark.parametrize("gpus, launched", [(2, True), (1, False), (0, False)])
+def test_a_stage_seeing_several_gpus_relaunches_itself_on_each(monkeypatch, gpus, launched):
+    """Kaggle's two T4s: `dvc repro` starts `python -m stages.sft` in one process that sees both GPUs, where HF
+    Trainer would fall into nn.DataParallel (TRL refuses it). The stage starts itself again through accelerate,
+    one process per GPU, and exits with that run's status; a process a launcher started (LOCAL_RANK) goes on."""
+    from stages import training
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    monkeypatch.setattr(training.subprocess, "run", lambda cmd: calls.append(cmd) or SimpleNamespace(returncode=3))
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    if launched:
+        with pytest.raises(SystemExit) as exited:
+            training.on_every_gpu("stages.sft")
+        assert exited.value.code == 3
+        assert calls[0][1:] == ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                                "--num_machines", "1", "-m", "stages.sft"]
+    else:
+        training.on_every_gpu("stages.sft")
+        assert calls == []
+    monkeypatch.setenv("LOCAL_RANK", "0")  # started by the launcher: train here
+    training.on_every_gpu("stages.dpo")
+    assert len(calls) == int(launched)

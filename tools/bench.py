@@ -19,6 +19,7 @@ times `--rounds` calls after one untimed call. Writes bench/results/<date>-<devi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import importlib.metadata
 import itertools
@@ -295,13 +296,26 @@ def run_one(name: str, args) -> dict:
     tokenizer, _ = tokenizer_for(args.tiny, args.reference)
     if args.tiny:
         config.vocab_size = len(tokenizer)
-    if kind == "sft":
-        result = run_sft(config, tokenizer, args.warmup, args.steps, **settings)
-    elif kind == "dpo":
-        result = run_dpo(config, tokenizer, args.warmup, args.steps, reference=args.reference, **settings)
-    else:
-        result = run_generate(config, tokenizer, rounds=args.rounds, new_tokens=64 if args.tiny else 128, **settings)
+    with profiled(args.profile) as profile:
+        if kind == "sft":
+            result = run_sft(config, tokenizer, args.warmup, args.steps, **settings)
+        elif kind == "dpo":
+            result = run_dpo(config, tokenizer, args.warmup, args.steps, reference=args.reference, **settings)
+        else:
+            result = run_generate(config, tokenizer, rounds=args.rounds, new_tokens=64 if args.tiny else 128,
+                                  **settings)
+    if profile is not None:  # where the time goes (a profiled run is slower: read its rates from an unprofiled one)
+        sort = "cuda_time_total" if torch.cuda.is_available() else "cpu_time_total"
+        result["profile"] = profile.key_averages().table(sort_by=sort, row_limit=25)
     return result | ({"memory_cap_gib": cap} if cap else {})
+
+
+def profiled(enabled: bool):
+    if not enabled:
+        return contextlib.nullcontext()
+    from torch.profiler import ProfilerActivity, profile
+
+    return profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else []))
 
 
 # --- the run of runs ------------------------------------------------------------------------------------
@@ -342,6 +356,7 @@ def in_own_process(name: str, args) -> dict:
     """One configuration in a child process of its own (its peak memory, allocator and compiled kernels its own)."""
     settings = ["--warmup", str(args.warmup), "--steps", str(args.steps), "--rounds", str(args.rounds),
                 "--memory-cap-gib", str(args.memory_cap_gib), *(["--tiny"] if args.tiny else []),
+                *(["--profile"] if args.profile else []),
                 *(["--reference", str(args.reference)] if args.reference else [])]
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         done = subprocess.run([sys.executable, "-m", "tools.bench", *settings, "--only", name, "--result", out.name])
@@ -359,6 +374,8 @@ def parse(argv):
     parser.add_argument("--runs", default=",".join(RUNS), help=f"comma-separated, of: {', '.join(RUNS)}")
     parser.add_argument("--memory-cap-gib", type=float, default=16,
                         help="cap the recipes' runs (sft7_recipe, dpo1_recipe) at this much GPU memory (default 16)")
+    parser.add_argument("--profile", action="store_true",
+                        help="record each run's top kernels (torch.profiler) in the result; slows the runs")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON result")
     parser.add_argument("--reference", type=Path, help="a folder holding tinyllama/ (and human-like-dpo/)")
     parser.add_argument("--only", help=argparse.SUPPRESS)  # one configuration, in this process (a child)
