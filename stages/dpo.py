@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 from accelerate import PartialState
 from transformers import TrainerCallback, set_seed
 from transformers.trainer_pt_utils import LengthGroupedSampler
@@ -76,6 +78,14 @@ class TokenizedDPOTrainer(DPOTrainer):
         pairs = self.train_dataset if train_dataset is None else train_dataset
         return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
                                     lengths=pair_lengths(pairs))
+
+    def _get_eval_sampler(self, eval_dataset):
+        if self.args.train_sampling_strategy != "group_by_length":
+            return super()._get_eval_sampler(eval_dataset)
+        # as transformers groups evaluation batches, with a generator of its own so evaluating draws nothing
+        # from the training's random stream
+        return LengthGroupedSampler(self.args.eval_batch_size, lengths=pair_lengths(eval_dataset),
+                                    generator=torch.Generator().manual_seed(self.args.seed))
 
 
 def build_trainer(params, output_dir: str, resume: bool = False) -> tuple[DPOTrainer, int]:

@@ -1,4 +1,4 @@
-import concurrent.futures
+import json
 import os
 import shutil
 import socket
@@ -84,16 +84,12 @@ eval:
 """
 
 
-COMPOSING = threading.Lock()  # Hydra's global state takes one composition at a time
-
-
 def use_test_preset(repo: Path) -> None:
-    from stages.params import compose
-
     with open(repo / "conf/config.yaml", "a") as config:
         config.write(TEST_PRESET)
-    with COMPOSING:
-        compose([], output=repo / "params.yaml", conf_dir=repo / "conf")
+    # `make params`, in a process of its own: Hydra's global state takes one composition at a time, and tests
+    # compose in this process while the session's jobs build in threads
+    run(["python", "-m", "stages.params", "--compose"], repo)
 
 
 def cloned_and_reproduced(dest: Path) -> Path:
@@ -112,26 +108,50 @@ def cloned_and_reproduced(dest: Path) -> Path:
     return repo
 
 
-# A second clean run, for the determinism test (test_pipeline.py), when that test is in the session: it is built
-# beside the first, since each `dvc repro` of the tiny pipeline keeps about one core busy.
-SECOND_RUN: dict = {}
+# The suite runs on two pytest-xdist workers (pytest.ini). The expensive setup is built once for the whole
+# session, in the background from the start, into a folder every worker shares: the embedded default's pipeline,
+# a second clean pipeline (the determinism test) and the real model's run (test_real_model.py). Each job is
+# started by one worker (the first takes the first job, the second the second, ...) and waited for by any.
+SHARED = Path(os.environ.setdefault("SUITE_SHARED", tempfile.mkdtemp(prefix="suite-")))
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")  # gw0, gw1, ...; None without xdist (and in the controller)
+if WORKER:  # several processes share two cores: one thread each spends no time waiting on the others
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+JOBS: dict[str, threading.Thread] = {}
+
+
+def start_job(name: str, build) -> None:
+    """Run `build(folder)` in a thread of this process; when it ends, `<name>.ok` or `<name>.failed` (the error)
+    appears beside the folder."""
+    def work():
+        try:
+            build(SHARED / name)
+            (SHARED / f"{name}.ok").touch()
+        except BaseException as error:  # noqa: BLE001 (whatever it was, the waiting tests must hear of it)
+            (SHARED / f"{name}.failed").write_text(f"{type(error).__name__}: {error}")
+
+    JOBS[name] = threading.Thread(target=work, name=name, daemon=True)
+    JOBS[name].start()
+
+
+def wait_for_job(name: str) -> Path:
+    while not (SHARED / f"{name}.ok").exists():
+        if (SHARED / f"{name}.failed").exists():
+            raise AssertionError(f"the session's {name} job failed: {(SHARED / f'{name}.failed').read_text()[-6000:]}")
+        time.sleep(1)
+    return SHARED / name
 
 
 @pytest.fixture(scope="session")
-def pipeline(tmp_path_factory) -> Path:
-    """A fresh clone after one `dvc repro` of the embedded default on the test preset. Tests may read it, not
-    change it."""
-    if SECOND_RUN.get("wanted"):
-        SECOND_RUN["future"] = concurrent.futures.ThreadPoolExecutor(1).submit(
-            cloned_and_reproduced, tmp_path_factory.mktemp("second-run"))
-    return cloned_and_reproduced(tmp_path_factory.mktemp("pipeline"))
+def pipeline() -> Path:
+    """A fresh clone after one `dvc repro` of the embedded default on the test preset, shared by every worker.
+    Tests may read it, not change it (nor run dvc in it: two workers' dvc would fight over its lock)."""
+    return wait_for_job("pipeline")
 
 
 @pytest.fixture(scope="session")
-def second_pipeline(pipeline, tmp_path_factory) -> Path:
-    """Another fresh clone and `dvc repro`, independent of `pipeline` (built at the same time when it can be)."""
-    future = SECOND_RUN.get("future")
-    return future.result() if future else cloned_and_reproduced(tmp_path_factory.mktemp("second-run"))
+def second_pipeline() -> Path:
+    """Another fresh clone and `dvc repro`, built independently of `pipeline` and at the same time."""
+    return wait_for_job("second-run")
 
 
 @pytest.fixture
@@ -169,31 +189,40 @@ def serve(module: str, cwd: Path, *args: str) -> tuple[subprocess.Popen, str]:
     raise AssertionError(f"{module} did not answer at {address}")
 
 
-BACKGROUND_DIRS: list[Path] = []
-
-
 def pytest_collection_modifyitems(session, config, items):
-    """The real-model tests go last, and their `dvc exp run` starts now, in the background (test_real_model.py);
-    the second clean pipeline is built with the first if a test wants it."""
-    SECOND_RUN["wanted"] = any("second_pipeline" in getattr(item, "fixturenames", ()) for item in items)
+    """Tests that need none of the session's jobs first, then those that read the pipelines, the real model's
+    last; and the jobs this session needs start now, each in the worker whose turn it is."""
+    def needs(item, fixtures):
+        return bool(set(fixtures) & set(getattr(item, "fixturenames", ())))
+
     real = [item for item in items if item.path.name == "test_real_model.py"]
-    if real and len(real) < len(items) and SHARED_DATA.is_dir():
-        items[:] = [item for item in items if item not in real] + real
-        BACKGROUND_DIRS.append(Path(tempfile.mkdtemp(prefix="real-model-")))
-        real[0].module.start_in_background(BACKGROUND_DIRS[-1])
+    piped = [item for item in items if item not in real and needs(item, ("pipeline", "pipeline_copy", "second_pipeline"))]
+    items[:] = [item for item in items if item not in real and item not in piped] + piped + real
+    jobs = {"pipeline": cloned_and_reproduced} if piped else {}
+    if any(needs(item, ("second_pipeline",)) for item in piped):
+        jobs["second-run"] = cloned_and_reproduced
+    if real and SHARED_DATA.is_dir():
+        jobs["real-model"] = real[0].module.run_in_background
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    mine = int(WORKER.removeprefix("gw")) if WORKER else 0
+    for turn, (name, build) in enumerate(jobs.items()):
+        if turn % workers == mine:
+            start_job(name, build)
 
 
 def pytest_terminal_summary(terminalreporter):
-    background = getattr(sys.modules.get("test_real_model"), "BACKGROUND", {})
-    if "took_s" in background:
-        terminalreporter.write_line(f"real-model profile: its dvc exp run took {background['took_s']:.0f} s; its "
-                                    f"tests began {background['tests_began_s']:.0f} s after it started")
+    timing = SHARED / "real-model.timing.json"
+    if timing.exists():
+        took = json.loads(timing.read_text())
+        terminalreporter.write_line(f"real-model profile: its dvc exp run took {took['took_s']:.0f} s; its tests "
+                                    f"began {took['tests_began_s']:.0f} s after it started")
 
 
 def pytest_sessionfinish(session, exitstatus):
-    background = getattr(sys.modules.get("test_real_model"), "BACKGROUND", {})
-    if background and background["process"].poll() is None:  # the session ended early
-        background["process"].terminate()
-        background["process"].wait()
-    for folder in BACKGROUND_DIRS:  # over a gigabyte: the model, its DVC cache and the experiment's outputs
-        shutil.rmtree(folder, ignore_errors=True)
+    for job in JOBS.values():  # a worker out of tests still owes the others the jobs it started
+        job.join()
+
+
+def pytest_unconfigure(config):
+    if not WORKER:  # the controller (or the only process): over a gigabyte of models, caches and outputs
+        shutil.rmtree(SHARED, ignore_errors=True)

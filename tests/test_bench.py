@@ -13,7 +13,7 @@ SMOKE = dict(tiny=True, warmup=3, steps=4, rounds=1, memory_cap_gib=16.0, refere
 
 
 def test_tiny_bench_runs_each_configuration_in_its_own_process_beside_its_peer(project):
-    names = ["sft_peer", "sft_project", "dpo_peer", "dpo_project", "generate_batch_1", "generate_stack_batch_64"]
+    names = ["sft_peer", "sft_project", "dpo_peer", "dpo_project", "generate_stack_batch_64"]
     path = bench.main(["--tiny", "--warmup", "3", "--steps", "4", "--rounds", "1", "--runs", ",".join(names),
                        "--out", str(project / "results")])
     result = json.loads(path.read_text())

@@ -56,15 +56,23 @@ def test_only_the_new_adapter_trains_and_its_dropout_is_honored(step0):
 
 
 def test_training_batches_are_grouped_by_pair_length(step0):
-    """Each batch is padded to its longest pair: drawn in groups of similar length, as SFT's are, a pass over
-    the train pairs pads far less than drawn at random."""
+    """A batch is padded to its longest pair (TRL pads chosen and rejected rows to one width): drawn in groups of
+    similar length, as SFT's are, a pass pads far less beyond each pair's own width than drawn at random."""
     trainer, _ = step0
     pairs = trainer.train_dataset
-    padded_area = lambda batches: sum(batch["input_ids"].numel() for batch in batches)
-    grouped = list(trainer.get_train_dataloader())
-    assert sum(len(batch["input_ids"]) for batch in grouped) == 2 * len(pairs)  # every pair once, both replies
-    shuffled = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(0)).tolist()
-    size = trainer.args.train_batch_size
-    at_random = [trainer.data_collator([pairs[i] for i in shuffled[start:start + size]])
-                 for start in range(0, len(pairs), size)]
-    assert padded_area(grouped) < 0.85 * padded_area(at_random)
+    lengths, size = dpo.pair_lengths(pairs), trainer.args.train_batch_size
+    assert lengths[0] == len(pairs[0]["prompt_ids"]) + max(len(pairs[0]["chosen_ids"]), len(pairs[0]["rejected_ids"]))
+
+    def excess(order):  # padding a batch adds beyond each pair's own width
+        batches = [order[start:start + size] for start in range(0, len(order), size)]
+        return sum(max(lengths[i] for i in batch) - lengths[i] for batch in batches for i in batch)
+
+    grouped = list(trainer._get_train_sampler())
+    assert sorted(grouped) == list(range(len(pairs)))  # every pair once
+    at_random = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(0)).tolist()
+    assert excess(grouped) < 0.5 * excess(at_random)
+    # and the trainer's batches come in that grouping: a pass pads no more than random batches would
+    padded_area = sum(batch["input_ids"].numel() for batch in trainer.get_train_dataloader())
+    random_area = sum(trainer.data_collator([pairs[i] for i in at_random[start:start + size]])["input_ids"].numel()
+                      for start in range(0, len(pairs), size))
+    assert padded_area < random_area

@@ -61,16 +61,16 @@ def test_generations_hold_replies_not_prompts(pipeline):
         assert user_turn not in row["response"] and "<|user|>" not in row["response"]
 
 
-def test_second_repro_runs_nothing(pipeline):
-    assert ran(run(["dvc", "repro"], pipeline).stdout) == []
+def test_second_repro_runs_nothing(pipeline_copy):
+    assert ran(run(["dvc", "repro"], pipeline_copy).stdout) == []
     # model_source is always changed by design (it must look at the model's files); nothing else is
-    assert json.loads(run(["dvc", "status", "--json"], pipeline).stdout) == {"model_source": ["always changed"]}
+    assert json.loads(run(["dvc", "status", "--json"], pipeline_copy).stdout) == {"model_source": ["always changed"]}
 
 
-def test_exp_show_has_columns_from_all_four_metrics_files(pipeline):
-    workspace = json.loads(run(["dvc", "exp", "show", "--json"], pipeline).stdout)[0]["data"]["metrics"]
+def test_exp_show_has_columns_from_all_four_metrics_files(pipeline_copy):
+    workspace = json.loads(run(["dvc", "exp", "show", "--json"], pipeline_copy).stdout)[0]["data"]["metrics"]
     for name in ("data", "sft", "dpo", "eval", "human"):
-        assert workspace[f"metrics/{name}.json"]["data"] == metrics(pipeline, name)
+        assert workspace[f"metrics/{name}.json"]["data"] == metrics(pipeline_copy, name)
 
 
 def test_changing_lora_rank_reruns_training_and_evaluation_only(pipeline_copy):

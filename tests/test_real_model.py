@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SHARED_DATA, VENV_PATH, copy_project, run
+from conftest import JOBS, SHARED, SHARED_DATA, VENV_PATH, copy_project, run, start_job, wait_for_job
 
 PROFILE = ["-S", "model=smollm2", "-S", "data=local", "-S", "sft=cpu", "-S", "dpo=cpu", "-S", "eval=cpu"]
 ENGLISH = {"i", "you", "your", "the", "a", "to", "that", "it", "is", "are", "and", "of", "so", "what", "how",
@@ -32,39 +32,38 @@ def real_rows(dest):
     return dest
 
 
-# The run takes minutes of CPU. conftest.py starts it when the session begins (start_in_background) and puts these
-# tests last, so that it uses what the rest of the suite leaves of the two cores; the fixture waits for it.
-BACKGROUND: dict = {}
-
-
-def start_in_background(folder: Path) -> None:
-    """Lay out the real rows and a fresh git clone of the project in `folder`, and start `dvc exp run` there."""
+# The run takes minutes of CPU. conftest.py starts it when the session begins, as one of the session's jobs, and
+# puts these tests last, so that it uses what the rest of the suite leaves of the two cores; the fixture waits.
+def run_in_background(folder: Path) -> Path:
+    """Lay out the real rows and a fresh git clone of the project in `folder`, and `dvc exp run` there."""
     data = real_rows(folder / "real-rows")
-    repo = copy_project((folder / "real-model"))
+    repo = copy_project(folder / "real-model")
     run(["git", "init", "-q"], repo)
     run(["git", "add", "-A"], repo)
     run(["git", "-c", "user.name=test", "-c", "user.email=test@localhost", "commit", "-qm", "clone"], repo)
-    log = open(repo / "exp-run.log", "w")
-    BACKGROUND.update(repo=repo, log=log, start=time.time(), process=subprocess.Popen(
-        ["dvc", "exp", "run", *PROFILE, "-S", f"data.local_dir={data}"], cwd=repo, stdout=log,
-        stderr=subprocess.STDOUT,
+    start = time.time()
+    with open(repo / "exp-run.log", "w") as log:
         # one thread: the other core is the rest of the suite's; two processes of two threads each on two cores
         # spend a third of their time waiting on each other
-        env={**os.environ, "PATH": VENV_PATH, "OMP_NUM_THREADS": "1"}))
+        returncode = subprocess.run(["dvc", "exp", "run", *PROFILE, "-S", f"data.local_dir={data}"], cwd=repo,
+                                    stdout=log, stderr=subprocess.STDOUT,
+                                    env={**os.environ, "PATH": VENV_PATH, "OMP_NUM_THREADS": "1"}).returncode
+    (folder / "started").write_text(repr(start))
+    assert returncode == 0, (repo / "exp-run.log").read_text()[-5000:]
+    return repo
 
 
 @pytest.fixture(scope="module")
 def real_run(tmp_path_factory):
-    if not BACKGROUND:  # run alone, or without the reference rows (real_rows skips then)
-        start_in_background(tmp_path_factory.mktemp("real"))
+    if "real-model" not in JOBS and not (SHARED / "real-model.ok").exists():  # this module alone: no job yet
+        real_rows(tmp_path_factory.mktemp("check"))  # skips without the reference rows
+        start_job("real-model", run_in_background)
     waited_from = time.time()
-    returncode = BACKGROUND["process"].wait()
-    BACKGROUND["log"].close()
-    repo = BACKGROUND["repo"]
-    assert returncode == 0, (repo / "exp-run.log").read_text()[-5000:]
-    # conftest.py prints these at the end: whether the suite waited for the background run
-    BACKGROUND["took_s"] = (repo / "exp-run.log").stat().st_mtime - BACKGROUND["start"]  # its last line
-    BACKGROUND["tests_began_s"] = waited_from - BACKGROUND["start"]
+    folder = wait_for_job("real-model")
+    repo, started = folder / "real-model", float((folder / "started").read_text())
+    # conftest.py prints these at the end: whether the suite waited for the run
+    (SHARED / "real-model.timing.json").write_text(json.dumps({
+        "took_s": (repo / "exp-run.log").stat().st_mtime - started, "tests_began_s": waited_from - started}))
     return repo
 
 
