@@ -116,7 +116,8 @@ SHARED = Path(os.environ.setdefault("SUITE_SHARED", tempfile.mkdtemp(prefix="sui
 WORKER = os.environ.get("PYTEST_XDIST_WORKER")  # gw0, gw1, ...; None without xdist (and in the controller)
 if WORKER:  # several processes share two cores: one thread each spends no time waiting on the others
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-JOBS: dict[str, threading.Thread] = {}
+JOBS: dict[str, threading.Thread] = {}  # the jobs this process started
+SCHEDULED: set[str] = set()  # the jobs the session starts (in this process or another worker)
 
 
 def start_job(name: str, build) -> None:
@@ -205,6 +206,7 @@ def pytest_collection_modifyitems(session, config, items):
         jobs["real-model"] = real[0].module.run_in_background
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     mine = int(WORKER.removeprefix("gw")) if WORKER else 0
+    SCHEDULED.update(jobs)
     for turn, (name, build) in enumerate(jobs.items()):
         if turn % workers == mine:
             start_job(name, build)

@@ -73,10 +73,10 @@ def test_exp_show_has_columns_from_all_four_metrics_files(pipeline_copy):
         assert workspace[f"metrics/{name}.json"]["data"] == metrics(pipeline_copy, name)
 
 
-def test_changing_lora_rank_reruns_training_and_evaluation_only(pipeline_copy):
-    edit_params(pipeline_copy / "params.yaml", **{"sft.lora.r": 4})
-    assert ran(run(["dvc", "repro"], pipeline_copy).stdout) == ["sft", "dpo", "evaluate", "human"]
-    config = json.loads((pipeline_copy / "models/sft/adapter_config.json").read_text())
+def test_changing_the_dpo_lora_rank_reruns_dpo_and_evaluation_only(pipeline_copy):
+    edit_params(pipeline_copy / "params.yaml", **{"dpo.lora.r": 4})
+    assert ran(run(["dvc", "repro"], pipeline_copy).stdout) == ["dpo", "evaluate", "human"]  # not sft, not data
+    config = json.loads((pipeline_copy / "models/dpo/adapter_config.json").read_text())
     assert config["r"] == 4
 
 

@@ -69,6 +69,9 @@ RUNS = {
     "generate_batch_64": ("generate", dict(batch=64)),
     # what evaluate runs for "dpo": base + SFT + DPO adapters, combined into one (stages.modeling.combined_adapters)
     "generate_stack_batch_64": ("generate", dict(batch=64, stack=True)),
+    # the same with a static KV cache, which transformers' generate compiles (torch.compile) on a GPU: whether
+    # that pays is what this run shows (the compiling call is the untimed one)
+    "generate_stack_batch_64_static": ("generate", dict(batch=64, stack=True, static=True)),
 }
 
 
@@ -245,7 +248,8 @@ def run_dpo(config, tokenizer, warmup: int, steps: int, batch: int, accum: int, 
     return train_result(timed, total, batch, accum, "pairs", per_row=2)  # a pair is two rows: chosen, rejected
 
 
-def run_generate(config, tokenizer, batch: int, rounds: int, new_tokens: int, stack: bool = False) -> dict:
+def run_generate(config, tokenizer, batch: int, rounds: int, new_tokens: int, stack: bool = False,
+                 static: bool = False) -> dict:
     from peft import get_peft_model
 
     model = new_model(config)
@@ -260,6 +264,8 @@ def run_generate(config, tokenizer, batch: int, rounds: int, new_tokens: int, st
         [encode(tokenizer, row["prompt"])[0] for row in sft_rows("dialogue", batch)], tokenizer.pad_token_id))
     settings = generation_config(tokenizer, new_tokens, temperature=0.0)
     settings.min_new_tokens = new_tokens  # a random model may emit EOS: every call generates alike
+    if static:
+        settings.cache_implementation = "static"
     with torch.no_grad():
         model.generate(input_ids=ids, attention_mask=mask, generation_config=settings)  # untimed
         if torch.cuda.is_available():
@@ -271,7 +277,7 @@ def run_generate(config, tokenizer, batch: int, rounds: int, new_tokens: int, st
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
     return {"new_tokens_per_s": rounds * batch * new_tokens / seconds, "batch": batch, "new_tokens": new_tokens,
-            "rounds": rounds, "seconds": seconds, "peak_gib": peak_gib()}
+            "cache": "static" if static else "dynamic", "rounds": rounds, "seconds": seconds, "peak_gib": peak_gib()}
 
 
 def random_fingerprints() -> None:
