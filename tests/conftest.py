@@ -112,7 +112,9 @@ def cloned_and_reproduced(dest: Path) -> Path:
 # session, in the background from the start, into a folder every worker shares: the embedded default's pipeline,
 # a second clean pipeline (the determinism test) and the real model's run (test_real_model.py). Each job is
 # started by one worker (the first takes the first job, the second the second, ...) and waited for by any.
-SHARED = Path(os.environ.setdefault("SUITE_SHARED", tempfile.mkdtemp(prefix="suite-")))
+if "SUITE_SHARED" not in os.environ:  # the controller (or the only process) makes it; its workers inherit it
+    os.environ["SUITE_SHARED"] = tempfile.mkdtemp(prefix="suite-")
+SHARED = Path(os.environ["SUITE_SHARED"])
 WORKER = os.environ.get("PYTEST_XDIST_WORKER")  # gw0, gw1, ...; None without xdist (and in the controller)
 if WORKER:  # several processes share two cores: one thread each spends no time waiting on the others
     os.environ.setdefault("OMP_NUM_THREADS", "1")

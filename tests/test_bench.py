@@ -13,7 +13,7 @@ SMOKE = dict(tiny=True, warmup=3, steps=4, rounds=1, memory_cap_gib=16.0, refere
 
 
 def test_tiny_bench_runs_each_configuration_in_its_own_process(project):
-    names = ["sft_project", "generate_stack_batch_64"]
+    names = ["sft_project", "generate_stack_batch_64_static"]
     path = bench.main(["--tiny", "--warmup", "3", "--steps", "4", "--rounds", "1", "--runs", ",".join(names),
                        "--out", str(project / "results")])
     result = json.loads(path.read_text())
@@ -25,7 +25,8 @@ def test_tiny_bench_runs_each_configuration_in_its_own_process(project):
     run = runs["sft_project"]
     assert run["timed_steps"] == 4 and 0 < run["real_tokens"] <= run["padded_tokens"]
     assert run["real_tokens_per_s"] == pytest.approx(run["real_tokens"] / run["seconds"])
-    assert runs["generate_stack_batch_64"]["new_tokens_per_s"] > 0
+    generated = runs["generate_stack_batch_64_static"]
+    assert generated["new_tokens_per_s"] > 0 and generated["cache"] == "static"
     assert result["ratio"]["sft_real_tokens_over_peer"] is None  # the peer did not run: no ratio, not a made-up one
 
 
