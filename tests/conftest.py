@@ -212,6 +212,11 @@ def pytest_collection_modifyitems(session, config, items):
     for turn, (name, build) in enumerate(jobs.items()):
         if turn % workers == mine:
             start_job(name, build)
+    if jobs:
+        # The jobs are the session's longest chains (the real model's run alone is most of ten minutes on one core)
+        # and every test that needs one waits for it: the tests yield to them. On Linux the nice value belongs to
+        # the thread, so this lowers the thread that runs the tests (and what it starts), not the jobs' threads.
+        os.nice(5)
 
 
 def pytest_terminal_summary(terminalreporter):
