@@ -34,6 +34,11 @@ import uuid
 from pathlib import Path
 
 import torch
+from datasets import Dataset
+from peft import get_peft_model
+from torch.profiler import ProfilerActivity, profile
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, TrainerCallback
+from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
 from stages.modeling import (combined_adapters, cpu_only, encode, generation_config, left_padded, lora_config,
                              placement, sample_texts, train_tokenizer, use_bf16, use_fp16)
@@ -41,6 +46,7 @@ from stages.outputs import write_json
 from stages.params import SEVEN_PROJECTIONS, LoraParams
 from stages.parsing import listener_examples, parse_dpo, parse_empathetic, read_bytes
 from stages.paths import DPO_FILE, DPO_SUBDIR, ED_SUBDIR, SAMPLE_DIR
+from stages.training import dpo_dataset, sft_dataset
 
 RESULTS = Path("bench/results")
 TINYLLAMA = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
@@ -78,8 +84,6 @@ RUNS = {
 # --- what every run shares ------------------------------------------------------------------------------
 
 def model_config(tiny: bool, reference: Path | None = None):
-    from transformers import LlamaConfig
-
     shape = dict(TINYLLAMA)
     if reference and (reference / "tinyllama/config.json").exists():
         published = json.loads((reference / "tinyllama/config.json").read_text())
@@ -90,8 +94,6 @@ def model_config(tiny: bool, reference: Path | None = None):
 
 
 def tokenizer_for(tiny: bool, reference: Path | None = None):
-    from transformers import AutoTokenizer
-
     if not tiny and reference and (reference / "tinyllama/tokenizer.json").exists():
         return AutoTokenizer.from_pretrained(reference / "tinyllama"), "TinyLlama"
     return train_tokenizer(sample_texts(), vocab_size=2048, max_length=2048), "sample BPE"
@@ -100,8 +102,6 @@ def tokenizer_for(tiny: bool, reference: Path | None = None):
 def new_model(config):
     """Random weights made in the placement's dtype on its device (not float32 first and cast: that transient
     would be every run's peak), then the peak counter reset, so a run's peak is its own."""
-    from transformers import AutoModelForCausalLM
-
     torch.manual_seed(0)
     device, dtype = placement()
     with torch.device(device):
@@ -131,7 +131,7 @@ def dpo_rows(count: int, reference: Path | None = None) -> list[dict]:
     return list(itertools.islice(itertools.cycle(pairs), count))
 
 
-class TimedSteps:
+class TimedSteps(TrainerCallback):
     """Counts the tokens of every micro-batch a timed optimizer step trains on (wrapping the trainer's
     training_step), and times those steps: from the end of the last warm-up step to the end of the last step,
     with the GPU synchronized at both ends."""
@@ -145,22 +145,16 @@ class TimedSteps:
             return train_step(model, inputs, *rest)
 
         trainer.training_step = counted_step
+        trainer.add_callback(self)
 
-        from transformers import TrainerCallback
-
-        clock = self
-
-        class Clock(TrainerCallback):
-            def on_step_end(self, args, state, control, **kwargs):
-                if torch.cuda.is_available():
-                    torch.cuda.synchronize()
-                now = time.perf_counter()
-                if state.global_step == clock.warmup:
-                    clock.start = now
-                elif state.global_step > clock.warmup:
-                    clock.seconds = now - clock.start
-
-        trainer.add_callback(Clock())
+    def on_step_end(self, args, state, control, **kwargs):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        if state.global_step == self.warmup:
+            self.start = now
+        elif state.global_step > self.warmup:
+            self.seconds = now - self.start
 
     def count(self, inputs: dict, step: int) -> None:
         if step <= self.warmup:
@@ -193,11 +187,6 @@ def train_result(timed: TimedSteps, steps: int, batch: int, accum: int, unit: st
 
 def run_sft(config, tokenizer, warmup: int, steps: int, batch: int, accum: int, fmt: str = "dialogue",
             peer: bool = False, notebook: bool = False, packing: bool = False) -> dict:
-    from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
-
-    from stages.training import sft_dataset
-
     total = warmup + steps
     rows = sft_rows(fmt, batch * accum * total * (8 if packing else 1))  # a packed row holds several examples
     with tempfile.TemporaryDirectory() as workdir:
@@ -222,11 +211,9 @@ def run_sft(config, tokenizer, warmup: int, steps: int, batch: int, accum: int, 
 
 def run_dpo(config, tokenizer, warmup: int, steps: int, batch: int, accum: int, reference: Path | None,
             peer: bool = False, notebook: bool = False) -> dict:
-    from datasets import Dataset
-    from trl import DPOConfig, DPOTrainer
-
+    # here, not at the top: tools.gpu_check imports this module, then replaces the stages' dvclive callback
+    # (GPU machines lack dvc) before the stages are imported
     from stages.dpo import TokenizedDPOTrainer
-    from stages.training import dpo_dataset
 
     total = warmup + steps
     rows = dpo_rows(batch * accum * total, reference)
@@ -250,8 +237,6 @@ def run_dpo(config, tokenizer, warmup: int, steps: int, batch: int, accum: int, 
 
 def run_generate(config, tokenizer, batch: int, rounds: int, new_tokens: int, stack: bool = False,
                  static: bool = False) -> dict:
-    from peft import get_peft_model
-
     model = new_model(config)
     if stack:  # two random adapters, as evaluate runs "dpo": combined into one
         lora = lora_config(LORA)
@@ -319,8 +304,6 @@ def run_one(name: str, args) -> dict:
 def profiled(enabled: bool):
     if not enabled:
         return contextlib.nullcontext()
-    from torch.profiler import ProfilerActivity, profile
-
     return profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else []))
 
 
