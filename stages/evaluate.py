@@ -7,7 +7,8 @@ a JSONL file of {system (optional), user, reference}.
 Every adapter is checked against the stack beneath it before anything runs. Every model runs on the
 accelerator when there is one, adapters unmerged, as trained (the DPO model's two combined into one:
 stages.modeling.combined_adapters); prompts become ids through the one prompt format, and a prompt too long
-for sft.max_length minus eval.max_new_tokens loses its oldest turns (counted). Only generated tokens are scored (stages.generation), greedy unless eval.temperature > 0.
+for sft.max_length minus eval.max_new_tokens loses its oldest turns (counted). Only generated tokens are scored
+(stages.generation), greedy unless eval.temperature > 0.
 
 Scores (stages.scoring): BLEU, sacreBLEU, chrF, BERTScore, perplexity of the reference replies, length, stop
 rate, diversity, repetition, DPO preference accuracy on the held-out pairs; and the two learned metrics
