@@ -17,6 +17,6 @@ REFERENCE=()
 status=0
 python3 -m tools.bench "${REFERENCE[@]}" ${TINY:-} --out "$OUT" 2>&1 | tail -n 60 || status=1
 python3 -m tools.bench "${REFERENCE[@]}" ${TINY:-} --out "$OUT/profiled" --profile --steps 5 \
-    --runs sft_peer,sft_project,sft_project_packed,dpo_project,generate_stack_batch_64,generate_stack_batch_64_static > "$OUT/profiled.log" 2>&1 || status=1
+    --runs sft_peer,sft_project,sft_project_packed,sft_project_packed_dense_mask,dpo_project,generate_stack_batch_64,generate_stack_batch_64_static > "$OUT/profiled.log" 2>&1 || status=1
 python3 -m tools.gpu_check "${REFERENCE[@]}" ${TINY:-} --out "$OUT" 2>&1 | tail -n 30 || status=1
 exit $status

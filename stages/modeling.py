@@ -73,9 +73,15 @@ def load_tokenizer():
     return AutoTokenizer.from_pretrained(**base_source())
 
 
-def load_base_model(dtype: torch.dtype | None = None):
-    """The base model on the CPU, in the placement's dtype unless told otherwise. Trainers place it."""
-    return AutoModelForCausalLM.from_pretrained(**base_source(), dtype=dtype or placement()[1])
+def load_base_model(dtype: torch.dtype | None = None, packed: bool = False):
+    """The base model on the CPU, in the placement's dtype unless told otherwise. Trainers place it. `packed`:
+    for packed rows, attending within each example only (stages.varlen)."""
+    attention = {}
+    if packed:
+        from stages.varlen import ATTENTION
+
+        attention = dict(attn_implementation=ATTENTION)
+    return AutoModelForCausalLM.from_pretrained(**base_source(), dtype=dtype or placement()[1], **attention)
 
 
 def stack(model, stage: Stage):

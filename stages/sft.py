@@ -35,13 +35,13 @@ def build_trainer(params, output_dir: str, resume: bool = False) -> SFTTrainer:
         weight_decay=sft.weight_decay,
         completion_only_loss=True,
         # Batches of similar length pad little; each batch is padded to its own longest row. With packing,
-        # TRL fills rows best-fit (bfd) and passes restarting position ids and no attention mask, from which
-        # transformers builds a block-diagonal mask (TRL calls the model with use_cache=False, which it needs).
+        # TRL fills rows best-fit (bfd) and passes one flattened row with restarting position ids and where each
+        # example starts, and the model attends within each example only (stages.varlen).
         train_sampling_strategy="group_by_length",
         packing=sft.packing,
         packing_strategy="bfd",
     )
-    model = load_base_model()
+    model = load_base_model(packed=sft.packing)
     check_targets(model, sft.lora, "sft")
     return SFTTrainer(
         model=model,

@@ -1,5 +1,5 @@
 """The GPU check's tiny variant on the CPU: the whole DAG through the stages' own code, every model seen
-where placement puts it, and the scored model equal to the unmerged stack."""
+where placement puts it, the scored model equal to the unmerged stack, packed rows equal to padded ones."""
 import json
 import time
 
@@ -22,5 +22,8 @@ def test_tiny_gpu_check_runs_every_stage_on_the_placed_device(project):
     checks = result["checks"]
     assert checks["scored_vs_unmerged_max_logit_difference"] < 1e-5
     assert checks["export_fp32_vs_fp32_stack_max_logit_difference"] < 1e-4
+    packed = checks["packed_vs_padded"]  # on the CPU, one sdpa call per example (a GPU: torch's varlen kernel)
+    assert packed["attention"] == "sdpa per example" and packed["within_tolerance"]
+    assert packed["max_gradient_difference"] <= 1e-5 * packed["largest_gradient"] and packed["largest_gradient"] > 0
     assert result["train_tokens_per_s"] > 0 and result["train_pairs_per_s"] > 0
     assert not (project / "models").exists()  # the scratch project stays out of the checkout

@@ -7,6 +7,7 @@ from stages.outputs import read_jsonl
 from stages.modeling import encode
 from stages.params import SEVEN_PROJECTIONS, load_params
 from stages.paths import SFT_DATA
+from stages.varlen import ATTENTION
 
 from conftest import edit_params
 
@@ -77,25 +78,30 @@ def test_reply_in_the_batch_is_the_listener_turn(sft_trainer):
 
 
 def test_a_packed_batch_gives_the_padded_batchs_loss(sft_trainer, tmp_path):
-    """With sft.packing, examples share a row with no padding; they must still not see each other
-    (transformers builds a block-diagonal mask from the restarting position ids when no cache is used)."""
+    """With sft.packing, examples share a row with no padding; they must still not see each other. The packed
+    model attends within each example (stages.varlen, tests/test_varlen.py); the base model's sdpa, given the
+    same row, builds a block-diagonal mask from the restarting position ids (no cache: TRL passes use_cache=False)."""
     params = load_params()
     packed = params.model_copy(update={"sft": params.sft.model_copy(update={"packing": True})})
     free_trainer = sft.build_trainer(packed, str(tmp_path / "packed"))
+    assert free_trainer.model.config._attn_implementation == ATTENTION
     row = free_trainer.train_dataset[0]
     assert len(row["input_ids"]) > 2 * max(len(f["input_ids"]) for f in sft_trainer.train_dataset.select(range(20)))
     features = [sft_trainer.train_dataset[i] for i in range(6)]
     padded, free = sft_trainer.data_collator(features), free_trainer.data_collator(features)
     lengths = [len(f["input_ids"]) for f in features]
     assert padded["input_ids"].shape == (6, max(lengths)) and free["input_ids"].shape == (1, sum(lengths))
-    model = sft_trainer.model.eval()  # same weights in both: the LoRA adapter starts as a no-op
+    # same weights in both models: the LoRA adapters start as no-ops
+    model, free_model = sft_trainer.model.eval(), free_trainer.model.eval()
     with torch.no_grad():
         loss_padded = sft_trainer.compute_loss(model, padded)
-        loss_free = free_trainer.compute_loss(model, free)
-        # The same row with one running position: the examples attend to each other and the loss moves.
-        leaked = dict(free, position_ids=torch.arange(sum(lengths))[None])
-        loss_leaked = free_trainer.compute_loss(model, leaked)
+        loss_free = free_trainer.compute_loss(free_model, free)
+        loss_masked = sft_trainer.compute_loss(model, free)
+        # The same row with one running position and no boundaries: the examples attend to each other.
+        leaked = {key: value for key, value in free.items() if not key.startswith(("cu_seq", "max_length"))}
+        loss_leaked = free_trainer.compute_loss(free_model, dict(leaked, position_ids=torch.arange(sum(lengths))[None]))
     assert loss_free.item() == pytest.approx(loss_padded.item(), rel=1e-5)
+    assert loss_masked.item() == pytest.approx(loss_padded.item(), rel=1e-5)
     assert abs(loss_leaked.item() - loss_padded.item()) > 1e-3
 
 

@@ -47,6 +47,7 @@ from stages.params import SEVEN_PROJECTIONS, LoraParams
 from stages.parsing import listener_examples, parse_dpo, parse_empathetic, read_bytes
 from stages.paths import DPO_FILE, DPO_SUBDIR, ED_SUBDIR, SAMPLE_DIR
 from stages.training import dpo_dataset, sft_dataset
+from stages.varlen import ATTENTION
 
 RESULTS = Path("bench/results")
 TINYLLAMA = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
@@ -65,7 +66,10 @@ RUNS = {
     "sft_notebook": ("sft", dict(notebook=True, fmt="seed", batch=4, accum=2)),
     # this project: dialogue rows grouped by length, each batch padded to its longest, loss on the reply
     "sft_project": ("sft", dict(batch=32, accum=1)),
+    # packed rows (sft.packing): each example attends within itself (stages.varlen), or, as transformers does
+    # by itself under sdpa, across the whole row through a dense block-diagonal mask
     "sft_project_packed": ("sft", dict(batch=8, accum=1, packing=True)),
+    "sft_project_packed_dense_mask": ("sft", dict(batch=8, accum=1, packing=True, dense_mask=True)),
     "sft7_recipe": ("sft", dict(batch=4, accum=2, capped=True)),  # the default preset's shape
     "dpo_peer": ("dpo", dict(peer=True, batch=8, accum=1)),
     "dpo_notebook": ("dpo", dict(batch=2, accum=4, notebook=True)),  # also dpo1's shape
@@ -99,13 +103,15 @@ def tokenizer_for(tiny: bool, reference: Path | None = None):
     return train_tokenizer(sample_texts(), vocab_size=2048, max_length=2048), "sample BPE"
 
 
-def new_model(config):
+def new_model(config, packed: bool = False):
     """Random weights made in the placement's dtype on its device (not float32 first and cast: that transient
-    would be every run's peak), then the peak counter reset, so a run's peak is its own."""
+    would be every run's peak), then the peak counter reset, so a run's peak is its own. `packed`: with the
+    packed rows' attention, as the sft stage loads it."""
     torch.manual_seed(0)
     device, dtype = placement()
+    attention = dict(attn_implementation=ATTENTION) if packed else {}
     with torch.device(device):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, **attention)
     if torch.cuda.is_available():
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -186,7 +192,7 @@ def train_result(timed: TimedSteps, steps: int, batch: int, accum: int, unit: st
 # --- the three kinds of run -----------------------------------------------------------------------------
 
 def run_sft(config, tokenizer, warmup: int, steps: int, batch: int, accum: int, fmt: str = "dialogue",
-            peer: bool = False, notebook: bool = False, packing: bool = False) -> dict:
+            peer: bool = False, notebook: bool = False, packing: bool = False, dense_mask: bool = False) -> dict:
     total = warmup + steps
     rows = sft_rows(fmt, batch * accum * total * (8 if packing else 1))  # a packed row holds several examples
     with tempfile.TemporaryDirectory() as workdir:
@@ -201,8 +207,8 @@ def run_sft(config, tokenizer, warmup: int, steps: int, batch: int, accum: int, 
                 max_length=512 if notebook else 1024, pad_to_multiple_of=512 if notebook else None,
                 completion_only_loss=not notebook, packing=packing, packing_strategy="bfd",
                 train_sampling_strategy="random" if notebook else "group_by_length")
-        trainer = SFTTrainer(model=new_model(config), args=SFTConfig(**settings), train_dataset=data,
-                             processing_class=tokenizer, peft_config=lora_config(LORA))
+        trainer = SFTTrainer(model=new_model(config, packed=packing and not dense_mask), args=SFTConfig(**settings),
+                             train_dataset=data, processing_class=tokenizer, peft_config=lora_config(LORA))
         timed = TimedSteps(trainer, warmup)
         trainer.train()
     return train_result(timed, total, batch, accum, "examples", per_row=1) | (

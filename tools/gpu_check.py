@@ -7,8 +7,9 @@ few steps, with the stages' own code.
 It runs base model, download, preprocess, judges, sft, dpo, evaluate and human in order, in a scratch copy of the
 sample data, and asserts:
 - every model that ran a forward pass ran on the accelerator (a hook sees every one);
-- the scored model (adapters unmerged, in the placement's dtype) matches the unmerged adapter stack built
-  as PEFT trains it, within bf16 tolerance, and the float32 export matches the float32 stack.
+- the scored model (its two adapters combined, in the placement's dtype) matches the unmerged adapter stack
+  built as PEFT trains it, within bf16 tolerance, and the float32 export matches the float32 stack;
+- packed rows through torch's varlen kernel (stages.varlen) give the padded batch's loss and gradients.
 It reports how far a naive bf16 merge lands from the stack, and evaluate's preference accuracy beside
 TRL's own. Each stage's wall time and peak accelerator memory go to
 bench/results/<date>-<device>-gpu-check.json, beside the benchmark's.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import json
 import os
 import shutil
@@ -37,7 +39,7 @@ from transformers import (AutoTokenizer, BertConfig, BertModel, BertTokenizerFas
 from stages import training
 from stages.modeling import encode, load_base_model, load_model, placement, sample_texts, train_tokenizer
 from stages.outputs import read_jsonl, write_json
-from stages.paths import BASE_MODEL, DPO_MODEL, METRICS_DIR, PROBE_SET, SFT_MODEL
+from stages.paths import BASE_MODEL, DPO_MODEL, METRICS_DIR, PROBE_SET, SFT_DATA, SFT_MODEL
 from tools.bench import RESULTS, TINY, device_name, model_config, random_fingerprints
 
 STAGES = ["download", "preprocess", "judges", "sft", "dpo", "evaluate", "human"]
@@ -167,6 +169,44 @@ def merge_checks() -> dict:
             "export_fp32_vs_fp32_stack_max_logit_difference": export_difference}
 
 
+def packed_vs_padded() -> dict:
+    """The packed rows' attention (stages.varlen: on a GPU, torch's varlen FlashAttention kernel) against the same
+    rows padded under sdpa: the base model's loss and gradients on eight SFT rows, in the placement's dtype."""
+    device, dtype = placement()
+    tokenizer = AutoTokenizer.from_pretrained(BASE_MODEL)
+    rows = [torch.tensor(sum(encode(tokenizer, row["prompt"], row["completion"]), []))
+            for row in read_jsonl(SFT_DATA / "train.jsonl")[:8]]
+    lengths = [len(row) for row in rows]
+    ids = torch.full((len(rows), max(lengths)), tokenizer.pad_token_id)
+    mask = torch.zeros_like(ids)
+    for i, row in enumerate(rows):
+        ids[i, :len(row)], mask[i, :len(row)] = row, 1
+    starts = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32)
+    packed = torch.cat(rows)[None]
+    positions = torch.cat([torch.arange(n) for n in lengths])[None]
+    batches = {"padded": dict(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)),
+               "packed": dict(input_ids=packed, position_ids=positions, labels=packed.masked_fill(positions == 0, -100),
+                              cu_seq_lens_q=starts, cu_seq_lens_k=starts, max_length_q=max(lengths),
+                              max_length_k=max(lengths), use_cache=False)}
+    results = {}
+    for name, batch in batches.items():
+        model = load_base_model(packed=name == "packed").to(device)
+        loss = model(**{key: value.to(device) if torch.is_tensor(value) else value for key, value in batch.items()}).loss
+        loss.backward()
+        results[name] = (loss.item(), torch.cat([p.grad.float().flatten() for p in model.parameters()]).cpu())
+        del model
+    (loss, gradients), (packed_loss, packed_gradients) = results["padded"], results["packed"]
+    largest = gradients.abs().max().item()
+    difference = (packed_gradients - gradients).abs().max().item()
+    # tests/test_varlen.py's tolerances: float noise in float32; in half precision a few steps (2**-8) of the largest
+    half = dtype != torch.float32
+    return {"attention": "varlen_attn" if device.type == "cuda" else "sdpa per example",
+            "padded_loss": loss, "packed_loss": packed_loss, "max_gradient_difference": difference,
+            "largest_gradient": largest,
+            "within_tolerance": abs(packed_loss - loss) <= (1e-3 if half else 1e-6) * abs(loss)
+            and difference <= (2**-5 if half else 1e-5) * largest}
+
+
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true", help="a tiny shape, for a CPU smoke run")
@@ -198,7 +238,7 @@ def main(argv: list[str] | None = None) -> Path:
             for name, module in zip(STAGES, (download, preprocess, judges, sft, dpo, evaluate, human)):
                 print(f"gpu_check: {name}", flush=True)
                 runs[name] = timed(module.main)
-            checks = merge_checks()
+            checks = merge_checks() | {"packed_vs_padded": packed_vs_padded()}
             metrics = {name: json.loads((METRICS_DIR / f"{name}.json").read_text()) for name in ("sft", "dpo", "eval")}
         finally:
             os.chdir(root)
@@ -228,6 +268,7 @@ def main(argv: list[str] | None = None) -> Path:
     path = out / f"{result['date']}-{slug}-gpu-check{'-tiny' if args.tiny else ''}.json"
     write_json(path, result)
     print(json.dumps({"stages": runs, "checks": checks, "models_seen": result["models_seen"]}, indent=1))
+    assert checks["packed_vs_padded"]["within_tolerance"], checks["packed_vs_padded"]
     print(f"gpu_check: every model ran on {expected}; {path}")
     return path
 
