@@ -73,15 +73,11 @@ def load_tokenizer():
     return AutoTokenizer.from_pretrained(**base_source())
 
 
-def load_base_model(dtype: torch.dtype | None = None, packed: bool = False):
-    """The base model on the CPU, in the placement's dtype unless told otherwise. Trainers place it. `packed`:
-    for packed rows, attending within each example only (stages.varlen)."""
-    attention = {}
-    if packed:
-        from stages.varlen import ATTENTION
-
-        attention = dict(attn_implementation=ATTENTION)
-    return AutoModelForCausalLM.from_pretrained(**base_source(), dtype=dtype or placement()[1], **attention)
+def load_base_model(dtype: torch.dtype | None = None, attention: str | None = None):
+    """The base model on the CPU, in the placement's dtype unless told otherwise. Trainers place it. `attention`:
+    an attention implementation registered with transformers (packed SFT rows: stages.varlen.ATTENTION)."""
+    chosen = dict(attn_implementation=attention) if attention else {}
+    return AutoModelForCausalLM.from_pretrained(**base_source(), dtype=dtype or placement()[1], **chosen)
 
 
 def stack(model, stage: Stage):

@@ -22,6 +22,7 @@ from stages.paths import METRICS_DIR, SFT_DATA, SFT_MODEL
 from stages.stacks import fingerprint
 from stages.training import (LogLastStep, MarkComplete, TrainClock, final_evaluation, live_callback, on_every_gpu,
                              resume_or_start, save_adapter, sft_dataset, throughput, trainer_kwargs)
+from stages.varlen import ATTENTION as PACKED_ATTENTION
 
 
 def build_trainer(params, output_dir: str, resume: bool = False) -> SFTTrainer:
@@ -41,7 +42,7 @@ def build_trainer(params, output_dir: str, resume: bool = False) -> SFTTrainer:
         packing=sft.packing,
         packing_strategy="bfd",
     )
-    model = load_base_model(packed=sft.packing)
+    model = load_base_model(attention=PACKED_ATTENTION if sft.packing else None)
     check_targets(model, sft.lora, "sft")
     return SFTTrainer(
         model=model,

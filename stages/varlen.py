@@ -9,7 +9,7 @@ one call of torch's `varlen_attn` (its FlashAttention kernel), elsewhere one sdp
 no example boundaries (padded rows) goes to transformers' sdpa unchanged.
 
 Importing this module registers the implementation under `ATTENTION` with transformers' attention interface;
-`stages.modeling.load_base_model(packed=True)` loads a model with it.
+`stages.modeling.load_base_model(attention=ATTENTION)` loads a model with it (the sft stage, with sft.packing).
 """
 from __future__ import annotations
 
@@ -19,6 +19,11 @@ import torch
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+try:
+    from torch.nn.attention.varlen import varlen_attn
+except ImportError:  # torch before 2.10: one sdpa call per example, on a GPU too
+    varlen_attn = None
 
 ATTENTION = "packed_varlen"
 
@@ -39,7 +44,7 @@ def packed_attention(module, query, key, value, attention_mask, scaling=None, dr
         raise ValueError("packed attention has no attention dropout; the model's attention_dropout must be 0")
     # (tokens, heads, head_dim): the layout both kernels take
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))
-    if q.is_cuda:
+    if q.is_cuda and varlen_attn is not None:
         out = flash_varlen(q, k, v, cu_seq_lens_q, int(max_length_q), scaling)
     else:
         out = per_example(q, k, v, cu_seq_lens_q, scaling)
@@ -60,8 +65,6 @@ def example_starts(position_ids: torch.Tensor) -> tuple[torch.Tensor | None, int
 
 def flash_varlen(q, k, v, starts: torch.Tensor, longest: int, scaling) -> torch.Tensor:
     """All examples in one FlashAttention call: causal within each, nothing across."""
-    from torch.nn.attention.varlen import varlen_attn
-
     groups = {}
     if k.shape[1] != q.shape[1]:
         # Grouped-query attention (TinyLlama: 32 query heads, 4 key/value heads). torch's varlen_attn takes

@@ -115,9 +115,9 @@ def test_the_gpu_kernel_is_called_causal_per_example_with_its_key_heads_grouped_
     if not takes_gqa:
         def kernel_without_gqa(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, window_size=(-1, -1)):
             return kernel(q, k, v, cu_q, cu_k, max_q, max_k, scale=scale, window_size=window_size)
-        monkeypatch.setattr("torch.nn.attention.varlen.varlen_attn", kernel_without_gqa)
+        monkeypatch.setattr(varlen, "varlen_attn", kernel_without_gqa)
     else:
-        monkeypatch.setattr("torch.nn.attention.varlen.varlen_attn", kernel)
+        monkeypatch.setattr(varlen, "varlen_attn", kernel)
     out = varlen.flash_varlen(q, k, v, starts, max(LENGTHS), scaling=0.25)
     assert calls == [dict(window_size=(-1, 0), dtype=torch.int32, longest=(140, 140), gqa=takes_gqa)]
     assert torch.allclose(out, varlen.per_example(q, k, v, starts.to(torch.int32), 0.25), atol=1e-5)

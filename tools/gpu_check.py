@@ -36,7 +36,7 @@ from tokenizers import BertWordPieceTokenizer
 from transformers import (AutoTokenizer, BertConfig, BertModel, BertTokenizerFast, LlamaConfig, LlamaForCausalLM,
                           PreTrainedModel, TrainerCallback)
 
-from stages import training
+from stages import training, varlen
 from stages.modeling import encode, load_base_model, load_model, placement, sample_texts, train_tokenizer
 from stages.outputs import read_jsonl, write_json
 from stages.paths import BASE_MODEL, DPO_MODEL, METRICS_DIR, PROBE_SET, SFT_DATA, SFT_MODEL
@@ -190,7 +190,7 @@ def packed_vs_padded() -> dict:
                               max_length_k=max(lengths), use_cache=False)}
     results = {}
     for name, batch in batches.items():
-        model = load_base_model(packed=name == "packed").to(device)
+        model = load_base_model(attention=varlen.ATTENTION if name == "packed" else None).to(device)
         loss = model(**{key: value.to(device) if torch.is_tensor(value) else value for key, value in batch.items()}).loss
         loss.backward()
         results[name] = (loss.item(), torch.cat([p.grad.float().flatten() for p in model.parameters()]).cpu())
@@ -200,7 +200,8 @@ def packed_vs_padded() -> dict:
     difference = (packed_gradients - gradients).abs().max().item()
     # tests/test_varlen.py's tolerances: float noise in float32; in half precision a few steps (2**-8) of the largest
     half = dtype != torch.float32
-    return {"attention": "varlen_attn" if device.type == "cuda" else "sdpa per example",
+    kernel = "varlen_attn" if device.type == "cuda" and varlen.varlen_attn is not None else "sdpa per example"
+    return {"attention": kernel,
             "padded_loss": loss, "packed_loss": packed_loss, "max_gradient_difference": difference,
             "largest_gradient": largest,
             "within_tolerance": abs(packed_loss - loss) <= (1e-3 if half else 1e-6) * abs(loss)
