@@ -1,22 +1,64 @@
 #!/usr/bin/env bash
-# One prepared call on a lent GPU machine (docs/speed.md, "Measuring on a GPU"): the benchmark with every run
-# (the recipes under a 16 GiB cap), the same runs profiled, and the GPU check, all written to $OUT.
-#
-# Prepare here first (both folders are ignored by git; the device tool carries them):
-#   .ref/tinyllama/       TinyLlama's config.json and tokenizer files; .ref/human-like-dpo/*.json real DPO rows
-#   .whl/                 the wheels the machine lacks (trl, peft, datasets, ... and liger-kernel)
-# Then: run(command="bash bench/gpu-session.sh", carry=[".ref", ".whl"]). TINY=--tiny runs it all on a CPU.
+# The prepared calls on a lent GPU machine (docs/speed.md, "Measuring on a GPU"), made one right after another:
+# between calls the machine keeps what a call left in git-ignored folders (here .gpu/) for 30 s, no longer.
+# Prepare here first: bash bench/gpu-prepare.sh REFERENCE_DIR. Then, with the device tool:
+#   run(command="bash bench/gpu-session.sh 1", carry=[".ref", ".whl"])   install the wheels; the benchmark,
+#       every run profiled after its timed steps, the recipes under a 16 GiB cap, within BENCH_BUDGET_S
+#   run(command="bash bench/gpu-session.sh 2", carry=[".carry/2"])       keep the payload's first part
+#   run(command="bash bench/gpu-session.sh 3", carry=[".carry/3"])       keep the second
+#   run(command="bash bench/gpu-session.sh 4", carry=[".carry/4"])       join and check the parts; SmolLM2 through
+#       sft7 and dpo1 on the real rows, evaluated on the fixed sets (tools.real_run)
+#   run(command="bash bench/gpu-session.sh 5")                           the GPU check (tools.gpu_check)
+# Each writes its results and log to $OUT. On a CPU, TINY=--tiny runs steps 1 and 5 small, and REAL_RUN_ARGS (e.g.
+# "--set sft.train_size=8 ...") makes step 4's run small.
 set -uo pipefail
+STEP=${1:?usage: bash bench/gpu-session.sh STEP (1-5)}
 OUT=${OUT:?set OUT to the folder the results go to}
-if compgen -G ".whl/*.whl" > /dev/null; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-        && export PYTHONPATH=/tmp/site || exit 1
+export PYTHONUNBUFFERED=1
+GPU=.gpu
+mkdir -p "$GPU/parts"
+
+if [ "$STEP" = 1 ] && compgen -G ".whl/*.whl" > /dev/null; then
+    rm -rf "$GPU/site"
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$GPU/site" .whl/*.whl || exit 1
+fi
+export PYTHONPATH="$PWD/$GPU/site${PYTHONPATH:+:$PYTHONPATH}"
+if [ "$STEP" != 1 ] && [ ! -d "$GPU/site" ] && [ -z "${TINY:-}" ]; then
+    echo "gpu-session: $GPU/site is missing: this machine is not the one step 1 ran on (it was given back); start again at step 1" >&2
+    exit 3
 fi
 REFERENCE=()
 [ -d .ref/tinyllama ] && REFERENCE=(--reference .ref)
-status=0
-python3 -m tools.bench "${REFERENCE[@]}" ${TINY:-} --out "$OUT" 2>&1 | tail -n 60 || status=1
-python3 -m tools.bench "${REFERENCE[@]}" ${TINY:-} --out "$OUT/profiled" --profile --steps 5 \
-    --runs sft_peer,sft_project,sft_project_packed,sft_project_packed_dense_mask,dpo_project,generate_stack_batch_64,generate_stack_batch_64_static > "$OUT/profiled.log" 2>&1 || status=1
-python3 -m tools.gpu_check "${REFERENCE[@]}" ${TINY:-} --out "$OUT" 2>&1 | tail -n 30 || status=1
-exit $status
+
+keep_part() {  # the part this call carried, checked against the sums that came with it
+    local dir=".carry/$1"
+    (cd "$dir" && sha256sum --check --ignore-missing --quiet SHA256SUMS) || { echo "gpu-session: $dir is damaged" >&2; exit 1; }
+    cp "$dir"/part-* "$dir/SHA256SUMS" "$GPU/parts/"
+    ls -l "$GPU/parts"
+}
+
+case "$STEP" in
+    1)
+        python3 -m tools.bench "${REFERENCE[@]}" ${TINY:-} --profile --budget-s "${BENCH_BUDGET_S:-360}" --out "$OUT" \
+            2>&1 | tee "$OUT/bench.log" | tail -n 80
+        ;;
+    2 | 3)
+        keep_part "$STEP"
+        ;;
+    4)
+        keep_part 4
+        (cd "$GPU/parts" && cat part-0 part-1 part-2 > payload.tar.gz && sha256sum --check --quiet SHA256SUMS) \
+            || { echo "gpu-session: a part is missing or damaged (were steps 2 and 3 run on this machine?)" >&2; exit 1; }
+        rm -rf "$GPU/payload" && mkdir -p "$GPU/payload" && tar -xzf "$GPU/parts/payload.tar.gz" -C "$GPU/payload"
+        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$GPU/site" \
+            "$GPU"/payload/wheels/*.whl || exit 1
+        python3 -m tools.real_run --rows "$GPU/payload/rows" --out "$OUT" ${REAL_RUN_ARGS:-} 2>&1 | tee "$OUT/real-run.log" | tail -n 60
+        ;;
+    5)
+        python3 -m tools.gpu_check "${REFERENCE[@]}" ${TINY:-} --out "$OUT" 2>&1 | tee "$OUT/gpu-check.log" | tail -n 40
+        ;;
+    *)
+        echo "gpu-session: no step $STEP (1-5)" >&2
+        exit 2
+        ;;
+esac

@@ -1,6 +1,7 @@
 """The benchmark's CPU smoke runs: each configuration in a process of its own, the tokens of the timed batches,
 the peer and the notebook beside the project, versions recorded."""
 import json
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -9,7 +10,8 @@ from tools import bench
 
 from conftest import shared_file
 
-SMOKE = dict(tiny=True, warmup=3, steps=4, rounds=1, memory_cap_gib=16.0, reference=None, profile=False)
+SMOKE = dict(tiny=True, warmup=3, steps=4, rounds=1, memory_cap_gib=16.0, reference=None, profile=False,
+             profile_steps=2)
 
 
 def test_tiny_bench_runs_each_configuration_in_its_own_process(project):
@@ -37,9 +39,30 @@ def test_the_tokens_counted_are_those_of_the_timed_batches():
     assert notebook["padded_tokens"] == 4 * 4 * 2 * 512 and notebook["timed_steps"] == 4
     assert notebook["real_tokens"] < notebook["padded_tokens"] / 4  # seed rows are short: the padding it wasted
     # The peer, plain TRL with its defaults (batch 8, here 2 for the tiny run): a step of 2 pairs trains 4 rows.
+    # Profiled, it runs 2 more steps after the timed 4, and neither their pairs nor their time are counted.
     peer = bench.run_one("dpo_peer", SimpleNamespace(**{**SMOKE, "profile": True}))
-    assert peer["pairs_per_s"] * peer["seconds"] == pytest.approx(4 * 2)
-    assert "aten::mm" in peer["profile"]  # the run's top operations, as a table
+    assert peer["pairs_per_s"] * peer["seconds"] == pytest.approx(4 * 2) and peer["timed_steps"] == 4
+    assert "aten::mm" in peer["profile"] and "MmBackward0" in peer["profile"]  # training steps' top operations
+
+
+def test_each_run_is_written_as_it_ends_and_none_starts_past_the_budget(project, monkeypatch):
+    # A lease can end mid-benchmark: what finished is on disk, and a budget keeps the last runs from starting.
+    started = []
+
+    def fake_run(name, args):
+        if started:  # the result file already holds the run before this one
+            written = json.loads(next((project / "results").glob("*-tiny.json")).read_text())
+            assert list(written["runs"]) == started
+        started.append(name)
+        time.sleep(0.3)
+        return {"real_tokens_per_s": 1.0}
+
+    monkeypatch.setattr(bench, "in_own_process", fake_run)
+    path = bench.main(["--tiny", "--runs", "sft_peer,dpo_peer,sft_project", "--budget-s", "0.5",
+                       "--out", str(project / "results")])
+    runs = json.loads(path.read_text())["runs"]
+    assert started == ["sft_peer", "dpo_peer"]  # the second began at 0.3 s, within the budget; the third at 0.6 s
+    assert runs["sft_project"] == {"skipped": "the 0.5 s budget was spent"}
 
 
 def test_the_headline_is_the_projects_best_over_the_peer_and_the_notebook():

@@ -14,12 +14,14 @@ How it measures: every configuration runs in a process of its own, so each peak 
 in the placement's dtype on the device and the peak counter is reset after that. A training run makes
 `--warmup` optimizer steps untimed (allocation, autotuning), then `--steps` timed ones; the tokens are those of
 the batches those timed steps trained on, real (attention mask) and padded (the tensor) alike. Generation
-times `--rounds` calls after one untimed call. Writes bench/results/<date>-<device>.json.
+times `--rounds` calls after one untimed call. `--profile` records `--profile-steps` more steps (or one more
+generate call) under torch.profiler after the timed ones, in the same process, so the profile costs no second
+model and never slows the timed steps. Writes bench/results/<date>-<device>.json, rewritten after every run
+(a run cut short keeps what finished); `--budget-s` starts no run past that many seconds.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import importlib.metadata
 import itertools
@@ -40,6 +42,7 @@ from torch.profiler import ProfilerActivity, profile
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, TrainerCallback
 from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
+from stages.dpo import TokenizedDPOTrainer
 from stages.modeling import (combined_adapters, cpu_only, encode, generation_config, left_padded, lora_config,
                              placement, sample_texts, train_tokenizer, use_bf16, use_fp16)
 from stages.outputs import write_json
@@ -57,31 +60,37 @@ LORA = LoraParams(r=8, alpha=16, dropout=0.05, target_modules=SEVEN_PROJECTIONS)
 SYSTEM = "You are a kind, attentive listener. Reply to the user with empathy, in a few sentences."
 VERSIONED = ("torch", "transformers", "trl", "peft", "accelerate", "liger-kernel")
 
-# name: (what runs, its settings). Batch sizes are for the GPU; --tiny divides the larger ones by 4.
+# name: (what runs, its settings). Batch sizes are for the GPU; --tiny divides the larger ones by 4. In the order
+# they run: what the goals are read from first, so a time budget (--budget-s) cuts the least needed.
 RUNS = {
     # plain TRL, as a user would run it: its defaults (batch 8, checkpointing on, TRL's own tokenization and
     # collator, padding to the longest in the batch, rows in random order), LoRA as here
     "sft_peer": ("sft", dict(peer=True, batch=8, accum=1)),
-    # the notebook: seed-format rows padded to 512, loss on the whole text, batch 4 x 2
-    "sft_notebook": ("sft", dict(notebook=True, fmt="seed", batch=4, accum=2)),
-    # this project: dialogue rows grouped by length, each batch padded to its longest, loss on the reply
-    "sft_project": ("sft", dict(batch=32, accum=1)),
-    # packed rows (sft.packing): each example attends within itself (stages.varlen), or, as transformers does
-    # by itself under sdpa, across the whole row through a dense block-diagonal mask
+    # packed rows (sft.packing): each example attends within itself (stages.varlen)
     "sft_project_packed": ("sft", dict(batch=8, accum=1, packing=True)),
-    "sft_project_packed_dense_mask": ("sft", dict(batch=8, accum=1, packing=True, dense_mask=True)),
-    "sft7_recipe": ("sft", dict(batch=4, accum=2, capped=True)),  # the default preset's shape
     "dpo_peer": ("dpo", dict(peer=True, batch=8, accum=1)),
-    "dpo_notebook": ("dpo", dict(batch=2, accum=4, notebook=True)),  # also dpo1's shape
     "dpo_project": ("dpo", dict(batch=16, accum=1)),
-    "dpo1_recipe": ("dpo", dict(batch=2, accum=4, capped=True)),
-    "generate_batch_1": ("generate", dict(batch=1)),
-    "generate_batch_64": ("generate", dict(batch=64)),
     # what evaluate runs for "dpo": base + SFT + DPO adapters, combined into one (stages.modeling.combined_adapters)
     "generate_stack_batch_64": ("generate", dict(batch=64, stack=True)),
+    # the default presets' shapes under a memory cap (--memory-cap-gib: a T4's 16 GiB)
+    "sft7_recipe": ("sft", dict(batch=4, accum=2, capped=True)),
+    "dpo1_recipe": ("dpo", dict(batch=2, accum=4, capped=True)),
+    # this project without packing: dialogue rows grouped by length, each batch padded to its longest, loss on
+    # the reply
+    "sft_project": ("sft", dict(batch=32, accum=1)),
+    # how far a DPO batch can grow on the card: the pairs/s it buys
+    "dpo_project_batch_64": ("dpo", dict(batch=64, accum=1)),
     # the same with a static KV cache, which transformers' generate compiles (torch.compile) on a GPU: whether
     # that pays is what this run shows (the compiling call is the untimed one)
     "generate_stack_batch_64_static": ("generate", dict(batch=64, stack=True, static=True)),
+    # the notebook: seed-format rows padded to 512, loss on the whole text, batch 4 x 2; DPO at batch 2 x 4
+    "sft_notebook": ("sft", dict(notebook=True, fmt="seed", batch=4, accum=2)),
+    "dpo_notebook": ("dpo", dict(batch=2, accum=4, notebook=True)),
+    # packed rows as transformers runs them by itself under sdpa: across the whole row, through a dense
+    # block-diagonal mask
+    "sft_project_packed_dense_mask": ("sft", dict(batch=8, accum=1, packing=True, dense_mask=True)),
+    "generate_batch_1": ("generate", dict(batch=1)),
+    "generate_batch_64": ("generate", dict(batch=64)),
 }
 
 
@@ -139,11 +148,12 @@ def dpo_rows(count: int, reference: Path | None = None) -> list[dict]:
 
 class TimedSteps(TrainerCallback):
     """Counts the tokens of every micro-batch a timed optimizer step trains on (wrapping the trainer's
-    training_step), and times those steps: from the end of the last warm-up step to the end of the last step,
-    with the GPU synchronized at both ends."""
+    training_step), and times those steps: from the end of the last warm-up step to the end of the last timed
+    step, with the GPU synchronized at both ends. With a profiler, the steps after the timed ones run under it."""
 
-    def __init__(self, trainer, warmup: int):
-        self.warmup, self.real, self.padded, self.rows, self.start, self.seconds = warmup, 0, 0, 0, None, 0.0
+    def __init__(self, trainer, warmup: int, steps: int, profiler=None):
+        self.warmup, self.last, self.profiler = warmup, warmup + steps, profiler
+        self.real, self.padded, self.rows, self.start, self.seconds = 0, 0, 0, None, 0.0
         train_step = trainer.training_step
 
         def counted_step(model, inputs, *rest):
@@ -159,11 +169,17 @@ class TimedSteps(TrainerCallback):
         now = time.perf_counter()
         if state.global_step == self.warmup:
             self.start = now
-        elif state.global_step > self.warmup:
+        elif self.warmup < state.global_step <= self.last:
             self.seconds = now - self.start
+        if self.profiler is not None and state.global_step == self.last:
+            self.profiler.start()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.profiler is not None:
+            self.profiler.stop()
 
     def count(self, inputs: dict, step: int) -> None:
-        if step <= self.warmup:
+        if not self.warmup < step <= self.last:
             return
         ids = inputs["input_ids"]
         mask = inputs.get("attention_mask")
@@ -181,19 +197,20 @@ def trainer_settings(steps: int, batch: int, accum: int, workdir: str, peer: boo
     return settings
 
 
-def train_result(timed: TimedSteps, steps: int, batch: int, accum: int, unit: str, per_row: float) -> dict:
+def train_result(timed: TimedSteps, batch: int, accum: int, unit: str, per_row: float) -> dict:
     return {f"{unit}_per_s": timed.rows / per_row / timed.seconds,
             "real_tokens_per_s": timed.real / timed.seconds, "padded_tokens_per_s": timed.padded / timed.seconds,
             "real_tokens": timed.real, "padded_tokens": timed.padded, "padding_share": 1 - timed.real / timed.padded,
-            "timed_steps": steps - timed.warmup, "warmup_steps": timed.warmup, "seconds": timed.seconds,
+            "timed_steps": timed.last - timed.warmup, "warmup_steps": timed.warmup, "seconds": timed.seconds,
             "batch": batch, "grad_accum": accum, "peak_gib": peak_gib()}
 
 
 # --- the three kinds of run -----------------------------------------------------------------------------
 
 def run_sft(config, tokenizer, warmup: int, steps: int, batch: int, accum: int, fmt: str = "dialogue",
-            peer: bool = False, notebook: bool = False, packing: bool = False, dense_mask: bool = False) -> dict:
-    total = warmup + steps
+            peer: bool = False, notebook: bool = False, packing: bool = False, dense_mask: bool = False,
+            profiler=None, profile_steps: int = 0) -> dict:
+    total = warmup + steps + (profile_steps if profiler else 0)
     rows = sft_rows(fmt, batch * accum * total * (8 if packing else 1))  # a packed row holds several examples
     with tempfile.TemporaryDirectory() as workdir:
         settings = trainer_settings(total, batch, accum, workdir, peer)
@@ -209,19 +226,15 @@ def run_sft(config, tokenizer, warmup: int, steps: int, batch: int, accum: int, 
                 train_sampling_strategy="random" if notebook else "group_by_length")
         trainer = SFTTrainer(model=new_model(config, packed=packing and not dense_mask), args=SFTConfig(**settings),
                              train_dataset=data, processing_class=tokenizer, peft_config=lora_config(LORA))
-        timed = TimedSteps(trainer, warmup)
+        timed = TimedSteps(trainer, warmup, steps, profiler)
         trainer.train()
-    return train_result(timed, total, batch, accum, "examples", per_row=1) | (
+    return train_result(timed, batch, accum, "examples", per_row=1) | (
         {"examples_per_s": None} if packing else {})  # a packed row's examples are not counted per batch
 
 
 def run_dpo(config, tokenizer, warmup: int, steps: int, batch: int, accum: int, reference: Path | None,
-            peer: bool = False, notebook: bool = False) -> dict:
-    # here, not at the top: tools.gpu_check imports this module, then replaces the stages' dvclive callback
-    # (GPU machines lack dvc) before the stages are imported
-    from stages.dpo import TokenizedDPOTrainer
-
-    total = warmup + steps
+            peer: bool = False, notebook: bool = False, profiler=None, profile_steps: int = 0) -> dict:
+    total = warmup + steps + (profile_steps if profiler else 0)
     rows = dpo_rows(batch * accum * total, reference)
     with tempfile.TemporaryDirectory() as workdir:
         settings = trainer_settings(total, batch, accum, workdir, peer)
@@ -236,13 +249,13 @@ def run_dpo(config, tokenizer, warmup: int, steps: int, batch: int, accum: int, 
             trainer = TokenizedDPOTrainer(model=new_model(config), args=DPOConfig(**settings),
                                           processing_class=tokenizer, train_dataset=pairs,
                                           peft_config=lora_config(LORA))
-        timed = TimedSteps(trainer, warmup)
+        timed = TimedSteps(trainer, warmup, steps, profiler)
         trainer.train()
-    return train_result(timed, total, batch, accum, "pairs", per_row=2)  # a pair is two rows: chosen, rejected
+    return train_result(timed, batch, accum, "pairs", per_row=2)  # a pair is two rows: chosen, rejected
 
 
 def run_generate(config, tokenizer, batch: int, rounds: int, new_tokens: int, stack: bool = False,
-                 static: bool = False) -> dict:
+                 static: bool = False, profiler=None) -> dict:
     model = new_model(config)
     if stack:  # two random adapters, as evaluate runs "dpo": combined into one
         lora = lora_config(LORA)
@@ -267,6 +280,9 @@ def run_generate(config, tokenizer, batch: int, rounds: int, new_tokens: int, st
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
+        if profiler is not None:
+            with profiler:
+                model.generate(input_ids=ids, attention_mask=mask, generation_config=settings)
     return {"new_tokens_per_s": rounds * batch * new_tokens / seconds, "batch": batch, "new_tokens": new_tokens,
             "cache": "static" if static else "dynamic", "rounds": rounds, "seconds": seconds, "peak_gib": peak_gib()}
 
@@ -293,23 +309,23 @@ def run_one(name: str, args) -> dict:
     tokenizer, _ = tokenizer_for(args.tiny, args.reference)
     if args.tiny:
         config.vocab_size = len(tokenizer)
-    with profiled(args.profile) as profile:
-        if kind == "sft":
-            result = run_sft(config, tokenizer, args.warmup, args.steps, **settings)
-        elif kind == "dpo":
-            result = run_dpo(config, tokenizer, args.warmup, args.steps, reference=args.reference, **settings)
-        else:
-            result = run_generate(config, tokenizer, rounds=args.rounds, new_tokens=64 if args.tiny else 128,
-                                  **settings)
-    if profile is not None:  # where the time goes (a profiled run is slower: read its rates from an unprofiled one)
+    profiler = new_profiler() if args.profile else None
+    if kind == "sft":
+        result = run_sft(config, tokenizer, args.warmup, args.steps, profiler=profiler,
+                         profile_steps=args.profile_steps, **settings)
+    elif kind == "dpo":
+        result = run_dpo(config, tokenizer, args.warmup, args.steps, reference=args.reference, profiler=profiler,
+                         profile_steps=args.profile_steps, **settings)
+    else:
+        result = run_generate(config, tokenizer, rounds=args.rounds, new_tokens=64 if args.tiny else 128,
+                              profiler=profiler, **settings)
+    if profiler is not None:  # where the time goes, in the steps after the timed ones
         sort = "cuda_time_total" if torch.cuda.is_available() else "cpu_time_total"
-        result["profile"] = profile.key_averages().table(sort_by=sort, row_limit=25)
+        result["profile"] = profiler.key_averages().table(sort_by=sort, row_limit=25)
     return result | ({"memory_cap_gib": cap} if cap else {})
 
 
-def profiled(enabled: bool):
-    if not enabled:
-        return contextlib.nullcontext()
+def new_profiler():
     return profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else []))
 
 
@@ -327,6 +343,12 @@ def versions() -> dict:
 
 def device_name() -> str:
     return torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.processor() or platform.machine()})"
+
+
+def result_path(folder: Path, kind: str) -> Path:
+    """bench/results/<date>-<device>[-<kind>].json: one file per run of a tool, per day and card."""
+    slug = "".join(c if c.isalnum() else "-" for c in device_name().lower()).strip("-")
+    return folder / f"{datetime.date.today().isoformat()}-{slug}{'-' + kind if kind else ''}.json"
 
 
 def ratios(runs: dict) -> dict:
@@ -351,13 +373,16 @@ def in_own_process(name: str, args) -> dict:
     """One configuration in a child process of its own (its peak memory, allocator and compiled kernels its own)."""
     settings = ["--warmup", str(args.warmup), "--steps", str(args.steps), "--rounds", str(args.rounds),
                 "--memory-cap-gib", str(args.memory_cap_gib), *(["--tiny"] if args.tiny else []),
-                *(["--profile"] if args.profile else []),
+                *(["--profile", "--profile-steps", str(args.profile_steps)] if args.profile else []),
                 *(["--reference", str(args.reference)] if args.reference else [])]
+    start = time.perf_counter()
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         done = subprocess.run([sys.executable, "-m", "tools.bench", *settings, "--only", name, "--result", out.name])
+        # the whole process, its start and set-up included: what a run costs of a lease
+        wall = {"process_seconds": time.perf_counter() - start}
         if done.returncode:
-            return {"failed": f"exit status {done.returncode} (its output is above)"}
-        return json.loads(Path(out.name).read_text())
+            return {"failed": f"exit status {done.returncode} (its output is above)"} | wall
+        return json.loads(Path(out.name).read_text()) | wall
 
 
 def parse(argv):
@@ -370,7 +395,10 @@ def parse(argv):
     parser.add_argument("--memory-cap-gib", type=float, default=16,
                         help="cap the recipes' runs (sft7_recipe, dpo1_recipe) at this much GPU memory (default 16)")
     parser.add_argument("--profile", action="store_true",
-                        help="record each run's top kernels (torch.profiler) in the result; slows the runs")
+                        help="after the timed steps, profile more (torch.profiler) and keep the top kernels")
+    parser.add_argument("--profile-steps", type=int, default=3, help="optimizer steps profiled per run (default 3)")
+    parser.add_argument("--budget-s", type=float,
+                        help="start no run after this many seconds; the rest are marked skipped")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON result")
     parser.add_argument("--reference", type=Path, help="a folder holding tinyllama/ (and human-like-dpo/)")
     parser.add_argument("--only", help=argparse.SUPPRESS)  # one configuration, in this process (a child)
@@ -381,8 +409,8 @@ def parse(argv):
     unknown = [name for name in names if name not in RUNS]
     if unknown:
         parser.error(f"--runs: {', '.join(unknown)} unknown; the runs are {', '.join(RUNS)}")
-    if min(args.warmup, args.steps, args.rounds) < 1:
-        parser.error("--warmup, --steps and --rounds must be at least 1")
+    if min(args.warmup, args.steps, args.rounds, args.profile_steps) < 1:
+        parser.error("--warmup, --steps, --rounds and --profile-steps must be at least 1")
     return args, names
 
 
@@ -392,28 +420,30 @@ def main(argv: list[str] | None = None) -> Path:
         write_json(args.result, run_one(args.only, args))
         return args.result
     config = model_config(args.tiny, args.reference)
-    runs = {}
-    for name in names:
-        print(f"bench: {name}", flush=True)
-        runs[name] = in_own_process(name, args)
+    device = device_name()
+    path = result_path(args.out, "tiny" if args.tiny else "")
     result = {
-        "device": device_name(),
-        "date": datetime.date.today().isoformat(),
-        "tiny": args.tiny,
+        "device": device, "date": datetime.date.today().isoformat(), "tiny": args.tiny,
         "shape": {key: getattr(config, key) for key in TINYLLAMA if key != "vocab_size" or not args.tiny},
         "tokenizer": tokenizer_for(args.tiny, args.reference)[1],
         "dtype": str(placement()[1]).removeprefix("torch."),
         "warmup_steps": args.warmup, "timed_steps": args.steps,
         "versions": versions(),
-        "runs": runs,
-        "ratio": ratios(runs),
+        "runs": {},
     }
-    slug = "".join(c if c.isalnum() else "-" for c in result["device"].lower()).strip("-")
-    path = args.out / f"{result['date']}-{slug}{'-tiny' if args.tiny else ''}.json"
-    write_json(path, result)
-    print(json.dumps({"device": result["device"], "ratio": result["ratio"],
+    start = time.perf_counter()
+    for name in names:
+        if args.budget_s is not None and time.perf_counter() - start > args.budget_s:
+            result["runs"][name] = {"skipped": f"the {args.budget_s:g} s budget was spent"}
+        else:
+            print(f"bench: {name}", flush=True)
+            result["runs"][name] = in_own_process(name, args)
+        result["ratio"] = ratios(result["runs"])
+        write_json(path, result)  # after every run: a session cut short keeps what finished
+    print(json.dumps({"device": device, "ratio": result["ratio"],
                       **{name: {k: round(v, 2) for k, v in r.items() if isinstance(v, float)
-                                and (k.endswith("_per_s") or k == "peak_gib")} for name, r in runs.items()}}, indent=1))
+                                and (k.endswith("_per_s") or k == "peak_gib")} for name, r in result["runs"].items()}},
+                     indent=1))
     print(f"bench: {path}")
     return path
 

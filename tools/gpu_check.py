@@ -23,26 +23,21 @@ import argparse
 import datetime
 import itertools
 import json
-import os
-import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 import yaml
 from peft import PeftModel
 from tokenizers import BertWordPieceTokenizer
-from transformers import (AutoTokenizer, BertConfig, BertModel, BertTokenizerFast, LlamaConfig, LlamaForCausalLM,
-                          PreTrainedModel, TrainerCallback)
+from transformers import AutoTokenizer, BertConfig, BertModel, BertTokenizerFast, LlamaConfig, LlamaForCausalLM
 
-from stages import training, varlen
+from stages import judging, varlen
 from stages.modeling import encode, load_base_model, load_model, placement, sample_texts, train_tokenizer
 from stages.outputs import read_jsonl, write_json
 from stages.paths import BASE_MODEL, DPO_MODEL, METRICS_DIR, PROBE_SET, SFT_DATA, SFT_MODEL
-from tools.bench import RESULTS, TINY, device_name, model_config, random_fingerprints
-
-STAGES = ["download", "preprocess", "judges", "sft", "dpo", "evaluate", "human"]
+from tools.bench import RESULTS, TINY, device_name, model_config, random_fingerprints, result_path
+from tools.inprocess import STAGES, ForwardDevices, curves_kept, inside, run_stages, scratch_project
 # A few steps of each, on a few rows; the real learning rates (lr_scale 1).
 SETTINGS = {
     "model.lr_scale": 1.0,
@@ -53,35 +48,6 @@ SETTINGS = {
     "eval.sft_eval_size": 16, "eval.dpo_eval_size": 16, "eval.test_size": 16, "eval.max_new_tokens": 32,
     "eval.bootstrap_samples": 100, "eval.human_prompts": 4, "eval.bertscore_num_layers": 2,
 }
-
-
-class ForwardDevices:
-    """Every model (a transformers PreTrainedModel) that runs a forward pass, and where its weights were."""
-
-    def __init__(self):
-        self.seen: set[tuple[str, str]] = set()
-        self.handle = torch.nn.modules.module.register_module_forward_pre_hook(self.record)
-
-    def record(self, module, _args):
-        if isinstance(module, PreTrainedModel):
-            self.seen.add((type(module).__name__, next(module.parameters()).device.type))
-
-
-def set_dotted(params: dict, dotted: str, value) -> None:
-    *parents, leaf = dotted.split(".")
-    for key in parents:
-        params = params[key]
-    params[leaf] = value
-
-
-def scratch_project(root: Path, workdir: Path, bert: Path) -> None:
-    """The sample data, the probe set, the rating folder and params.yaml with SETTINGS, in `workdir`."""
-    for folder in ("data/sample", "data/eval", "eval/human/ratings", "eval/human/votes"):
-        shutil.copytree(root / folder, workdir / folder)
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    for dotted, value in {**SETTINGS, "eval.bertscore_model": str(bert)}.items():
-        set_dotted(params, dotted, value)
-    (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 def small_bert(folder: Path) -> None:
@@ -114,24 +80,6 @@ def write_base_model(tiny: bool, reference: Path) -> None:
         model = LlamaForCausalLM(config).to(dtype)
     model.save_pretrained(BASE_MODEL, max_shard_size="100GB")  # one file: the adapters' fingerprint reads it
     tokenizer.save_pretrained(BASE_MODEL)
-
-
-def reset_peak() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-
-
-def peak_gib() -> float | None:
-    return torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
-
-
-def timed(step) -> dict:
-    reset_peak()
-    start = time.perf_counter()
-    step()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return {"seconds": time.perf_counter() - start, "peak_gib": peak_gib()}
 
 
 def logits(model, ids: torch.Tensor) -> torch.Tensor:
@@ -218,31 +166,22 @@ def main(argv: list[str] | None = None) -> Path:
         raise SystemExit(f"gpu_check: {args.reference}/tinyllama/config.json is missing; pass --reference DIR or --tiny")
     args.reference = args.reference and args.reference.resolve()  # the stages run in a scratch folder
     random_fingerprints()
-    try:
-        from dvclive import Live  # noqa: F401  (the checkout's dvclive/ folder alone imports as an empty package)
-    except ImportError:  # GPU machines lack dvc (which dvclive needs); curves are not what this check measures
-        training.live_callback = lambda stage, resume: TrainerCallback()
-    from stages import (download, dpo, evaluate, human, judges, judging, model_source, preprocess,  # after the
-                        sft)  # patches above
-
     root, out = Path.cwd(), args.out.resolve()
     devices = ForwardDevices()
-    with tempfile.TemporaryDirectory() as scratch:
+    with tempfile.TemporaryDirectory() as scratch, curves_kept():
         workdir = Path(scratch)
         small_bert(workdir / "bert")
         packaged_minilm, judging.packaged_minilm = judging.packaged_minilm, lambda: str(workdir / "bert")
-        scratch_project(root, workdir, workdir / "bert")
-        os.chdir(workdir)
+        params = yaml.safe_load((root / "params.yaml").read_text())
+        scratch_project(root, workdir, params, {**SETTINGS, "eval.bertscore_model": str(workdir / "bert")})
         try:
-            runs = {"model_source": timed(model_source.main),  # the pin the model cards name
-                    "base_model": timed(lambda: write_base_model(args.tiny, args.reference))}
-            for name, module in zip(STAGES, (download, preprocess, judges, sft, dpo, evaluate, human)):
-                print(f"gpu_check: {name}", flush=True)
-                runs[name] = timed(module.main)
-            checks = merge_checks() | {"packed_vs_padded": packed_vs_padded()}
-            metrics = {name: json.loads((METRICS_DIR / f"{name}.json").read_text()) for name in ("sft", "dpo", "eval")}
+            with inside(workdir):
+                # the base model is TinyLlama's shape with random weights, written here instead of by the stage
+                runs = run_stages(STAGES, replaced={"base_model": lambda: write_base_model(args.tiny, args.reference)})
+                checks = merge_checks() | {"packed_vs_padded": packed_vs_padded()}
+                metrics = {name: json.loads((METRICS_DIR / f"{name}.json").read_text())
+                           for name in ("sft", "dpo", "eval")}
         finally:
-            os.chdir(root)
             judging.packaged_minilm = packaged_minilm
     devices.handle.remove()
     expected = placement()[0].type
@@ -257,7 +196,7 @@ def main(argv: list[str] | None = None) -> Path:
         "dtype": str(placement()[1]).removeprefix("torch."),
         "settings": SETTINGS,
         "stages": runs,
-        "models_seen": sorted(f"{model} on {device}" for model, device in devices.seen),
+        "models_seen": devices.described(),
         "checks": checks,
         "preference_accuracy": {"evaluate": metrics["eval"].get("dpo.preference_accuracy"),
                                 "trl": metrics["dpo"]["eval.rewards_accuracies"]},
@@ -265,8 +204,7 @@ def main(argv: list[str] | None = None) -> Path:
         "train_pairs_per_s": metrics["dpo"]["train_pairs_per_s"],
         "new_tokens_per_s": {model: metrics["eval"][f"{model}.new_tokens_per_s"] for model in ("base", "sft", "dpo")},
     }
-    slug = "".join(c if c.isalnum() else "-" for c in result["device"].lower()).strip("-")
-    path = out / f"{result['date']}-{slug}-gpu-check{'-tiny' if args.tiny else ''}.json"
+    path = result_path(out, "gpu-check" + ("-tiny" if args.tiny else ""))
     write_json(path, result)
     print(json.dumps({"stages": runs, "checks": checks, "models_seen": result["models_seen"]}, indent=1))
     assert checks["packed_vs_padded"]["within_tolerance"], checks["packed_vs_padded"]

@@ -1,0 +1,73 @@
+"""tools.real_run: the pipeline's own stages in one process, without dvc, on rows laid out for data=local; what a
+lent GPU runs with SmolLM2 at the recipes' scale, run here on the tiny model with a few steps."""
+import json
+import subprocess
+import sys
+
+import yaml
+
+from tools import real_run
+
+from conftest import ROOT
+
+# the recipe's presets, as tools.real_run's docstring and the committed file's header name them
+RECIPE = ["model=smollm2", "data=local", "sft=sft7", "dpo=dpo1", "eval=minilm"]
+# the embedded default on a few rows and steps
+SMALL = {"data.source": "local", "sft.train_size": 16, "sft.epochs": 1, "sft.batch_size": 8, "sft.grad_accum": 1,
+         "sft.checkpoint_steps": 2, "dpo.train_size": 16, "dpo.max_steps": 3, "dpo.batch_size": 4,
+         "dpo.grad_accum": 1, "dpo.checkpoint_steps": 3, "dpo.warmup_steps": 0, "eval.sft_eval_size": 8,
+         "eval.dpo_eval_size": 8, "eval.test_size": 6, "eval.max_new_tokens": 8, "eval.bootstrap_samples": 50,
+         "eval.human_prompts": 2}
+
+
+def test_the_recipe_file_is_the_composition_of_its_presets(tmp_path):
+    # composed in a process of its own (Hydra's global state), as `dvc exp run -S ...` would compose it
+    out = tmp_path / "composed.yaml"
+    code = ("import sys; from pathlib import Path; from stages.params import compose; "
+            "compose(sys.argv[2:], output=Path(sys.argv[1]))")
+    subprocess.run([sys.executable, "-c", code, str(out), *RECIPE, "data.local_dir=rows"], cwd=ROOT, check=True)
+    committed = yaml.safe_load((ROOT / real_run.RECIPE).read_text())
+    assert committed == yaml.safe_load(out.read_text())
+    assert (committed["sft"]["preset"], committed["dpo"]["preset"]) == ("sft7", "dpo1")
+    assert " ".join(RECIPE) in (ROOT / real_run.RECIPE).read_text()
+
+
+def test_every_stage_runs_in_process_and_the_result_holds_curves_metrics_and_replies(project):
+    rows = project / "data/sample"  # the sample is laid out as data=local reads a folder
+    settings = [f"--set={key}={value}" for key, value in SMALL.items()]
+    path = real_run.main(["--rows", str(rows), "--params", "params.yaml", *settings, "--out", str(project / "out")])
+    result = json.loads(path.read_text())
+    assert sorted(result["stages"]) == sorted(["model_source", "base_model", "download", "preprocess", "judges",
+                                               "sft", "dpo", "evaluate", "human"])
+    assert all(stage["seconds"] > 0 and stage["peak_gib"] is None for stage in result["stages"].values())
+    assert result["params"]["data"] == {"source": "local", "local_dir": str(rows), "hub": None}
+    assert result["params"]["dpo"]["max_steps"] == 3 and result["dtype"] == "float32"
+    assert all(seen.endswith("on cpu") for seen in result["models_seen"])
+    metrics = result["metrics"]
+    assert metrics["data"]["sft.train.examples"] == 16 and metrics["dpo"]["steps"] == 3
+    # The curves are the trainers' own logs (dvclive's, on a machine without dvc): the base model's eval loss at
+    # step 0, a training loss at every logged step, the eval loss at the last, as metrics/sft.json has them.
+    sft, dpo = result["curves"]["sft"], result["curves"]["dpo"]
+    assert (sft[0]["step"], sft[0]["eval_loss"]) == (0, metrics["sft"]["base_eval_loss"])
+    assert [point["step"] for point in sft if "loss" in point] == [1, 2]
+    assert [point["eval_loss"] for point in sft if "eval_loss" in point][-1] == metrics["sft"]["eval_loss"]
+    assert max(point["step"] for point in dpo) == 3 and any("rewards/margins" in point for point in dpo)
+    # Example replies: each prompt with the reference and the three models' replies, as evaluate wrote them.
+    generations = [json.loads(line) for line in
+                   path.with_name(path.stem + "-generations.jsonl").read_text().splitlines()]
+    by_key = {(g["set"], g["id"], g["model"]): g["response"] for g in generations}
+    assert {e["set"] for e in result["examples"]} == {"probe", "ed_test"}
+    for example in result["examples"]:
+        for model in ("base", "sft", "dpo"):
+            assert example[model] == by_key[example["set"], example["id"], model]
+    assert sum(e["set"] == "probe" for e in result["examples"]) == real_run.EXAMPLES["probe"]
+    assert not (project / "models").exists()  # the scratch project stays out of the checkout
+
+
+def test_rows_in_the_wrong_layout_are_named(project):
+    try:
+        real_run.main(["--rows", str(project / "data"), "--out", str(project / "out")])
+    except SystemExit as stop:
+        assert "lacks empatheticdialogues/train.csv, human_like_dpo/data.json" in str(stop)
+    else:
+        raise AssertionError("real_run accepted a folder without the data=local layout")

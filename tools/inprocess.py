@@ -1,0 +1,129 @@
+"""The DAG's stages run in this process, in a scratch folder, on a machine without dvc (a lent GPU machine has
+torch and transformers, and what is carried to it, but no dvc): the stages' own code, each stage timed with its
+peak accelerator memory, every model that runs a forward pass recorded with its device, and the trainers' logs
+kept as curves. tools.gpu_check and tools.real_run share it.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+import yaml
+from transformers import PreTrainedModel, TrainerCallback
+
+from stages import training
+
+STAGES = ["model_source", "base_model", "download", "preprocess", "judges", "sft", "dpo", "evaluate", "human"]
+PROJECT_FOLDERS = ("data/sample", "data/eval", "eval/human/ratings", "eval/human/votes")
+
+
+class ForwardDevices:
+    """Every model (a transformers PreTrainedModel) that runs a forward pass, and where its weights were."""
+
+    def __init__(self):
+        self.seen: set[tuple[str, str]] = set()
+        self.handle = torch.nn.modules.module.register_module_forward_pre_hook(self.record)
+
+    def record(self, module, _args):
+        if isinstance(module, PreTrainedModel):
+            self.seen.add((type(module).__name__, next(module.parameters()).device.type))
+
+    def described(self) -> list[str]:
+        return sorted(f"{model} on {device}" for model, device in self.seen)
+
+
+class Curves(TrainerCallback):
+    """What a trainer logs, step by step (dvclive's curves where dvclive cannot run)."""
+
+    def __init__(self):
+        self.points: list[dict] = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            self.points.append({"step": state.global_step, **logs})
+
+
+@contextmanager
+def curves_kept():
+    """Inside, each training stage logs into a Curves instead of dvclive; yields them by stage. The stages
+    bind the callback by name when imported, so every stage module already imported, or imported inside,
+    is pointed at it too, and back at dvclive's on the way out."""
+    curves: dict[str, Curves] = {}
+
+    def callback(stage: str, resume: bool) -> Curves:
+        curves[stage] = Curves()
+        return curves[stage]
+
+    original = training.live_callback
+
+    def bind(function) -> None:
+        training.live_callback = function
+        for name in ("stages.sft", "stages.dpo"):
+            if name in sys.modules:
+                sys.modules[name].live_callback = function
+
+    bind(callback)
+    try:
+        yield curves
+    finally:
+        bind(original)
+
+
+def set_dotted(params: dict, dotted: str, value) -> None:
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        if not isinstance(params.get(key), dict):
+            raise SystemExit(f"params: {dotted}: there is no section {key!r}")
+        params = params[key]
+    if leaf not in params:
+        raise SystemExit(f"params: {dotted} is not a key of the params")
+    params[leaf] = value
+
+
+def scratch_project(root: Path, workdir: Path, params: dict, settings: dict) -> None:
+    """The sample data, the probe set, the rating folders, and `params` with the dotted `settings`, in `workdir`."""
+    for folder in PROJECT_FOLDERS:
+        shutil.copytree(root / folder, workdir / folder)
+    params = yaml.safe_load(yaml.safe_dump(params))  # a copy
+    for dotted, value in settings.items():
+        set_dotted(params, dotted, value)
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@contextmanager
+def inside(workdir: Path):
+    root = Path.cwd()
+    os.chdir(workdir)
+    try:
+        yield
+    finally:
+        os.chdir(root)
+
+
+def timed(step) -> dict:
+    """Run `step`; its seconds and peak accelerator memory (None on a CPU)."""
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    step()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+    return {"seconds": time.perf_counter() - start, "peak_gib": peak}
+
+
+def run_stages(names: list[str], replaced: dict | None = None) -> dict[str, dict]:
+    """Each stage's main() in order, in the current folder; `replaced` runs a callable instead of a stage (the
+    GPU check writes its own base model). Returns each stage's seconds and peak memory."""
+    runs = {}
+    for name in names:
+        print(f"stage: {name}", flush=True)
+        step = (replaced or {}).get(name) or importlib.import_module(f"stages.{name}").main
+        runs[name] = timed(step)
+    return runs

@@ -1,0 +1,110 @@
+"""real_run: the pipeline's own stages on a real pretrained model and real rows at the recipes' scale, in this
+process, where dvc is not installed (a lent GPU machine): SmolLM2-135M-Instruct through sft7 and dpo1, scored
+on the fixed evaluation sets, in the placement's dtype (bf16 on a GPU).
+
+    python -m tools.real_run --rows DIR                       # the recipe (bench/smollm2-recipe.params.yaml)
+    python -m tools.real_run --rows DIR --set sft.epochs=1    # with any key changed (a smoke run on a CPU)
+
+DIR holds raw files as data=local reads them: empatheticdialogues/{train,valid,test}.csv and
+human_like_dpo/data.json. The params are bench/smollm2-recipe.params.yaml, the composition of
+`model=smollm2 data=local sft=sft7 dpo=dpo1 eval=minilm` (tests/test_real_run.py keeps it so), with
+data.local_dir set to DIR; `--params` takes another composed file. The model and BERTScore's embedder come
+from their PyPI wheels (requirements-models.txt, requirements.txt), as in `dvc repro`.
+
+Writes <out>/<date>-<device>-real-run.json: each stage's wall time and peak accelerator memory, the rows kept
+and dropped, every metric of sft, dpo and evaluate, the training curves as the trainers logged them, example
+replies of the three models; and beside it <date>-<device>-real-run-generations.jsonl, every reply.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from stages.modeling import placement
+from stages.outputs import read_jsonl, write_json
+from stages.paths import GENERATIONS, METRICS_DIR
+from tools.bench import RESULTS, device_name, random_fingerprints, result_path, versions
+from tools.inprocess import STAGES, ForwardDevices, curves_kept, inside, run_stages, scratch_project
+
+RECIPE = Path("bench/smollm2-recipe.params.yaml")
+EXAMPLES = {"probe": 6, "ed_test": 3}  # prompts per set shown with every model's reply
+
+
+def setting(text: str) -> tuple[str, object]:
+    """`key=value` from the command line, the value read as YAML (numbers, booleans, lists)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected key=value, e.g. sft.epochs=1")
+    return key, yaml.safe_load(value)
+
+
+def examples(generations: list[dict]) -> list[dict]:
+    """The first prompts of each set, each with the user's last message, the reference and every model's reply."""
+    chosen: dict[tuple[str, str], dict] = {}
+    for row in generations:
+        key = (row["set"], row["id"])
+        if key not in chosen and sum(s == row["set"] for s, _ in chosen) >= EXAMPLES.get(row["set"], 0):
+            continue
+        example = chosen.setdefault(key, {"set": row["set"], "id": row["id"], "user": row["prompt"][-1]["content"],
+                                          "reference": row["reference"]})
+        example[row["model"]] = row["response"]
+    return list(chosen.values())
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=Path, required=True, help="raw files in data=local's layout")
+    parser.add_argument("--params", type=Path, default=RECIPE, help=f"a composed params file (default {RECIPE})")
+    parser.add_argument("--set", type=setting, action="append", default=[], metavar="KEY=VALUE",
+                        help="change one param (repeatable)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the results")
+    args = parser.parse_args(argv)
+    rows = args.rows.resolve()  # the stages run in a scratch folder
+    missing = [name for name in ("empatheticdialogues/train.csv", "human_like_dpo/data.json") if not (rows / name).exists()]
+    if missing:
+        raise SystemExit(f"real_run: {rows} lacks {', '.join(missing)} (the data=local layout)")
+    params = yaml.safe_load(args.params.read_text())
+    settings = {"data.local_dir": str(rows), **dict(args.set)}
+    random_fingerprints()
+    root, out = Path.cwd(), args.out.resolve()
+    devices = ForwardDevices()
+    with tempfile.TemporaryDirectory() as scratch, curves_kept() as curves:
+        workdir = Path(scratch)
+        scratch_project(root, workdir, params, settings)
+        with inside(workdir):
+            stages = run_stages(STAGES)
+            metrics = {name: json.loads((METRICS_DIR / f"{name}.json").read_text())
+                       for name in ("data", "judges", "sft", "dpo", "eval")}
+            generations = read_jsonl(GENERATIONS)
+            ran = yaml.safe_load(Path("params.yaml").read_text())
+        devices.handle.remove()
+        path = result_path(out, "real-run")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(workdir / GENERATIONS, path.with_name(path.stem + "-generations.jsonl"))
+    result = {
+        "device": device_name(),
+        "date": datetime.date.today().isoformat(),
+        "dtype": str(placement()[1]).removeprefix("torch."),
+        "versions": versions(),
+        "params": ran,
+        "stages": stages,
+        "total_seconds": sum(stage["seconds"] for stage in stages.values()),
+        "models_seen": devices.described(),
+        "metrics": metrics,
+        "curves": {stage: callback.points for stage, callback in curves.items()},
+        "examples": examples(generations),
+    }
+    write_json(path, result)
+    print(json.dumps({"stages": stages, "sft": metrics["sft"], "dpo": metrics["dpo"]}, indent=1))
+    print(f"real_run: {path}")
+    return path
+
+
+if __name__ == "__main__":
+    main()
