@@ -25,7 +25,7 @@ def test_tiny_bench_runs_each_configuration_in_its_own_process(project):
     assert {"torch", "transformers", "trl", "peft", "liger-kernel"} <= set(result["versions"])
     assert result["versions"]["trl"] and result["versions"]["liger-kernel"] is None  # not installed on a CPU
     run = runs["sft_project"]
-    assert run["timed_steps"] == 4 and 0 < run["real_tokens"] <= run["padded_tokens"]
+    assert run["timed_steps"] == 4 and 0 < run["real_tokens"] <= run["padded_tokens"] and run["liger"] is False
     assert run["real_tokens_per_s"] == pytest.approx(run["real_tokens"] / run["seconds"])
     generated = runs["generate_stack_batch_64_static"]
     assert generated["new_tokens_per_s"] > 0 and generated["cache"] == "static"

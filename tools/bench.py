@@ -49,7 +49,7 @@ from stages.outputs import write_json
 from stages.params import SEVEN_PROJECTIONS, LoraParams
 from stages.parsing import listener_examples, parse_dpo, parse_empathetic, read_bytes
 from stages.paths import DPO_FILE, DPO_SUBDIR, ED_SUBDIR, SAMPLE_DIR
-from stages.training import dpo_dataset, sft_dataset
+from stages.training import dpo_dataset, liger_kernels, sft_dataset
 from stages.varlen import ATTENTION
 
 RESULTS = Path("bench/results")
@@ -188,12 +188,14 @@ class TimedSteps(TrainerCallback):
         self.rows += ids.shape[0]
 
 
-def trainer_settings(steps: int, batch: int, accum: int, workdir: str, peer: bool) -> dict:
+def trainer_settings(steps: int, batch: int, accum: int, workdir: str, peer: bool, notebook: bool) -> dict:
     settings = dict(output_dir=workdir, per_device_train_batch_size=batch, gradient_accumulation_steps=accum,
                     max_steps=steps, report_to="none", save_strategy="no", logging_steps=10**6, seed=0,
                     use_cpu=cpu_only(), bf16=use_bf16(), fp16=use_fp16())
     if not peer:  # the project's settings (stages.training.trainer_kwargs); the peer keeps TRL's
-        settings.update(learning_rate=1e-4, gradient_checkpointing=False)
+        settings.update(learning_rate=1e-4, gradient_checkpointing=False,
+                        # Liger as the stages' default (auto: wherever it runs); the notebook had none
+                        use_liger_kernel=not notebook and liger_kernels("bench", "auto"))
     return settings
 
 
@@ -213,7 +215,7 @@ def run_sft(config, tokenizer, warmup: int, steps: int, batch: int, accum: int, 
     total = warmup + steps + (profile_steps if profiler else 0)
     rows = sft_rows(fmt, batch * accum * total * (8 if packing else 1))  # a packed row holds several examples
     with tempfile.TemporaryDirectory() as workdir:
-        settings = trainer_settings(total, batch, accum, workdir, peer)
+        settings = trainer_settings(total, batch, accum, workdir, peer, notebook)
         if peer:  # TRL tokenizes the conversations itself
             data = Dataset.from_list(rows)
         else:
@@ -228,7 +230,7 @@ def run_sft(config, tokenizer, warmup: int, steps: int, batch: int, accum: int, 
                              train_dataset=data, processing_class=tokenizer, peft_config=lora_config(LORA))
         timed = TimedSteps(trainer, warmup, steps, profiler)
         trainer.train()
-    return train_result(timed, batch, accum, "examples", per_row=1) | (
+    return train_result(timed, batch, accum, "examples", per_row=1) | {"liger": trainer.args.use_liger_kernel} | (
         {"examples_per_s": None} if packing else {})  # a packed row's examples are not counted per batch
 
 
@@ -237,7 +239,7 @@ def run_dpo(config, tokenizer, warmup: int, steps: int, batch: int, accum: int, 
     total = warmup + steps + (profile_steps if profiler else 0)
     rows = dpo_rows(batch * accum * total, reference)
     with tempfile.TemporaryDirectory() as workdir:
-        settings = trainer_settings(total, batch, accum, workdir, peer)
+        settings = trainer_settings(total, batch, accum, workdir, peer, notebook)
         if peer:  # TRL tokenizes the conversations itself
             trainer = DPOTrainer(model=new_model(config), args=DPOConfig(**settings), processing_class=tokenizer,
                                  train_dataset=Dataset.from_list(rows), peft_config=lora_config(LORA))
@@ -251,7 +253,8 @@ def run_dpo(config, tokenizer, warmup: int, steps: int, batch: int, accum: int, 
                                           peft_config=lora_config(LORA))
         timed = TimedSteps(trainer, warmup, steps, profiler)
         trainer.train()
-    return train_result(timed, batch, accum, "pairs", per_row=2)  # a pair is two rows: chosen, rejected
+    # a pair is two rows: chosen, rejected
+    return train_result(timed, batch, accum, "pairs", per_row=2) | {"liger": trainer.args.use_liger_kernel}
 
 
 def run_generate(config, tokenizer, batch: int, rounds: int, new_tokens: int, stack: bool = False,
