@@ -39,7 +39,7 @@ keep_part() {  # the part this call carried, checked against the sums that came 
 
 case "$STEP" in
     1)
-        python3 -m tools.bench "${REFERENCE[@]}" ${TINY:-} --profile --budget-s "${BENCH_BUDGET_S:-360}" --out "$OUT" \
+        python3 -m tools.bench "${REFERENCE[@]}" ${TINY:-} --profile --budget-s "${BENCH_BUDGET_S:-300}" --out "$OUT" \
             2>&1 | tee "$OUT/bench.log" | tail -n 80
         ;;
     2 | 3)
