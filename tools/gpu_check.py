@@ -24,6 +24,7 @@ import datetime
 import itertools
 import json
 import tempfile
+from contextlib import chdir
 from pathlib import Path
 
 import torch
@@ -37,7 +38,7 @@ from stages.modeling import encode, load_base_model, load_model, placement, samp
 from stages.outputs import read_jsonl, write_json
 from stages.paths import BASE_MODEL, DPO_MODEL, METRICS_DIR, PROBE_SET, SFT_DATA, SFT_MODEL
 from tools.bench import RESULTS, TINY, device_name, model_config, random_fingerprints, result_path
-from tools.inprocess import STAGES, ForwardDevices, curves_kept, inside, run_stages, scratch_project
+from tools.inprocess import STAGES, ForwardDevices, curves_kept, run_stages, scratch_project
 # A few steps of each, on a few rows; the real learning rates (lr_scale 1).
 SETTINGS = {
     "model.lr_scale": 1.0,
@@ -167,15 +168,14 @@ def main(argv: list[str] | None = None) -> Path:
     args.reference = args.reference and args.reference.resolve()  # the stages run in a scratch folder
     random_fingerprints()
     root, out = Path.cwd(), args.out.resolve()
-    devices = ForwardDevices()
-    with tempfile.TemporaryDirectory() as scratch, curves_kept():
+    with tempfile.TemporaryDirectory() as scratch, curves_kept(), ForwardDevices() as devices:
         workdir = Path(scratch)
         small_bert(workdir / "bert")
         packaged_minilm, judging.packaged_minilm = judging.packaged_minilm, lambda: str(workdir / "bert")
         params = yaml.safe_load((root / "params.yaml").read_text())
         scratch_project(root, workdir, params, {**SETTINGS, "eval.bertscore_model": str(workdir / "bert")})
         try:
-            with inside(workdir):
+            with chdir(workdir):
                 # the base model is TinyLlama's shape with random weights, written here instead of by the stage
                 runs = run_stages(STAGES, replaced={"base_model": lambda: write_base_model(args.tiny, args.reference)})
                 checks = merge_checks() | {"packed_vs_padded": packed_vs_padded()}
@@ -183,7 +183,6 @@ def main(argv: list[str] | None = None) -> Path:
                            for name in ("sft", "dpo", "eval")}
         finally:
             judging.packaged_minilm = packaged_minilm
-    devices.handle.remove()
     expected = placement()[0].type
     assert devices.seen and {device for _, device in devices.seen} == {expected}, devices.seen
     result = {

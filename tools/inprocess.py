@@ -6,7 +6,6 @@ kept as curves. tools.gpu_check and tools.real_run share it.
 from __future__ import annotations
 
 import importlib
-import os
 import shutil
 import sys
 import time
@@ -24,11 +23,16 @@ PROJECT_FOLDERS = ("data/sample", "data/eval", "eval/human/ratings", "eval/human
 
 
 class ForwardDevices:
-    """Every model (a transformers PreTrainedModel) that runs a forward pass, and where its weights were."""
+    """Every model (a transformers PreTrainedModel) that runs a forward pass inside `with ForwardDevices()`,
+    and where its weights were. The hook is global: it is removed on the way out, whatever happened inside."""
 
-    def __init__(self):
+    def __enter__(self):
         self.seen: set[tuple[str, str]] = set()
         self.handle = torch.nn.modules.module.register_module_forward_pre_hook(self.record)
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
 
     def record(self, module, _args):
         if isinstance(module, PreTrainedModel):
@@ -94,16 +98,6 @@ def scratch_project(root: Path, workdir: Path, params: dict, settings: dict) -> 
     for dotted, value in settings.items():
         set_dotted(params, dotted, value)
     (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-
-
-@contextmanager
-def inside(workdir: Path):
-    root = Path.cwd()
-    os.chdir(workdir)
-    try:
-        yield
-    finally:
-        os.chdir(root)
 
 
 def timed(step) -> dict:

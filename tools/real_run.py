@@ -22,6 +22,7 @@ import datetime
 import json
 import shutil
 import tempfile
+from contextlib import chdir
 from pathlib import Path
 
 import yaml
@@ -30,7 +31,7 @@ from stages.modeling import placement
 from stages.outputs import read_jsonl, write_json
 from stages.paths import GENERATIONS, METRICS_DIR
 from tools.bench import RESULTS, device_name, random_fingerprints, result_path, versions
-from tools.inprocess import STAGES, ForwardDevices, curves_kept, inside, run_stages, scratch_project
+from tools.inprocess import STAGES, ForwardDevices, curves_kept, run_stages, scratch_project
 
 RECIPE = Path("bench/smollm2-recipe.params.yaml")
 EXAMPLES = {"probe": 6, "ed_test": 3}  # prompts per set shown with every model's reply
@@ -73,17 +74,15 @@ def main(argv: list[str] | None = None) -> Path:
     settings = {"data.local_dir": str(rows), **dict(args.set)}
     random_fingerprints()
     root, out = Path.cwd(), args.out.resolve()
-    devices = ForwardDevices()
-    with tempfile.TemporaryDirectory() as scratch, curves_kept() as curves:
+    with tempfile.TemporaryDirectory() as scratch, curves_kept() as curves, ForwardDevices() as devices:
         workdir = Path(scratch)
         scratch_project(root, workdir, params, settings)
-        with inside(workdir):
+        with chdir(workdir):
             stages = run_stages(STAGES)
             metrics = {name: json.loads((METRICS_DIR / f"{name}.json").read_text())
                        for name in ("data", "judges", "sft", "dpo", "eval")}
             generations = read_jsonl(GENERATIONS)
             ran = yaml.safe_load(Path("params.yaml").read_text())
-        devices.handle.remove()
         path = result_path(out, "real-run")
         path.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(workdir / GENERATIONS, path.with_name(path.stem + "-generations.jsonl"))
