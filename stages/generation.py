@@ -18,16 +18,26 @@ from stages.parsing import DataError
 from stages.paths import DPO_DATA
 from stages.training import dpo_dataset
 
+# eval.batch_size "auto". On a GPU, generate at batch 64 made 846 new tok/s against 45 at batch 1 (TinyLlama's
+# shape on an H200, bench/results/2026-11-28-nvidia-h200.json), and 64 replies' KV cache at 512 + 64 tokens is
+# under 1 GiB for TinyLlama, so a 16 GiB T4 holds it. On a CPU, batches of 16 pad less and ran faster than one
+# batch of every prompt (SmolLM2 on 2 cores: 28 s against 31 s to generate, 27 s against 40 s for log-probs).
+AUTO_BATCH_SIZE = {"cpu": 16, "accelerator": 64}
+# Logits held at once by the log-prob pass: 2**28 values are 512 MiB in bf16, which a 16 GiB card spares beside
+# TinyLlama. 64 held-out pairs at dpo.max_length 768 over TinyLlama's 32k vocabulary would be up to 1.6e9 (3 GiB).
+LOGITS_BUDGET = 2**28
+
 
 def generate(model, tokenizer, prompts: list[list[int]], cfg: EvalParams) -> tuple[list[dict], float]:
     """Replies in the order of `prompts`, each {text, new_tokens, stopped}, and the seconds it took."""
     eos = tokenizer.eos_token_id
     config = generation_config(tokenizer, cfg.max_new_tokens, cfg.temperature)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    size = batch_size(cfg.batch_size, model.device)
     replies: list[dict] = [{}] * len(prompts)
     start = time.perf_counter()
-    for first in tqdm(range(0, len(order), cfg.batch_size), desc="generate", unit="batch"):
-        batch = order[first : first + cfg.batch_size]
+    for first in tqdm(range(0, len(order), size), desc="generate", unit="batch"):
+        batch = order[first : first + size]
         input_ids, attention = left_padded([prompts[i] for i in batch], tokenizer.pad_token_id)
         width = input_ids.shape[1]
         with torch.no_grad():
@@ -42,30 +52,60 @@ def generate(model, tokenizer, prompts: list[list[int]], cfg: EvalParams) -> tup
     return replies, time.perf_counter() - start
 
 
-def reply_logprobs(model, sequences: list[tuple[list[int], list[int]]], batch_size: int) -> np.ndarray:
+def reply_logprobs(model, sequences: list[tuple[list[int], list[int]]], size: int | str) -> np.ndarray:
     """For each (prompt ids, reply ids): the summed log-probability of the reply's tokens given the prompt,
-    and the reply's token count. Rows [logp, tokens], in the order given; batched by length.
+    and the reply's token count. Rows [logp, tokens], in the order given; batched by length (`size` as
+    eval.batch_size, within LOGITS_BUDGET).
 
     Rows are left-padded, so every reply ends at the last position, and the model computes logits for the
     last (longest reply + 1) positions only: over a vocabulary of 49k (SmolLM2) or 32k (TinyLlama), logits for
-    every prompt position cost more than the rest of the forward pass on a CPU."""
+    every prompt position cost more than the rest of the forward pass on a CPU. Each reply's log-probs are its
+    logits at the target minus their logsumexp, taken row by row in float32, so no float32 copy of the whole
+    batch's logits is made."""
     order = sorted(range(len(sequences)), key=lambda i: sum(map(len, sequences[i])))
+    reply_lengths = [len(reply) for _, reply in sequences]
+    vocab = model.get_output_embeddings().weight.shape[0]
     rows = np.zeros((len(sequences), 2))
-    for first in tqdm(range(0, len(order), batch_size), desc="log-probs", unit="batch"):
-        batch = order[first : first + batch_size]
+    for batch in tqdm(logit_batches(order, reply_lengths, batch_size(size, model.device), vocab),
+                      desc="log-probs", unit="batch"):
         input_ids, attention = left_padded([prompt + reply for prompt, reply in (sequences[i] for i in batch)], 0)
         input_ids, attention = input_ids.to(model.device), attention.to(model.device)
         positions = (attention.cumsum(-1) - 1).clamp(min=0)  # each row counts from its first real token
-        keep = max(len(sequences[i][1]) for i in batch) + 1
+        keep = max(reply_lengths[i] for i in batch) + 1
         with torch.no_grad():
+            # logits at position t predict token t + 1: the kept positions predict the last keep - 1 tokens
             logits = model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
-                           logits_to_keep=keep).logits[:, :-1].float()
-        # logits at position t predict token t + 1: the kept positions predict the last keep - 1 tokens
-        token_logp = torch.log_softmax(logits, dim=-1).gather(2, input_ids[:, 1 - keep :, None]).squeeze(2)
-        for row, index in enumerate(batch):
-            reply = sequences[index][1]
-            rows[index] = token_logp[row, token_logp.shape[1] - len(reply) :].sum().item(), len(reply)
+                           logits_to_keep=keep).logits[:, :-1]
+            targets = input_ids[:, input_ids.shape[1] + 1 - keep :]
+            for row, index in enumerate(batch):
+                first = logits.shape[1] - reply_lengths[index]
+                scores = logits[row, first:].float()
+                logp = scores.gather(1, targets[row, first:, None]).sum() - scores.logsumexp(-1).sum()
+                rows[index] = logp.item(), reply_lengths[index]
     return rows
+
+
+def logit_batches(order: list[int], reply_lengths: list[int], size: int, vocab: int) -> list[list[int]]:
+    """`order` cut into consecutive batches of at most `size` rows whose logits (rows x (longest reply + 1) x
+    vocab) stay within LOGITS_BUDGET; a row that alone exceeds it gets a batch of its own."""
+    batches: list[list[int]] = []
+    widest = 0
+    for index in order:
+        wider = max(widest, reply_lengths[index] + 1)
+        if batches and len(batches[-1]) < size and (len(batches[-1]) + 1) * wider * vocab <= LOGITS_BUDGET:
+            batches[-1].append(index)
+            widest = wider
+        else:
+            batches.append([index])
+            widest = reply_lengths[index] + 1
+    return batches
+
+
+def batch_size(setting: int | str, device: torch.device) -> int:
+    """eval.batch_size on this device: a number as it is; "auto" as AUTO_BATCH_SIZE says."""
+    if setting != "auto":
+        return setting
+    return AUTO_BATCH_SIZE["cpu" if device.type == "cpu" else "accelerator"]
 
 
 def held_out_pairs(params: Params, tokenizer) -> list[tuple[list[int], list[int]]]:

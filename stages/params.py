@@ -184,7 +184,9 @@ class EvalParams(Strict):
     test_size: Count
     # A JSONL file of {system (optional), user, reference} scored as the prompt set `custom`.
     prompts_file: Optional[str] = Field(min_length=1)
-    batch_size: Count
+    # Replies per generate call, and sequences per log-prob forward pass; "auto" sizes it for the device
+    # (stages.generation.AUTO_BATCH_SIZE: 64 on a GPU, 16 on a CPU).
+    batch_size: Count | Literal["auto"]
     max_new_tokens: Count
     temperature: float = Field(ge=0, allow_inf_nan=False)
     bertscore_model: str = Field(description="'packaged-minilm' (offline, from PyPI) or a hub id")

@@ -8,7 +8,8 @@ import torch
 
 from stages import base_model
 from stages.evaluate import bert_scorer, measures
-from stages.generation import encoded_sets, generate, reply_logprobs
+from stages import generation
+from stages.generation import batch_size, encoded_sets, generate, logit_batches, reply_logprobs
 from stages.modeling import encode, train_tokenizer
 from stages.params import TinyModelParams, load_params
 from stages.scoring import (chrf, distinct, distinct_replies, interval, mean_of, nltk_bleu, paired_difference,
@@ -161,13 +162,43 @@ def test_reply_logprobs_match_one_sequence_at_a_time(tokenizer):
              ([{"role": "user", "content": "Sure thing. That sounds hard."}], "Sure."),
              ([{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Hi"}], "That sounds hard.")]
     sequences = [encode(tokenizer, prompt, [{"role": "assistant", "content": text}]) for prompt, text in chats]
-    rows = reply_logprobs(model, sequences, batch_size=2)
+    rows = reply_logprobs(model, sequences, 2)
     for (prompt, reply), (logp, count) in zip(sequences, rows):
         assert tokenizer.eos_token_id in reply and count == len(reply)  # the reply's end-of-turn is scored
         with torch.no_grad():
             logits = model(torch.tensor([prompt + reply])).logits[0].float()
         alone = torch.log_softmax(logits, -1)[torch.arange(len(prompt) - 1, len(prompt) + len(reply) - 1), reply].sum()
         assert logp == pytest.approx(alone.item(), abs=1e-4)
+
+
+def test_the_logprob_pass_holds_no_more_logits_than_its_budget(tokenizer, monkeypatch):
+    """Batches are cut where rows x (longest reply + 1) x vocabulary would pass LOGITS_BUDGET, so a large
+    eval.batch_size cannot exhaust a 16 GiB card on long DPO pairs; the log-probs are the same either way."""
+    lengths = [3, 9, 4, 2, 30, 5]
+    order = [3, 0, 2, 5, 1, 4]
+    monkeypatch.setattr(generation, "LOGITS_BUDGET", 10 * 15)
+    batches = logit_batches(order, lengths, size=3, vocab=10)
+    # 3 rows up to width 5 fit (150); the size cap starts a batch at 5; 5 with 1 would be 2 x 10 x 10; 4 alone
+    assert batches == [[3, 0, 2], [5], [1], [4]]
+    for batch in batches:
+        assert len(batch) == 1 or len(batch) * (max(lengths[i] for i in batch) + 1) * 10 <= 10 * 15
+
+    shape = TinyModelParams(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_layers=2,
+                            num_heads=4, num_kv_heads=2, max_position=256)
+    model = base_model.tiny_llama(shape, len(tokenizer), seed=0).eval()
+    texts = ["My dog died.", "Sure thing. That sounds hard.", "Hi", "I am so sorry to hear that. My dog died."]
+    sequences = [encode(tokenizer, [{"role": "user", "content": text}], [{"role": "assistant", "content": reply}])
+                 for text in texts for reply in texts]
+    monkeypatch.setattr(generation, "LOGITS_BUDGET", 2**40)
+    whole = reply_logprobs(model, sequences, 16)
+    monkeypatch.setattr(generation, "LOGITS_BUDGET", 3 * 20 * len(tokenizer))
+    cut = reply_logprobs(model, sequences, 16)
+    assert np.allclose(whole, cut, atol=1e-4) and (cut[:, 1] == [len(reply) for _, reply in sequences]).all()
+
+
+def test_auto_batch_size_is_64_on_a_gpu_and_16_on_a_cpu():
+    assert batch_size("auto", torch.device("cuda")) == 64 and batch_size("auto", torch.device("cpu")) == 16
+    assert batch_size(5, torch.device("cuda")) == 5
 
 
 def test_bertscore_ranks_a_paraphrase_above_an_unrelated_reply(cfg):
