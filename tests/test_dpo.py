@@ -76,3 +76,17 @@ def test_training_batches_are_grouped_by_pair_length(step0):
     random_area = sum(trainer.data_collator([pairs[i] for i in at_random[start:start + size]])["input_ids"].numel()
                       for start in range(0, len(pairs), size))
     assert padded_area < random_area
+
+
+def test_trading_grad_accum_for_batch_size_keeps_each_steps_pairs(step0):
+    """Pairs are grouped by optimizer step (batch x accumulation), so on a larger card `batch_size=8,
+    grad_accum=1` trains the same pairs in each step as the preset's 2 x 4 (docs/speed.md says so)."""
+    trainer, _ = step0
+    args = trainer.args
+
+    def drawn(batch, accum):
+        args.per_device_train_batch_size, args.gradient_accumulation_steps = batch, accum
+        torch.manual_seed(0)
+        return list(trainer._get_train_sampler())
+
+    assert drawn(2, 4) == drawn(8, 1) != drawn(8, 2)  # a different step size deals other groups
