@@ -6,6 +6,7 @@ import sys
 
 import yaml
 
+from stages.outputs import write_json as real_run_write
 from tools import real_run
 
 from conftest import ROOT
@@ -32,11 +33,21 @@ def test_the_recipe_file_is_the_composition_of_its_presets(tmp_path):
     assert " ".join(RECIPE) in (ROOT / real_run.RECIPE).read_text()
 
 
-def test_every_stage_runs_in_process_and_the_result_holds_curves_metrics_and_replies(project):
+def test_every_stage_runs_in_process_and_the_result_holds_curves_metrics_and_replies(project, monkeypatch):
     rows = project / "data/sample"  # the sample is laid out as data=local reads a folder
     settings = [f"--set={key}={value}" for key, value in SMALL.items()]
+    written = []  # (path, what was on disk) at every write
+    monkeypatch.setattr(real_run, "write_json", lambda path, data: (real_run_write(path, data),
+                                                                     written.append((path, json.loads(path.read_text())))))
     path = real_run.main(["--rows", str(rows), "--params", "params.yaml", *settings, "--out", str(project / "out")])
     result = json.loads(path.read_text())
+    # Written as each stage ends: a run cut short after dpo would have left sft's and dpo's metrics and curves.
+    assert {written_path for written_path, _ in written} == {path}
+    assert [set(data["stages"]) for _, data in written[:-1]] == [set(real_run.STAGES[:n]) for n in range(1, 10)]
+    after_dpo = written[real_run.STAGES.index("dpo")][1]
+    assert not after_dpo["finished"] and "eval" not in after_dpo["metrics"] and "examples" not in after_dpo
+    assert after_dpo["metrics"]["dpo"] == result["metrics"]["dpo"] and after_dpo["curves"]["dpo"]
+    assert result["finished"] and written[-1][1] == result
     assert sorted(result["stages"]) == sorted(["model_source", "base_model", "download", "preprocess", "judges",
                                                "sft", "dpo", "evaluate", "human"])
     assert all(stage["seconds"] > 0 and stage["peak_gib"] is None for stage in result["stages"].values())

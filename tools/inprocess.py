@@ -112,12 +112,15 @@ def timed(step) -> dict:
     return {"seconds": time.perf_counter() - start, "peak_gib": peak}
 
 
-def run_stages(names: list[str], replaced: dict | None = None) -> dict[str, dict]:
+def run_stages(names: list[str], replaced: dict | None = None, after=None) -> dict[str, dict]:
     """Each stage's main() in order, in the current folder; `replaced` runs a callable instead of a stage (the
-    GPU check writes its own base model). Returns each stage's seconds and peak memory."""
+    GPU check writes its own base model), and `after(runs)` is called as each stage ends. Returns each stage's
+    seconds and peak memory."""
     runs = {}
     for name in names:
         print(f"stage: {name}", flush=True)
         step = (replaced or {}).get(name) or importlib.import_module(f"stages.{name}").main
         runs[name] = timed(step)
+        if after:
+            after(runs)
     return runs

@@ -13,7 +13,8 @@ from their PyPI wheels (requirements-models.txt, requirements.txt), as in `dvc r
 
 Writes <out>/<date>-<device>-real-run.json: each stage's wall time and peak accelerator memory, the rows kept
 and dropped, every metric of sft, dpo and evaluate, the training curves as the trainers logged them, example
-replies of the three models; and beside it <date>-<device>-real-run-generations.jsonl, every reply.
+replies of the three models; and beside it <date>-<device>-real-run-generations.jsonl, every reply. The JSON
+is written again as each stage ends ("finished": false until the last), so a run cut short keeps its stages.
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ from tools.inprocess import STAGES, ForwardDevices, curves_kept, run_stages, scr
 
 RECIPE = Path("bench/smollm2-recipe.params.yaml")
 EXAMPLES = {"probe": 6, "ed_test": 3}  # prompts per set shown with every model's reply
+METRICS = ("data", "judges", "sft", "dpo", "eval")
 
 
 def setting(text: str) -> tuple[str, object]:
@@ -73,36 +75,41 @@ def main(argv: list[str] | None = None) -> Path:
     params = yaml.safe_load(args.params.read_text())
     settings = {"data.local_dir": str(rows), **dict(args.set)}
     random_fingerprints()
-    root, out = Path.cwd(), args.out.resolve()
+    root, path = Path.cwd(), result_path(args.out.resolve(), "real-run")
+    path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as scratch, curves_kept() as curves, ForwardDevices() as devices:
         workdir = Path(scratch)
         scratch_project(root, workdir, params, settings)
         with chdir(workdir):
-            stages = run_stages(STAGES)
-            metrics = {name: json.loads((METRICS_DIR / f"{name}.json").read_text())
-                       for name in ("data", "judges", "sft", "dpo", "eval")}
+            def record(stages_so_far: dict) -> None:  # a lease that runs out mid-run keeps what finished
+                write_json(path, recorded(stages_so_far, curves, devices))
+
+            stages = run_stages(STAGES, after=record)
             generations = read_jsonl(GENERATIONS)
-            ran = yaml.safe_load(Path("params.yaml").read_text())
-        path = result_path(out, "real-run")
-        path.parent.mkdir(parents=True, exist_ok=True)
+            result = {**recorded(stages, curves, devices), "examples": examples(generations)}
         shutil.copyfile(workdir / GENERATIONS, path.with_name(path.stem + "-generations.jsonl"))
-    result = {
+    write_json(path, result)
+    print(json.dumps({"stages": stages, "sft": result["metrics"]["sft"], "dpo": result["metrics"]["dpo"]}, indent=1))
+    print(f"real_run: {path}")
+    return path
+
+
+def recorded(stages: dict, curves: dict, devices: ForwardDevices) -> dict:
+    """The run so far, read in the scratch project: the stages finished, their metrics files, the curves."""
+    return {
         "device": device_name(),
         "date": datetime.date.today().isoformat(),
         "dtype": str(placement()[1]).removeprefix("torch."),
         "versions": versions(),
-        "params": ran,
+        "params": yaml.safe_load(Path("params.yaml").read_text()),
+        "finished": list(stages) == STAGES,
         "stages": stages,
         "total_seconds": sum(stage["seconds"] for stage in stages.values()),
         "models_seen": devices.described(),
-        "metrics": metrics,
+        "metrics": {name: json.loads(file.read_text()) for name in METRICS
+                    if (file := METRICS_DIR / f"{name}.json").exists()},
         "curves": {stage: callback.points for stage, callback in curves.items()},
-        "examples": examples(generations),
     }
-    write_json(path, result)
-    print(json.dumps({"stages": stages, "sft": metrics["sft"], "dpo": metrics["dpo"]}, indent=1))
-    print(f"real_run: {path}")
-    return path
 
 
 if __name__ == "__main__":
