@@ -78,11 +78,12 @@ def reply_logprobs(model, sequences: list[tuple[list[int], list[int]]], size: in
             logits = model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
                            logits_to_keep=keep).logits[:, :-1]
             targets = input_ids[:, input_ids.shape[1] + 1 - keep :]
+            summed = []
             for row, index in enumerate(batch):
                 first = logits.shape[1] - reply_lengths[index]
                 scores = logits[row, first:].float()
-                logp = scores.gather(1, targets[row, first:, None]).sum() - scores.logsumexp(-1).sum()
-                rows[index] = logp.item(), reply_lengths[index]
+                summed.append(scores.gather(1, targets[row, first:, None]).sum() - scores.logsumexp(-1).sum())
+        rows[batch] = np.column_stack([torch.stack(summed).tolist(), [reply_lengths[i] for i in batch]])
     return rows
 
 
