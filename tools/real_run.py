@@ -14,7 +14,8 @@ from their PyPI wheels (requirements-models.txt, requirements.txt), as in `dvc r
 Writes <out>/<date>-<device>-real-run.json: each stage's wall time and peak accelerator memory, the rows kept
 and dropped, every metric of sft, dpo and evaluate, the training curves as the trainers logged them, example
 replies of the three models; and beside it <date>-<device>-real-run-generations.jsonl, every reply. The JSON
-is written again as each stage ends ("finished": false until the last), so a run cut short keeps its stages.
+is written again as each stage ends ("finished": false until the whole result, examples included, is in), so a
+run cut short keeps its stages.
 """
 from __future__ import annotations
 
@@ -82,11 +83,11 @@ def main(argv: list[str] | None = None) -> Path:
         scratch_project(root, workdir, params, settings)
         with chdir(workdir):
             def record(stages_so_far: dict) -> None:  # a lease that runs out mid-run keeps what finished
-                write_json(path, recorded(stages_so_far, curves, devices))
+                write_json(path, {**recorded(stages_so_far, curves, devices), "finished": False})
 
             stages = run_stages(STAGES, after=record)
-            generations = read_jsonl(GENERATIONS)
-            result = {**recorded(stages, curves, devices), "examples": examples(generations)}
+            result = {**recorded(stages, curves, devices), "finished": True,
+                      "examples": examples(read_jsonl(GENERATIONS))}
         shutil.copyfile(workdir / GENERATIONS, path.with_name(path.stem + "-generations.jsonl"))
     write_json(path, result)
     print(json.dumps({"stages": stages, "sft": result["metrics"]["sft"], "dpo": result["metrics"]["dpo"]}, indent=1))
@@ -102,7 +103,6 @@ def recorded(stages: dict, curves: dict, devices: ForwardDevices) -> dict:
         "dtype": str(placement()[1]).removeprefix("torch."),
         "versions": versions(),
         "params": yaml.safe_load(Path("params.yaml").read_text()),
-        "finished": list(stages) == STAGES,
         "stages": stages,
         "total_seconds": sum(stage["seconds"] for stage in stages.values()),
         "models_seen": devices.described(),
