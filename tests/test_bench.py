@@ -82,3 +82,12 @@ def test_the_full_shape_is_tinyllamas():
     for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                 "num_key_value_heads", "vocab_size"):
         assert getattr(config, key) == reference[key] == bench.TINYLLAMA[key]
+
+
+@pytest.mark.parametrize("device, slug", [("NVIDIA H200", "nvidia-h200"), ("CPU (x86_64)", "cpu-x86-64"),
+                                          ("Tesla T4", "tesla-t4")])
+def test_result_files_are_named_after_the_day_and_the_device(monkeypatch, tmp_path, device, slug):
+    monkeypatch.setattr(bench, "device_name", lambda: device)
+    path = bench.result_path(tmp_path, "real-run")
+    assert path.parent == tmp_path and path.name.endswith(f"-{slug}-real-run.json")
+    assert bench.result_path(tmp_path, "").name.endswith(f"-{slug}.json")

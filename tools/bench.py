@@ -27,6 +27,7 @@ import importlib.metadata
 import itertools
 import json
 import platform
+import re
 import resource
 import subprocess
 import sys
@@ -350,7 +351,7 @@ def device_name() -> str:
 
 def result_path(folder: Path, kind: str) -> Path:
     """bench/results/<date>-<device>[-<kind>].json: one file per run of a tool, per day and card."""
-    slug = "".join(c if c.isalnum() else "-" for c in device_name().lower()).strip("-")
+    slug = re.sub(r"[^a-z0-9]+", "-", device_name().lower()).strip("-")  # "CPU (x86_64)" -> cpu-x86-64
     return folder / f"{datetime.date.today().isoformat()}-{slug}{'-' + kind if kind else ''}.json"
 
 
