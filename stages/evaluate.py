@@ -43,8 +43,8 @@ from stages.outputs import atomic_file, read_jsonl, write_json, write_jsonl
 from stages.params import EvalParams, Params, ParamsError, load_params
 from stages.parsing import DataError, parse_prompts, read_bytes
 from stages.paths import EVAL_PLOT, GENERATIONS, METRICS_DIR, PROBE_SET, SFT_DATA, STACK_CARD
-from stages.scoring import (Measure, chrf, distinct, distinct_replies, interval, mean_of, nltk_bleu, paired_difference,
-                            perplexity, preference_accuracy, repeats, resample, sacrebleu_bleu)
+from stages.scoring import (Measure, chrf, distinct, distinct_openings, distinct_replies, interval, mean_of, nltk_bleu,
+                            paired_difference, perplexity, preference_accuracy, repeats, resample, sacrebleu_bleu)
 from stages.sheet import write_sheet
 from stages.stacks import MODELS, check_stack, fingerprint
 
@@ -159,6 +159,7 @@ def score_set(set_name: str, examples: list[dict], replies: dict, logprobs: dict
     references = [reference_text(example) for example in examples]
     draws = resample(len(examples), params.eval.bootstrap_samples, params.seed)
     texts = {model_name: [reply["text"] for reply in replies[set_name, model_name]] for model_name in MODELS}
+    texts["reference"] = references
     scored = {model_name: {**measures(replies[set_name, model_name], references, logprobs[set_name, model_name],
                                       scorer),
                            **judged(judges, texts[model_name], examples)} for model_name in MODELS}
@@ -175,11 +176,11 @@ def score_set(set_name: str, examples: list[dict], replies: dict, logprobs: dict
             metrics[f"{set_name}.{model_name}.{metric}"] = value
             if metric in LEARNED:  # what the two trainings are for: each model's own interval too
                 metrics.update({f"{set_name}.{model_name}.{metric}_low": low, f"{set_name}.{model_name}.{metric}_high": high})
-        if model_name in texts:
-            for name, value in (("distinct_1", distinct(texts[model_name], 1)),
-                                ("distinct_2", distinct(texts[model_name], 2)),
-                                ("distinct_replies", distinct_replies(texts[model_name]))):
-                metrics[f"{set_name}.{model_name}.{name}"] = row[name] = value
+        for name, value in (("distinct_1", distinct(texts[model_name], 1)),
+                            ("distinct_2", distinct(texts[model_name], 2)),
+                            ("distinct_replies", distinct_replies(texts[model_name])),
+                            ("distinct_openings", distinct_openings(texts[model_name]))):
+            metrics[f"{set_name}.{model_name}.{name}"] = row[name] = value
         rows.append(row)
     differences = {}
     for after, before in COMPARISONS:

@@ -8,6 +8,7 @@ same indices (their replies to the same prompts) gives a paired interval for the
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -79,6 +80,17 @@ def distinct_replies(texts: list[str]) -> float:
     prompt got its own reply, 1/n when n prompts got one. Distinct-n pools words over all replies, so it
     misses a model that answers most prompts with the same sentence; this catches it."""
     return len({" ".join(words(text)) for text in texts}) / len(texts) if texts else 0.0
+
+
+def opening(text: str) -> str:
+    """A reply's first sentence (to its first . ! ? or line break), in words: what a reader meets first."""
+    return " ".join(words(re.split(r"(?<=[.!?])\s|\n", text.strip(), maxsplit=1)[0]))
+
+
+def distinct_openings(texts: list[str]) -> float:
+    """Share of replies whose first sentence no other reply's repeats: a stock opener ("I'm sorry for your loss.")
+    on many prompts lowers it even when every reply goes on differently, which distinct_replies misses."""
+    return len({opening(text) for text in texts}) / len(texts) if texts else 0.0
 
 
 def repeats(text: str, n: int = 4) -> bool:

@@ -12,8 +12,8 @@ from stages import generation
 from stages.generation import batch_size, encoded_sets, generate, logit_batches, reply_logprobs
 from stages.modeling import encode, train_tokenizer
 from stages.params import TinyModelParams, load_params
-from stages.scoring import (chrf, distinct, distinct_replies, interval, mean_of, nltk_bleu, paired_difference,
-                            perplexity, preference_accuracy, repeats, resample, sacrebleu_bleu)
+from stages.scoring import (chrf, distinct, distinct_openings, distinct_replies, interval, mean_of, nltk_bleu, opening,
+                            paired_difference, perplexity, preference_accuracy, repeats, resample, sacrebleu_bleu)
 
 from conftest import ROOT
 
@@ -115,6 +115,15 @@ def test_distinct_repetition_and_perplexity_on_known_values():
     assert distinct_replies(collapsed) == pytest.approx(18 / 34)
     assert distinct_replies(["Oh no!", "oh  NO!", "Oh no."]) == pytest.approx(2 / 3)  # case and spacing aside
     assert distinct_replies([]) == 0
+    # SmolLM2's base on the probe set: one stock opener, each reply going on its own way.
+    stock = [f"I'm sorry for your loss. Your story about day {i} moved me." for i in range(20)] + \
+        [f"What a day {i} you had!" for i in range(14)]
+    assert distinct_replies(stock) == 1 and distinct_openings(stock) == pytest.approx(15 / 34)
+    assert distinct_openings(collapsed) == pytest.approx(18 / 34)  # a whole reply is its own opening
+    assert opening("Oh no!  What happened?") == opening("oh NO! Tell me.") == "oh no !"
+    assert opening("Wow\nthat is great.") == "wow"  # a line break ends a sentence too
+    assert opening("It was 3.5 miles. Far!") == "it was 3 . 5 miles ."  # no break inside a number
+    assert distinct_openings([]) == 0
     assert repeats("I am here for you. I am here for you.") and not repeats("I am here for you, always.")
     rows = np.array([[-math.log(4) * 3, 3], [-math.log(2), 1]])  # token probabilities 1/4, 1/4, 1/4, 1/2
     assert perplexity(rows).value() == pytest.approx(math.exp((3 * math.log(4) + math.log(2)) / 4))

@@ -59,6 +59,9 @@ COLUMNS = [
     # Below 1, some prompts got the same reply word for word; far below 1, the model has collapsed.
     ("distinct replies sft/dpo (probe)", "metrics/eval.json", ("probe.sft.distinct_replies", "probe.dpo.distinct_replies"),
      "{:.2f}/{:.2f}"),
+    # Replies that open with the same sentence, a stock opener among them, lower it; real listeners' is the mark.
+    ("distinct openings real/base/sft/dpo", "metrics/eval.json",
+     tuple(f"ed_test.{m}.distinct_openings" for m in ("reference", "base", "sft", "dpo")), "{:.2f}/{:.2f}/{:.2f}/{:.2f}"),
     ("runtime s sft/dpo", "metrics", ("sft.json:train_runtime_s", "dpo.json:train_runtime_s"), "{:.0f}/{:.0f}"),
 ]
 CHARTS = [  # (file, title, metrics file, keys)

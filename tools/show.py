@@ -30,7 +30,9 @@ HEADLINE = [
     ("emotion real|b/s/d", (f"{ED}.reference.emotion_accuracy", *(f"{ED}.{m}.emotion_accuracy" for m in MODELS)),
      "{:.2f}|{:.2f}/{:.2f}/{:.2f}"),
     ("stop b/s/d", tuple(f"{ED}.{m}.stop_rate" for m in MODELS), "{:.2f}/{:.2f}/{:.2f}"),
-    ("distinct s/d", ("eval.json:probe.sft.distinct_replies", "eval.json:probe.dpo.distinct_replies"), "{:.2f}/{:.2f}"),
+    # Stock openers and repeated replies alike lower it; the real listeners' is the mark to reach.
+    ("openings real|b/s/d", (f"{ED}.reference.distinct_openings", *(f"{ED}.{m}.distinct_openings" for m in MODELS)),
+     "{:.2f}|{:.2f}/{:.2f}/{:.2f}"),
     ("train s sft/dpo", ("sft.json:train_runtime_s", "dpo.json:train_runtime_s"), "{:.0f}/{:.0f}"),
     ("lr used sft/dpo", ("sft.json:lr", "dpo.json:lr"), "{:.2g}/{:.2g}"),  # times model.lr_scale
 ]
