@@ -34,6 +34,9 @@ HEADLINES = [
     ("ed_test.{model}.emotion_accuracy", "emotion named from the reply (accuracy)"),
     ("ed_test.{model}.bertscore_f1", "BERTScore F1 against the real listener"),
     ("ed_test.{model}.stop_rate", "replies that end with EOS"),
+    # Beside the human-like share: a model that answers many prompts with one stock sentence scores high on it.
+    ("ed_test.{model}.mean_new_tokens", "new tokens per reply (mean)"),
+    ("ed_test.{model}.distinct_openings", "replies whose first sentence no other reply repeats (share)"),
     ("probe.{model}.humanlike", "human-like replies (share, DPO-data classifier)"),
 ]
 
@@ -170,6 +173,7 @@ def stack_card(params: Params, source: dict, data: dict, scores: dict, model: st
                else f"Replies sampled at temperature {params.eval.temperature:g}")
     reference = [f"{name} {scores[key]:.3f}" for key, name in (
         ("ed_test.reference.humanlike", "human-like"), ("ed_test.reference.emotion_accuracy", "emotion named"),
+        ("ed_test.reference.distinct_openings", "distinct openings"),
         ("ed_test.emotion_chance", "emotion by chance (the commonest label)")) if key in scores]
     body = f"""
 # base + {' + '.join(a.upper() for a in STACK[model])}: {meta.get('base_model', 'the embedded tiny model')}
