@@ -95,6 +95,16 @@ def test_sft_learns_the_replies_and_to_stop_without_collapsing(real_run):
     assert evaluation["probe.sft.distinct_replies"] >= 0.75
 
 
+def test_distinct_openings_tell_the_base_models_stock_openers_from_real_listeners(real_run):
+    """SmolLM2's base opens a quarter of its ED test replies with "I'm so sorry to hear that." and a sixth with
+    "I'm sorry for your loss." (the sft7-scale run in the README), each reply going on its own way: distinct
+    replies cannot see it, distinct openings must."""
+    evaluation = metrics(real_run, "eval")
+    openings = evaluation["ed_test.base.distinct_openings"]
+    assert openings < evaluation["ed_test.base.distinct_replies"]
+    assert openings < evaluation["ed_test.reference.distinct_openings"]
+
+
 def test_dpo_moves_the_preference_on_pairs_it_never_saw(real_run):
     def pairs(split):
         rows = [json.loads(line) for line in (real_run / f"data/processed/dpo/{split}.jsonl").read_text().splitlines()]
