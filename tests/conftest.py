@@ -33,6 +33,11 @@ def project_files() -> list[str]:
     return [name for name in out.split("\0") if name and (ROOT / name).is_file()]
 
 
+def metrics(repo: Path, name: str) -> dict:
+    """A project's metrics/<name>.json."""
+    return json.loads((repo / "metrics" / f"{name}.json").read_text())
+
+
 def copy_project(dest: Path) -> Path:
     for name in project_files():
         (dest / name).parent.mkdir(parents=True, exist_ok=True)

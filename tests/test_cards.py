@@ -1,7 +1,6 @@
 """The model cards a user pushes to the Hub with an adapter: what they tell a reader must be true of the run that
 wrote them. Their loading code must load the stack the pipeline trained and scored, and their numbers must be
 the metrics files' own."""
-import json
 import re
 
 import pytest
@@ -12,11 +11,9 @@ from stages.cards import base_metadata
 from stages.modeling import encode, load_model, load_tokenizer
 from stages.params import ModelParams
 
+from conftest import metrics
+
 CONVERSATION = [{"role": "user", "content": "My dog is sick and I am scared."}]
-
-
-def metrics(pipeline, name: str) -> dict:
-    return json.loads((pipeline / "metrics" / f"{name}.json").read_text())
 
 
 def loading_code(card: str, folders: dict[str, str]) -> str:
@@ -36,14 +33,16 @@ def test_the_dpo_cards_loading_code_builds_the_stack_evaluate_scored(pipeline, m
     namespace = {}
     exec(loading_code(card, {"<base model folder>": "models/base", "<sft adapter folder>": "models/sft",
                              "<dpo adapter folder>": "models/dpo"}), namespace)
-    ids = torch.tensor([encode(load_tokenizer(), CONVERSATION)[0]])
+    tokenizer = load_tokenizer()
+    ids = torch.tensor([encode(tokenizer, CONVERSATION)[0]])
     with torch.no_grad():
         followed = namespace["model"].eval()(input_ids=ids).logits
         scored = load_model("dpo", device=torch.device("cpu"), dtype=torch.float32)(input_ids=ids).logits
         sft_only = load_model("sft", device=torch.device("cpu"), dtype=torch.float32)(input_ids=ids).logits
-    assert torch.allclose(followed, scored, atol=1e-5 * scored.abs().max().item())
-    assert not torch.allclose(followed, sft_only, atol=1e-5 * scored.abs().max().item())
-    assert namespace["tokenizer"].chat_template == load_tokenizer().chat_template
+    tolerance = 1e-5 * scored.abs().max().item()
+    assert torch.allclose(followed, scored, atol=tolerance)
+    assert not torch.allclose(followed, sft_only, atol=tolerance)
+    assert namespace["tokenizer"].chat_template == tokenizer.chat_template
 
 
 def test_adapter_cards_carry_their_stages_metrics_and_the_data_licence(pipeline):

@@ -6,7 +6,7 @@ import re
 import pytest
 import yaml
 
-from conftest import edit_params, run
+from conftest import edit_params, metrics, run
 
 # human's only input that changes is evaluate's key; with the same replies as the committed dvc.lock's, it
 # is already up to date in a fresh clone (its metrics file is committed).
@@ -19,10 +19,6 @@ def ran(log: str) -> list[str]:
     stages = re.findall(r"Running stage '(\w+)'", log)
     assert "model_source" in stages, log
     return [stage for stage in stages if stage != "model_source"]
-
-
-def metrics(repo, name: str) -> dict:
-    return json.loads((repo / "metrics" / f"{name}.json").read_text())
 
 
 def test_repro_runs_every_stage_and_each_step_helps(pipeline):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SCHEDULED, SHARED, SHARED_DATA, VENV_PATH, copy_project, run, wait_for_job
+from conftest import SCHEDULED, SHARED, SHARED_DATA, VENV_PATH, copy_project, metrics, run, wait_for_job
 
 PROFILE = ["-S", "model=smollm2", "-S", "data=local", "-S", "sft=cpu", "-S", "dpo=cpu", "-S", "eval=cpu"]
 # Smaller fixed sets than eval=cpu's (24 held-out pairs, 16 test prompts, 32 new tokens), so the run fits the suite's
@@ -67,10 +67,6 @@ def real_run(tmp_path_factory):
     (SHARED / "real-model.timing.json").write_text(json.dumps({
         "took_s": (repo / "exp-run.log").stat().st_mtime - started, "tests_began_s": waited_from - started}))
     return repo
-
-
-def metrics(repo, name: str) -> dict:
-    return json.loads((repo / "metrics" / f"{name}.json").read_text())
 
 
 def english(text: str) -> bool:
