@@ -90,7 +90,7 @@ def opening(text: str) -> str:
 def distinct_openings(texts: list[str]) -> float:
     """Share of replies whose first sentence no other reply's repeats: a stock opener ("I'm sorry for your loss.")
     on many prompts lowers it even when every reply goes on differently, which distinct_replies misses."""
-    return len({opening(text) for text in texts}) / len(texts) if texts else 0.0
+    return distinct_replies([opening(text) for text in texts])
 
 
 def repeats(text: str, n: int = 4) -> bool:
