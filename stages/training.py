@@ -3,6 +3,7 @@ checkpoints to resume from, dvclive logging, the final evaluation, a training-on
 adapter."""
 from __future__ import annotations
 
+import atexit
 import hashlib
 import importlib.util
 import json
@@ -104,6 +105,15 @@ def on_every_gpu(module: str) -> None:
         launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(gpus),
                   "--num_machines", "1", "-m", module]
         raise SystemExit(subprocess.run(launch).returncode)
+    if "LOCAL_RANK" in os.environ:  # one of a launcher's processes
+        atexit.register(leave_process_group)
+
+
+def leave_process_group() -> None:
+    """Destroy this process's torch.distributed group before the interpreter tears down: a gloo group left to the
+    teardown aborted a process that had finished its work ("terminate called without an active exception")."""
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 COMPLETE = "complete"  # marker written once a checkpoint is fully on disk
@@ -162,13 +172,18 @@ class LiveCallback(DVCLiveCallback):
     points of one step line up on the same x."""
 
     def on_log(self, args, state, control, **kwargs):
-        self.live.step = state.global_step
+        if state.is_world_process_zero:  # the only process with a Live (live_callback)
+            self.live.step = state.global_step
         super().on_log(args, state, control, **kwargs)
 
 
 def live_callback(stage: str, resume: bool) -> LiveCallback:
     from dvclive import Live  # here, not at the top: tools.gpu_check runs the stages where dvc is not installed
 
+    # Only the main process opens the curves' folder: a fresh Live empties it, and two processes emptying it at
+    # once crash on each other's deleted files. The callback logs from the main process alone anyway.
+    if not PartialState(cpu=cpu_only()).is_main_process:
+        return LiveCallback()
     # dvcyaml=None: the project's dvc.yaml declares the plots; dvclive must not rewrite it.
     # resume=True continues the curves of an interrupted run instead of starting them over.
     return LiveCallback(live=Live(dir=str(LIVE_DIR / stage), resume=resume, dvcyaml=None, save_dvc_exp=False))

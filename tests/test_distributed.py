@@ -45,6 +45,40 @@ def test_sft_then_dpo_on_two_processes_give_valid_adapters(project):
     assert not any((project / "checkpoints/sft").iterdir())
 
 
+def test_only_the_main_process_opens_the_curves(project, monkeypatch):
+    """Every process of a run builds the trainer's callbacks, but a fresh dvclive Live empties its folder: two
+    processes emptying dvclive/dpo/ at once crashed one of them (FileNotFoundError) under load. A process other
+    than the main one leaves the curves alone, and logs nothing."""
+    from transformers import TrainerState
+
+    from stages import training
+
+    curves = sorted(path for path in (project / "dvclive/dpo").rglob("*") if path.is_file())
+    assert curves  # the committed curves of the last run
+    monkeypatch.setattr(training, "PartialState", lambda cpu: SimpleNamespace(is_main_process=False))
+    callback = training.live_callback("dpo", resume=False)
+    assert callback.live is None
+    callback.on_log(None, TrainerState(global_step=1, is_world_process_zero=False), None, logs={"loss": 1.0})
+    assert sorted(path for path in (project / "dvclive/dpo").rglob("*") if path.is_file()) == curves
+
+
+def test_a_launched_process_leaves_its_process_group_at_exit(monkeypatch, tmp_path):
+    """A gloo group left to the interpreter's teardown aborted a finished process (exit -6) now and then: a process
+    a launcher started destroys its group at exit."""
+    from stages import training
+
+    exits = []
+    monkeypatch.setattr(training.atexit, "register", exits.append)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    training.on_every_gpu("stages.sft")
+    assert exits == [training.leave_process_group]
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    exits[0]()
+    assert not torch.distributed.is_initialized()
+    exits[0]()  # and once no group is left, does nothing
+
+
 @pytest.mark.parametrize("gpus, launched", [(2, True), (1, False), (0, False)])
 def test_a_stage_seeing_several_gpus_relaunches_itself_on_each(monkeypatch, gpus, launched):
     """Kaggle's two T4s: `dvc repro` starts `python -m stages.sft` in one process that sees both GPUs, where HF
