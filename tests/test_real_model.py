@@ -120,6 +120,31 @@ def test_the_paired_interval_of_dpo_minus_sft_is_reported(real_run):
         assert evaluation[f"{key}_low"] <= evaluation[key] <= evaluation[f"{key}_high"]
 
 
+def test_the_combined_adapter_replies_as_the_stacked_pair_on_the_real_model(real_run, monkeypatch):
+    """Evaluate scores the DPO model with its two adapters combined into one (stages.modeling.combined_adapters):
+    on SmolLM2's real template and trained adapters, its logits are the stacked pair's to float32 rounding, and
+    its greedy replies are the same words."""
+    import torch
+
+    from stages.generation import generate
+    from stages.modeling import encode, load_base_model, load_model, load_tokenizer, stack
+    from stages.params import load_params
+
+    monkeypatch.chdir(real_run)
+    tokenizer, settings = load_tokenizer(), load_params().eval
+    replies = [json.loads(line) for line in (real_run / "eval/generations.jsonl").read_text().splitlines()]
+    prompts = [encode(tokenizer, row["prompt"])[0] for row in replies if row["model"] == "dpo"][:8]
+    combined = load_model("dpo", torch.device("cpu"), torch.float32)
+    stacked = stack(load_base_model(torch.float32), "dpo").eval()
+    assert combined.base_model.active_adapters == ["stack"] and set(stacked.peft_config) == {"sft", "dpo"}
+    ids = torch.tensor([prompts[0]])
+    with torch.no_grad():
+        reference = stacked(input_ids=ids).logits
+        difference = (combined(input_ids=ids).logits - reference).abs().max().item()
+    assert difference <= 1e-5 * reference.abs().max().item()
+    assert generate(combined, tokenizer, prompts, settings)[0] == generate(stacked, tokenizer, prompts, settings)[0]
+
+
 def test_chat_answers_one_message_with_the_sft_model(real_run):
     out = run(["python", "-m", "tools.chat", "--model", "sft", "--max-new-tokens", "24",
                "--prompt", "I lost my job today and I feel awful."], real_run).stdout
