@@ -43,6 +43,6 @@ study: $(VENV)/.installed
 compare: $(VENV)/.installed
 	PATH="$(CURDIR)/$(BIN):$$PATH" python -m tools.compare
 
-# The experiments at a glance: the params that differ and a dozen headline numbers (`dvc exp show` has ~300 columns).
+# The experiments at a glance: the params that differ and a dozen headline numbers (`dvc exp show` has ~400 columns).
 show: $(VENV)/.installed
 	PATH="$(CURDIR)/$(BIN):$$PATH" python -m tools.show
