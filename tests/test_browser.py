@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, run, serve
+from stages.outputs import read_jsonl
+from stages.paths import GENERATIONS
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 VEGA = ROOT / "node_modules" / "vega-embed" / "build" / "vega-embed.min.js"
@@ -177,8 +179,7 @@ def test_pairwise_votes_by_keyboard_keep_the_hidden_sides_and_rerun_only_human(p
     with open(saved, newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     assert [row["choice"] for row in rows] == ["left", "right", "tie"]
-    generations = {(g["set"], g["id"], g["model"]): g["response"] for g in
-                   map(json.loads, (pipeline_copy / "eval/generations.jsonl").read_text().splitlines())}
+    generations = {(g["set"], g["id"], g["model"]): g["response"] for g in read_jsonl(pipeline_copy / GENERATIONS)}
     for row, (a, b) in zip(rows, shown):
         assert row["left"] != row["right"] and {row["left"], row["right"]} <= {"base", "sft", "dpo"}
         # the side the page showed is the model the row names: the replies are those models' own

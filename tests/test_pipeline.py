@@ -7,6 +7,8 @@ import pytest
 import yaml
 
 from conftest import edit_params, metrics, run
+from stages.outputs import read_jsonl
+from stages.paths import GENERATIONS
 
 # human's only input that changes is evaluate's key; with the same replies as the committed dvc.lock's, it
 # is already up to date in a fresh clone (its metrics file is committed).
@@ -49,7 +51,7 @@ def test_row_counts_add_up(pipeline):
 
 
 def test_generations_hold_replies_not_prompts(pipeline):
-    rows = [json.loads(line) for line in (pipeline / "eval/generations.jsonl").read_text().splitlines()]
+    rows = read_jsonl(pipeline / GENERATIONS)
     assert {row["model"] for row in rows} == {"base", "sft", "dpo"}
     assert {row["set"] for row in rows} == {"ed_test", "probe"}
     for row in rows:

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from conftest import SCHEDULED, SHARED, SHARED_DATA, VENV_PATH, copy_project, metrics, run, wait_for_job
+from stages.outputs import read_jsonl
+from stages.paths import GENERATIONS
 
 PROFILE = ["-S", "model=smollm2", "-S", "data=local", "-S", "sft=cpu", "-S", "dpo=cpu", "-S", "eval=cpu"]
 # Smaller fixed sets than eval=cpu's (24 held-out pairs, 16 test prompts, 32 new tokens), so the run fits the suite's
@@ -76,7 +78,7 @@ def english(text: str) -> bool:
 
 
 def test_every_reply_is_non_empty_english(real_run):
-    rows = [json.loads(line) for line in (real_run / "eval/generations.jsonl").read_text().splitlines()]
+    rows = read_jsonl(real_run / GENERATIONS)
     assert {row["model"] for row in rows} == {"base", "sft", "dpo"} and len(rows) > 100
     for model in ("base", "sft", "dpo"):
         replies = [row["response"] for row in rows if row["model"] == model]
@@ -132,7 +134,7 @@ def test_the_combined_adapter_replies_as_the_stacked_pair_on_the_real_model(real
 
     monkeypatch.chdir(real_run)
     tokenizer, settings = load_tokenizer(), load_params().eval
-    replies = [json.loads(line) for line in (real_run / "eval/generations.jsonl").read_text().splitlines()]
+    replies = read_jsonl(GENERATIONS)
     prompts = [encode(tokenizer, row["prompt"])[0] for row in replies if row["model"] == "dpo"][:8]
     combined = load_model("dpo", torch.device("cpu"), torch.float32)
     stacked = stack(load_base_model(torch.float32), "dpo").eval()
