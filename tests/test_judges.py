@@ -4,9 +4,10 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from stages import base_model, download, judges, preprocess
-from stages.judging import Judges, chance, listener_replies
+from stages.judging import Judges, chance, listener_replies, mean_pooled
 from stages.outputs import read_jsonl
 from stages.parsing import parse_empathetic, read_bytes
 from stages.paths import DPO_DATA, JUDGES_DIR, RAW_DIR
@@ -76,3 +77,13 @@ def test_two_trainings_judge_alike(trained, monkeypatch):
     retrained = Judges.load(repo / JUDGES_DIR)
     assert (retrained.humanlike.predict_proba(texts) == judge.humanlike.predict_proba(texts)).all()
     assert (retrained.emotion.predict_proba(texts) == judge.emotion.predict_proba(texts)).all()
+
+
+def test_mean_pooling_ignores_padding_and_follows_the_hidden_states_device():
+    hidden = torch.tensor([[[3.0, 4.0], [100.0, -7.0]], [[1.0, 0.0], [0.0, 1.0]]])
+    mask = torch.tensor([[1, 0], [1, 1]])  # the first row's second token is padding
+    pooled = mean_pooled(hidden, mask)
+    assert torch.allclose(pooled, torch.tensor([[0.6, 0.8], [2**-0.5, 2**-0.5]]))
+    # the embedder on a GPU with the tokenizer's mask on the CPU (the real run's crash on an H200): the meta device
+    # stands in for the GPU
+    assert mean_pooled(hidden.to("meta"), mask).device.type == "meta"
