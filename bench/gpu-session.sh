@@ -9,7 +9,8 @@
 #   run(command="bash bench/gpu-session.sh 4", carry=[".carry/4"])       join and check the parts; SmolLM2 through
 #       sft7 and dpo1 on the real rows, evaluated on the fixed sets (tools.real_run)
 #   run(command="bash bench/gpu-session.sh 5")                           the GPU check (tools.gpu_check)
-# Each writes its results and log to $OUT. On a CPU, TINY=--tiny runs steps 1 and 5 small, and REAL_RUN_ARGS (e.g.
+# Step 1 runs the runs BENCH_RUNS names (comma-separated; all by default, in tools.bench's order) and starts none
+# after BENCH_BUDGET_S seconds (300); BENCH_RUNS= (empty) only installs. Each writes its results and log to $OUT. On a CPU, TINY=--tiny runs steps 1 and 5 small, and REAL_RUN_ARGS (e.g.
 # "--set sft.train_size=8 ...") makes step 4's run small.
 set -uo pipefail
 STEP=${1:?usage: bash bench/gpu-session.sh STEP (1-5)}
@@ -39,8 +40,12 @@ keep_part() {  # the part this call carried, checked against the sums that came 
 
 case "$STEP" in
     1)
-        python3 -m tools.bench "${REFERENCE[@]}" ${TINY:-} --profile --budget-s "${BENCH_BUDGET_S:-300}" --out "$OUT" \
-            2>&1 | tee "$OUT/bench.log" | tail -n 80
+        if [ -n "${BENCH_RUNS-all}" ]; then  # BENCH_RUNS= (empty): install only, for a session that runs step 4 alone
+            RUNS=()
+            [ -n "${BENCH_RUNS:-}" ] && RUNS=(--runs "$BENCH_RUNS")
+            python3 -m tools.bench "${REFERENCE[@]}" "${RUNS[@]}" ${TINY:-} --profile --budget-s "${BENCH_BUDGET_S:-300}" \
+                --out "$OUT" 2>&1 | tee "$OUT/bench.log" | tail -n 80
+        fi
         ;;
     2 | 3)
         keep_part "$STEP"

@@ -57,6 +57,15 @@ def cpu_only() -> bool:
     return placement()[0].type == "cpu"
 
 
+def attention_kernels() -> None:
+    """On a CUDA GPU, leave cuDNN out of the kernels PyTorch's sdpa may pick (flash and memory-efficient
+    attention remain). cuDNN's attention builds a graph for every new shape, and here shapes change with every
+    batch and every generated token: on an H200 (torch 2.11) each call cost 2.5 ms of CPU time, 38% of a DPO
+    step's, while the GPU waited (bench/results/2026-12-04-nvidia-h200.json, dpo_project's profile)."""
+    if placement()[0].type == "cuda":
+        torch.backends.cuda.enable_cudnn_sdp(False)
+
+
 # --- loading ------------------------------------------------------------------------------------------
 
 def base_source() -> dict:
@@ -77,6 +86,7 @@ def load_base_model(dtype: torch.dtype | None = None, attention: str | None = No
     """The base model on the CPU, in the placement's dtype unless told otherwise. Trainers place it. `attention`:
     an attention implementation registered with transformers (packed SFT rows: stages.varlen.ATTENTION)."""
     chosen = dict(attn_implementation=attention) if attention else {}
+    attention_kernels()
     return AutoModelForCausalLM.from_pretrained(**base_source(), dtype=dtype or placement()[1], **chosen)
 
 

@@ -27,6 +27,8 @@ def test_tiny_bench_runs_each_configuration_in_its_own_process(project):
     run = runs["sft_project"]
     assert run["timed_steps"] == 4 and 0 < run["real_tokens"] <= run["padded_tokens"] and run["liger"] is False
     assert run["real_tokens_per_s"] == pytest.approx(run["real_tokens"] / run["seconds"])
+    # the rest of a run's time, named: set-up before the first step, and the imports (the process less the run)
+    assert 0 < run["setup_seconds"] < run["run_seconds"] - run["seconds"] < run["process_seconds"]
     generated = runs["generate_stack_batch_64_static"]
     assert generated["new_tokens_per_s"] > 0 and generated["cache"] == "static"
     assert result["ratio"]["sft_real_tokens_over_peer"] is None  # the peer did not run: no ratio, not a made-up one

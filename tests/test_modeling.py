@@ -85,6 +85,23 @@ def test_the_scored_bf16_model_is_the_unmerged_stack_and_a_naive_merge_is_not(tm
         torch.testing.assert_close(logits(naive.eval(), ids), reference)
 
 
+@pytest.mark.parametrize("device, cudnn_attention", [("cuda", False), ("cpu", True)])
+def test_loading_a_model_on_a_cuda_gpu_leaves_cudnn_out_of_sdpa(tmp_path, monkeypatch, device, cudnn_attention):
+    """cuDNN's attention rebuilds its graph for each new shape (2.5 ms of CPU a call on an H200): every stage
+    that loads a model turns it off there, and flash and memory-efficient attention stay on."""
+    monkeypatch.chdir(tmp_path)
+    small_update_stack(tmp_path, 1e-3)
+    monkeypatch.setattr(modeling, "placement", lambda: (torch.device(device), torch.float32))
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    try:
+        torch.backends.cuda.enable_cudnn_sdp(True)
+        modeling.load_base_model()
+        assert torch.backends.cuda.cudnn_sdp_enabled() is cudnn_attention
+        assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.mem_efficient_sdp_enabled()
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(before)
+
+
 def test_models_run_where_placement_says(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     small_update_stack(tmp_path, 1e-3)

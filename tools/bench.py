@@ -44,8 +44,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Train
 from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
 from stages.dpo import TokenizedDPOTrainer
-from stages.modeling import (combined_adapters, cpu_only, encode, generation_config, left_padded, lora_config,
-                             placement, sample_texts, train_tokenizer, use_bf16, use_fp16)
+from stages.modeling import (attention_kernels, combined_adapters, cpu_only, encode, generation_config, left_padded,
+                             lora_config, placement, sample_texts, train_tokenizer, use_bf16, use_fp16)
 from stages.outputs import write_json
 from stages.params import SEVEN_PROJECTIONS, LoraParams
 from stages.parsing import listener_examples, parse_dpo, parse_empathetic, read_bytes
@@ -154,7 +154,7 @@ class TimedSteps(TrainerCallback):
 
     def __init__(self, trainer, warmup: int, steps: int, profiler=None):
         self.warmup, self.last, self.profiler = warmup, warmup + steps, profiler
-        self.real, self.padded, self.rows, self.start, self.seconds = 0, 0, 0, None, 0.0
+        self.real, self.padded, self.rows, self.start, self.seconds, self.began = 0, 0, 0, None, 0.0, None
         train_step = trainer.training_step
 
         def counted_step(model, inputs, *rest):
@@ -163,6 +163,9 @@ class TimedSteps(TrainerCallback):
 
         trainer.training_step = counted_step
         trainer.add_callback(self)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.began = time.perf_counter()  # the model, the rows and the trainer are ready
 
     def on_step_end(self, args, state, control, **kwargs):
         if torch.cuda.is_available():
@@ -205,7 +208,7 @@ def train_result(timed: TimedSteps, batch: int, accum: int, unit: str, per_row: 
             "real_tokens_per_s": timed.real / timed.seconds, "padded_tokens_per_s": timed.padded / timed.seconds,
             "real_tokens": timed.real, "padded_tokens": timed.padded, "padding_share": 1 - timed.real / timed.padded,
             "timed_steps": timed.last - timed.warmup, "warmup_steps": timed.warmup, "seconds": timed.seconds,
-            "batch": batch, "grad_accum": accum, "peak_gib": peak_gib()}
+            "batch": batch, "grad_accum": accum, "peak_gib": peak_gib(), "training_began": timed.began}
 
 
 # --- the three kinds of run -----------------------------------------------------------------------------
@@ -301,6 +304,7 @@ def random_fingerprints() -> None:
 
 def run_one(name: str, args) -> dict:
     """One configuration, in this process."""
+    start = time.perf_counter()
     random_fingerprints()
     kind, settings = RUNS[name]
     settings = dict(settings)
@@ -309,6 +313,8 @@ def run_one(name: str, args) -> dict:
     cap = args.memory_cap_gib if settings.pop("capped", False) and torch.cuda.is_available() else None
     if cap:  # what a 16 GiB card (a T4) leaves: an allocation past it fails as it would there
         torch.cuda.set_per_process_memory_fraction(cap * 2**30 / torch.cuda.get_device_properties(0).total_memory)
+    if not (settings.get("peer") or settings.get("notebook")):
+        attention_kernels()  # as the stages load models; the peer and the notebook keep PyTorch's choice
     config = model_config(args.tiny, args.reference)
     tokenizer, _ = tokenizer_for(args.tiny, args.reference)
     if args.tiny:
@@ -326,7 +332,12 @@ def run_one(name: str, args) -> dict:
     if profiler is not None:  # where the time goes, in the steps after the timed ones
         sort = "cuda_time_total" if torch.cuda.is_available() else "cpu_time_total"
         result["profile"] = profiler.key_averages().table(sort_by=sort, row_limit=25)
-    return result | ({"memory_cap_gib": cap} if cap else {})
+    # where a run's time goes beside its timed steps (with process_seconds, measured by the parent: the imports)
+    result["run_seconds"] = time.perf_counter() - start
+    if "training_began" in result:
+        result["setup_seconds"] = result.pop("training_began") - start
+    return result | {"cudnn_attention": torch.backends.cuda.cudnn_sdp_enabled()} | (
+        {"memory_cap_gib": cap} if cap else {})
 
 
 def new_profiler():
