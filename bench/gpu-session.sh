@@ -10,8 +10,9 @@
 #       sft7 and dpo1 on the real rows, evaluated on the fixed sets (tools.real_run)
 #   run(command="bash bench/gpu-session.sh 5")                           the GPU check (tools.gpu_check)
 # Step 1 runs the runs BENCH_RUNS names (comma-separated; all by default, in tools.bench's order) and starts none
-# after BENCH_BUDGET_S seconds (300); BENCH_RUNS= (empty) only installs. Each writes its results and log to $OUT. On a CPU, TINY=--tiny runs steps 1 and 5 small, and REAL_RUN_ARGS (e.g.
-# "--set sft.train_size=8 ...") makes step 4's run small.
+# after BENCH_BUDGET_S seconds (300); BENCH_RUNS= (empty) only installs. Each writes its results and log to $OUT.
+# On a CPU, TINY=--tiny runs steps 1 and 5 small, and REAL_RUN_ARGS (e.g. "--set sft.train_size=8 ...") makes
+# step 4's run small.
 set -uo pipefail
 STEP=${1:?usage: bash bench/gpu-session.sh STEP (1-5)}
 OUT=${OUT:?set OUT to the folder the results go to}
