@@ -1,7 +1,11 @@
 """The benchmark's CPU smoke runs: each configuration in a process of its own, the tokens of the timed batches,
 the peer and the notebook beside the project, versions recorded."""
 import json
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -93,3 +97,18 @@ def test_result_files_are_named_after_the_day_and_the_device(monkeypatch, tmp_pa
     path = bench.result_path(tmp_path, "real-run")
     assert path.parent == tmp_path and path.name.endswith(f"-{slug}-real-run.json")
     assert bench.result_path(tmp_path, "").name.endswith(f"-{slug}.json")
+
+
+def test_the_gpu_sessions_first_call_runs_the_runs_named_or_only_installs(project, tmp_path):
+    """bench/gpu-session.sh 1, as a lent GPU session makes it: BENCH_RUNS picks the benchmark's runs, and empty it
+    runs none, for a session that only installs the wheels before the real run."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "TINY": "--tiny"}
+    named, empty = tmp_path / "named", tmp_path / "empty"
+    for out, runs in ((named, "sft_project"), (empty, "")):
+        out.mkdir()
+        subprocess.run(["bash", "bench/gpu-session.sh", "1"], cwd=project, check=True,
+                       env={**env, "OUT": str(out), "BENCH_RUNS": runs})
+    result = json.loads(next(named.glob("*-tiny.json")).read_text())
+    assert list(result["runs"]) == ["sft_project"] and result["runs"]["sft_project"]["timed_steps"] == 20
+    assert "aten::mm" in result["runs"]["sft_project"]["profile"]
+    assert not any(empty.iterdir())
