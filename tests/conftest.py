@@ -26,6 +26,14 @@ def shared_file(*parts: str) -> Path:
     return path
 
 
+def smollm2_gguf() -> Path:
+    """SmolLM2-135M-Instruct's GGUF inside its installed wheel, as conf/model/smollm2.yaml pins it."""
+    from stages.params import GgufParams
+    from stages.sources import gguf_path
+
+    return gguf_path(GgufParams(**yaml.safe_load((ROOT / "conf/model/smollm2.yaml").read_text())["gguf"]))
+
+
 def project_files() -> list[str]:
     """What a fresh clone holds: tracked files plus new files git does not ignore."""
     out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, check=True,

@@ -2,14 +2,12 @@ import json
 
 import pytest
 import torch
-import yaml
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from conftest import ROOT, shared_file
+from conftest import shared_file, smollm2_gguf
 from stages import base_model, modeling
 from stages.modeling import load_base_model, load_tokenizer
-from stages.params import GgufParams, load_params
-from stages.sources import gguf_path
+from stages.params import load_params
 
 CONVERSATION = [
     {"role": "system", "content": "Be kind."},
@@ -75,7 +73,7 @@ def test_a_gguf_models_special_tokens_are_the_files_whatever_transformers_reads(
     """transformers 5.17 (the GPU machine's) reads SmolLM2's GGUF with <|im_start|> as EOS and no pad token;
     5.24 reads <|im_end|>, as the file says. base_model sets them from the file, so a reply is cut, trained and
     stopped at <|im_end|> under either version."""
-    path = gguf_path(GgufParams(**yaml.safe_load((ROOT / "conf/model/smollm2.yaml").read_text())["gguf"]))
+    path = smollm2_gguf()
     assert base_model.gguf_special_tokens(path) == {"bos": ("<|im_start|>", 1), "eos": ("<|im_end|>", 2),
                                                    "unk": ("<|endoftext|>", 0), "pad": ("<|im_end|>", 2)}
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)

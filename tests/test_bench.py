@@ -3,16 +3,14 @@ the peer and the notebook beside the project, versions recorded."""
 import json
 import os
 import subprocess
-import sys
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from tools import bench
 
-from conftest import shared_file
+from conftest import VENV_PATH, shared_file
 
 SMOKE = dict(tiny=True, warmup=3, steps=4, rounds=1, memory_cap_gib=16.0, reference=None, profile=False,
              profile_steps=2)
@@ -102,7 +100,7 @@ def test_result_files_are_named_after_the_day_and_the_device(monkeypatch, tmp_pa
 def test_the_gpu_sessions_first_call_runs_the_runs_named_or_only_installs(project, tmp_path):
     """bench/gpu-session.sh 1, as a lent GPU session makes it: BENCH_RUNS picks the benchmark's runs, and empty it
     runs none, for a session that only installs the wheels before the real run."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "TINY": "--tiny"}
+    env = {**os.environ, "PATH": VENV_PATH, "TINY": "--tiny"}
     named, empty = tmp_path / "named", tmp_path / "empty"
     for out, runs in ((named, "sft_project"), (empty, "")):
         out.mkdir()

@@ -8,13 +8,10 @@ import re
 import gguf
 import pytest
 import torch
-import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import ROOT, run, shared_file
+from conftest import run, shared_file, smollm2_gguf
 from stages.modeling import encode, load_tokenizer, merged_model
-from stages.params import GgufParams
-from stages.sources import gguf_path
 from tools import export as export_tool
 from tools.runners import llama_rows, modelfile
 
@@ -90,7 +87,7 @@ def tinyllama():
 
 @pytest.fixture(scope="module")
 def smollm2():
-    path = gguf_path(GgufParams(**yaml.safe_load((ROOT / "conf/model/smollm2.yaml").read_text())["gguf"]))
+    path = smollm2_gguf()
     return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
 
 

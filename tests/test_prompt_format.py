@@ -5,15 +5,12 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
 
 from stages.modeling import PromptTooLong, encode, fit
-from stages.params import GgufParams
 from stages.parsing import listener_examples, parse_empathetic
-from stages.sources import gguf_path
 from stages.training import sft_dataset
 
-from conftest import ROOT, shared_file
+from conftest import ROOT, shared_file, smollm2_gguf
 
 SYSTEM = {"role": "system", "content": "Be kind."}
 USER = {"role": "user", "content": "I lost my job today and I feel awful."}
@@ -32,7 +29,7 @@ def chatml():
     turn, then a newline; pad = EOS = <|im_end|>."""
     from transformers import AutoTokenizer
 
-    gguf = gguf_path(GgufParams(**yaml.safe_load((ROOT / "conf/model/smollm2.yaml").read_text())["gguf"]))
+    gguf = smollm2_gguf()
     return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
 
 
