@@ -21,7 +21,8 @@ from trl import DPOConfig, DPOTrainer
 from trl.trainer.utils import disable_dropout_in_model
 
 from stages.cards import adapter_card, recorded
-from stages.modeling import check_targets, load_base_model, load_tokenizer, lora_config, stack
+from stages.modeling import (check_targets, lora_casts_follow_autocast, load_base_model, load_tokenizer, lora_config,
+                             stack)
 from stages.outputs import write_json
 from stages.params import LoraParams, load_params
 from stages.paths import DPO_DATA, DPO_MODEL, METRICS_DIR
@@ -54,6 +55,15 @@ def policy_model(lora: LoraParams):
     disable_dropout_in_model(model)  # the base's and the frozen SFT adapter's; the new adapter's is added after
     model.add_adapter("default", lora_config(lora))
     activate_stack(model)
+    lora_casts_follow_autocast(model)
+    return model
+
+
+def reference_model():
+    """base + SFT adapter, as a plain model (its LoRA layers stay injected and active): the form TRL expects a
+    reference in."""
+    model = stack(load_base_model(), "sft").get_base_model().eval()
+    lora_casts_follow_autocast(model)
     return model
 
 
@@ -107,9 +117,7 @@ def build_trainer(params, output_dir: str, resume: bool = False) -> tuple[DPOTra
     )
     trainer = TokenizedDPOTrainer(
         model=policy_model(dpo.lora),
-        # The reference: base + SFT adapter, as a plain model (its LoRA layers stay injected and active), the
-        # form TRL expects a reference in.
-        ref_model=stack(load_base_model(), "sft").get_base_model().eval(),
+        ref_model=reference_model(),
         args=config,
         train_dataset=train,
         eval_dataset=held_out,

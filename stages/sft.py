@@ -15,7 +15,7 @@ from transformers import set_seed
 from trl import SFTConfig, SFTTrainer
 
 from stages.cards import adapter_card, recorded
-from stages.modeling import check_targets, load_base_model, load_tokenizer, lora_config
+from stages.modeling import check_targets, lora_casts_follow_autocast, load_base_model, load_tokenizer, lora_config
 from stages.outputs import write_json
 from stages.params import load_params
 from stages.paths import METRICS_DIR, SFT_DATA, SFT_MODEL
@@ -44,7 +44,7 @@ def build_trainer(params, output_dir: str, resume: bool = False) -> SFTTrainer:
     )
     model = load_base_model(attention=PACKED_ATTENTION if sft.packing else None)
     check_targets(model, sft.lora, "sft")
-    return SFTTrainer(
+    trainer = SFTTrainer(
         model=model,
         args=config,
         train_dataset=sft_dataset(SFT_DATA / "train.jsonl", tokenizer),
@@ -53,6 +53,8 @@ def build_trainer(params, output_dir: str, resume: bool = False) -> SFTTrainer:
         peft_config=lora_config(sft.lora),
         callbacks=[live_callback("sft", resume), MarkComplete(), TrainClock(), LogLastStep()],
     )
+    lora_casts_follow_autocast(trainer.model)  # the trainer added the adapter
+    return trainer
 
 
 def base_model_eval_loss(trainer: SFTTrainer, stored: Path, resuming: bool) -> float:

@@ -248,3 +248,21 @@ def pytest_sessionfinish(session, exitstatus):
 def pytest_unconfigure(config):
     if not WORKER:  # the controller (or the only process): over a gigabyte of models, caches and outputs
         shutil.rmtree(SHARED, ignore_errors=True)
+
+
+def lora_casts_in_forward(model, ids, autocast: bool) -> set[bool]:
+    """Whether each LoRA layer of `model` cast its input to the adapter's dtype in one forward (every layer's
+    cast_input_dtype_enabled as PEFT read it), with or without CPU autocast (bf16)."""
+    import torch
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    seen = set()
+    hooks = [module.register_forward_hook(lambda layer, args, out: seen.add(layer.cast_input_dtype_enabled))
+             for module in model.modules() if isinstance(module, BaseTunerLayer)]
+    try:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            model(input_ids=ids)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return seen

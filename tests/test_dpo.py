@@ -9,6 +9,8 @@ from stages import dpo
 from stages.modeling import lora_config
 from stages.params import load_params
 
+from conftest import lora_casts_in_forward
+
 
 @pytest.fixture
 def step0(pipeline_copy, tmp_path):
@@ -53,6 +55,16 @@ def test_only_the_new_adapter_trains_and_its_dropout_is_honored(step0):
     reference = trainer.ref_model
     assert not reference.training and not any(p.requires_grad for p in reference.parameters())
     assert any(isinstance(module, LoraLayer) for module in reference.modules())
+
+
+def test_policy_and_reference_skip_their_lora_input_casts_under_autocast_only(step0):
+    """Both adapters of the policy and the SFT adapter of the reference: under autocast (mixed-precision training)
+    no float32 cast of a LoRA layer's input (stages.modeling.lora_casts_follow_autocast); without, PEFT's cast."""
+    trainer, _ = step0
+    ids = torch.tensor([[1, 5, 9, 12, 2]])
+    for model in (trainer.model, trainer.ref_model):
+        assert lora_casts_in_forward(model, ids, autocast=True) == {False}
+        assert lora_casts_in_forward(model, ids, autocast=False) == {True}
 
 
 def test_training_batches_are_grouped_by_pair_length(step0):

@@ -127,3 +127,40 @@ def test_the_combined_adapter_is_the_stacked_pair(tmp_path, monkeypatch, dtype, 
     greedy = dict(max_new_tokens=12, do_sample=False, pad_token_id=0)
     with torch.no_grad():
         assert torch.equal(combined.generate(ids, **greedy), stacked.generate(ids, **greedy))
+
+
+def test_lora_layers_skip_the_float32_input_cast_under_autocast_and_keep_it_without():
+    """Mixed-precision training (autocast) runs the adapters on the bf16 input itself: the same loss and gradients
+    as PEFT's cast to float32 and autocast's cast back. Without autocast (evaluate, chat) the float32 adapter
+    still gets float32 input: without it the matmul would fail on mixed dtypes."""
+    import copy
+
+    config = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2)
+    torch.manual_seed(0)
+    lora = LoraConfig(r=8, lora_alpha=16, target_modules=SEVEN_PROJECTIONS, init_lora_weights=False)
+    peft_casts = get_peft_model(LlamaForCausalLM(config).to(torch.bfloat16), lora)
+    assert {p.dtype for name, p in peft_casts.named_parameters() if "lora_" in name} == {torch.float32}
+    follows = copy.deepcopy(peft_casts)
+    modeling.lora_casts_follow_autocast(follows)
+    seen = []  # the dtype each adapter's first matmul receives
+    follows.base_model.model.model.layers[0].self_attn.q_proj.lora_A["default"].register_forward_pre_hook(
+        lambda module, args: seen.append(args[0].dtype))
+    ids = torch.randint(3, 256, (2, 12), generator=torch.Generator().manual_seed(1))
+
+    def loss_and_gradients(model):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        return loss.item(), {name: p.grad for name, p in model.named_parameters() if p.requires_grad}
+
+    loss, gradients = loss_and_gradients(follows)
+    assert seen == [torch.bfloat16]  # not cast up
+    expected_loss, expected_gradients = loss_and_gradients(peft_casts)
+    assert loss == expected_loss
+    assert gradients.keys() == expected_gradients.keys()
+    assert all(torch.equal(gradients[name], expected_gradients[name]) for name in gradients)
+    seen.clear()
+    torch.testing.assert_close(logits(follows, ids), logits(peft_casts, ids), rtol=0, atol=0)
+    assert seen == [torch.float32]  # cast up, as PEFT does

@@ -9,7 +9,7 @@ from stages.params import SEVEN_PROJECTIONS, load_params
 from stages.paths import SFT_DATA
 from stages.varlen import ATTENTION
 
-from conftest import edit_params
+from conftest import edit_params, lora_casts_in_forward
 
 
 @pytest.fixture
@@ -143,5 +143,41 @@ def test_below_ampere_sft_trains_in_fp16_mixed_precision(project, monkeypatch, t
     assert {weights[name].dtype for name in lora} == {torch.float32}
     assert {param.dtype for name, param in weights.items() if name not in lora} == {torch.float16}
     result = trainer.train()
+    assert math.isfinite(result.training_loss) and trainer.state.global_step == 2
+    assert any(not torch.equal(weights[name].detach(), before) for name, before in lora.items())
+
+
+def test_the_trained_adapter_skips_its_input_cast_under_autocast_only(sft_trainer):
+    """Mixed-precision training runs under autocast: there PEFT's float32 cast of each LoRA layer's input is
+    skipped (stages.modeling.lora_casts_follow_autocast); a forward without autocast keeps it."""
+    ids = torch.tensor([[1, 5, 9, 12, 2]])
+    assert lora_casts_in_forward(sft_trainer.model, ids, autocast=True) == {False}
+    assert lora_casts_in_forward(sft_trainer.model, ids, autocast=False) == {True}
+
+
+def test_bf16_sft_trains_under_autocast_with_the_adapters_on_bf16_input(project, monkeypatch, tmp_path):
+    """The GPU's path (bf16 mixed precision), here on the CPU: base weights bf16, LoRA weights float32, each step
+    under autocast, where every adapter computes on the bf16 input itself (no float32 copy and back:
+    stages.modeling.lora_casts_follow_autocast), and the steps move the LoRA weights with a finite loss."""
+    import math
+
+    from peft.tuners.lora import LoraLayer
+
+    from stages import modeling
+
+    edit_params(project / "params.yaml", **{"sft.train_size": 8, "sft.epochs": 1, "sft.grad_accum": 1})
+    for stage in (download, model_source, base_model, preprocess):
+        stage.main()
+    monkeypatch.setattr(modeling, "placement", lambda: (torch.device("cpu"), torch.bfloat16))
+    trainer = sft.build_trainer(load_params(), str(tmp_path / "run"))
+    assert trainer.args.bf16
+    weights = dict(trainer.model.named_parameters())
+    lora = {name: param.detach().clone() for name, param in weights.items() if param.requires_grad}
+    assert {weights[name].dtype for name in lora} == {torch.float32}
+    seen = set()
+    for layer in (module for module in trainer.model.modules() if isinstance(module, LoraLayer)):
+        layer.lora_A["default"].register_forward_pre_hook(lambda module, args: seen.add(args[0].dtype))
+    result = trainer.train()
+    assert seen == {torch.bfloat16}
     assert math.isfinite(result.training_loss) and trainer.state.global_step == 2
     assert any(not torch.equal(weights[name].detach(), before) for name, before in lora.items())

@@ -45,7 +45,8 @@ from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
 from stages.dpo import TokenizedDPOTrainer
 from stages.modeling import (attention_kernels, combined_adapters, cpu_only, encode, generation_config, left_padded,
-                             lora_config, placement, sample_texts, train_tokenizer, use_bf16, use_fp16)
+                             lora_casts_follow_autocast, lora_config, placement, sample_texts, train_tokenizer,
+                             use_bf16, use_fp16)
 from stages.outputs import write_json
 from stages.params import SEVEN_PROJECTIONS, LoraParams
 from stages.parsing import listener_examples, parse_dpo, parse_empathetic, read_bytes
@@ -69,6 +70,8 @@ RUNS = {
     "sft_peer": ("sft", dict(peer=True, batch=8, accum=1)),
     # packed rows (sft.packing): each example attends within itself (stages.varlen)
     "sft_project_packed": ("sft", dict(batch=8, accum=1, packing=True)),
+    # four times the tokens a step: whether the host's fixed cost per step (launching every kernel) still bounds it
+    "sft_project_packed_batch_32": ("sft", dict(batch=32, accum=1, packing=True)),
     "dpo_peer": ("dpo", dict(peer=True, batch=8, accum=1)),
     "dpo_project": ("dpo", dict(batch=16, accum=1)),
     # what evaluate runs for "dpo": base + SFT + DPO adapters, combined into one (stages.modeling.combined_adapters)
@@ -211,6 +214,14 @@ def train_result(timed: TimedSteps, batch: int, accum: int, unit: str, per_row: 
             "batch": batch, "grad_accum": accum, "peak_gib": peak_gib(), "training_began": timed.began}
 
 
+def adapters_as_the_stages_run_them(trainer, plain: bool) -> dict:
+    """LoRA layers without float32 input casts under autocast, as the stages run them, unless `plain` (the peer and
+    the notebook keep PEFT's); and what the result records of the run's settings."""
+    if not plain:
+        lora_casts_follow_autocast(trainer.model)
+    return {"liger": trainer.args.use_liger_kernel, "lora_casts_follow_autocast": not plain}
+
+
 # --- the three kinds of run -----------------------------------------------------------------------------
 
 def run_sft(config, tokenizer, warmup: int, steps: int, batch: int, accum: int, fmt: str = "dialogue",
@@ -232,9 +243,10 @@ def run_sft(config, tokenizer, warmup: int, steps: int, batch: int, accum: int, 
                 train_sampling_strategy="random" if notebook else "group_by_length")
         trainer = SFTTrainer(model=new_model(config, packed=packing and not dense_mask), args=SFTConfig(**settings),
                              train_dataset=data, processing_class=tokenizer, peft_config=lora_config(LORA))
+        adapters = adapters_as_the_stages_run_them(trainer, peer or notebook)
         timed = TimedSteps(trainer, warmup, steps, profiler)
         trainer.train()
-    return train_result(timed, batch, accum, "examples", per_row=1) | {"liger": trainer.args.use_liger_kernel} | (
+    return train_result(timed, batch, accum, "examples", per_row=1) | adapters | (
         {"examples_per_s": None} if packing else {})  # a packed row's examples are not counted per batch
 
 
@@ -255,10 +267,11 @@ def run_dpo(config, tokenizer, warmup: int, steps: int, batch: int, accum: int, 
             trainer = TokenizedDPOTrainer(model=new_model(config), args=DPOConfig(**settings),
                                           processing_class=tokenizer, train_dataset=pairs,
                                           peft_config=lora_config(LORA))
+        adapters = adapters_as_the_stages_run_them(trainer, peer or notebook)
         timed = TimedSteps(trainer, warmup, steps, profiler)
         trainer.train()
     # a pair is two rows: chosen, rejected
-    return train_result(timed, batch, accum, "pairs", per_row=2) | {"liger": trainer.args.use_liger_kernel}
+    return train_result(timed, batch, accum, "pairs", per_row=2) | adapters
 
 
 def run_generate(config, tokenizer, batch: int, rounds: int, new_tokens: int, stack: bool = False,
