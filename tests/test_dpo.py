@@ -102,3 +102,35 @@ def test_trading_grad_accum_for_batch_size_keeps_each_steps_pairs(step0):
         return list(trainer._get_train_sampler())
 
     assert drawn(2, 4) == drawn(8, 1) != drawn(8, 2)  # a different step size deals other groups
+
+
+def test_bf16_dpo_trains_under_autocast_with_the_adapters_on_bf16_input(pipeline_copy, monkeypatch, tmp_path):
+    """The GPU's path (bf16 mixed precision), here on the CPU: base weights bf16 in policy and reference, both
+    adapters float32; each step under autocast with every adapter, the frozen SFT one included, computing on the
+    bf16 input itself; the new adapter moves, the loss is finite."""
+    import math
+
+    from peft.tuners.lora import LoraLayer
+
+    from stages import modeling
+
+    monkeypatch.setattr(modeling, "placement", lambda: (torch.device("cpu"), torch.bfloat16))
+    params = load_params()
+    params = params.model_copy(update={"dpo": params.dpo.model_copy(update={"max_steps": 2, "grad_accum": 1})})
+    trainer, _ = dpo.build_trainer(params, str(tmp_path / "run"))
+    assert trainer.args.bf16
+    for model in (trainer.model, trainer.ref_model):
+        weights = dict(model.named_parameters())
+        assert {p.dtype for name, p in weights.items() if "lora_" in name} == {torch.float32}
+        assert {p.dtype for name, p in weights.items() if "lora_" not in name} == {torch.bfloat16}
+    trained = {name: p.detach().clone() for name, p in trainer.model.named_parameters() if p.requires_grad}
+    seen = set()
+    for model in (trainer.model, trainer.ref_model):
+        for layer in (module for module in model.modules() if isinstance(module, LoraLayer)):
+            for adapter in layer.lora_A.values():
+                adapter.register_forward_pre_hook(lambda module, args: seen.add(args[0].dtype))
+    result = trainer.train()
+    assert seen == {torch.bfloat16}
+    assert math.isfinite(result.training_loss) and trainer.state.global_step == 2
+    weights = dict(trainer.model.named_parameters())
+    assert any(not torch.equal(weights[name].detach(), value) for name, value in trained.items())
