@@ -171,13 +171,14 @@ def lora_casts_follow_autocast(model) -> None:
     """Let every LoRA layer of `model` skip PEFT's cast of its input to the adapter's float32 while autocast is on.
 
     PEFT keeps adapter weights in float32 on a bf16 or fp16 model and casts each adapted layer's input up to
-    float32; in mixed-precision training (autocast) the adapter's matmul casts it straight back down. Those are
-    two activation-sized copies per adapted layer, and two more in the backward pass. Copies (aten::copy_), these
+    float32; in mixed-precision training (autocast) the adapter's matmul casts it straight back down: two
+    activation-sized copies per adapted layer, and two more in the backward pass. Copies (aten::copy_), these
     among them, took a fifth of the GPU time of every training run profiled on an H200
-    (bench/results/2026-12-04-nvidia-h200.json); skipping these removes 8% of the operations a training step
-    launches (TinyLlama's 22 layers, measured on the CPU). Skipped, the numbers are the same (the adapter computes in half precision
-    either way; only LoRA dropout's rescaling may round differently). Without autocast (evaluation, chat, export)
-    a float32 adapter needs float32 input, so there the cast stays: each call checks, on the input's device."""
+    (bench/results/2026-12-04-nvidia-h200.json); skipping these removes 8% of the operations of a training step
+    (TinyLlama's 22 layers, measured on the CPU). The numbers stay the same: the adapter computes in half
+    precision either way (only LoRA dropout's rescaling may round differently). Without autocast (evaluation,
+    chat, export) a float32 adapter needs float32 input, so there the cast stays: each call checks autocast on
+    its input's device."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     def follow_autocast(layer, args):
