@@ -122,27 +122,39 @@ def test_lora_targets_are_any_module_names_or_all_linear_and_a_missing_one_is_na
     assert dotted.peft_config["default"].target_modules == {"self_attn.q_proj"}
 
 
-def test_below_ampere_sft_trains_in_fp16_mixed_precision(project, monkeypatch, tmp_path):
-    """A T4's path (stages.modeling.placement picks fp16 below compute capability 8.0): the trainer set to fp16
-    mixed precision, the base weights in fp16, the LoRA weights float32 (what loss scaling needs), and a step
-    that moves them with a finite loss. On a CPU accelerate runs the step without autocast or a loss scaler, so
-    this checks the choice and the dtypes; the scaler itself only runs on a GPU."""
+# What the adapters' matmuls receive: on a CPU, accelerate runs bf16 mixed precision under autocast, where the
+# adapters take the bf16 input itself (stages.modeling.lora_casts_follow_autocast), and fp16 without autocast or a
+# loss scaler, where PEFT casts the input to the adapters' float32.
+@pytest.mark.parametrize("dtype, adapter_input", [(torch.float16, torch.float32), (torch.bfloat16, torch.bfloat16)],
+                         ids=["fp16", "bf16"])
+def test_sft_trains_in_mixed_precision_with_float32_lora_weights(project, monkeypatch, tmp_path, dtype,
+                                                                 adapter_input):
+    """The GPU's paths on the CPU: fp16 below compute capability 8.0 (a T4), bf16 from it (stages.modeling.placement).
+    The trainer set to that mixed precision, the base weights in it, the LoRA weights float32 (what loss scaling
+    and small updates need), and steps that move them with a finite loss. The loss scaler itself only runs on a
+    GPU."""
     import math
+
+    from peft.tuners.lora import LoraLayer
 
     from stages import modeling
 
     edit_params(project / "params.yaml", **{"sft.train_size": 8, "sft.epochs": 1, "sft.grad_accum": 1})
     for stage in (download, model_source, base_model, preprocess):
         stage.main()
-    monkeypatch.setattr(modeling, "placement", lambda: (torch.device("cpu"), torch.float16))
+    monkeypatch.setattr(modeling, "placement", lambda: (torch.device("cpu"), dtype))
     trainer = sft.build_trainer(load_params(), str(tmp_path / "run"))
-    assert trainer.args.fp16 and not trainer.args.bf16
+    assert (trainer.args.fp16, trainer.args.bf16) == (dtype == torch.float16, dtype == torch.bfloat16)
     weights = dict(trainer.model.named_parameters())
     lora = {name: param.detach().clone() for name, param in weights.items() if param.requires_grad}
     assert lora and all("lora_" in name for name in lora)
     assert {weights[name].dtype for name in lora} == {torch.float32}
-    assert {param.dtype for name, param in weights.items() if name not in lora} == {torch.float16}
+    assert {param.dtype for name, param in weights.items() if name not in lora} == {dtype}
+    seen = set()
+    for layer in (module for module in trainer.model.modules() if isinstance(module, LoraLayer)):
+        layer.lora_A["default"].register_forward_pre_hook(lambda module, args: seen.add(args[0].dtype))
     result = trainer.train()
+    assert seen == {adapter_input}
     assert math.isfinite(result.training_loss) and trainer.state.global_step == 2
     assert any(not torch.equal(weights[name].detach(), before) for name, before in lora.items())
 
@@ -153,31 +165,3 @@ def test_the_trained_adapter_skips_its_input_cast_under_autocast_only(sft_traine
     ids = torch.tensor([[1, 5, 9, 12, 2]])
     assert lora_casts_in_forward(sft_trainer.model, ids, autocast=True) == {False}
     assert lora_casts_in_forward(sft_trainer.model, ids, autocast=False) == {True}
-
-
-def test_bf16_sft_trains_under_autocast_with_the_adapters_on_bf16_input(project, monkeypatch, tmp_path):
-    """The GPU's path (bf16 mixed precision), here on the CPU: base weights bf16, LoRA weights float32, each step
-    under autocast, where every adapter computes on the bf16 input itself (no float32 copy and back:
-    stages.modeling.lora_casts_follow_autocast), and the steps move the LoRA weights with a finite loss."""
-    import math
-
-    from peft.tuners.lora import LoraLayer
-
-    from stages import modeling
-
-    edit_params(project / "params.yaml", **{"sft.train_size": 8, "sft.epochs": 1, "sft.grad_accum": 1})
-    for stage in (download, model_source, base_model, preprocess):
-        stage.main()
-    monkeypatch.setattr(modeling, "placement", lambda: (torch.device("cpu"), torch.bfloat16))
-    trainer = sft.build_trainer(load_params(), str(tmp_path / "run"))
-    assert trainer.args.bf16
-    weights = dict(trainer.model.named_parameters())
-    lora = {name: param.detach().clone() for name, param in weights.items() if param.requires_grad}
-    assert {weights[name].dtype for name in lora} == {torch.float32}
-    seen = set()
-    for layer in (module for module in trainer.model.modules() if isinstance(module, LoraLayer)):
-        layer.lora_A["default"].register_forward_pre_hook(lambda module, args: seen.add(args[0].dtype))
-    result = trainer.train()
-    assert seen == {torch.bfloat16}
-    assert math.isfinite(result.training_loss) and trainer.state.global_step == 2
-    assert any(not torch.equal(weights[name].detach(), before) for name, before in lora.items())
