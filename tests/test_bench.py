@@ -7,6 +7,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from tools import bench
 
@@ -74,10 +75,54 @@ def test_the_headline_is_the_projects_best_over_the_peer_and_the_notebook():
             "sft_project": {"real_tokens_per_s": 300.0}, "sft_project_packed": {"real_tokens_per_s": 400.0},
             "dpo_peer": {"pairs_per_s": 2.0}, "dpo_project": {"pairs_per_s": 7.0},
             "generate_batch_1": {"new_tokens_per_s": 10.0}, "generate_stack_batch_64": {"new_tokens_per_s": 250.0},
-            "sft_broken": {"failed": "exit status 1"}}
+            "generate_peer": {"new_tokens_per_s": 50.0}, "sft_broken": {"failed": "exit status 1"}}
     assert bench.ratios(runs) == {"sft_real_tokens_over_peer": 4.0, "sft_real_tokens_over_notebook": 8.0,
                                   "dpo_pairs_over_peer": 3.5, "dpo_pairs_over_notebook": None,
-                                  "generate_stack_over_batch_1": 25.0}
+                                  "generate_stack_over_peer": 5.0, "generate_stack_over_batch_1": 25.0}
+
+
+def test_the_generation_peer_runs_the_same_stack_unmerged():
+    """The peer times the adapters as PEFT loads them (both active, each its own small matmuls); the project
+    combines them into one. The two must compute the same replies, or the ratio compares different work."""
+    tokenizer, _ = bench.tokenizer_for(tiny=True)
+    config = bench.model_config(tiny=True)
+    config.vocab_size = len(tokenizer)
+    peer, project = (bench.generation_model(config, stack=True, peer=peer) for peer in (True, False))
+    assert peer.active_adapters == ["sft", "dpo"] and project.active_adapters == ["stack"]
+    assert peer.peft_config["sft"].r == project.peft_config["stack"].r / 2  # the ranks side by side, not merged
+    ids, mask = bench.left_padded([bench.encode(tokenizer, row["prompt"])[0] for row in bench.sft_rows("dialogue", 4)],
+                                  tokenizer.pad_token_id)
+    settings = bench.generation_config(tokenizer, 16, temperature=0.0)
+    with torch.no_grad():
+        assert torch.allclose(peer(input_ids=ids, attention_mask=mask).logits,
+                              project(input_ids=ids, attention_mask=mask).logits, atol=1e-5)
+        replies = [model.generate(input_ids=ids, attention_mask=mask, generation_config=settings)
+                   for model in (peer, project)]
+    assert torch.equal(*replies)
+    without = bench.generation_model(config, stack=False, peer=False)  # and the adapters do change the replies
+    with torch.no_grad():
+        assert not torch.equal(without.generate(input_ids=ids, attention_mask=mask, generation_config=settings),
+                               replies[0])
+
+
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+def test_the_profiled_generate_call_stops_after_its_few_tokens(cache):
+    """A profile of a whole 128-token call holds about a million events, and tabulating them outlasted a lease's
+    call; the profiled call stops early, keeping the timed calls' settings (a static cache's size with them)."""
+    tokenizer, _ = bench.tokenizer_for(tiny=True)
+    config = bench.model_config(tiny=True)
+    config.vocab_size = len(tokenizer)
+    model = bench.generation_model(config, stack=False, peer=False)
+    ids, mask = bench.left_padded([bench.encode(tokenizer, row["prompt"])[0] for row in bench.sft_rows("dialogue", 2)],
+                                  tokenizer.pad_token_id)
+    settings = bench.generation_config(tokenizer, 48, temperature=0.0)
+    settings.min_new_tokens, settings.cache_implementation = 48, cache
+    stop = bench.StoppingCriteriaList([bench.StopAfter(ids.shape[1] + bench.PROFILED_NEW_TOKENS)])
+    with torch.no_grad():
+        whole = model.generate(input_ids=ids, attention_mask=mask, generation_config=settings)
+        cut = model.generate(input_ids=ids, attention_mask=mask, generation_config=settings, stopping_criteria=stop)
+    assert whole.shape[1] == ids.shape[1] + 48 and cut.shape[1] == ids.shape[1] + bench.PROFILED_NEW_TOKENS
+    assert torch.equal(cut, whole[:, :cut.shape[1]])  # the same tokens, only fewer of them
 
 
 def test_the_full_shape_is_tinyllamas():

@@ -15,9 +15,10 @@ in the placement's dtype on the device and the peak counter is reset after that.
 `--warmup` optimizer steps untimed (allocation, autotuning), then `--steps` timed ones; the tokens are those of
 the batches those timed steps trained on, real (attention mask) and padded (the tensor) alike. Generation
 times `--rounds` calls after one untimed call. `--profile` records `--profile-steps` more steps (or one more
-generate call) under torch.profiler after the timed ones, in the same process, so the profile costs no second
-model and never slows the timed steps. Writes bench/results/<date>-<device>.json, rewritten after every run
-(a run cut short keeps what finished); `--budget-s` starts no run past that many seconds.
+generate call, cut to 16 new tokens) under torch.profiler after the timed ones, in the same process, so the
+profile costs no second model and never slows the timed steps. Writes bench/results/<date>-<device>.json,
+rewritten after every run (a run cut short keeps what finished); `--budget-s` starts no run past that many
+seconds.
 """
 from __future__ import annotations
 
@@ -40,7 +41,8 @@ import torch
 from datasets import Dataset
 from peft import get_peft_model
 from torch.profiler import ProfilerActivity, profile
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, TrainerCallback
+from transformers import (AutoModelForCausalLM, AutoTokenizer, LlamaConfig, StoppingCriteria, StoppingCriteriaList,
+                          TrainerCallback)
 from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
 from stages.dpo import TokenizedDPOTrainer
@@ -76,6 +78,9 @@ RUNS = {
     "dpo_project": ("dpo", dict(batch=16, accum=1)),
     # what evaluate runs for "dpo": base + SFT + DPO adapters, combined into one (stages.modeling.combined_adapters)
     "generate_stack_batch_64": ("generate", dict(batch=64, stack=True)),
+    # what a user's own loop would run instead: the same stack as PEFT loads it (both adapters active, unmerged),
+    # 16 prompts a call (evaluate's batch before it sized batches for the device)
+    "generate_peer": ("generate", dict(batch=16, stack=True, peer=True)),
     # the default presets' shapes under a memory cap (--memory-cap-gib: a T4's 16 GiB)
     "sft7_recipe": ("sft", dict(batch=4, accum=2, capped=True)),
     "dpo1_recipe": ("dpo", dict(batch=2, accum=4, capped=True)),
@@ -274,16 +279,42 @@ def run_dpo(config, tokenizer, warmup: int, steps: int, batch: int, accum: int, 
     return train_result(timed, batch, accum, "pairs", per_row=2) | adapters
 
 
-def run_generate(config, tokenizer, batch: int, rounds: int, new_tokens: int, stack: bool = False,
-                 static: bool = False, profiler=None) -> dict:
+# The profiled generate call stops after this many new tokens: its decoding steps are alike, and a profile's table
+# costs time for every event (128 tokens of a 22-layer stack at batch 16 on a CPU: 1.2 million events, 92 s to
+# tabulate; 16 tokens: 155,000 events, 11 s).
+PROFILED_NEW_TOKENS = 16
+
+
+class StopAfter(StoppingCriteria):
+    """Ends a generate call at `length` tokens in all, its settings (and a static cache's size) left as the timed
+    calls had them."""
+
+    def __init__(self, length: int):
+        self.length = length
+
+    def __call__(self, input_ids, scores, **kwargs):
+        return torch.full(input_ids.shape[:1], input_ids.shape[1] >= self.length, device=input_ids.device)
+
+
+def generation_model(config, stack: bool, peer: bool):
+    """The model a generation run times: the plain model, or base + two random adapters (SFT, DPO) combined into
+    one as evaluate runs them, or for the peer stacked as PEFT loads them."""
     model = new_model(config)
-    if stack:  # two random adapters, as evaluate runs "dpo": combined into one
+    if stack:
         lora = lora_config(LORA)
         lora.init_lora_weights = False  # nonzero, so the adapters compute something
         model = get_peft_model(model, lora, adapter_name="sft")
         model.add_adapter("dpo", lora)
-        model = combined_adapters(model).to(placement()[0])
-    model.eval()
+        if peer:
+            model.base_model.set_adapter(["sft", "dpo"])
+        else:
+            model = combined_adapters(model).to(placement()[0])
+    return model.eval()
+
+
+def run_generate(config, tokenizer, batch: int, rounds: int, new_tokens: int, stack: bool = False,
+                 peer: bool = False, static: bool = False, profiler=None) -> dict:
+    model = generation_model(config, stack, peer)
     ids, mask = (tensor.to(placement()[0]) for tensor in left_padded(
         [encode(tokenizer, row["prompt"])[0] for row in sft_rows("dialogue", batch)], tokenizer.pad_token_id))
     settings = generation_config(tokenizer, new_tokens, temperature=0.0)
@@ -302,9 +333,12 @@ def run_generate(config, tokenizer, batch: int, rounds: int, new_tokens: int, st
         seconds = time.perf_counter() - start
         if profiler is not None:
             with profiler:
-                model.generate(input_ids=ids, attention_mask=mask, generation_config=settings)
+                model.generate(input_ids=ids, attention_mask=mask, generation_config=settings,
+                               stopping_criteria=StoppingCriteriaList([StopAfter(ids.shape[1] + PROFILED_NEW_TOKENS)]))
     return {"new_tokens_per_s": rounds * batch * new_tokens / seconds, "batch": batch, "new_tokens": new_tokens,
-            "cache": "static" if static else "dynamic", "rounds": rounds, "seconds": seconds, "peak_gib": peak_gib()}
+            "adapters": ("stacked" if peer else "combined") if stack else None,
+            "cache": "static" if static else "dynamic", "rounds": rounds, "seconds": seconds, "peak_gib": peak_gib(),
+            **({"profiled_new_tokens": PROFILED_NEW_TOKENS} if profiler is not None else {})}
 
 
 def random_fingerprints() -> None:
@@ -381,7 +415,7 @@ def result_path(folder: Path, kind: str) -> Path:
 
 def ratios(runs: dict) -> dict:
     """The headline: the project's best over the peer (plain TRL) and over the notebook, on the same card in the
-    same run; for generation, the stack at batch 64 over batch 1."""
+    same run; for generation, the stack as evaluate runs it over the peer's and over plain batch 1."""
     def best(prefix, key):
         return max((r[key] for name, r in runs.items() if name.startswith(prefix) and r.get(key)), default=None)
 
@@ -389,12 +423,13 @@ def ratios(runs: dict) -> dict:
         return a / b if a and b else None
 
     sft, dpo = best("sft_project", "real_tokens_per_s"), best("dpo_project", "pairs_per_s")
+    stack = runs.get("generate_stack_batch_64", {}).get("new_tokens_per_s")
     return {"sft_real_tokens_over_peer": over(sft, runs.get("sft_peer", {}).get("real_tokens_per_s")),
             "sft_real_tokens_over_notebook": over(sft, runs.get("sft_notebook", {}).get("real_tokens_per_s")),
             "dpo_pairs_over_peer": over(dpo, runs.get("dpo_peer", {}).get("pairs_per_s")),
             "dpo_pairs_over_notebook": over(dpo, runs.get("dpo_notebook", {}).get("pairs_per_s")),
-            "generate_stack_over_batch_1": over(runs.get("generate_stack_batch_64", {}).get("new_tokens_per_s"),
-                                                runs.get("generate_batch_1", {}).get("new_tokens_per_s"))}
+            "generate_stack_over_peer": over(stack, runs.get("generate_peer", {}).get("new_tokens_per_s")),
+            "generate_stack_over_batch_1": over(stack, runs.get("generate_batch_1", {}).get("new_tokens_per_s"))}
 
 
 def in_own_process(name: str, args) -> dict:
