@@ -7,7 +7,8 @@
 #   run(command="bash bench/gpu-session.sh 2", carry=[".carry/2"])       keep the payload's first part
 #   run(command="bash bench/gpu-session.sh 3", carry=[".carry/3"])       keep the second
 #   run(command="bash bench/gpu-session.sh 4", carry=[".carry/4"])       join and check the parts; SmolLM2 through
-#       sft7 and dpo1 on the real rows, evaluated on the fixed sets (tools.real_run)
+#       sft7 and dpo1 on the real rows, evaluated on the fixed sets (tools.real_run); made again at once after its
+#       time limit stopped it, it continues that run
 #   run(command="bash bench/gpu-session.sh 5")                           the GPU check (tools.gpu_check)
 # Step 1 runs the runs BENCH_RUNS names (comma-separated; all by default, in tools.bench's order) and starts none
 # after BENCH_BUDGET_S seconds (300); BENCH_RUNS= (empty) only installs. Each writes its results and log to $OUT.
@@ -21,7 +22,7 @@ GPU=.gpu
 mkdir -p "$GPU/parts"
 
 if [ "$STEP" = 1 ] && compgen -G ".whl/*.whl" > /dev/null; then
-    rm -rf "$GPU/site"
+    rm -rf "$GPU/site" "$GPU/payload" "$GPU/real-run"  # a session starts at step 1: nothing of an earlier one stays
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$GPU/site" .whl/*.whl || exit 1
 fi
 export PYTHONPATH="$PWD/$GPU/site${PYTHONPATH:+:$PYTHONPATH}"
@@ -52,13 +53,19 @@ case "$STEP" in
         keep_part "$STEP"
         ;;
     4)
-        keep_part 4
-        (cd "$GPU/parts" && cat part-0 part-1 part-2 > payload.tar.gz && sha256sum --check --quiet SHA256SUMS) \
-            || { echo "gpu-session: a part is missing or damaged (were steps 2 and 3 run on this machine?)" >&2; exit 1; }
-        rm -rf "$GPU/payload" && mkdir -p "$GPU/payload" && tar -xzf "$GPU/parts/payload.tar.gz" -C "$GPU/payload"
-        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$GPU/site" \
-            "$GPU"/payload/wheels/*.whl || exit 1
-        python3 -m tools.real_run --rows "$GPU/payload/rows" --out "$OUT" ${REAL_RUN_ARGS:-} 2>&1 | tee "$OUT/real-run.log" | tail -n 60
+        # Step 4 again, right after one that its time limit stopped, continues the run kept in $GPU/real-run
+        # (stages that finished are skipped, dpo resumes from its last checkpoint), with the payload in place.
+        if [ ! -f "$GPU/payload/ready" ]; then
+            keep_part 4
+            (cd "$GPU/parts" && cat part-0 part-1 part-2 > payload.tar.gz && sha256sum --check --quiet SHA256SUMS) \
+                || { echo "gpu-session: a part is missing or damaged (were steps 2 and 3 run here?)" >&2; exit 1; }
+            rm -rf "$GPU/payload" && mkdir -p "$GPU/payload" && tar -xzf "$GPU/parts/payload.tar.gz" -C "$GPU/payload"
+            python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$GPU/site" \
+                "$GPU"/payload/wheels/*.whl || exit 1
+            touch "$GPU/payload/ready"
+        fi
+        python3 -m tools.real_run --rows "$GPU/payload/rows" --workdir "$GPU/real-run" --out "$OUT" ${REAL_RUN_ARGS:-} \
+            2>&1 | tee "$OUT/real-run.log" | tail -n 60
         ;;
     5)
         python3 -m tools.gpu_check "${REFERENCE[@]}" ${TINY:-} --out "$OUT" 2>&1 | tee "$OUT/gpu-check.log" | tail -n 40

@@ -3,7 +3,10 @@ lent GPU runs with SmolLM2 at the recipes' scale, run here on the tiny model wit
 import json
 import subprocess
 import sys
+import time
+from pathlib import Path
 
+import pytest
 import yaml
 
 from stages.outputs import write_json as real_run_write
@@ -36,9 +39,10 @@ def test_the_recipe_file_is_the_composition_of_its_presets(tmp_path):
 def test_every_stage_runs_in_process_and_the_result_holds_curves_metrics_and_replies(project, monkeypatch):
     rows = project / "data/sample"  # the sample is laid out as data=local reads a folder
     settings = [f"--set={key}={value}" for key, value in SMALL.items()]
-    written = []  # (path, what was on disk) at every write
-    monkeypatch.setattr(real_run, "write_json", lambda path, data: (real_run_write(path, data),
-                                                                     written.append((path, json.loads(path.read_text())))))
+    written = []  # (path, what was on disk) at every write of the result (not of the record in the run's folder)
+    monkeypatch.setattr(real_run, "write_json", lambda path, data: (
+        real_run_write(path, data),
+        Path(path).name != real_run.RECORD and written.append((path, json.loads(path.read_text())))))
     path = real_run.main(["--rows", str(rows), "--params", "params.yaml", *settings, "--out", str(project / "out")])
     result = json.loads(path.read_text())
     # Written as each stage ends: a run cut short after dpo would have left sft's and dpo's metrics and curves.
@@ -73,6 +77,56 @@ def test_every_stage_runs_in_process_and_the_result_holds_curves_metrics_and_rep
             assert example[model] == by_key[example["set"], example["id"], model]
     assert sum(e["set"] == "probe" for e in result["examples"]) == real_run.EXAMPLES["probe"]
     assert not (project / "models").exists()  # the scratch project stays out of the checkout
+
+
+def test_a_run_killed_in_dpo_continues_in_its_folder_from_the_last_checkpoint(project, capsys):
+    """A lent GPU's call ends at its time limit, killing the run: the same command, with the same --workdir, skips
+    the stages that finished, resumes dpo from its last checkpoint, and records one whole curve."""
+    workdir, out = project / "kept", project / "out"
+    args = ["--rows", str(project / "data/sample"), "--params", "params.yaml", "--out", str(out), "--workdir",
+            str(workdir), *[f"--set={key}={value}" for key, value in {**SMALL, "dpo.max_steps": 12,
+                                                                       "dpo.checkpoint_steps": 2}.items()]]
+    first = subprocess.Popen([sys.executable, "-m", "tools.real_run", *args], cwd=project)
+    checkpoint = workdir / "checkpoints/dpo/checkpoint-2/complete"
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    first.kill()
+    first.wait()
+    assert checkpoint.exists(), "the run never reached dpo's first checkpoint"
+    before = json.loads((workdir / real_run.RECORD).read_text())
+    assert set(before["stages"]) == set(real_run.STAGES[:real_run.STAGES.index("dpo")])  # killed within dpo
+
+    path = real_run.main(args)
+    printed = capsys.readouterr().out
+    result = json.loads(path.read_text())
+    assert result["finished"] and set(result["stages"]) == set(real_run.STAGES)
+    assert result["finished_by_earlier_processes"] == list(before["stages"])
+    assert all(result["stages"][name] == before["stages"][name] for name in before["stages"])  # not run again
+    assert "stage: sft: finished by an earlier run" in printed and "dpo: resuming from" in printed
+    assert result["metrics"]["dpo"]["steps"] == 12 and result["metrics"]["dpo"]["train_steps_timed"] < 12
+    # One curve over both processes: the killed run's points up to its checkpoint, then the resumed run's, with
+    # the steps logged as an uninterrupted run logs them (the first, every 5th, the last).
+    dpo = result["curves"]["dpo"]
+    assert [point["step"] for point in dpo if "loss" in point] == [1, 5, 10, 12]
+    assert result["curves"]["sft"] == before["curves"]["sft"] and result["examples"]
+
+
+def test_a_workdir_that_holds_something_else_is_refused_untouched(project):
+    other = project / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    args = ["--rows", str(project / "data/sample"), "--params", "params.yaml", "--out", str(project / "out")]
+    with pytest.raises(SystemExit, match="is not empty and holds no run of real_run"):
+        real_run.main([*args, "--workdir", str(other)])
+    assert [p.name for p in other.iterdir()] == ["notes.txt"]
+    kept = project / "kept"
+    kept.mkdir()
+    (kept / real_run.RECORD).write_text(json.dumps({"stages": {"model_source": {"seconds": 1.0}}}))
+    (kept / "params.yaml").write_text(yaml.safe_dump({"seed": 1}))
+    with pytest.raises(SystemExit, match="holds a run with other params"):
+        real_run.main([*args, "--workdir", str(kept)])
+    assert sorted(p.name for p in kept.iterdir()) == ["params.yaml", real_run.RECORD]
 
 
 def test_rows_in_the_wrong_layout_are_named(project):

@@ -38,7 +38,7 @@ from stages.modeling import encode, load_base_model, load_model, placement, samp
 from stages.outputs import read_jsonl, write_json
 from stages.paths import BASE_MODEL, DPO_MODEL, METRICS_DIR, PROBE_SET, SFT_DATA, SFT_MODEL
 from tools.bench import RESULTS, TINY, device_name, model_config, random_fingerprints, result_path
-from tools.inprocess import STAGES, ForwardDevices, curves_kept, run_stages, scratch_project
+from tools.inprocess import STAGES, ForwardDevices, composed, curves_kept, run_stages, scratch_project
 # A few steps of each, on a few rows; the real learning rates (lr_scale 1).
 SETTINGS = {
     "model.lr_scale": 1.0,
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> Path:
         small_bert(workdir / "bert")
         packaged_minilm, judging.packaged_minilm = judging.packaged_minilm, lambda: str(workdir / "bert")
         params = yaml.safe_load((root / "params.yaml").read_text())
-        scratch_project(root, workdir, params, {**SETTINGS, "eval.bertscore_model": str(workdir / "bert")})
+        scratch_project(root, workdir, composed(params, {**SETTINGS, "eval.bertscore_model": str(workdir / "bert")}))
         try:
             with chdir(workdir):
                 # the base model is TinyLlama's shape with random weights, written here instead of by the stage

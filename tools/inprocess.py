@@ -6,6 +6,7 @@ kept as curves. tools.gpu_check and tools.real_run share it.
 from __future__ import annotations
 
 import importlib
+import json
 import shutil
 import sys
 import time
@@ -17,6 +18,7 @@ import yaml
 from transformers import PreTrainedModel, TrainerCallback
 
 from stages import training
+from stages.outputs import write_json
 
 STAGES = ["model_source", "base_model", "download", "preprocess", "judges", "sft", "dpo", "evaluate", "human"]
 PROJECT_FOLDERS = ("data/sample", "data/eval", "eval/human/ratings", "eval/human/votes")
@@ -43,25 +45,36 @@ class ForwardDevices:
 
 
 class Curves(TrainerCallback):
-    """What a trainer logs, step by step (dvclive's curves where dvclive cannot run)."""
+    """What a trainer logs, step by step (dvclive's curves where dvclive cannot run). With a file, every point is
+    written there as it comes, and a trainer resumed from a checkpoint (`resume`) continues the curve that its
+    interrupted run began there, as dvclive's resume does."""
 
-    def __init__(self):
-        self.points: list[dict] = []
+    def __init__(self, path: Path | None = None, resume: bool = False):
+        self.path = path
+        self.points: list[dict] = json.loads(path.read_text()) if resume and path and path.exists() else []
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        # a resumed trainer starts at its checkpoint's step and logs anew what the interrupted run logged after it
+        self.points = [point for point in self.points if point["step"] <= state.global_step]
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:
             self.points.append({"step": state.global_step, **logs})
+            if self.path:
+                write_json(self.path, self.points)
 
 
 @contextmanager
-def curves_kept():
-    """Inside, each training stage logs into a Curves instead of dvclive; yields them by stage. The stages
-    bind the callback by name when imported, so every stage module already imported, or imported inside,
-    is pointed at it too, and back at dvclive's on the way out."""
+def curves_kept(folder: Path | None = None):
+    """Inside, each training stage logs into a Curves instead of dvclive (kept in `folder`/<stage>.json, when
+    given); yields them by stage. The stages bind the callback by name when imported, so every stage module
+    already imported, or imported inside, is pointed at it too, and back at dvclive's on the way out."""
     curves: dict[str, Curves] = {}
+    if folder:
+        folder.mkdir(parents=True, exist_ok=True)
 
     def callback(stage: str, resume: bool) -> Curves:
-        curves[stage] = Curves()
+        curves[stage] = Curves(folder / f"{stage}.json" if folder else None, resume)
         return curves[stage]
 
     original = training.live_callback
@@ -90,13 +103,18 @@ def set_dotted(params: dict, dotted: str, value) -> None:
     params[leaf] = value
 
 
-def scratch_project(root: Path, workdir: Path, params: dict, settings: dict) -> None:
-    """The sample data, the probe set, the rating folders, and `params` with the dotted `settings`, in `workdir`."""
-    for folder in PROJECT_FOLDERS:
-        shutil.copytree(root / folder, workdir / folder)
-    params = yaml.safe_load(yaml.safe_dump(params))  # a copy
+def composed(params: dict, settings: dict) -> dict:
+    """A copy of `params` with the dotted `settings` set."""
+    params = yaml.safe_load(yaml.safe_dump(params))
     for dotted, value in settings.items():
         set_dotted(params, dotted, value)
+    return params
+
+
+def scratch_project(root: Path, workdir: Path, params: dict) -> None:
+    """The sample data, the probe set, the rating folders, and `params`, in `workdir`."""
+    for folder in PROJECT_FOLDERS:
+        shutil.copytree(root / folder, workdir / folder)
     (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
@@ -112,12 +130,16 @@ def timed(step) -> dict:
     return {"seconds": time.perf_counter() - start, "peak_gib": peak}
 
 
-def run_stages(names: list[str], replaced: dict | None = None, after=None) -> dict[str, dict]:
-    """Each stage's main() in order, in the current folder; `replaced` runs a callable instead of a stage (the
-    GPU check writes its own base model), and `after(runs)` is called as each stage ends. Returns each stage's
-    seconds and peak memory."""
-    runs = {}
+def run_stages(names: list[str], replaced: dict | None = None, after=None,
+               done: dict | None = None) -> dict[str, dict]:
+    """Each stage's main() in order, in the current folder, but those in `done` (their records, from an earlier
+    run in the same folder); `replaced` runs a callable instead of a stage (the GPU check writes its own base
+    model), and `after(runs)` is called as each stage ends. Returns each stage's seconds and peak memory."""
+    runs = dict(done or {})
     for name in names:
+        if name in runs:
+            print(f"stage: {name}: finished by an earlier run", flush=True)
+            continue
         print(f"stage: {name}", flush=True)
         step = (replaced or {}).get(name) or importlib.import_module(f"stages.{name}").main
         runs[name] = timed(step)

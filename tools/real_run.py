@@ -24,7 +24,7 @@ import datetime
 import json
 import shutil
 import tempfile
-from contextlib import chdir
+from contextlib import ExitStack, chdir
 from pathlib import Path
 
 import yaml
@@ -33,11 +33,13 @@ from stages.modeling import placement
 from stages.outputs import read_jsonl, write_json
 from stages.paths import GENERATIONS, METRICS_DIR
 from tools.bench import RESULTS, device_name, random_fingerprints, result_path, versions
-from tools.inprocess import STAGES, ForwardDevices, curves_kept, run_stages, scratch_project
+from tools.inprocess import STAGES, ForwardDevices, composed, curves_kept, run_stages, scratch_project
 
 RECIPE = Path("bench/smollm2-recipe.params.yaml")
 EXAMPLES = {"probe": 6, "ed_test": 3}  # prompts per set shown with every model's reply
 METRICS = ("data", "judges", "sft", "dpo", "eval")
+RECORD = "real-run.json"  # in the run's folder: the stages finished so far, for a run that continues it
+CURVES = "curves"  # in the run's folder: each trainer's logged points, <stage>.json
 
 
 def setting(text: str) -> tuple[str, object]:
@@ -68,26 +70,40 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--set", type=setting, action="append", default=[], metavar="KEY=VALUE",
                         help="change one param (repeatable)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the results")
+    parser.add_argument("--workdir", type=Path,
+                        help="keep the run's project (data, models, checkpoints) in this folder, and continue the run "
+                             "left there with the same params: stages it finished are skipped, and a training stage "
+                             "resumes from its last checkpoint (default: a temporary folder)")
     args = parser.parse_args(argv)
     rows = args.rows.resolve()  # the stages run in a scratch folder
     missing = [name for name in ("empatheticdialogues/train.csv", "human_like_dpo/data.json") if not (rows / name).exists()]
     if missing:
         raise SystemExit(f"real_run: {rows} lacks {', '.join(missing)} (the data=local layout)")
-    params = yaml.safe_load(args.params.read_text())
-    settings = {"data.local_dir": str(rows), **dict(args.set)}
+    params = composed(yaml.safe_load(args.params.read_text()), {"data.local_dir": str(rows), **dict(args.set)})
     random_fingerprints()
     root, path = Path.cwd(), result_path(args.out.resolve(), "real-run")
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as scratch, curves_kept() as curves, ForwardDevices() as devices:
-        workdir = Path(scratch)
-        scratch_project(root, workdir, params, settings)
+    with ExitStack() as context:
+        workdir = args.workdir.resolve() if args.workdir else Path(context.enter_context(tempfile.TemporaryDirectory()))
+        earlier = earlier_stages(workdir, params)
+        if earlier is None:
+            scratch_project(root, workdir, params)
+            write_json(workdir / RECORD, {"stages": {}})  # the folder is a run's from now on
+            earlier = {}
+        else:
+            print(f"real_run: continuing the run in {workdir}; finished: {', '.join(earlier) or 'none'}", flush=True)
+        context.enter_context(curves_kept(workdir / CURVES))
+        devices = context.enter_context(ForwardDevices())
         with chdir(workdir):
             def record(stages_so_far: dict) -> None:  # a lease that runs out mid-run keeps what finished
-                write_json(path, {**recorded(stages_so_far, curves, devices), "finished": False})
+                progress = {**recorded(stages_so_far, devices, earlier), "finished": False}
+                write_json(path, progress)
+                write_json(RECORD, progress)  # what a continued run skips
 
-            stages = run_stages(STAGES, after=record)
-            result = {**recorded(stages, curves, devices), "finished": True,
+            stages = run_stages(STAGES, after=record, done=earlier)
+            result = {**recorded(stages, devices, earlier), "finished": True,
                       "examples": examples(read_jsonl(GENERATIONS))}
+            write_json(RECORD, result)
         shutil.copyfile(workdir / GENERATIONS, path.with_name(path.stem + "-generations.jsonl"))
     write_json(path, result)
     print(json.dumps({"stages": stages, "sft": result["metrics"]["sft"], "dpo": result["metrics"]["dpo"]}, indent=1))
@@ -95,8 +111,24 @@ def main(argv: list[str] | None = None) -> Path:
     return path
 
 
-def recorded(stages: dict, curves: dict, devices: ForwardDevices) -> dict:
-    """The run so far, read in the scratch project: the stages finished, their metrics files, the curves."""
+def earlier_stages(workdir: Path, params: dict) -> dict | None:
+    """The stages that an earlier run left in `workdir` finished, each with its record; None where the folder is
+    absent or empty. A folder that holds anything else, or a run with other params, is refused, and nothing in
+    it is touched."""
+    if not workdir.exists() or not any(workdir.iterdir()):
+        return None
+    if not (workdir / RECORD).exists():
+        raise SystemExit(f"real_run: {workdir} is not empty and holds no run of real_run ({RECORD}): "
+                         "name a new or empty folder")
+    if yaml.safe_load((workdir / "params.yaml").read_text()) != params:
+        raise SystemExit(f"real_run: {workdir} holds a run with other params (its params.yaml): "
+                         "remove it, or name another folder")
+    return json.loads((workdir / RECORD).read_text())["stages"]
+
+
+def recorded(stages: dict, devices: ForwardDevices, earlier: dict) -> dict:
+    """The run so far, read in the scratch project: the stages finished (and which of them an earlier process did),
+    their metrics files, the trainers' curves."""
     return {
         "device": device_name(),
         "date": datetime.date.today().isoformat(),
@@ -108,7 +140,9 @@ def recorded(stages: dict, curves: dict, devices: ForwardDevices) -> dict:
         "models_seen": devices.described(),
         "metrics": {name: json.loads(file.read_text()) for name in METRICS
                     if (file := METRICS_DIR / f"{name}.json").exists()},
-        "curves": {stage: callback.points for stage, callback in curves.items()},
+        "curves": {file.stem: json.loads(file.read_text()) for file in sorted(Path(CURVES).glob("*.json"))},
+        # a stage's seconds are its last process's: one cut short and continued counts only the continuing part
+        "finished_by_earlier_processes": list(earlier),
     }
 
 
