@@ -95,13 +95,14 @@ def test_a_run_killed_in_dpo_continues_in_its_folder_from_the_last_checkpoint(pr
     first.wait()
     assert checkpoint.exists(), "the run never reached dpo's first checkpoint"
     before = json.loads((workdir / real_run.RECORD).read_text())
-    assert set(before["stages"]) == set(real_run.STAGES[:real_run.STAGES.index("dpo")])  # killed within dpo
+    finished = real_run.STAGES[:real_run.STAGES.index("dpo")]
+    assert set(before["stages"]) == set(finished)  # killed within dpo
 
     path = real_run.main(args)
     printed = capsys.readouterr().out
     result = json.loads(path.read_text())
     assert result["finished"] and set(result["stages"]) == set(real_run.STAGES)
-    assert result["finished_by_earlier_processes"] == list(before["stages"])
+    assert result["finished_by_earlier_processes"] == finished
     assert all(result["stages"][name] == before["stages"][name] for name in before["stages"])  # not run again
     assert "stage: sft: finished by an earlier run" in printed and "dpo: resuming from" in printed
     assert result["metrics"]["dpo"]["steps"] == 12 and result["metrics"]["dpo"]["train_steps_timed"] < 12

@@ -4,6 +4,7 @@ on the fixed evaluation sets, in the placement's dtype (bf16 on a GPU).
 
     python -m tools.real_run --rows DIR                       # the recipe (bench/smollm2-recipe.params.yaml)
     python -m tools.real_run --rows DIR --set sft.epochs=1    # with any key changed (a smoke run on a CPU)
+    python -m tools.real_run --rows DIR --workdir RUN         # the run kept in RUN; the same again continues it
 
 DIR holds raw files as data=local reads them: empatheticdialogues/{train,valid,test}.csv and
 human_like_dpo/data.json. The params are bench/smollm2-recipe.params.yaml, the composition of
@@ -15,7 +16,10 @@ Writes <out>/<date>-<device>-real-run.json: each stage's wall time and peak acce
 and dropped, every metric of sft, dpo and evaluate, the training curves as the trainers logged them, example
 replies of the three models; and beside it <date>-<device>-real-run-generations.jsonl, every reply. The JSON
 is written again as each stage ends ("finished": false until the whole result, examples included, is in), so a
-run cut short keeps its stages.
+run cut short keeps its stages. With --workdir, the run's project (data, models, checkpoints, curves) stays in
+that folder, and the same command again, after a kill, continues it: the stages that finished are skipped and a
+training stage resumes from its last complete checkpoint, so a lent GPU's call cut by its time limit loses at
+most a checkpoint's steps. A stage's seconds are then those of the process that finished it.
 """
 from __future__ import annotations
 
@@ -91,7 +95,8 @@ def main(argv: list[str] | None = None) -> Path:
             write_json(workdir / RECORD, {"stages": {}})  # the folder is a run's from now on
             earlier = {}
         else:
-            print(f"real_run: continuing the run in {workdir}; finished: {', '.join(earlier) or 'none'}", flush=True)
+            finished = [name for name in STAGES if name in earlier]
+            print(f"real_run: continuing the run in {workdir}; finished: {', '.join(finished) or 'none'}", flush=True)
         context.enter_context(curves_kept(workdir / CURVES))
         devices = context.enter_context(ForwardDevices())
         with chdir(workdir):
@@ -142,7 +147,7 @@ def recorded(stages: dict, devices: ForwardDevices, earlier: dict) -> dict:
                     if (file := METRICS_DIR / f"{name}.json").exists()},
         "curves": {file.stem: json.loads(file.read_text()) for file in sorted(Path(CURVES).glob("*.json"))},
         # a stage's seconds are its last process's: one cut short and continued counts only the continuing part
-        "finished_by_earlier_processes": list(earlier),
+        "finished_by_earlier_processes": [name for name in STAGES if name in earlier],
     }
 
 
