@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> Path:
     args.reference = args.reference and args.reference.resolve()  # the stages run in a scratch folder
     random_fingerprints()
     root, out = Path.cwd(), args.out.resolve()
-    with tempfile.TemporaryDirectory() as scratch, curves_kept(), ForwardDevices() as devices:
+    with tempfile.TemporaryDirectory() as scratch, curves_kept(Path(scratch) / "curves"), ForwardDevices() as devices:
         workdir = Path(scratch)
         small_bert(workdir / "bert")
         packaged_minilm, judging.packaged_minilm = judging.packaged_minilm, lambda: str(workdir / "bert")

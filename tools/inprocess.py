@@ -45,13 +45,13 @@ class ForwardDevices:
 
 
 class Curves(TrainerCallback):
-    """What a trainer logs, step by step (dvclive's curves where dvclive cannot run). With a file, every point is
-    written there as it comes, and a trainer resumed from a checkpoint (`resume`) continues the curve that its
-    interrupted run began there, as dvclive's resume does."""
+    """What a trainer logs, step by step, written to `path` as it comes (dvclive's curves where dvclive cannot run).
+    A trainer resumed from a checkpoint (`resume`) continues the curve that its interrupted run began there, as
+    dvclive's resume does."""
 
-    def __init__(self, path: Path | None = None, resume: bool = False):
+    def __init__(self, path: Path, resume: bool):
         self.path = path
-        self.points: list[dict] = json.loads(path.read_text()) if resume and path and path.exists() else []
+        self.points: list[dict] = json.loads(path.read_text()) if resume and path.exists() else []
 
     def on_train_begin(self, args, state, control, **kwargs):
         # a resumed trainer starts at its checkpoint's step and logs anew what the interrupted run logged after it
@@ -60,22 +60,18 @@ class Curves(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:
             self.points.append({"step": state.global_step, **logs})
-            if self.path:
-                write_json(self.path, self.points)
+            write_json(self.path, self.points)
 
 
 @contextmanager
-def curves_kept(folder: Path | None = None):
-    """Inside, each training stage logs into a Curves instead of dvclive (kept in `folder`/<stage>.json, when
-    given); yields them by stage. The stages bind the callback by name when imported, so every stage module
-    already imported, or imported inside, is pointed at it too, and back at dvclive's on the way out."""
-    curves: dict[str, Curves] = {}
-    if folder:
-        folder.mkdir(parents=True, exist_ok=True)
+def curves_kept(folder: Path):
+    """Inside, each training stage logs into a Curves, `folder`/<stage>.json, instead of dvclive. The stages bind
+    the callback by name when imported, so every stage module already imported, or imported inside, is pointed
+    at it too, and back at dvclive's on the way out."""
+    folder.mkdir(parents=True, exist_ok=True)
 
     def callback(stage: str, resume: bool) -> Curves:
-        curves[stage] = Curves(folder / f"{stage}.json" if folder else None, resume)
-        return curves[stage]
+        return Curves(folder / f"{stage}.json", resume)
 
     original = training.live_callback
 
@@ -87,7 +83,7 @@ def curves_kept(folder: Path | None = None):
 
     bind(callback)
     try:
-        yield curves
+        yield
     finally:
         bind(original)
 
