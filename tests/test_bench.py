@@ -84,14 +84,11 @@ def test_the_headline_is_the_projects_best_over_the_peer_and_the_notebook():
 def test_the_generation_peer_runs_the_same_stack_unmerged():
     """The peer times the adapters as PEFT loads them (both active, each its own small matmuls); the project
     combines them into one. The two must compute the same replies, or the ratio compares different work."""
-    tokenizer, _ = bench.tokenizer_for(tiny=True)
-    config = bench.model_config(tiny=True)
-    config.vocab_size = len(tokenizer)
+    config, tokenizer = bench.shape_and_tokenizer(tiny=True)
     peer, project = (bench.generation_model(config, stack=True, peer=peer) for peer in (True, False))
     assert peer.active_adapters == ["sft", "dpo"] and project.active_adapters == ["stack"]
     assert peer.peft_config["sft"].r == project.peft_config["stack"].r / 2  # the ranks side by side, not merged
-    ids, mask = bench.left_padded([bench.encode(tokenizer, row["prompt"])[0] for row in bench.sft_rows("dialogue", 4)],
-                                  tokenizer.pad_token_id)
+    ids, mask = bench.generation_prompts(tokenizer, 4)
     settings = bench.generation_config(tokenizer, 16, temperature=0.0)
     with torch.no_grad():
         assert torch.allclose(peer(input_ids=ids, attention_mask=mask).logits,
@@ -109,12 +106,9 @@ def test_the_generation_peer_runs_the_same_stack_unmerged():
 def test_the_profiled_generate_call_stops_after_its_few_tokens(cache):
     """A profile of a whole 128-token call holds about a million events, and tabulating them outlasted a lease's
     call; the profiled call stops early, keeping the timed calls' settings (a static cache's size with them)."""
-    tokenizer, _ = bench.tokenizer_for(tiny=True)
-    config = bench.model_config(tiny=True)
-    config.vocab_size = len(tokenizer)
+    config, tokenizer = bench.shape_and_tokenizer(tiny=True)
     model = bench.generation_model(config, stack=False, peer=False)
-    ids, mask = bench.left_padded([bench.encode(tokenizer, row["prompt"])[0] for row in bench.sft_rows("dialogue", 2)],
-                                  tokenizer.pad_token_id)
+    ids, mask = bench.generation_prompts(tokenizer, 2)
     settings = bench.generation_config(tokenizer, 48, temperature=0.0)
     settings.min_new_tokens, settings.cache_implementation = 48, cache
     stop = bench.StoppingCriteriaList([bench.StopAfter(ids.shape[1] + bench.PROFILED_NEW_TOKENS)])

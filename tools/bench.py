@@ -121,6 +121,15 @@ def tokenizer_for(tiny: bool, reference: Path | None = None):
     return train_tokenizer(sample_texts(), vocab_size=2048, max_length=2048), "sample BPE"
 
 
+def shape_and_tokenizer(tiny: bool, reference: Path | None = None):
+    """A run's model config and tokenizer; the tiny shape's vocabulary is the sample tokenizer's."""
+    config = model_config(tiny, reference)
+    tokenizer, _ = tokenizer_for(tiny, reference)
+    if tiny:
+        config.vocab_size = len(tokenizer)
+    return config, tokenizer
+
+
 def new_model(config, packed: bool = False):
     """Random weights made in the placement's dtype on its device (not float32 first and cast: that transient
     would be every run's peak), then the peak counter reset, so a run's peak is its own. `packed`: with the
@@ -312,11 +321,16 @@ def generation_model(config, stack: bool, peer: bool):
     return model.eval()
 
 
+def generation_prompts(tokenizer, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`batch` dialogue prompts, left-padded on the placement's device: ids and attention mask."""
+    return tuple(tensor.to(placement()[0]) for tensor in left_padded(
+        [encode(tokenizer, row["prompt"])[0] for row in sft_rows("dialogue", batch)], tokenizer.pad_token_id))
+
+
 def run_generate(config, tokenizer, batch: int, rounds: int, new_tokens: int, stack: bool = False,
                  peer: bool = False, static: bool = False, profiler=None) -> dict:
     model = generation_model(config, stack, peer)
-    ids, mask = (tensor.to(placement()[0]) for tensor in left_padded(
-        [encode(tokenizer, row["prompt"])[0] for row in sft_rows("dialogue", batch)], tokenizer.pad_token_id))
+    ids, mask = generation_prompts(tokenizer, batch)
     settings = generation_config(tokenizer, new_tokens, temperature=0.0)
     settings.min_new_tokens = new_tokens  # a random model may emit EOS: every call generates alike
     if static:
@@ -362,10 +376,7 @@ def run_one(name: str, args) -> dict:
         torch.cuda.set_per_process_memory_fraction(cap * 2**30 / torch.cuda.get_device_properties(0).total_memory)
     if not (settings.get("peer") or settings.get("notebook")):
         attention_kernels()  # as the stages load models; the peer and the notebook keep PyTorch's choice
-    config = model_config(args.tiny, args.reference)
-    tokenizer, _ = tokenizer_for(args.tiny, args.reference)
-    if args.tiny:
-        config.vocab_size = len(tokenizer)
+    config, tokenizer = shape_and_tokenizer(args.tiny, args.reference)
     profiler = new_profiler() if args.profile else None
     if kind == "sft":
         result = run_sft(config, tokenizer, args.warmup, args.steps, profiler=profiler,

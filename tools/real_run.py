@@ -95,8 +95,7 @@ def main(argv: list[str] | None = None) -> Path:
             write_json(workdir / RECORD, {"stages": {}})  # the folder is a run's from now on
             earlier = {}
         else:
-            finished = [name for name in STAGES if name in earlier]
-            print(f"real_run: continuing the run in {workdir}; finished: {', '.join(finished) or 'none'}", flush=True)
+            print(f"real_run: continuing the run in {workdir}; finished: {', '.join(earlier) or 'none'}", flush=True)
         context.enter_context(curves_kept(workdir / CURVES))
         devices = context.enter_context(ForwardDevices())
         with chdir(workdir):
@@ -117,9 +116,9 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 def earlier_stages(workdir: Path, params: dict) -> dict | None:
-    """The stages that an earlier run left in `workdir` finished, each with its record; None where the folder is
-    absent or empty. A folder that holds anything else, or a run with other params, is refused, and nothing in
-    it is touched."""
+    """The stages that an earlier run left in `workdir` finished, in order, each with its record; None where the
+    folder is absent or empty. A folder that holds anything else, or a run with other params, is refused, and
+    nothing in it is touched."""
     if not workdir.exists() or not any(workdir.iterdir()):
         return None
     if not (workdir / RECORD).exists():
@@ -128,7 +127,8 @@ def earlier_stages(workdir: Path, params: dict) -> dict | None:
     if yaml.safe_load((workdir / "params.yaml").read_text()) != params:
         raise SystemExit(f"real_run: {workdir} holds a run with other params (its params.yaml): "
                          "remove it, or name another folder")
-    return json.loads((workdir / RECORD).read_text())["stages"]
+    stages = json.loads((workdir / RECORD).read_text())["stages"]
+    return {name: stages[name] for name in STAGES if name in stages}  # in the pipeline's order
 
 
 def recorded(stages: dict, devices: ForwardDevices, earlier: dict) -> dict:
@@ -147,7 +147,7 @@ def recorded(stages: dict, devices: ForwardDevices, earlier: dict) -> dict:
                     if (file := METRICS_DIR / f"{name}.json").exists()},
         "curves": {file.stem: json.loads(file.read_text()) for file in sorted(Path(CURVES).glob("*.json"))},
         # a stage's seconds are its last process's: one cut short and continued counts only the continuing part
-        "finished_by_earlier_processes": [name for name in STAGES if name in earlier],
+        "finished_by_earlier_processes": list(earlier),
     }
 
 
