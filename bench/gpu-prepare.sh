@@ -2,7 +2,8 @@
 # Lays out, in folders git ignores, what the calls of bench/gpu-session.sh carry to a lent GPU machine. A call
 # carries at most 64 MiB (the device tool's limit, the project's files included), so the real run's payload
 # travels in three parts, one per call:
-#   .ref/      TinyLlama's config and tokenizer, and the first 2,000 Human-Like-DPO pairs (the benchmark's rows)
+#   .ref/      TinyLlama's config and tokenizer, EmpatheticDialogues' real train.csv and the first 2,000
+#              Human-Like-DPO pairs (the benchmark's rows)
 #   .whl/      the wheels the machine lacks (it has torch, transformers, accelerate, numpy, pandas, scikit-learn),
 #              at the versions of this checkout's .venv, for the machine's Python 3.12
 #   .carry/2, .carry/3, .carry/4
@@ -31,8 +32,9 @@ download() {
 }
 
 rm -rf .ref .whl .carry
-mkdir -p .ref/human-like-dpo .whl .carry
+mkdir -p .ref/human-like-dpo .ref/ed-real .whl .carry
 cp -r "$REFERENCE/tinyllama" .ref/
+cp "$REFERENCE/ed-real/train.csv" .ref/ed-real/
 "$PYTHON" - "$REFERENCE" <<'EOF'
 import json, sys
 from pathlib import Path

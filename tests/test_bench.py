@@ -127,6 +127,22 @@ def test_the_full_shape_is_tinyllamas():
         assert getattr(config, key) == reference[key] == bench.TINYLLAMA[key]
 
 
+def test_rows_come_from_the_reference_folder_where_it_has_them(tmp_path):
+    """On a GPU the benchmark trains on the real EmpatheticDialogues turns and Human-Like-DPO pairs that the
+    reference folder carries, and on the sample's where it has none; the result names which."""
+    sample = bench.row_files(None)
+    real_turns = tmp_path / "ed-real/train.csv"
+    real_turns.parent.mkdir()
+    real_turns.write_text("".join(sample["sft"][0].read_text().splitlines(keepends=True)[:31]))  # a few dialogues
+    found = bench.row_files(tmp_path)
+    assert found == {"sft": [real_turns], "dpo": sample["dpo"]}  # no pairs in the folder: the sample's
+    assert [bench.described(path, tmp_path) for path in found["sft"] + found["dpo"]] == [
+        "reference: ed-real/train.csv", "sample: human_like_dpo/data.json"]
+    replies = {row["completion"][0]["content"] for row in bench.sft_rows("dialogue", 64, tmp_path)}
+    assert replies and all(reply.replace(",", "_comma_") in real_turns.read_text() for reply in replies)
+    assert len({row["completion"][0]["content"] for row in bench.sft_rows("dialogue", 64)}) > len(replies)
+
+
 @pytest.mark.parametrize("device, slug", [("NVIDIA H200", "nvidia-h200"), ("CPU (x86_64)", "cpu-x86-64"),
                                           ("Tesla T4", "tesla-t4")])
 def test_result_files_are_named_after_the_day_and_the_device(monkeypatch, tmp_path, device, slug):

@@ -6,9 +6,10 @@ what a user would run instead (plain TRL with its defaults: the peer) and the no
     python -m tools.bench --tiny                     # CPU smoke run: a tiny shape, a few steps
 
 DIR holds reference files: tinyllama/ (TinyLlama's config.json and tokenizer, as on the hub) and, if you have
-them, human-like-dpo/*.json (Human-Like-DPO rows). Without it, the shape is TinyLlama's published numbers and the
-tokenizer is trained on the sample. Rows: EmpatheticDialogues sample turns in the notebook's seed format (short)
-and in this project's dialogue format (long), and DPO pairs (the real ones in DIR when there are some).
+them, ed-real/train.csv (EmpatheticDialogues' raw format) and human-like-dpo/*.json (Human-Like-DPO rows).
+Without it, the shape is TinyLlama's published numbers and the tokenizer is trained on the sample. Rows:
+EmpatheticDialogues listener turns in the notebook's seed format (short) and in this project's dialogue format
+(long), and DPO pairs: the real ones in DIR where it has them, else the embedded sample's (the result names them).
 
 How it measures: every configuration runs in a process of its own, so each peak is its own; the model is made
 in the placement's dtype on the device and the peak counter is reset after that. A training run makes
@@ -84,13 +85,14 @@ RUNS = {
     # the default presets' shapes under a memory cap (--memory-cap-gib: a T4's 16 GiB)
     "sft7_recipe": ("sft", dict(batch=4, accum=2, capped=True)),
     "dpo1_recipe": ("dpo", dict(batch=2, accum=4, capped=True)),
+    # twice the pairs a step, if the host's fixed cost per step bounds batch 16. Its longest batch holds 64 rows of
+    # 768 tokens, twice batch 16's (46 GiB on an H200): about 86 GiB. Batch 64's, twice that again, would not fit.
+    "dpo_project_batch_32": ("dpo", dict(batch=32, accum=1)),
     # this project without packing: dialogue rows grouped by length, each batch padded to its longest, loss on
     # the reply
     "sft_project": ("sft", dict(batch=32, accum=1)),
-    # how far a DPO batch can grow on the card: the pairs/s it buys
-    "dpo_project_batch_64": ("dpo", dict(batch=64, accum=1)),
-    # the same with a static KV cache, which transformers' generate compiles (torch.compile) on a GPU: whether
-    # that pays is what this run shows (the compiling call is the untimed one)
+    # the stack's generation with a static KV cache, which transformers' generate compiles (torch.compile) on a
+    # GPU: whether that pays is what this run shows (the compiling call is the untimed one)
     "generate_stack_batch_64_static": ("generate", dict(batch=64, stack=True, static=True)),
     # the notebook: seed-format rows padded to 512, loss on the whole text, batch 4 x 2; DPO at batch 2 x 4
     "sft_notebook": ("sft", dict(notebook=True, fmt="seed", batch=4, accum=2)),
@@ -151,16 +153,25 @@ def peak_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # on a CPU: the process's peak
 
 
-def sft_rows(fmt: str, count: int) -> list[dict]:
-    path = SAMPLE_DIR / ED_SUBDIR / "train.csv"
+def row_files(reference: Path | None) -> dict[str, list[Path]]:
+    """Where the rows come from: the reference folder's real EmpatheticDialogues turns (ed-real/train.csv) and
+    Human-Like-DPO pairs (human-like-dpo/*.json) where it has them, else the embedded sample's."""
+    real_turns = [reference / "ed-real/train.csv"] if reference else []
+    real_pairs = sorted((reference / "human-like-dpo").glob("*.json")) if reference else []
+    return {"sft": [path for path in real_turns if path.exists()] or [SAMPLE_DIR / ED_SUBDIR / "train.csv"],
+            "dpo": real_pairs or [SAMPLE_DIR / DPO_SUBDIR / DPO_FILE]}
+
+
+def sft_rows(fmt: str, count: int, reference: Path | None = None) -> list[dict]:
+    [path] = row_files(reference)["sft"]
     turns = parse_empathetic(read_bytes(path), str(path)).records
     examples = listener_examples(turns, SYSTEM, seed_format=fmt == "seed").records
-    return [{"prompt": e["prompt"], "completion": e["completion"]} for e in itertools.islice(itertools.cycle(examples), count)]
+    return [{"prompt": e["prompt"], "completion": e["completion"]}
+            for e in itertools.islice(itertools.cycle(examples), count)]
 
 
 def dpo_rows(count: int, reference: Path | None = None) -> list[dict]:
-    files = (sorted((reference / "human-like-dpo").glob("*.json")) if reference else []) or [SAMPLE_DIR / DPO_SUBDIR / DPO_FILE]
-    pairs = [pair for path in files for pair in parse_dpo(read_bytes(path), str(path)).records]
+    pairs = [pair for path in row_files(reference)["dpo"] for pair in parse_dpo(read_bytes(path), str(path)).records]
     return list(itertools.islice(itertools.cycle(pairs), count))
 
 
@@ -238,11 +249,12 @@ def adapters_as_the_stages_run_them(trainer, plain: bool) -> dict:
 
 # --- the three kinds of run -----------------------------------------------------------------------------
 
-def run_sft(config, tokenizer, warmup: int, steps: int, batch: int, accum: int, fmt: str = "dialogue",
-            peer: bool = False, notebook: bool = False, packing: bool = False, dense_mask: bool = False,
-            profiler=None, profile_steps: int = 0) -> dict:
+def run_sft(config, tokenizer, warmup: int, steps: int, batch: int, accum: int, reference: Path | None,
+            fmt: str = "dialogue", peer: bool = False, notebook: bool = False, packing: bool = False,
+            dense_mask: bool = False, profiler=None, profile_steps: int = 0) -> dict:
     total = warmup + steps + (profile_steps if profiler else 0)
-    rows = sft_rows(fmt, batch * accum * total * (8 if packing else 1))  # a packed row holds several examples
+    # a packed row holds several examples
+    rows = sft_rows(fmt, batch * accum * total * (8 if packing else 1), reference)
     with tempfile.TemporaryDirectory() as workdir:
         settings = trainer_settings(total, batch, accum, workdir, peer, notebook)
         if peer:  # TRL tokenizes the conversations itself
@@ -321,16 +333,17 @@ def generation_model(config, stack: bool, peer: bool):
     return model.eval()
 
 
-def generation_prompts(tokenizer, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+def generation_prompts(tokenizer, batch: int, reference: Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """`batch` dialogue prompts, left-padded on the placement's device: ids and attention mask."""
     return tuple(tensor.to(placement()[0]) for tensor in left_padded(
-        [encode(tokenizer, row["prompt"])[0] for row in sft_rows("dialogue", batch)], tokenizer.pad_token_id))
+        [encode(tokenizer, row["prompt"])[0] for row in sft_rows("dialogue", batch, reference)],
+        tokenizer.pad_token_id))
 
 
-def run_generate(config, tokenizer, batch: int, rounds: int, new_tokens: int, stack: bool = False,
-                 peer: bool = False, static: bool = False, profiler=None) -> dict:
+def run_generate(config, tokenizer, batch: int, rounds: int, new_tokens: int, reference: Path | None,
+                 stack: bool = False, peer: bool = False, static: bool = False, profiler=None) -> dict:
     model = generation_model(config, stack, peer)
-    ids, mask = generation_prompts(tokenizer, batch)
+    ids, mask = generation_prompts(tokenizer, batch, reference)
     settings = generation_config(tokenizer, new_tokens, temperature=0.0)
     settings.min_new_tokens = new_tokens  # a random model may emit EOS: every call generates alike
     if static:
@@ -378,15 +391,13 @@ def run_one(name: str, args) -> dict:
         attention_kernels()  # as the stages load models; the peer and the notebook keep PyTorch's choice
     config, tokenizer = shape_and_tokenizer(args.tiny, args.reference)
     profiler = new_profiler() if args.profile else None
+    shared = dict(reference=args.reference, profiler=profiler, **settings)
     if kind == "sft":
-        result = run_sft(config, tokenizer, args.warmup, args.steps, profiler=profiler,
-                         profile_steps=args.profile_steps, **settings)
+        result = run_sft(config, tokenizer, args.warmup, args.steps, profile_steps=args.profile_steps, **shared)
     elif kind == "dpo":
-        result = run_dpo(config, tokenizer, args.warmup, args.steps, reference=args.reference, profiler=profiler,
-                         profile_steps=args.profile_steps, **settings)
+        result = run_dpo(config, tokenizer, args.warmup, args.steps, profile_steps=args.profile_steps, **shared)
     else:
-        result = run_generate(config, tokenizer, rounds=args.rounds, new_tokens=64 if args.tiny else 128,
-                              profiler=profiler, **settings)
+        result = run_generate(config, tokenizer, rounds=args.rounds, new_tokens=64 if args.tiny else 128, **shared)
     if profiler is not None:  # where the time goes, in the steps after the timed ones
         sort = "cuda_time_total" if torch.cuda.is_available() else "cpu_time_total"
         result["profile"] = profiler.key_averages().table(sort_by=sort, row_limit=25)
@@ -414,8 +425,17 @@ def versions() -> dict:
     return found
 
 
+def described(path: Path, reference: Path | None) -> str:
+    """A rows file as the result names it: within the reference folder, or the project's sample."""
+    if reference and path.is_relative_to(reference):
+        return f"reference: {path.relative_to(reference)}"
+    return f"sample: {path.relative_to(SAMPLE_DIR)}"
+
+
 def device_name() -> str:
-    return torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.processor() or platform.machine()})"
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    return f"CPU ({platform.processor() or platform.machine()})"
 
 
 def result_path(folder: Path, kind: str) -> Path:
@@ -474,7 +494,7 @@ def parse(argv):
     parser.add_argument("--budget-s", type=float,
                         help="start no run after this many seconds; the rest are marked skipped")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON result")
-    parser.add_argument("--reference", type=Path, help="a folder holding tinyllama/ (and human-like-dpo/)")
+    parser.add_argument("--reference", type=Path, help="a folder holding tinyllama/ (and ed-real/, human-like-dpo/)")
     parser.add_argument("--only", help=argparse.SUPPRESS)  # one configuration, in this process (a child)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)  # where the child writes it
     args = parser.parse_args(argv)
@@ -500,6 +520,8 @@ def main(argv: list[str] | None = None) -> Path:
         "device": device, "date": datetime.date.today().isoformat(), "tiny": args.tiny,
         "shape": {key: getattr(config, key) for key in TINYLLAMA if key != "vocab_size" or not args.tiny},
         "tokenizer": tokenizer_for(args.tiny, args.reference)[1],
+        "rows": {kind: [described(path, args.reference) for path in files]
+                 for kind, files in row_files(args.reference).items()},
         "dtype": str(placement()[1]).removeprefix("torch."),
         "warmup_steps": args.warmup, "timed_steps": args.steps,
         "versions": versions(),
