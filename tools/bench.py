@@ -18,9 +18,8 @@ the batches those timed steps trained on, real (attention mask) and padded (the 
 times `--rounds` calls after one untimed call (its time recorded apart: a static cache compiles there).
 `--profile` records `--profile-steps` more steps (or one more generate call, cut to 16 new tokens) under
 torch.profiler after the timed ones, in the same process, so the profile costs no second model and never slows
-the timed steps. Writes bench/results/<date>-<device>.json,
-rewritten after every run (a run cut short keeps what finished); `--budget-s` starts no run past that many
-seconds.
+the timed steps. Writes bench/results/<date>-<device>.json, rewritten after every run (a run cut short keeps
+what finished); `--budget-s` starts no run past that many seconds.
 """
 from __future__ import annotations
 
@@ -157,10 +156,10 @@ def peak_gib() -> float:
 def row_files(reference: Path | None) -> dict[str, list[Path]]:
     """Where the rows come from: the reference folder's real EmpatheticDialogues turns (ed-real/train.csv) and
     Human-Like-DPO pairs (human-like-dpo/*.json) where it has them, else the embedded sample's."""
-    real_turns = [reference / "ed-real/train.csv"] if reference else []
-    real_pairs = sorted((reference / "human-like-dpo").glob("*.json")) if reference else []
-    return {"sft": [path for path in real_turns if path.exists()] or [SAMPLE_DIR / ED_SUBDIR / "train.csv"],
-            "dpo": real_pairs or [SAMPLE_DIR / DPO_SUBDIR / DPO_FILE]}
+    turns = reference / "ed-real/train.csv" if reference else None
+    pairs = sorted((reference / "human-like-dpo").glob("*.json")) if reference else []
+    return {"sft": [turns] if turns and turns.exists() else [SAMPLE_DIR / ED_SUBDIR / "train.csv"],
+            "dpo": pairs or [SAMPLE_DIR / DPO_SUBDIR / DPO_FILE]}
 
 
 def sft_rows(fmt: str, count: int, reference: Path | None = None) -> list[dict]:
