@@ -49,20 +49,20 @@ class KeepStack(TrainerCallback):
         activate_stack(model)
 
 
-def policy_model(lora: LoraParams):
-    model = stack(load_base_model(), "sft")
-    check_targets(model, lora, "dpo")
-    disable_dropout_in_model(model)  # the base's and the frozen SFT adapter's; the new adapter's is added after
-    model.add_adapter("default", lora_config(lora))
-    activate_stack(model)
-    lora_casts_follow_autocast(model)
-    return model
+def policy_model(sft_stack, lora: LoraParams):
+    """base + SFT adapter (`sft_stack`, as stages.modeling.stack loads it) + a new adapter, the one trained."""
+    check_targets(sft_stack, lora, "dpo")
+    disable_dropout_in_model(sft_stack)  # the base's and the frozen SFT adapter's; the new adapter's is added after
+    sft_stack.add_adapter("default", lora_config(lora))
+    activate_stack(sft_stack)
+    lora_casts_follow_autocast(sft_stack)
+    return sft_stack
 
 
-def reference_model():
+def reference_model(sft_stack):
     """base + SFT adapter, as a plain model (its LoRA layers stay injected and active): the form TRL expects a
     reference in."""
-    model = stack(load_base_model(), "sft").get_base_model().eval()
+    model = sft_stack.get_base_model().eval()
     lora_casts_follow_autocast(model)
     return model
 
@@ -116,8 +116,8 @@ def build_trainer(params, output_dir: str, resume: bool = False) -> tuple[DPOTra
         train_sampling_strategy="group_by_length",  # batches of similar length pad little, as SFT's
     )
     trainer = TokenizedDPOTrainer(
-        model=policy_model(dpo.lora),
-        ref_model=reference_model(),
+        model=policy_model(stack(load_base_model(), "sft"), dpo.lora),
+        ref_model=reference_model(stack(load_base_model(), "sft")),
         args=config,
         train_dataset=train,
         eval_dataset=held_out,

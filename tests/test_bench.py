@@ -82,6 +82,32 @@ def test_the_headline_is_the_projects_best_over_the_peer_and_the_notebook():
                                   "generate_stack_over_peer": 5.0, "generate_stack_over_batch_1": 25.0}
 
 
+def test_the_projects_dpo_runs_train_the_dpo_stages_models(monkeypatch):
+    """What the dpo stage trains: base + a frozen SFT adapter + a new one, against a second base + SFT as the
+    reference, equal to the policy before its first step; not one model whose adapter TRL switches off for the
+    reference's pass (a walk over every module, twice a step). The peer keeps TRL's way."""
+    built = {}
+
+    class Recorded(bench.TokenizedDPOTrainer):
+        def __init__(self, **kwargs):
+            built.update(kwargs)
+            super().__init__(**kwargs)
+
+    monkeypatch.setattr(bench, "TokenizedDPOTrainer", Recorded)
+    config, tokenizer = bench.shape_and_tokenizer(tiny=True)
+    bench.run_dpo(config, tokenizer, warmup=1, steps=1, batch=2, accum=1, reference=None)
+    policy, reference = built["model"], built["ref_model"]
+    assert "peft_config" not in built and policy.active_adapters == ["default", "sft"]
+    assert {name for name, param in policy.named_parameters() if param.requires_grad} == {
+        name for name, _ in policy.named_parameters() if ".default." in name}
+    # the reference is the SFT stack as made again, untouched by training (the policy's new adapter moved)
+    fresh = bench.sft_stack(config).eval()
+    ids = bench.generation_prompts(tokenizer, 2)[0]
+    with torch.no_grad():
+        assert torch.equal(reference(input_ids=ids).logits, fresh(input_ids=ids).logits)
+        assert not torch.equal(bench.new_model(config).eval()(input_ids=ids).logits, fresh(input_ids=ids).logits)
+
+
 def test_the_generation_peer_runs_the_same_stack_unmerged():
     """The peer times the adapters as PEFT loads them (both active, each its own small matmuls); the project
     combines them into one. The two must compute the same replies, or the ratio compares different work."""

@@ -46,7 +46,7 @@ from transformers import (AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Stop
                           TrainerCallback)
 from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
-from stages.dpo import TokenizedDPOTrainer
+from stages.dpo import TokenizedDPOTrainer, policy_model, reference_model
 from stages.modeling import (attention_kernels, combined_adapters, cpu_only, encode, generation_config, left_padded,
                              lora_casts_follow_autocast, lora_config, placement, sample_texts, train_tokenizer,
                              use_bf16, use_fp16)
@@ -86,7 +86,7 @@ RUNS = {
     "sft7_recipe": ("sft", dict(batch=4, accum=2, capped=True)),
     "dpo1_recipe": ("dpo", dict(batch=2, accum=4, capped=True)),
     # twice the pairs a step, if the host's fixed cost per step bounds batch 16. Its longest batch holds 64 rows of
-    # 768 tokens, twice batch 16's (46 GiB on an H200): about 86 GiB. Batch 64's, twice that again, would not fit.
+    # 768 tokens, twice batch 16's (46 GiB on an H200): about 92 GiB. Batch 64's, twice that again, would not fit.
     "dpo_project_batch_32": ("dpo", dict(batch=32, accum=1)),
     # this project without packing: dialogue rows grouped by length, each batch padded to its longest, loss on
     # the reply
@@ -144,6 +144,21 @@ def new_model(config, packed: bool = False):
     if torch.cuda.is_available():
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+    return model
+
+
+def random_lora():
+    """LoRA as the benchmark's adapters have it, with random weights: nonzero, so an adapter computes something."""
+    lora = lora_config(LORA)
+    lora.init_lora_weights = False
+    return lora
+
+
+def sft_stack(config):
+    """base + a random SFT adapter, frozen and unmerged: what the dpo stage trains on (stages.modeling.stack). Made
+    twice, it is the same model twice (new_model seeds the generator)."""
+    model = get_peft_model(new_model(config), random_lora(), adapter_name="sft")
+    model.requires_grad_(False)
     return model
 
 
@@ -239,11 +254,9 @@ def train_result(timed: TimedSteps, batch: int, accum: int, unit: str, per_row: 
             "batch": batch, "grad_accum": accum, "peak_gib": peak_gib(), "training_began": timed.began}
 
 
-def adapters_as_the_stages_run_them(trainer, plain: bool) -> dict:
-    """LoRA layers without float32 input casts under autocast, as the stages run them, unless `plain` (the peer and
-    the notebook keep PEFT's); and what the result records of the run's settings."""
-    if not plain:
-        lora_casts_follow_autocast(trainer.model)
+def recorded_settings(trainer, plain: bool) -> dict:
+    """What the result records of a run's settings: Liger, and whether the LoRA layers skip PEFT's float32 input
+    cast under autocast, as the stages run them (`plain`: the peer and the notebook keep PEFT's)."""
     return {"liger": trainer.args.use_liger_kernel, "lora_casts_follow_autocast": not plain}
 
 
@@ -269,10 +282,11 @@ def run_sft(config, tokenizer, warmup: int, steps: int, batch: int, accum: int, 
                 train_sampling_strategy="random" if notebook else "group_by_length")
         trainer = SFTTrainer(model=new_model(config, packed=packing and not dense_mask), args=SFTConfig(**settings),
                              train_dataset=data, processing_class=tokenizer, peft_config=lora_config(LORA))
-        adapters = adapters_as_the_stages_run_them(trainer, peer or notebook)
+        if not (peer or notebook):
+            lora_casts_follow_autocast(trainer.model)  # as the sft stage does, once the trainer added the adapter
         timed = TimedSteps(trainer, warmup, steps, profiler)
         trainer.train()
-    return train_result(timed, batch, accum, "examples", per_row=1) | adapters | (
+    return train_result(timed, batch, accum, "examples", per_row=1) | recorded_settings(trainer, peer or notebook) | (
         {"examples_per_s": None} if packing else {})  # a packed row's examples are not counted per batch
 
 
@@ -290,14 +304,17 @@ def run_dpo(config, tokenizer, warmup: int, steps: int, batch: int, accum: int, 
             pairs, _ = dpo_dataset(Path(workdir, "pairs.jsonl"), tokenizer, max_prompt_length=512)
             # the notebook drew pairs at random; the project groups them by length (stages.dpo)
             settings.update(max_length=768, train_sampling_strategy="random" if notebook else "group_by_length")
-            trainer = TokenizedDPOTrainer(model=new_model(config), args=DPOConfig(**settings),
-                                          processing_class=tokenizer, train_dataset=pairs,
-                                          peft_config=lora_config(LORA))
-        adapters = adapters_as_the_stages_run_them(trainer, peer or notebook)
+            if notebook:  # one model: TRL adds the adapter, and switches it off for the reference's pass
+                models = dict(model=new_model(config), peft_config=lora_config(LORA))
+            else:  # the dpo stage's: base + frozen SFT adapter + the new one, the reference a second base + SFT
+                settings.update(disable_dropout=False)  # policy_model keeps the new adapter's dropout, as the stage
+                models = dict(model=policy_model(sft_stack(config), LORA), ref_model=reference_model(sft_stack(config)))
+            trainer = TokenizedDPOTrainer(**models, args=DPOConfig(**settings), processing_class=tokenizer,
+                                          train_dataset=pairs)
         timed = TimedSteps(trainer, warmup, steps, profiler)
         trainer.train()
     # a pair is two rows: chosen, rejected
-    return train_result(timed, batch, accum, "pairs", per_row=2) | adapters
+    return train_result(timed, batch, accum, "pairs", per_row=2) | recorded_settings(trainer, peer or notebook)
 
 
 # The profiled generate call stops after this many new tokens: its decoding steps are alike, and a profile's table
@@ -320,16 +337,14 @@ class StopAfter(StoppingCriteria):
 def generation_model(config, stack: bool, peer: bool):
     """The model a generation run times: the plain model, or base + two random adapters (SFT, DPO) combined into
     one as evaluate runs them, or for the peer stacked as PEFT loads them."""
-    model = new_model(config)
-    if stack:
-        lora = lora_config(LORA)
-        lora.init_lora_weights = False  # nonzero, so the adapters compute something
-        model = get_peft_model(model, lora, adapter_name="sft")
-        model.add_adapter("dpo", lora)
-        if peer:
-            model.base_model.set_adapter(["sft", "dpo"])
-        else:
-            model = combined_adapters(model).to(placement()[0])
+    if not stack:
+        return new_model(config).eval()
+    model = sft_stack(config)
+    model.add_adapter("dpo", random_lora())
+    if peer:
+        model.base_model.set_adapter(["sft", "dpo"])
+    else:
+        model = combined_adapters(model).to(placement()[0])
     return model.eval()
 
 
