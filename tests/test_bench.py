@@ -51,6 +51,22 @@ def test_the_tokens_counted_are_those_of_the_timed_batches():
     assert "aten::mm" in peer["profile"] and "MmBackward0" in peer["profile"]  # training steps' top operations
 
 
+def test_counting_the_timed_tokens_reads_nothing_back_from_the_device():
+    """On a GPU, reading a value back mid-run waits for the GPU, in every timed step: the count stays where the
+    batch is until training ends. A meta tensor has no values at all, so reading one fails."""
+    trainer = SimpleNamespace(training_step=None, add_callback=lambda callback: None)
+    timed = bench.TimedSteps(trainer, warmup=1, steps=2)
+    on_device = {"input_ids": torch.zeros(2, 5, dtype=torch.long, device="meta"),
+                 "attention_mask": torch.ones(2, 5, dtype=torch.long, device="meta")}
+    timed.count(on_device, step=2)  # int() of a meta tensor would raise here
+    assert (timed.padded, timed.rows) == (10, 2) and timed.real.device.type == "meta"
+    timed = bench.TimedSteps(trainer, warmup=1, steps=2)
+    for step in (1, 2, 3, 4):  # the warm-up step and the one past the timed ones are not counted
+        timed.count({"input_ids": torch.zeros(2, 4), "attention_mask": torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]])},
+                    step)
+    assert (int(timed.real), timed.padded) == (8, 16)
+
+
 def test_each_run_is_written_as_it_ends_and_none_starts_past_the_budget(project, monkeypatch):
     # A lease can end mid-benchmark: what finished is on disk, and a budget keeps the last runs from starting.
     started = []

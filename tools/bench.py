@@ -231,7 +231,9 @@ class TimedSteps(TrainerCallback):
         ids = inputs["input_ids"]
         mask = inputs.get("attention_mask")
         self.padded += ids.numel()
-        self.real += int(mask.sum()) if mask is not None else ids.numel()  # a packed row has no padding
+        # summed where the batch is (the GPU, once accelerate placed it): reading it out now would wait for the GPU
+        # in every timed step; train_result reads it once, after training
+        self.real += mask.sum() if mask is not None else ids.numel()  # a packed row has no padding
         self.rows += ids.shape[0]
 
 
@@ -247,9 +249,10 @@ def trainer_settings(steps: int, batch: int, accum: int, workdir: str, peer: boo
 
 
 def train_result(timed: TimedSteps, batch: int, accum: int, unit: str, per_row: float) -> dict:
+    real = int(timed.real)
     return {f"{unit}_per_s": timed.rows / per_row / timed.seconds,
-            "real_tokens_per_s": timed.real / timed.seconds, "padded_tokens_per_s": timed.padded / timed.seconds,
-            "real_tokens": timed.real, "padded_tokens": timed.padded, "padding_share": 1 - timed.real / timed.padded,
+            "real_tokens_per_s": real / timed.seconds, "padded_tokens_per_s": timed.padded / timed.seconds,
+            "real_tokens": real, "padded_tokens": timed.padded, "padding_share": 1 - real / timed.padded,
             "timed_steps": timed.last - timed.warmup, "warmup_steps": timed.warmup, "seconds": timed.seconds,
             "batch": batch, "grad_accum": accum, "peak_gib": peak_gib(), "training_began": timed.began}
 
