@@ -72,11 +72,11 @@ def _loading(stage: str, base: str) -> str:
     return "```python\n" + "\n".join(lines) + "\n```"
 
 
-def _training_rows(stage: str, train: SFTParams | DPOParams, lr: float, data: dict) -> list[tuple[str, str]]:
+def _training_rows(stage: str, train: SFTParams | DPOParams, trained: dict, data: dict) -> list[tuple[str, str]]:
     lora = train.lora
     targets = lora.target_modules if isinstance(lora.target_modules, str) else ", ".join(lora.target_modules)
-    rows = [("preset", train.preset), ("learning rate used", f"{lr:g}"),
-            ("batch", f"{train.batch_size} x {train.grad_accum} gradient accumulation"),
+    rows = [("preset", train.preset), ("learning rate used", f"{trained['lr']:g}"),
+            ("batch", f"{trained['micro_batch']} x {trained['grad_accum']} gradient accumulation"),
             ("LoRA", f"r {lora.r}, alpha {lora.alpha}, dropout {lora.dropout}, on {targets}")]
     if stage == "sft":
         rows += [("epochs", str(train.epochs)), ("max length", f"{train.max_length} tokens"),
@@ -132,7 +132,7 @@ they were trained:
 
 ## Training
 
-{_table(_training_rows(stage, train, trained['lr'], data), ('', 'value'))}
+{_table(_training_rows(stage, train, trained, data), ('', 'value'))}
 
 ## Results at the end of training
 

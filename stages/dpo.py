@@ -106,8 +106,10 @@ def build_trainer(params, output_dir: str, resume: bool = False) -> tuple[DPOTra
                                                                     dpo.max_prompt_length)
                                                         for split in ("train", "eval"))
     pairs_per_step = dpo.batch_size * dpo.grad_accum * PartialState().num_processes
+    policy = policy_model(stack(load_base_model(), "sft"), dpo.lora)
+    reference = reference_model(stack(load_base_model(), "sft"))
     config = DPOConfig(
-        **trainer_kwargs(params, "dpo", output_dir),
+        **trainer_kwargs(params, "dpo", output_dir, policy, reference),
         beta=dpo.beta,
         precompute_ref_log_probs=dpo.precompute_ref_log_probs,
         max_steps=min(dpo.max_steps, dpo.max_epochs * math.ceil(len(train) / pairs_per_step)),
@@ -116,8 +118,8 @@ def build_trainer(params, output_dir: str, resume: bool = False) -> tuple[DPOTra
         train_sampling_strategy="group_by_length",  # batches of similar length pad little, as SFT's
     )
     trainer = TokenizedDPOTrainer(
-        model=policy_model(stack(load_base_model(), "sft"), dpo.lora),
-        ref_model=reference_model(stack(load_base_model(), "sft")),
+        model=policy,
+        ref_model=reference,
         args=config,
         train_dataset=train,
         eval_dataset=held_out,
@@ -156,6 +158,9 @@ def main() -> None:
         "train_pairs_per_s": pairs / clock.seconds if clock.seconds else 0.0,
         "steps": trainer.state.global_step,
         "lr": trainer.args.learning_rate,  # dpo.lr times model.lr_scale
+        # the split trained: the preset's, or on a GPU with dpo.fill_gpu, fewer and fuller micro-batches
+        "micro_batch": trainer.args.per_device_train_batch_size,
+        "grad_accum": trainer.args.gradient_accumulation_steps,
         **{f"{split}_pairs_used": len(used) for split, used in (("train", trainer.train_dataset),
                                                                   ("eval", trainer.eval_dataset))},
         "dropped.long_prompt": dropped_long_prompts,

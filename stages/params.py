@@ -131,6 +131,9 @@ class TrainParams(Strict):
     batch_size: Count
     eval_batch_size: Count
     grad_accum: Count
+    # On a CUDA GPU, the batch_size × grad_accum examples of a step in as few micro-batches as its memory holds
+    # (stages.training.batch_split): the same recipe up to float rounding, in fewer, fuller passes.
+    fill_gpu: bool
     max_length: Count
     checkpoint_steps: Count  # evaluate and save a checkpoint every this many optimizer steps
     # Liger's fused Triton kernels: "auto" uses them where they run (a CUDA GPU with liger-kernel installed:

@@ -28,8 +28,10 @@ from stages.varlen import ATTENTION as PACKED_ATTENTION
 def build_trainer(params, output_dir: str, resume: bool = False) -> SFTTrainer:
     sft = params.sft
     tokenizer = load_tokenizer()
+    model = load_base_model(attention=PACKED_ATTENTION if sft.packing else None)
+    check_targets(model, sft.lora, "sft")
     config = SFTConfig(
-        **trainer_kwargs(params, "sft", output_dir),
+        **trainer_kwargs(params, "sft", output_dir, model),
         num_train_epochs=sft.epochs,
         lr_scheduler_type=sft.scheduler,
         warmup_steps=sft.warmup_ratio,  # a float below 1 is a share of all steps
@@ -42,8 +44,6 @@ def build_trainer(params, output_dir: str, resume: bool = False) -> SFTTrainer:
         packing=sft.packing,
         packing_strategy="bfd",
     )
-    model = load_base_model(attention=PACKED_ATTENTION if sft.packing else None)
-    check_targets(model, sft.lora, "sft")
     trainer = SFTTrainer(
         model=model,
         args=config,
@@ -94,6 +94,9 @@ def main() -> None:
         "train_examples_per_s": examples_per_s,
         "steps": trainer.state.global_step,
         "lr": trainer.args.learning_rate,  # sft.lr times model.lr_scale
+        # the split trained: the preset's, or on a GPU with sft.fill_gpu, fewer and fuller micro-batches
+        "micro_batch": trainer.args.per_device_train_batch_size,
+        "grad_accum": trainer.args.gradient_accumulation_steps,
     }
     save_adapter(trainer, SFT_MODEL, below="base", card=adapter_card("sft", params, *recorded(), metrics))
     write_json(METRICS_DIR / "sft.json", metrics)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 from accelerate import PartialState
+from accelerate.utils import gather_object
 from datasets import Dataset, Features, Sequence, Value
 from transformers import TrainerCallback
 from transformers.integrations import DVCLiveCallback
@@ -65,15 +66,74 @@ def liger_kernels(stage: str, setting) -> bool:
     return runnable if setting == "auto" else setting
 
 
-def trainer_kwargs(params: Params, stage: str, output_dir: str) -> dict:
-    """Arguments common to SFTConfig and DPOConfig, from the params of `stage` ("sft" or "dpo")."""
+# Bytes a token's activations take in the backward pass, per decoder layer and per unit of its two widths (hidden +
+# intermediate), in bf16 or fp16. With Liger's kernels, measured on an H200 from whole runs' peaks: 11.6 (DPO, no
+# LoRA dropout), 13.6 (packed SFT, dropout 0.05; bench/results/2026-12-04-nvidia-h200.json). Without them, what
+# autograd saves, counted on the CPU: 17.2 with dropout 0.05 on TinyLlama's shape, 17.6 on SmolLM2's, plus the
+# logits' bf16 copy and float32 log-softmax (about 10 bytes a vocabulary entry). Each rounded up, for the backward
+# pass's transient tensors.
+ACTIVATION_BYTES = {True: 16, False: 22}  # by whether Liger's kernels run
+LOGIT_BYTES = {True: 0, False: 10}  # Liger's fused loss never holds a row's logits for the whole sequence
+# The share of a GPU's free memory a micro-batch may plan on: the allocator's cache and fragmentation take the rest.
+USABLE_MEMORY = 0.85
+
+
+def token_bytes(config, liger: bool) -> int:
+    """The estimated activation memory of one trained token of a decoder-only model with this config."""
+    widths = config.hidden_size + config.intermediate_size
+    return config.num_hidden_layers * widths * ACTIVATION_BYTES[liger] + config.vocab_size * LOGIT_BYTES[liger]
+
+
+def weight_bytes(model) -> int:
+    return sum(param.numel() * param.element_size() for param in model.parameters())
+
+
+def fitted_batch(batch_size: int, grad_accum: int, example_bytes: float, room: float) -> int:
+    """The most examples one micro-batch may take of the batch_size × grad_accum of an optimizer step: a divisor of
+    that product (every micro-batch alike), never fewer than batch_size, whose activations fit `room` bytes."""
+    step = batch_size * grad_accum
+    fitting = [size for size in range(batch_size, step + 1) if step % size == 0 and size * example_bytes <= room]
+    return max(fitting, default=batch_size)
+
+
+def batch_split(train: TrainParams, stage: str, liger: bool, *models) -> tuple[int, int, int]:
+    """The micro-batch, gradient accumulation and eval batch a stage runs: the preset's, or with `fill_gpu` on a
+    CUDA GPU its batch_size × grad_accum examples a step in as few micro-batches as the free memory is estimated
+    to hold beside `models` (an example of max_length tokens; a DPO pair is two), the eval batch grown alike.
+
+    Each optimizer step trains the same examples either way (length grouping deals them by step) and the loss is
+    their mean, so only float rounding differs. The presets' splits are the notebook's, sized for a T4's 16 GB;
+    on an H200, dpo1's four micro-batches of 2 pairs become one of 8, and a step costs the host a quarter of
+    the kernel launches."""
+    preset = train.batch_size, train.grad_accum, train.eval_batch_size
+    if not (train.fill_gpu and torch.cuda.is_available()):
+        return preset
+    # every process of a multi-GPU run must split alike: the least free memory decides
+    free = min(gather_object([torch.cuda.mem_get_info(PartialState().device)[0]]))
+    room = free * USABLE_MEMORY - sum(weight_bytes(model) for model in models)
+    rows = 2 if stage == "dpo" else 1
+    micro = fitted_batch(train.batch_size, train.grad_accum,
+                         rows * train.max_length * token_bytes(models[0].config, liger), room)
+    split = micro, train.batch_size * train.grad_accum // micro, train.eval_batch_size * micro // train.batch_size
+    if split != preset:
+        print(f"{stage}: {split[0]} examples a micro-batch × {split[1]} a step (the preset: {preset[0]} × "
+              f"{preset[1]}), evaluation {split[2]} at a time: the GPU's {free / 2**30:.0f} GiB free hold it "
+              f"({stage}.fill_gpu)", flush=True)
+    return split
+
+
+def trainer_kwargs(params: Params, stage: str, output_dir: str, *models) -> dict:
+    """Arguments common to SFTConfig and DPOConfig, from the params of `stage` ("sft" or "dpo"); `models` are
+    those the trainer will hold on the device (their size bounds its micro-batches: batch_split)."""
     train: TrainParams = getattr(params, stage)
+    liger = liger_kernels(stage, train.liger)
+    micro_batch, grad_accum, eval_batch = batch_split(train, stage, liger, *models)
     return dict(
         output_dir=output_dir,
         learning_rate=train.lr * params.model.lr_scale,
-        per_device_train_batch_size=train.batch_size,
-        per_device_eval_batch_size=train.eval_batch_size,
-        gradient_accumulation_steps=train.grad_accum,
+        per_device_train_batch_size=micro_batch,
+        per_device_eval_batch_size=eval_batch,
+        gradient_accumulation_steps=grad_accum,
         max_length=train.max_length,
         seed=params.seed,
         data_seed=params.seed,
@@ -89,7 +149,7 @@ def trainer_kwargs(params: Params, stage: str, output_dir: str) -> dict:
         save_strategy="steps",
         save_steps=train.checkpoint_steps,
         save_total_limit=1,  # the latest checkpoint is all a resumed run needs; the final adapter is kept
-        use_liger_kernel=liger_kernels(stage, train.liger),
+        use_liger_kernel=liger,
         gradient_checkpointing=train.gradient_checkpointing,
     )
 

@@ -44,6 +44,10 @@ def test_the_tokens_counted_are_those_of_the_timed_batches():
     notebook = bench.run_one("sft_notebook", SimpleNamespace(**SMOKE))
     assert notebook["padded_tokens"] == 4 * 4 * 2 * 512 and notebook["timed_steps"] == 4
     assert notebook["real_tokens"] < notebook["padded_tokens"] / 4  # seed rows are short: the padding it wasted
+    # the plan a stage would make for its longest micro-batch (4 rows of 512), to read beside the measured peak
+    assert notebook["longest_batch_tokens"] == 4 * 512
+    assert notebook["estimated_peak_gib"] * 2**30 > 4 * 512 * bench.token_bytes(
+        bench.shape_and_tokenizer(tiny=True)[0], liger=False)
     # The peer, plain TRL with its defaults (batch 8, here 2 for the tiny run): a step of 2 pairs trains 4 rows.
     # Profiled, it runs 2 more steps after the timed 4, and neither their pairs nor their time are counted.
     peer = bench.run_one("dpo_peer", SimpleNamespace(**{**SMOKE, "profile": True}))
@@ -61,10 +65,12 @@ def test_counting_the_timed_tokens_reads_nothing_back_from_the_device():
     timed.count(on_device, step=2)  # int() of a meta tensor would raise here
     assert (timed.padded, timed.rows) == (10, 2) and timed.real.device.type == "meta"
     timed = bench.TimedSteps(trainer, warmup=1, steps=2)
-    for step in (1, 2, 3, 4):  # the warm-up step and the one past the timed ones are not counted
+    timed.count({"input_ids": torch.zeros(3, 4), "attention_mask": torch.ones(3, 4)}, step=1)  # the warm-up's
+    for step in (2, 3, 4):  # the warm-up step and the one past the timed ones are not counted
         timed.count({"input_ids": torch.zeros(2, 4), "attention_mask": torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]])},
                     step)
     assert (int(timed.real), timed.padded) == (8, 16)
+    assert timed.longest == 12  # but the peak's micro-batch may be any: length grouping puts the longest first
 
 
 def test_each_run_is_written_as_it_ends_and_none_starts_past_the_budget(project, monkeypatch):

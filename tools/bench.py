@@ -54,7 +54,7 @@ from stages.outputs import write_json
 from stages.params import SEVEN_PROJECTIONS, LoraParams
 from stages.parsing import listener_examples, parse_dpo, parse_empathetic, read_bytes
 from stages.paths import DPO_FILE, DPO_SUBDIR, ED_SUBDIR, SAMPLE_DIR
-from stages.training import dpo_dataset, liger_kernels, sft_dataset
+from stages.training import dpo_dataset, liger_kernels, sft_dataset, token_bytes, weight_bytes
 from stages.varlen import ATTENTION
 
 RESULTS = Path("bench/results")
@@ -198,6 +198,7 @@ class TimedSteps(TrainerCallback):
     def __init__(self, trainer, warmup: int, steps: int, profiler=None):
         self.warmup, self.last, self.profiler = warmup, warmup + steps, profiler
         self.real, self.padded, self.rows, self.start, self.seconds, self.began = 0, 0, 0, None, 0.0, None
+        self.longest = 0  # the most tokens of any micro-batch, warm-up included: where the peak comes from
         train_step = trainer.training_step
 
         def counted_step(model, inputs, *rest):
@@ -226,9 +227,10 @@ class TimedSteps(TrainerCallback):
             self.profiler.stop()
 
     def count(self, inputs: dict, step: int) -> None:
+        ids = inputs["input_ids"]
+        self.longest = max(self.longest, ids.numel())
         if not self.warmup < step <= self.last:
             return
-        ids = inputs["input_ids"]
         mask = inputs.get("attention_mask")
         self.padded += ids.numel()
         # summed where the batch is (the GPU, once accelerate placed it): reading it out now would wait for the GPU
@@ -248,13 +250,22 @@ def trainer_settings(steps: int, batch: int, accum: int, workdir: str, peer: boo
     return settings
 
 
-def train_result(timed: TimedSteps, batch: int, accum: int, unit: str, per_row: float) -> dict:
+def estimated_peak_gib(trainer, tokens: int) -> float:
+    """The peak the stages plan micro-batches by (stages.training.batch_split): the models' weights and `tokens`
+    tokens' activations. Beside each run's measured peak, it shows whether that plan is safe on this card."""
+    models = [trainer.model] + ([trainer.ref_model] if getattr(trainer, "ref_model", None) is not None else [])
+    activations = tokens * token_bytes(trainer.model.config, trainer.args.use_liger_kernel)
+    return (sum(map(weight_bytes, models)) + activations) / 2**30
+
+
+def train_result(trainer, timed: TimedSteps, batch: int, accum: int, unit: str, per_row: float) -> dict:
     real = int(timed.real)
     return {f"{unit}_per_s": timed.rows / per_row / timed.seconds,
             "real_tokens_per_s": real / timed.seconds, "padded_tokens_per_s": timed.padded / timed.seconds,
             "real_tokens": real, "padded_tokens": timed.padded, "padding_share": 1 - real / timed.padded,
             "timed_steps": timed.last - timed.warmup, "warmup_steps": timed.warmup, "seconds": timed.seconds,
-            "batch": batch, "grad_accum": accum, "peak_gib": peak_gib(), "training_began": timed.began}
+            "batch": batch, "grad_accum": accum, "peak_gib": peak_gib(), "longest_batch_tokens": timed.longest,
+            "estimated_peak_gib": estimated_peak_gib(trainer, timed.longest), "training_began": timed.began}
 
 
 def recorded_settings(trainer, plain: bool) -> dict:
@@ -289,7 +300,8 @@ def run_sft(config, tokenizer, warmup: int, steps: int, batch: int, accum: int, 
             lora_casts_follow_autocast(trainer.model)  # as the sft stage does, once the trainer added the adapter
         timed = TimedSteps(trainer, warmup, steps, profiler)
         trainer.train()
-    return train_result(timed, batch, accum, "examples", per_row=1) | recorded_settings(trainer, peer or notebook) | (
+    result = train_result(trainer, timed, batch, accum, "examples", per_row=1)
+    return result | recorded_settings(trainer, peer or notebook) | (
         {"examples_per_s": None} if packing else {})  # a packed row's examples are not counted per batch
 
 
@@ -317,7 +329,7 @@ def run_dpo(config, tokenizer, warmup: int, steps: int, batch: int, accum: int, 
         timed = TimedSteps(trainer, warmup, steps, profiler)
         trainer.train()
     # a pair is two rows: chosen, rejected
-    return train_result(timed, batch, accum, "pairs", per_row=2) | recorded_settings(trainer, peer or notebook)
+    return train_result(trainer, timed, batch, accum, "pairs", per_row=2) | recorded_settings(trainer, peer or notebook)
 
 
 # The profiled generate call stops after this many new tokens: its decoding steps are alike, and a profile's table
@@ -559,10 +571,10 @@ def main(argv: list[str] | None = None) -> Path:
             result["runs"][name] = in_own_process(name, args)
         result["ratio"] = ratios(result["runs"])
         write_json(path, result)  # after every run: a session cut short keeps what finished
-    print(json.dumps({"device": device, "ratio": result["ratio"],
-                      **{name: {k: round(v, 2) for k, v in r.items() if isinstance(v, float)
-                                and (k.endswith("_per_s") or k == "peak_gib")} for name, r in result["runs"].items()}},
-                     indent=1))
+    headline = {name: {key: round(value, 2) for key, value in run.items()
+                       if isinstance(value, float) and (key.endswith("_per_s") or key.endswith("peak_gib"))}
+                for name, run in result["runs"].items()}
+    print(json.dumps({"device": device, "ratio": result["ratio"], **headline}, indent=1))
     print(f"bench: {path}")
     return path
 
