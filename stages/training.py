@@ -108,8 +108,9 @@ def batch_split(train: TrainParams, stage: str, liger: bool, *models) -> tuple[i
     preset = train.batch_size, train.grad_accum, train.eval_batch_size
     if not (train.fill_gpu and torch.cuda.is_available()):
         return preset
-    # every process of a multi-GPU run must split alike: the least free memory decides
-    free = min(gather_object([torch.cuda.mem_get_info(PartialState().device)[0]]))
+    # on this process's GPU (accelerate made it the current one); every process of a multi-GPU run must split
+    # alike, so the least free memory decides
+    free = min(gather_object([torch.cuda.mem_get_info()[0]]))
     room = free * USABLE_MEMORY - sum(weight_bytes(model) for model in models)
     rows = 2 if stage == "dpo" else 1
     micro = fitted_batch(train.batch_size, train.grad_accum,

@@ -2,6 +2,7 @@
 is planned from an estimate of the memory a token takes, which must cover what autograd really keeps."""
 import pytest
 import torch
+from accelerate import PartialState
 from peft import get_peft_model
 from transformers import AutoModelForCausalLM, LlamaConfig
 
@@ -41,6 +42,7 @@ def test_dpo1_on_a_gpu_with_room_trains_its_8_pairs_in_one_micro_batch_and_on_a_
     # a GPU whose free memory holds both models and 8 pairs of max_length tokens (two rows each), and no more
     pairs_8 = 8 * 2 * dpo1.max_length * token_bytes(policy.config, liger=False)
     free = (weight_bytes(policy) + weight_bytes(reference) + pairs_8) / training.USABLE_MEMORY
+    PartialState()  # made on the CPU before CUDA is faked: accelerate keeps the first one for the process
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     for card, split in ((free + 1, (8, 1, 8)), (free - 1, (4, 2, 4))):
         monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (int(card), 2**40))
@@ -51,6 +53,7 @@ def test_dpo1_on_a_gpu_with_room_trains_its_8_pairs_in_one_micro_batch_and_on_a_
     assert token_bytes(policy.config, liger=True) < token_bytes(policy.config, liger=False)
     # and false keeps the preset's split on any card
     assert batch_split(dpo1.model_copy(update={"fill_gpu": False}), "dpo", False, policy, reference) == (2, 4, 2)
+    assert PartialState().device.type == "cpu"  # the tests after this one still train on the CPU
 
 
 def saved_bytes_per_layer_token(dropout: float, tokens: int = 128) -> float:
