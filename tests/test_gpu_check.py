@@ -26,4 +26,5 @@ def test_tiny_gpu_check_runs_every_stage_on_the_placed_device(project):
     assert packed["attention"] == "sdpa per example" and packed["within_tolerance"]
     assert packed["max_gradient_difference"] <= 1e-5 * packed["largest_gradient"] and packed["largest_gradient"] > 0
     assert result["train_tokens_per_s"] > 0 and result["train_pairs_per_s"] > 0
+    assert result["micro_batches"] == {"sft": [8, 1], "dpo": [2, 4]}  # on a CPU, the splits as written
     assert not (project / "models").exists()  # the scratch project stays out of the checkout

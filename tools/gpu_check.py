@@ -11,7 +11,8 @@ sample data, and asserts:
   built as PEFT trains it, within bf16 tolerance, and the float32 export matches the float32 stack;
 - packed rows through torch's varlen kernel (stages.varlen) give the padded batch's loss and gradients.
 It reports how far a naive bf16 merge lands from the stack, and evaluate's preference accuracy beside
-TRL's own. Each stage's wall time and peak accelerator memory go to
+TRL's own. Each stage's wall time and peak accelerator memory, and the micro-batches sft and dpo trained in
+(dpo runs dpo1's split, which fill_gpu merges where the card holds it), go to
 bench/results/<date>-<device>-gpu-check.json, beside the benchmark's.
 
 BERTScore and the emotion classifier's embedder use a small random BERT built here (all-MiniLM's weights ship
@@ -44,7 +45,8 @@ SETTINGS = {
     "model.lr_scale": 1.0,
     "sft.train_size": 64, "sft.epochs": 1, "sft.batch_size": 8, "sft.eval_batch_size": 8, "sft.grad_accum": 1,
     "sft.checkpoint_steps": 4,
-    "dpo.train_size": 64, "dpo.max_steps": 4, "dpo.batch_size": 4, "dpo.eval_batch_size": 4, "dpo.grad_accum": 1,
+    # dpo1's split, 2 pairs x 4: on a GPU dpo.fill_gpu trains each step's 8 pairs in fewer micro-batches
+    "dpo.train_size": 64, "dpo.max_steps": 4, "dpo.batch_size": 2, "dpo.eval_batch_size": 2, "dpo.grad_accum": 4,
     "dpo.checkpoint_steps": 2, "dpo.warmup_steps": 1,
     "eval.sft_eval_size": 16, "eval.dpo_eval_size": 16, "eval.test_size": 16, "eval.max_new_tokens": 32,
     "eval.bootstrap_samples": 100, "eval.human_prompts": 4, "eval.bertscore_num_layers": 2,
@@ -201,11 +203,15 @@ def main(argv: list[str] | None = None) -> Path:
                                 "trl": metrics["dpo"]["eval.rewards_accuracies"]},
         "train_tokens_per_s": metrics["sft"]["train_tokens_per_s"],
         "train_pairs_per_s": metrics["dpo"]["train_pairs_per_s"],
+        # the micro-batch and gradient accumulation each trainer ran (fill_gpu's choice on a GPU)
+        "micro_batches": {stage: [metrics[stage]["micro_batch"], metrics[stage]["grad_accum"]]
+                          for stage in ("sft", "dpo")},
         "new_tokens_per_s": {model: metrics["eval"][f"{model}.new_tokens_per_s"] for model in ("base", "sft", "dpo")},
     }
     path = result_path(out, "gpu-check" + ("-tiny" if args.tiny else ""))
     write_json(path, result)
-    print(json.dumps({"stages": runs, "checks": checks, "models_seen": result["models_seen"]}, indent=1))
+    print(json.dumps({"stages": runs, "checks": checks, "models_seen": result["models_seen"],
+                      "micro_batches": result["micro_batches"]}, indent=1))
     assert checks["packed_vs_padded"]["within_tolerance"], checks["packed_vs_padded"]
     print(f"gpu_check: every model ran on {expected}; {path}")
     return path
