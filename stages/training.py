@@ -117,9 +117,9 @@ def batch_split(train: TrainParams, stage: str, liger: bool, *models) -> tuple[i
                          rows * train.max_length * token_bytes(models[0].config, liger), room)
     split = micro, train.batch_size * train.grad_accum // micro, train.eval_batch_size * micro // train.batch_size
     if split != preset:
-        print(f"{stage}: {split[0]} examples a micro-batch × {split[1]} a step (the preset: {preset[0]} × "
-              f"{preset[1]}), evaluation {split[2]} at a time: the GPU's {free / 2**30:.0f} GiB free hold it "
-              f"({stage}.fill_gpu)", flush=True)
+        print(f"{stage}: each step's {micro * split[1]} examples in {split[1]} micro-batch(es) of {micro}, not the "
+              f"preset's {preset[1]} of {preset[0]} ({stage}.fill_gpu: {free / 2**30:.0f} GiB free on the GPU); "
+              f"evaluation {split[2]} at a time", flush=True)
     return split
 
 
