@@ -88,12 +88,16 @@ def weight_bytes(model) -> int:
     return sum(param.numel() * param.element_size() for param in model.parameters())
 
 
-def fitted_batch(batch_size: int, grad_accum: int, example_bytes: float, room: float) -> int:
+def planned_bytes(models, tokens: int, liger: bool) -> int:
+    """The peak a micro-batch of `tokens` tokens is planned at: the models' weights and the tokens' activations."""
+    return sum(map(weight_bytes, models)) + tokens * token_bytes(models[0].config, liger)
+
+
+def fitted_batch(batch_size: int, grad_accum: int, fits) -> int:
     """The most examples one micro-batch may take of the batch_size × grad_accum of an optimizer step: a divisor of
-    that product (every micro-batch alike), never fewer than batch_size, whose activations fit `room` bytes."""
+    that product (every micro-batch alike), never fewer than batch_size, for which `fits(examples)` holds."""
     step = batch_size * grad_accum
-    fitting = [size for size in range(batch_size, step + 1) if step % size == 0 and size * example_bytes <= room]
-    return max(fitting, default=batch_size)
+    return max((size for size in range(batch_size, step + 1) if step % size == 0 and fits(size)), default=batch_size)
 
 
 def batch_split(train: TrainParams, stage: str, liger: bool, *models) -> tuple[int, int, int]:
@@ -111,10 +115,9 @@ def batch_split(train: TrainParams, stage: str, liger: bool, *models) -> tuple[i
     # on this process's GPU (accelerate made it the current one); every process of a multi-GPU run must split
     # alike, so the least free memory decides
     free = min(gather_object([torch.cuda.mem_get_info()[0]]))
-    room = free * USABLE_MEMORY - sum(weight_bytes(model) for model in models)
-    rows = 2 if stage == "dpo" else 1
+    example_tokens = (2 if stage == "dpo" else 1) * train.max_length
     micro = fitted_batch(train.batch_size, train.grad_accum,
-                         rows * train.max_length * token_bytes(models[0].config, liger), room)
+                         lambda size: planned_bytes(models, size * example_tokens, liger) <= free * USABLE_MEMORY)
     split = micro, train.batch_size * train.grad_accum // micro, train.eval_batch_size * micro // train.batch_size
     if split != preset:
         print(f"{stage}: each step's {micro * split[1]} examples in {split[1]} micro-batch(es) of {micro}, not the "

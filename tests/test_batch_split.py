@@ -18,12 +18,12 @@ TINYLLAMA_WIDTHS = dict(hidden_size=2048, intermediate_size=5632, num_attention_
 
 def test_a_step_takes_the_fewest_equal_micro_batches_that_fit_and_never_smaller_ones_than_the_preset():
     # dpo1: 2 pairs x 4 micro-batches = 8 pairs a step
-    assert fitted_batch(2, 4, example_bytes=1.0, room=8.0) == 8
-    assert fitted_batch(2, 4, example_bytes=1.0, room=7.9) == 4
-    assert fitted_batch(2, 4, example_bytes=1.0, room=0.5) == 2  # not even the preset's fits: the preset stands
+    assert fitted_batch(2, 4, lambda size: size <= 8.0) == 8
+    assert fitted_batch(2, 4, lambda size: size <= 7.9) == 4
+    assert fitted_batch(2, 4, lambda size: size <= 0.5) == 2  # not even the preset's fits: the preset stands
     # sft5: 3 x 2 = 6 a step; a micro-batch of 5 would leave an unequal one, so 3 it is
-    assert fitted_batch(3, 2, example_bytes=1.0, room=5.0) == 3
-    assert fitted_batch(3, 4, example_bytes=1.0, room=11.0) == 6
+    assert fitted_batch(3, 2, lambda size: size <= 5.0) == 3
+    assert fitted_batch(3, 4, lambda size: size <= 11.0) == 6
 
 
 def small_model(layers: int = 2):

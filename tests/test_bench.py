@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from stages.training import token_bytes
 from tools import bench
 
 from conftest import VENV_PATH, shared_file
@@ -46,7 +47,7 @@ def test_the_tokens_counted_are_those_of_the_timed_batches():
     assert notebook["real_tokens"] < notebook["padded_tokens"] / 4  # seed rows are short: the padding it wasted
     # the plan a stage would make for its longest micro-batch (4 rows of 512), to read beside the measured peak
     assert notebook["longest_batch_tokens"] == 4 * 512
-    assert notebook["estimated_peak_gib"] * 2**30 > 4 * 512 * bench.token_bytes(
+    assert notebook["estimated_peak_gib"] * 2**30 > 4 * 512 * token_bytes(
         bench.shape_and_tokenizer(tiny=True)[0], liger=False)
     # The peer, plain TRL with its defaults (batch 8, here 2 for the tiny run): a step of 2 pairs trains 4 rows.
     # Profiled, it runs 2 more steps after the timed 4, and neither their pairs nor their time are counted.

@@ -54,7 +54,7 @@ from stages.outputs import write_json
 from stages.params import SEVEN_PROJECTIONS, LoraParams
 from stages.parsing import listener_examples, parse_dpo, parse_empathetic, read_bytes
 from stages.paths import DPO_FILE, DPO_SUBDIR, ED_SUBDIR, SAMPLE_DIR
-from stages.training import dpo_dataset, liger_kernels, sft_dataset, token_bytes, weight_bytes
+from stages.training import dpo_dataset, liger_kernels, planned_bytes, sft_dataset
 from stages.varlen import ATTENTION
 
 RESULTS = Path("bench/results")
@@ -254,8 +254,7 @@ def estimated_peak_gib(trainer, tokens: int) -> float:
     """The peak the stages plan micro-batches by (stages.training.batch_split): the models' weights and `tokens`
     tokens' activations. Beside each run's measured peak, it shows whether that plan is safe on this card."""
     models = [trainer.model] + ([trainer.ref_model] if getattr(trainer, "ref_model", None) is not None else [])
-    activations = tokens * token_bytes(trainer.model.config, trainer.args.use_liger_kernel)
-    return (sum(map(weight_bytes, models)) + activations) / 2**30
+    return planned_bytes(models, tokens, trainer.args.use_liger_kernel) / 2**30
 
 
 def train_result(trainer, timed: TimedSteps, batch: int, accum: int, unit: str, per_row: float) -> dict:
