@@ -10,6 +10,7 @@ rounds away, weight by weight, and the merged "dpo" model is no longer the model
 from __future__ import annotations
 
 import json
+import warnings
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
@@ -19,6 +20,13 @@ from stages.params import LoraParams
 from stages.parsing import parse_dpo, parse_empathetic, read_bytes
 from stages.paths import BASE_MODEL, DPO_FILE, DPO_SUBDIR, ED_SPLITS, ED_SUBDIR, SAMPLE_DIR
 from stages.stacks import ADAPTERS, HUB_PIN, Stage, check_stack
+
+
+# transformers 5.24 renamed gradient checkpointing "activation checkpointing" and warns wherever the old names are
+# used: by PEFT 0.21 and TRL 1.16 on every model they wrap, and by TRL's configs, whose default sets the old name.
+# The old names still work (stages.training passes the old one, which older transformers take too); nothing a user
+# could act on.
+warnings.filterwarnings("ignore", message="`(is_)?gradient_checkpointing", category=FutureWarning)
 
 
 class PromptTooLong(ValueError):

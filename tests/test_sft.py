@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import pytest
 import torch
 from transformers import DataCollatorForLanguageModeling
@@ -165,3 +168,14 @@ def test_the_trained_adapter_skips_its_input_cast_under_autocast_only(sft_traine
     ids = torch.tensor([[1, 5, 9, 12, 2]])
     assert lora_casts_in_forward(sft_trainer.model, ids, autocast=True) == {False}
     assert lora_casts_in_forward(sft_trainer.model, ids, autocast=False) == {True}
+
+
+def test_building_the_trainer_raises_no_deprecation_warning_from_the_pinned_libraries(project):
+    """transformers 5.24 deprecates gradient checkpointing's names, which TRL's config and PEFT still use on every
+    model they wrap: each stage printed those warnings at every run. Turned into errors, none may come."""
+    for stage in (download, base_model, preprocess):
+        stage.main()
+    build = "from stages import sft; from stages.params import load_params; sft.build_trainer(load_params(), 'run')"
+    done = subprocess.run([sys.executable, "-W", "error::FutureWarning", "-c", build], cwd=project,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
