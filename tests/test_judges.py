@@ -1,6 +1,8 @@
 """The learned metrics: classifiers trained on training rows only, held out exactly as preprocess holds out,
 deterministic, and an empty reply neither human-like nor naming an emotion."""
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -77,6 +79,11 @@ def test_two_trainings_judge_alike(trained, monkeypatch):
     retrained = Judges.load(repo / JUDGES_DIR)
     assert (retrained.humanlike.predict_proba(texts) == judge.humanlike.predict_proba(texts)).all()
     assert (retrained.emotion.predict_proba(texts) == judge.emotion.predict_proba(texts)).all()
+
+    # trained again in another process, the files are the same to the byte: DVC sees the judges unchanged
+    files = {path.name: path.read_bytes() for path in (repo / JUDGES_DIR).iterdir()}
+    subprocess.run([sys.executable, "-m", "stages.judges"], cwd=repo, check=True, capture_output=True)
+    assert {path.name: path.read_bytes() for path in (repo / JUDGES_DIR).iterdir()} == files
 
 
 def test_mean_pooling_ignores_padding_and_follows_the_hidden_states_device():
