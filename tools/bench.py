@@ -94,6 +94,9 @@ RUNS = {
     # the stack's generation with a static KV cache, which transformers' generate compiles (torch.compile) on a
     # GPU: whether that pays is what this run shows (the compiling call is the untimed one)
     "generate_stack_batch_64_static": ("generate", dict(batch=64, stack=True, static=True)),
+    # four times evaluate's GPU batch (eval.batch_size auto): if a decoding step's time is the host's, nearly four
+    # times the tokens a second, and evaluate's batch should grow
+    "generate_stack_batch_256": ("generate", dict(batch=256, stack=True)),
     # the notebook: seed-format rows padded to 512, loss on the whole text, batch 4 x 2; DPO at batch 2 x 4
     "sft_notebook": ("sft", dict(notebook=True, fmt="seed", batch=4, accum=2)),
     "dpo_notebook": ("dpo", dict(batch=2, accum=4, notebook=True)),
