@@ -32,13 +32,25 @@ PROMPT_SETS = {"ed_test": (DATASETS["sft"], "EmpatheticDialogues test"), "probe"
 HEADLINES = [
     ("ed_test.{model}.humanlike", "human-like replies (share, DPO-data classifier)"),
     ("ed_test.{model}.emotion_accuracy", "emotion named from the reply (accuracy)"),
-    ("ed_test.{model}.bertscore_f1", "BERTScore F1 against the real listener"),
+    ("ed_test.{model}.bertscore_raw_f1", "BERTScore F1 (raw) against the real listener"),
+    ("ed_test.{model}.bertscore_rescaled_f1", "BERTScore F1 against the real listener, rescaled with bert-score's "
+                                              "baseline"),
     ("ed_test.{model}.stop_rate", "replies that end with EOS"),
+    ("ed_test.{model}.cut_rate", "replies cut at the reply budget, without EOS"),
     # Beside the human-like share: a model that answers many prompts with one stock sentence scores high on it.
     ("ed_test.{model}.mean_new_tokens", "new tokens per reply (mean)"),
     ("ed_test.{model}.distinct_openings", "replies whose first sentence no other reply repeats (share)"),
     ("probe.{model}.humanlike", "human-like replies (share, DPO-data classifier)"),
 ]
+
+
+LEARNED = {"humanlike": "humanlike", "emotion_accuracy": "emotion"}  # learned metric -> its judge
+
+
+def uninformative(scores: dict, key: str) -> bool:
+    """Whether `key` of metrics/eval.json is a learned metric whose classifier failed its own check there."""
+    set_name, metric = key.split(".")[0], key.rsplit(".", 1)[1]
+    return metric in LEARNED and scores.get(f"{set_name}.{LEARNED[metric]}_informative") is False
 
 
 def recorded() -> tuple[dict, dict]:
@@ -76,7 +88,9 @@ def _training_rows(stage: str, train: SFTParams | DPOParams, trained: dict, data
     lora = train.lora
     targets = lora.target_modules if isinstance(lora.target_modules, str) else ", ".join(lora.target_modules)
     rows = [("preset", train.preset), ("learning rate used", f"{trained['lr']:g}"),
-            ("batch", f"{trained['micro_batch']} x {trained['grad_accum']} gradient accumulation"),
+            ("batch", f"{trained['examples_per_step']} {'pairs' if stage == 'dpo' else 'examples'} a step: "
+                      f"{trained['processes']} process(es) x {trained['grad_accum']} micro-batch(es) of "
+                      f"{trained['micro_batch']}"),
             ("LoRA", f"r {lora.r}, alpha {lora.alpha}, dropout {lora.dropout}, on {targets}")]
     if stage == "sft":
         rows += [("epochs", str(train.epochs)), ("max length", f"{train.max_length} tokens"),
@@ -161,14 +175,21 @@ def stack_card(params: Params, source: dict, data: dict, scores: dict, model: st
         datasets=[DATASETS[name] for name in STACK[model]], tags=["peft", "lora", "trl", *STACK[model]],
         model_name=f"base+{'+'.join(STACK[model])}", eval_results=results, stack=["base", *STACK[model]],
         sft_preset=params.sft.preset, dpo_preset=params.dpo.preset)
-    rows = [(name, PROMPT_SETS[key.split(".")[0]][1], f"{scores[key]:.3f}",
+    rows = [(name, PROMPT_SETS[key.split(".")[0]][1],
+             f"{scores[key]:.3f}" + (" (uninformative)" if uninformative(scores, key) else ""),
              f"[{scores[key + '_low']:.3f}, {scores[key + '_high']:.3f}]" if key + "_low" in scores else "")
             for key, name in present]
     differences = [(f"{key}", f"{scores[key]:+.3f}", f"[{scores[key + '_low']:+.3f}, {scores[key + '_high']:+.3f}]",
-                    "yes" if scores[key + "_low"] > 0 or scores[key + "_high"] < 0 else "no")
+                    "no (uninformative)" if uninformative(scores, key)
+                    else "yes" if scores[key + "_low"] > 0 or scores[key + "_high"] < 0 else "no")
                    for key in sorted(scores) if "_minus_" in key and not key.endswith(("_low", "_high"))
-                   and key + "_low" in scores and key.rsplit(".", 1)[1] in ("humanlike", "emotion_accuracy",
-                                                                            "bertscore_f1")]
+                   and key + "_low" in scores and key.rsplit(".", 1)[1] in (*LEARNED, "bertscore_raw_f1",
+                                                                            "bertscore_rescaled_f1")]
+    caveats = "".join(f"\nThe {judge} classifier did not clear chance on its own check (metrics/judges.json), so its "
+                      "metric cannot tell these models apart on this data: it is uninformative, and none of its "
+                      "differences is decided.\n"
+                      for judge in sorted({LEARNED[key.rsplit(".", 1)[1]] for key, _ in present
+                                           if uninformative(scores, key)}))
     replies = ("Greedy replies" if params.eval.temperature == 0
                else f"Replies sampled at temperature {params.eval.temperature:g}")
     reference = [f"{name} {scores[key]:.3f}" for key, name in (
@@ -184,11 +205,11 @@ in that order and unmerged.
 
 ## Evaluation
 
-{replies} of at most {params.eval.max_new_tokens} new tokens to {min(params.eval.test_size, data['sft.test.examples'])} held-out
+{replies} of at most {scores['ed_test.max_new_tokens']} new tokens to {min(params.eval.test_size, data['sft.test.examples'])} held-out
 EmpatheticDialogues test prompts and to the probe prompts; 95% bootstrap intervals over prompts.
 
 {_table(rows, ('metric', 'prompts', 'value', '95% interval'))}
-
+{caveats}
 The real listeners' replies to the same prompts, scored alike: {'; '.join(reference) or 'not scored'}.
 
 Paired differences (decided: the interval excludes 0):

@@ -1,8 +1,11 @@
 """download: put the raw datasets in data/raw/, from the committed sample, a local folder, or the web.
 
 `hub` streams the EmpatheticDialogues tarball and the Human-Like-DPO data.json with a progress bar,
-retries with backoff, checks sha256 against params (recording it in metrics/download.json when unset),
-and extracts the tarball safely. Everything lands in a temporary folder renamed to data/raw at the end.
+retries with backoff, checks each file's sha256 against its pin in params, and extracts the tarball safely.
+Everything lands in a temporary folder renamed to data/raw at the end: a file that differs from its pin stops
+the stage, naming both hashes, and nothing is written. metrics/download.json records every file's sha256 and,
+where the server names it (the Hugging Face hub's X-Repo-Commit header), the commit it resolved, so that a
+file fetched from a branch can be pinned afterwards (docs/sharing.md).
 """
 from __future__ import annotations
 
@@ -37,15 +40,16 @@ def copy_raw(source: Path, dest: Path) -> None:
         shutil.copyfile(source / rel, dest / rel)
 
 
-def fetch(url: str, dest: Path, sha256: str | None, retries: int, timeout_s: float) -> str:
-    """Stream `url` into `dest`, retrying with exponential backoff; return the file's sha256.
+def fetch(url: str, dest: Path, sha256: str | None, retries: int, timeout_s: float, key: str) -> tuple[str, str | None]:
+    """Stream `url` into `dest`, retrying with exponential backoff; return the file's sha256 and the commit the
+    server resolved the URL to (its X-Repo-Commit header), or None.
 
     A dropped connection or a short body counts as a failed attempt. A checksum mismatch does not
-    retry: the server sent a different file than the one pinned in params.
+    retry: the server sent other bytes than those pinned in params (`key`).
     """
     for attempt in range(1, retries + 1):
         try:
-            digest = _fetch_once(url, dest, timeout_s)
+            digest, commit = _fetch_once(url, dest, timeout_s)
             break
         except (requests.RequestException, DownloadError) as error:
             dest.unlink(missing_ok=True)
@@ -56,11 +60,12 @@ def fetch(url: str, dest: Path, sha256: str | None, retries: int, timeout_s: flo
             time.sleep(wait)
     if sha256 and digest != sha256:
         dest.unlink(missing_ok=True)
-        raise DownloadError(f"{url}: sha256 mismatch: expected {sha256}, got {digest}")
-    return digest
+        raise DownloadError(f"{url}: sha256 mismatch: {key} pins {sha256}, the server sent {digest}"
+                            + (f" (commit {commit})" if commit else "") + "; nothing was written")
+    return digest, commit
 
 
-def _fetch_once(url: str, dest: Path, timeout_s: float) -> str:
+def _fetch_once(url: str, dest: Path, timeout_s: float) -> tuple[str, str | None]:
     digest = hashlib.sha256()
     with requests.get(url, stream=True, timeout=timeout_s) as response:
         response.raise_for_status()
@@ -74,7 +79,7 @@ def _fetch_once(url: str, dest: Path, timeout_s: float) -> str:
                 bar.update(len(chunk))
     if expected is not None and received != expected:
         raise DownloadError(f"connection closed after {received} of {expected} bytes")
-    return digest.hexdigest()
+    return digest.hexdigest(), response.headers.get("X-Repo-Commit")
 
 
 def unsafe(member: tarfile.TarInfo) -> str | None:
@@ -113,14 +118,24 @@ def extract_empatheticdialogues(tarball: Path, dest: Path) -> None:
 
 
 def download_hub(hub, dest: Path) -> dict:
-    tarball = dest / "empatheticdialogues.tar.gz"
-    ed_sha = fetch(hub.empatheticdialogues_url, tarball, hub.empatheticdialogues_sha256, hub.retries, hub.timeout_s)
-    extract_empatheticdialogues(tarball, dest)
-    tarball.unlink()
-    (dest / DPO_SUBDIR).mkdir(parents=True, exist_ok=True)
-    dpo_sha = fetch(hub.human_like_dpo_url, dest / DPO_SUBDIR / DPO_FILE, hub.human_like_dpo_sha256,
-                    hub.retries, hub.timeout_s)
-    return {"empatheticdialogues_sha256": ed_sha, "human_like_dpo_sha256": dpo_sha}
+    """Both files into `dest`; what metrics/download.json records of them: sha256, and the commit where known."""
+    recorded = {}
+    for name, url, pin, target in (
+            ("empatheticdialogues", hub.empatheticdialogues_url, hub.empatheticdialogues_sha256,
+             dest / "empatheticdialogues.tar.gz"),
+            ("human_like_dpo", hub.human_like_dpo_url, hub.human_like_dpo_sha256, dest / DPO_SUBDIR / DPO_FILE)):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        digest, commit = fetch(url, target, pin, hub.retries, hub.timeout_s, f"data.hub.{name}_sha256")
+        recorded[f"{name}_sha256"] = digest
+        if commit:
+            recorded[f"{name}_commit"] = commit
+        if not pin:
+            print(f"download: {name} is not pinned: its sha256 is {digest}"
+                  + (f", fetched at commit {commit}" if commit else "")
+                  + f". Pin it with data.hub.{name}_sha256 (docs/sharing.md, Pinning the data)", file=sys.stderr)
+    extract_empatheticdialogues(dest / "empatheticdialogues.tar.gz", dest)
+    (dest / "empatheticdialogues.tar.gz").unlink()
+    return recorded
 
 
 def file_sizes(root: Path) -> dict:

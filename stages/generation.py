@@ -29,10 +29,11 @@ AUTO_BATCH_SIZE = {"cpu": 16, "accelerator": 64}
 LOGITS_BUDGET = 2**28
 
 
-def generate(model, tokenizer, prompts: list[list[int]], cfg: EvalParams) -> tuple[list[dict], float]:
-    """Replies in the order of `prompts`, each {text, new_tokens, stopped}, and the seconds it took."""
+def generate(model, tokenizer, prompts: list[list[int]], cfg: EvalParams, budget: int) -> tuple[list[dict], float]:
+    """Replies in the order of `prompts`, each {text, new_tokens, stopped, cut}, and the seconds it took. A reply
+    stops at its EOS, or is cut when it reaches `budget` new tokens without one."""
     eos = tokenizer.eos_token_id
-    config = generation_config(tokenizer, cfg.max_new_tokens, cfg.temperature)
+    config = generation_config(tokenizer, budget, cfg.temperature)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     size = batch_size(cfg.batch_size, model.device)
     replies: list[dict] = [{}] * len(prompts)
@@ -49,7 +50,7 @@ def generate(model, tokenizer, prompts: list[list[int]], cfg: EvalParams) -> tup
             stopped = eos in ids
             ids = ids[: ids.index(eos)] if stopped else ids
             replies[index] = {"text": tokenizer.decode(ids, skip_special_tokens=True).strip(),
-                              "new_tokens": len(ids), "stopped": stopped}
+                              "new_tokens": len(ids), "stopped": stopped, "cut": not stopped and len(ids) >= budget}
     return replies, time.perf_counter() - start
 
 
@@ -118,22 +119,23 @@ def held_out_pairs(params: Params, tokenizer) -> list[tuple[list[int], list[int]
             for pair in pairs for side in ("chosen_ids", "rejected_ids")]
 
 
-def encoded_sets(sets: dict[str, list[dict]], tokenizer, params: Params) -> tuple[dict, dict, dict]:
-    """Per prompt set: the prompt ids to generate from (fitted into sft.max_length - eval.max_new_tokens),
-    the (prompt ids, reference reply ids) to score perplexity on (fitted into sft.max_length), and how many
+def encoded_sets(sets: dict[str, list[dict]], tokenizer, budget: int, context: int) -> tuple[dict, dict, dict]:
+    """Per prompt set: the prompt ids to generate from (fitted into the model's `context` window less the reply's
+    `budget`), the (prompt ids, reference reply ids) to score perplexity on (fitted into `context`), and how many
     prompts lost their oldest turns."""
-    generate_budget = params.sft.max_length - params.eval.max_new_tokens
+    if budget >= context:
+        raise DataError(f"a reply budget of {budget} new tokens (eval.max_new_tokens) leaves no room for a prompt in "
+                        f"the model's context window of {context} tokens")
     prompts, references, truncated = {}, {}, {}
     for name, examples in sets.items():
         prompts[name], references[name], truncated[name] = [], [], 0
         for example in examples:
             try:
-                prompt, dropped = fit(tokenizer, example["prompt"], None, generate_budget)
-                scored, _ = fit(tokenizer, example["prompt"], example["completion"], params.sft.max_length)
+                prompt, dropped = fit(tokenizer, example["prompt"], None, context - budget)
+                scored, _ = fit(tokenizer, example["prompt"], example["completion"], context)
             except PromptTooLong as error:
-                raise DataError(f"prompt set {name!r}, id {example['id']!r}: {error} "
-                                f"(sft.max_length {params.sft.max_length}, eval.max_new_tokens "
-                                f"{params.eval.max_new_tokens})") from None
+                raise DataError(f"prompt set {name!r}, id {example['id']!r}: {error} (the model's context window "
+                                f"of {context} tokens, a reply budget of {budget})") from None
             truncated[name] += dropped > 0
             prompts[name].append(encode(tokenizer, prompt)[0])
             references[name].append(encode(tokenizer, scored, example["completion"]))

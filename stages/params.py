@@ -9,6 +9,7 @@ string, are coerced to floats.
 """
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Literal, Optional, Union
@@ -128,11 +129,17 @@ class TrainParams(Strict):
     train_size: Count
     lora: LoraParams
     lr: Positive
+    # What one optimizer step trains: examples for SFT (packed rows with sft.packing), pairs for DPO. The notebook's
+    # presets state what a step trained on its two T4s. Any number of processes trains these same examples a step,
+    # each an equal share (stages.training.batch_split); a step that cannot be shared evenly stops the stage.
+    examples_per_step: Count
+    # The most examples a process puts through the model at once on a card of a T4's 16 GB (the notebook's batch per
+    # GPU): a process's share of a step goes in equal micro-batches of the largest size up to this that divides it,
+    # the rest of the step in gradient accumulation.
     batch_size: Count
     eval_batch_size: Count
-    grad_accum: Count
-    # On a CUDA GPU, the batch_size × grad_accum examples of a step in as few micro-batches as its memory holds
-    # (stages.training.batch_split): the same recipe up to float rounding, in fewer, fuller passes.
+    # On a CUDA GPU, a process's share of a step in as few equal micro-batches as its free memory is estimated to hold
+    # (at least batch_size): the same recipe up to float rounding, in fewer, fuller passes.
     fill_gpu: bool
     max_length: Count
     checkpoint_steps: Count  # evaluate and save a checkpoint every this many optimizer steps
@@ -157,8 +164,9 @@ class SFTParams(TrainParams):
 
 
 class DPOParams(TrainParams):
-    # Open each DPO prompt with sft.system_prompt, as every SFT example and evaluation prompt is opened.
-    use_system_prompt: bool
+    # Opens every DPO prompt ("" for none). conf/ makes it sft.system_prompt, so SFT, DPO and evaluation share one
+    # prompt format; docs/evaluation.md says what that prompt's "in a few sentences" does beside DPO's long replies.
+    system_prompt: str
     beta: Positive
     # One pass over the training pairs for the reference's log-probs instead of a reference forward per step:
     # pays when training covers the pairs more than once.
@@ -190,7 +198,9 @@ class EvalParams(Strict):
     # Replies per generate call, and sequences per log-prob forward pass; "auto" sizes it for the device
     # (stages.generation.AUTO_BATCH_SIZE: 64 on a GPU, 16 on a CPU).
     batch_size: Count | Literal["auto"]
-    max_new_tokens: Count
+    # The new tokens a reply may take; "auto": enough for what the trainings taught (stages.modeling.reply_budget,
+    # from preprocess's metrics/lengths.json). A prompt and its reply share the model's context window.
+    max_new_tokens: Count | Literal["auto"]
     temperature: float = Field(ge=0, allow_inf_nan=False)
     bertscore_model: str = Field(description="'packaged-minilm' (offline, from PyPI) or a hub id")
     bertscore_num_layers: Count
@@ -214,26 +224,19 @@ class Params(Strict):
     dpo: DPOParams
     eval: EvalParams
 
-    @model_validator(mode="after")
-    def _room_for_a_prompt(self):
-        # evaluate fits each prompt into sft.max_length - eval.max_new_tokens tokens
-        if self.eval.max_new_tokens >= self.sft.max_length:
-            raise ValueError(f"eval.max_new_tokens ({self.eval.max_new_tokens}) must be below sft.max_length "
-                             f"({self.sft.max_length}), which holds the prompt and the reply")
-        return self
-
 
 class ParamsError(SystemExit):
     """Exits the stage with a readable message (SystemExit with a string prints it and returns 1)."""
 
 
 def _describe(error: ValidationError, path: Path) -> str:
-    lines = [f"{path}: invalid params"]
+    found: dict[str, list[str]] = {}
     for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"]) or "<top level>"
-        message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
-        lines.append(f"  {key}: {message}")
-    return "\n".join(lines)
+        # pydantic names the member of a union it tried (constrained-int, literal['auto']): no part of the key
+        key = ".".join(str(part) for part in item["loc"] if not re.search(r"[-\[\]']", str(part))) or "<top level>"
+        found.setdefault(key, []).append("unknown key" if item["type"] == "extra_forbidden" else item["msg"])
+    return "\n".join([f"{path}: invalid params"] + [f"  {key}: {' or '.join(messages)}"
+                                                     for key, messages in found.items()])
 
 
 def parse_params(raw: dict, path: Path = PARAMS_FILE) -> Params:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 # Every reason a parser may drop a row for; metrics list each one, zero or not, so columns stay stable.
 ED_DROP_REASONS = ("not_utf8", "too_few_fields", "bad_utterance_idx", "empty_utterance", "duplicate_turn")
-EXAMPLE_DROP_REASONS = ("missing_earlier_turn", "too_long")
+EXAMPLE_DROP_REASONS = ("missing_earlier_turn", "held_out_twin", "too_long")
 DPO_DROP_REASONS = ("empty_field", "chosen_equals_rejected", "duplicate")
 
 ED_HEADER = ["conv_id", "utterance_idx", "context", "prompt", "speaker_idx", "utterance", "selfeval", "tags"]
@@ -103,6 +103,28 @@ def parse_empathetic(raw: bytes, name: str) -> Parsed:
     return parsed
 
 
+def normalised(text: str) -> str:
+    """Text as the splits compare it: lower case, runs of whitespace as one space."""
+    return " ".join(text.lower().split())
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """What the held-out EmpatheticDialogues conversations (valid.csv and test.csv) are known by: their ids and
+    their situations. A training conversation that shares either is their twin: the same conversation under
+    another split, or another telling of the same situation."""
+
+    conv_ids: frozenset[str]
+    situations: frozenset[str]
+
+    @staticmethod
+    def of(turns: list[Turn]) -> "HeldOut":
+        return HeldOut(frozenset(t.conv_id for t in turns), frozenset(normalised(t.situation) for t in turns))
+
+    def twin(self, turn: Turn) -> bool:
+        return turn.conv_id in self.conv_ids or normalised(turn.situation) in self.situations
+
+
 def conversations(turns: list[Turn]) -> dict[str, list[Turn]]:
     """Group turns by conversation (in file order), each sorted by utterance index."""
     grouped: dict[str, list[Turn]] = {}
@@ -111,8 +133,9 @@ def conversations(turns: list[Turn]) -> dict[str, list[Turn]]:
     return {conv_id: sorted(group, key=lambda t: t.idx) for conv_id, group in grouped.items()}
 
 
-def listener_examples(turns: list[Turn], system_prompt: str, seed_format: bool) -> Parsed:
-    """One SFT example per listener turn (even utterance index).
+def listener_examples(turns: list[Turn], system_prompt: str, seed_format: bool, held_out: HeldOut | None = None) -> Parsed:
+    """One SFT example per listener turn (even utterance index); with `held_out`, a turn of a conversation that is
+    a held-out one's twin (HeldOut) is dropped and counted, so no held-out prompt has a training twin.
 
     dialogue format: TRL conversational prompt-completion; the system message carries the situation,
     speaker turns are `user`, earlier listener turns `assistant`. seed format: the notebook's
@@ -125,6 +148,9 @@ def listener_examples(turns: list[Turn], system_prompt: str, seed_format: bool) 
             if turn.idx % 2:
                 continue
             parsed.read += 1
+            if held_out and held_out.twin(turn):
+                parsed.dropped["held_out_twin"] += 1
+                continue
             if [t.idx for t in conv[: position + 1]] != list(range(1, turn.idx + 1)):
                 parsed.dropped["missing_earlier_turn"] += 1
                 continue
@@ -230,13 +256,38 @@ def subsample(rows: list, size: int, seed: int) -> list:
     return rows[:size]
 
 
-def split_pairs(rows: list, train_size: int, eval_size: int, seed: int) -> tuple[list, list]:
-    """Shuffle, hold out the first `eval_size` (a tenth of the rows when there are fewer than ten times
-    that many), and train on up to `train_size` of the rest. The held-out pairs depend on the rows, the
-    seed and eval_size only, never on train_size."""
-    rows = subsample(rows, len(rows), seed)
-    held_out = min(eval_size, max(1, len(rows) // 10))
-    return rows[held_out : held_out + train_size], rows[:held_out]
+def prompt_group(pair: dict) -> str:
+    """A DPO pair's group: its user turn, normalised. Human-Like-DPO asks one prompt several times with other
+    answers; the pairs of one prompt stay on one side of the split."""
+    return normalised(pair["prompt"][-1]["content"])
+
+
+def split_pairs(rows: list, train_size: int, eval_size: int, seed: int, group=prompt_group) -> tuple[list, list]:
+    """Hold out `eval_size` pairs (a tenth of the rows when there are fewer than ten times that many) by whole
+    groups (`group` of a row: its normalised prompt), and train on up to `train_size` of the rest, so that no
+    held-out prompt has a training twin. Groups are taken in an order shuffled with the seed, skipping any that
+    would overshoot the count. The held-out pairs depend on the rows, the seed and eval_size only, never on
+    train_size."""
+    groups: dict = {}
+    for row in rows:
+        groups.setdefault(group(row), []).append(row)
+    target = min(eval_size, max(1, len(rows) // 10))
+    held_out, rest = [], []
+    for members in subsample(groups.values(), len(groups), seed):
+        (held_out if len(held_out) + len(members) <= target else rest).extend(members)
+    return subsample(rest, train_size, seed), held_out
+
+
+def groups_across(train: list, held_out: list, group=prompt_group) -> int:
+    """How many groups have rows on both sides of a split (0 for split_pairs'; preprocess records it)."""
+    return len({group(row) for row in train} & {group(row) for row in held_out})
+
+
+def repeated_groups(rows: list, group=prompt_group) -> tuple[int, int, int]:
+    """Groups, groups of more than one row, and the rows in those."""
+    sizes = Counter(group(row) for row in rows)
+    repeated = [size for size in sizes.values() if size > 1]
+    return len(sizes), len(repeated), sum(repeated)
 
 
 def read_bytes(path: Path) -> bytes:

@@ -5,20 +5,30 @@ sft.max_length tokens (with the base model's tokenizer and chat template) loses 
 the reply; one that still does not fit is dropped and counted. train/eval/test come from
 train/valid/test.csv, each shuffled with the seed and cut to its size: sft.train_size for train, the
 fixed eval.sft_eval_size and eval.test_size for the others, so every preset is scored on the same rows.
-DPO: stripped, filtered, de-duplicated, opened with the SFT system prompt (dpo.use_system_prompt),
-shuffled with the seed; the fixed eval.dpo_eval_size pairs are held out and up to dpo.train_size of the
-rest go to training.
+A training conversation that shares its id or its situation with a valid or test conversation is left out
+(counted as held_out_twin): no held-out prompt has a training twin.
+DPO: stripped, filtered, de-duplicated, opened with dpo.system_prompt, split by prompt (every pair of one
+normalised prompt on one side): the fixed eval.dpo_eval_size pairs are held out and up to dpo.train_size of
+the rest go to training.
+
+Writes metrics/data.json (rows read, kept and dropped per reason; the repeated DPO prompts and the groups that
+cross a split, which must be none) and metrics/lengths.json: the token lengths of the replies each training
+teaches (SFT's listener replies, DPO's chosen replies, over every training row whatever the preset's size),
+from which evaluate sizes its generation budget.
 """
 from __future__ import annotations
 
 import sys
 
-from stages.modeling import PromptTooLong, fit, load_tokenizer
+import numpy as np
+
+from stages.modeling import PromptTooLong, encode, fit, load_tokenizer
 from stages.outputs import write_json, write_jsonl
 from stages.params import load_params
-from stages.parsing import (DPO_DROP_REASONS, ED_DROP_REASONS, EXAMPLE_DROP_REASONS, DataError, Parsed,
-                            listener_examples, parse_dpo, parse_empathetic, read_bytes, split_pairs, subsample)
-from stages.paths import DATA_METRICS, DPO_DATA, DPO_FILE, DPO_SUBDIR, ED_SUBDIR, RAW_DIR, SFT_DATA
+from stages.parsing import (DPO_DROP_REASONS, ED_DROP_REASONS, EXAMPLE_DROP_REASONS, DataError, HeldOut, Parsed,
+                            groups_across, listener_examples, normalised, parse_dpo, parse_empathetic, read_bytes,
+                            repeated_groups, split_pairs, subsample)
+from stages.paths import DATA_METRICS, DPO_DATA, DPO_FILE, DPO_SUBDIR, ED_SUBDIR, LENGTHS, RAW_DIR, SFT_DATA
 
 SFT_SPLITS = {"train": "train", "eval": "valid", "test": "test"}  # processed split -> raw file
 
@@ -39,47 +49,76 @@ def fit_examples(examples: Parsed, tokenizer, max_length: int) -> int:
     return truncated
 
 
+def token_lengths(lengths: list[int], prefix: str) -> dict[str, float]:
+    """The median, 95th percentile and longest of some token lengths, as flat metrics."""
+    p50, p95 = np.percentile(lengths, [50, 95])
+    return {f"{prefix}.p50": float(p50), f"{prefix}.p95": float(p95), f"{prefix}.max": max(lengths)}
+
+
 def main() -> None:
     params = load_params()
     sizes = {"train": params.sft.train_size, "eval": params.eval.sft_eval_size, "test": params.eval.test_size}
     # Parse every raw file before anything else: bad input stops the stage with its file and line.
-    parsed = {}
+    turns = {}
     for split, raw_split in SFT_SPLITS.items():
         path = RAW_DIR / ED_SUBDIR / f"{raw_split}.csv"
-        turns = parse_empathetic(read_bytes(path), str(path))
-        examples = listener_examples(turns.records, params.sft.system_prompt, params.sft.format == "seed")
+        turns[split] = path, parse_empathetic(read_bytes(path), str(path))
+    held_out = HeldOut.of([turn for split in ("eval", "test") for turn in turns[split][1].records])
+    parsed = {}
+    for split, (path, split_turns) in turns.items():
+        examples = listener_examples(split_turns.records, params.sft.system_prompt, params.sft.format == "seed",
+                                     held_out if split == "train" else None)
         if not examples.records:
             raise DataError(f"{path}: no SFT examples left after filtering")
-        parsed[split] = path, turns, examples
+        parsed[split] = path, split_turns, examples
     path = RAW_DIR / DPO_SUBDIR / DPO_FILE
-    pairs = parse_dpo(read_bytes(path), str(path), params.sft.system_prompt if params.dpo.use_system_prompt else "")
+    pairs = parse_dpo(read_bytes(path), str(path), params.dpo.system_prompt)
     if len(pairs.records) < 2:
         raise DataError(f"{path}: {len(pairs.records)} usable pairs after filtering; need at least 2")
 
     tokenizer = load_tokenizer()
     metrics, outputs = {}, {}
-    for split, (path, turns, examples) in parsed.items():
+    for split, (path, split_turns, examples) in parsed.items():
         raw_split = SFT_SPLITS[split]
         metrics[f"sft.{split}.truncated"] = fit_examples(examples, tokenizer, params.sft.max_length)
         chosen = subsample(examples.records, sizes[split], params.seed)
         if not chosen:
             raise DataError(f"{path}: no SFT example fits in sft.max_length ({params.sft.max_length} tokens)")
         outputs[SFT_DATA / f"{split}.jsonl"] = chosen
-        metrics.update(turns.counts(f"ed.{raw_split}.rows", ED_DROP_REASONS))
-        metrics[f"ed.{raw_split}.rows.extra_fields"] = turns.extra_fields
+        metrics.update(split_turns.counts(f"ed.{raw_split}.rows", ED_DROP_REASONS))
+        metrics[f"ed.{raw_split}.rows.extra_fields"] = split_turns.extra_fields
         metrics.update(examples.counts(f"sft.{split}.listener_turns", EXAMPLE_DROP_REASONS))
         metrics[f"sft.{split}.examples"] = len(chosen)
+    trained_situations = {normalised(example["situation"]) for example in parsed["train"][2].records}
+    metrics["sft.situations_across_splits"] = len(trained_situations & held_out.situations)
 
-    train, held_out = split_pairs(pairs.records, params.dpo.train_size, params.eval.dpo_eval_size, params.seed)
-    outputs[DPO_DATA / "train.jsonl"], outputs[DPO_DATA / "eval.jsonl"] = train, held_out
+    train, dpo_held_out = split_pairs(pairs.records, params.dpo.train_size, params.eval.dpo_eval_size, params.seed)
+    # every pair that may train, whatever dpo.train_size: the split is checked on it, and its replies measured
+    all_train_pairs, _ = split_pairs(pairs.records, len(pairs.records), params.eval.dpo_eval_size, params.seed)
+    outputs[DPO_DATA / "train.jsonl"], outputs[DPO_DATA / "eval.jsonl"] = train, dpo_held_out
     metrics.update(pairs.counts("dpo.rows", DPO_DROP_REASONS))
-    metrics.update({"dpo.train.pairs": len(train), "dpo.eval.pairs": len(held_out)})
+    metrics.update({"dpo.train.pairs": len(train), "dpo.eval.pairs": len(dpo_held_out)})
+    groups, repeated, in_repeated = repeated_groups(pairs.records)
+    metrics.update({"dpo.prompt_groups": groups, "dpo.repeated_prompt_groups": repeated,
+                    "dpo.pairs_in_repeated_groups": in_repeated,
+                    "dpo.groups_across_splits": groups_across(all_train_pairs, dpo_held_out)})
+
+    # What each training teaches the model to say, over all its training rows (not the preset's share of them),
+    # so that every preset is given the same generation budget.
+    lengths = {
+        **token_lengths([len(encode(tokenizer, e["prompt"], e["completion"])[1]) for e in parsed["train"][2].records],
+                        "sft.train.reply_tokens"),
+        **token_lengths([len(encode(tokenizer, p["prompt"], p["chosen"])[1]) for p in all_train_pairs],
+                        "dpo.train.chosen_tokens"),
+    }
     # Everything was parsed and fitted before anything is written: bad input leaves no output behind.
     for path, rows in outputs.items():
         write_jsonl(path, rows)
     write_json(DATA_METRICS, metrics)
+    write_json(LENGTHS, lengths)
     print(f"preprocess: sft {[metrics[f'sft.{s}.examples'] for s in SFT_SPLITS]} train/eval/test -> {SFT_DATA}/, "
-          f"dpo {len(train)}/{len(held_out)} train/eval -> {DPO_DATA}/")
+          f"dpo {len(train)}/{len(dpo_held_out)} train/eval -> {DPO_DATA}/ ({repeated} prompts asked more than once, "
+          f"each kept on one side)")
 
 
 if __name__ == "__main__":

@@ -21,8 +21,18 @@ from stages.params import load_params
 from stages.paths import METRICS_DIR, SFT_DATA, SFT_MODEL
 from stages.stacks import fingerprint
 from stages.training import (LogLastStep, MarkComplete, TrainClock, final_evaluation, live_callback, on_every_gpu,
-                             resume_or_start, save_adapter, sft_dataset, throughput, trainer_kwargs)
+                             resume_or_start, save_adapter, sft_dataset, step_split, throughput, trainer_kwargs,
+                             whole_steps)
 from stages.varlen import ATTENTION as PACKED_ATTENTION
+
+
+class StepSFTTrainer(SFTTrainer):
+    """SFTTrainer drawing examples in whole steps of similar length, alike on any number of processes
+    (stages.training.WholeSteps)."""
+
+    def _get_train_sampler(self, train_dataset=None):
+        rows = self.train_dataset if train_dataset is None else train_dataset
+        return whole_steps(self, [len(ids) for ids in rows["input_ids"]], "sft")
 
 
 def build_trainer(params, output_dir: str, resume: bool = False) -> SFTTrainer:
@@ -37,14 +47,15 @@ def build_trainer(params, output_dir: str, resume: bool = False) -> SFTTrainer:
         warmup_steps=sft.warmup_ratio,  # a float below 1 is a share of all steps
         weight_decay=sft.weight_decay,
         completion_only_loss=True,
-        # Batches of similar length pad little; each batch is padded to its own longest row. With packing,
-        # TRL fills rows best-fit (bfd) and passes one flattened row with restarting position ids and where each
-        # example starts, and the model attends within each example only (stages.varlen).
+        # Batches of similar length pad little (training's: StepSFTTrainer; evaluation's: this); each batch is
+        # padded to its own longest row. With packing, TRL fills rows best-fit (bfd) and passes one flattened row with
+        # restarting position ids and where each example starts, and the model attends within each example only
+        # (stages.varlen).
         train_sampling_strategy="group_by_length",
         packing=sft.packing,
         packing_strategy="bfd",
     )
-    trainer = SFTTrainer(
+    trainer = StepSFTTrainer(
         model=model,
         args=config,
         train_dataset=sft_dataset(SFT_DATA / "train.jsonl", tokenizer),
@@ -63,6 +74,10 @@ def base_model_eval_loss(trainer: SFTTrainer, stored: Path, resuming: bool) -> f
     if resuming and stored.exists():
         return float(stored.read_text())
     loss = trainer.evaluate()["eval_loss"]
+    # accelerate 1.15 marks a model it prepared for evaluation as prepared for good, so training would then skip
+    # wrapping it in DistributedDataParallel: on several GPUs each process trained alone, its gradients never
+    # averaged with the others' (tests/test_distributed.py caught it). Unmarked, training wraps it.
+    vars(trainer.model).pop("_is_accelerate_prepared", None)
     stored.write_text(repr(loss))
     return loss
 
@@ -94,9 +109,7 @@ def main() -> None:
         "train_examples_per_s": examples_per_s,
         "steps": trainer.state.global_step,
         "lr": trainer.args.learning_rate,  # sft.lr times model.lr_scale
-        # the split trained: the preset's, or on a GPU with sft.fill_gpu, fewer and fuller micro-batches
-        "micro_batch": trainer.args.per_device_train_batch_size,
-        "grad_accum": trainer.args.gradient_accumulation_steps,
+        **step_split(trainer),
     }
     save_adapter(trainer, SFT_MODEL, below="base", card=adapter_card("sft", params, *recorded(), metrics))
     write_json(METRICS_DIR / "sft.json", metrics)

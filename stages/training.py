@@ -18,8 +18,10 @@ import torch
 from accelerate import PartialState
 from accelerate.utils import gather_object
 from datasets import Dataset, Features, Sequence, Value
+from torch.utils.data import Sampler
 from transformers import TrainerCallback
 from transformers.integrations import DVCLiveCallback
+from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from stages.modeling import cpu_only, encode, use_bf16, use_fp16
 from stages.outputs import atomic_dir, read_jsonl
@@ -93,36 +95,46 @@ def planned_bytes(models, tokens: int, liger: bool) -> int:
     return sum(map(weight_bytes, models)) + tokens * token_bytes(models[0].config, liger)
 
 
-def fitted_batch(batch_size: int, grad_accum: int, fits) -> int:
-    """The most examples one micro-batch may take of the batch_size × grad_accum of an optimizer step: a divisor of
-    that product (every micro-batch alike), never fewer than batch_size, for which `fits(examples)` holds."""
-    step = batch_size * grad_accum
-    return max((size for size in range(batch_size, step + 1) if step % size == 0 and fits(size)), default=batch_size)
+def micro_batch(share: int, preset: int, fits=None) -> int:
+    """The examples one micro-batch takes of a process's `share` of an optimizer step: a divisor of it (every
+    micro-batch alike), the largest up to `preset` (the micro-batch a T4 holds); given `fits`, the largest at or above
+    that for which `fits(examples)` holds."""
+    divisors = [size for size in range(1, share + 1) if share % size == 0]
+    smallest = max(size for size in divisors if size <= preset)
+    return max((size for size in divisors if size >= smallest and fits(size)), default=smallest) if fits else smallest
 
 
-def batch_split(train: TrainParams, stage: str, liger: bool, *models) -> tuple[int, int, int]:
-    """The micro-batch, gradient accumulation and eval batch a stage runs: the preset's, or with `fill_gpu` on a
-    CUDA GPU its batch_size × grad_accum examples a step in as few micro-batches as the free memory is estimated
-    to hold beside `models` (an example of max_length tokens; a DPO pair is two), the eval batch grown alike.
+def batch_split(train: TrainParams, stage: str, liger: bool, processes: int, *models) -> tuple[int, int, int]:
+    """The micro-batch, gradient accumulation and eval batch each of `processes` runs, so that every optimizer step
+    trains the preset's examples_per_step examples (a DPO pair counts one) whatever the number of processes: each
+    takes an equal share, in equal micro-batches of the largest size up to batch_size that divides it, or with
+    `fill_gpu` on a CUDA GPU the largest its free memory is estimated to hold beside `models` (an example of
+    max_length tokens; a DPO pair is two rows). The eval batch grows (or shrinks) alike. A step that cannot be shared
+    evenly stops the stage before any training.
 
-    Each optimizer step trains the same examples either way (length grouping deals them by step) and the loss is
-    their mean, so only float rounding differs. The presets' splits are the notebook's, sized for a T4's 16 GB;
-    on an H200, dpo1's four micro-batches of 2 pairs become one of 8, and a step costs the host a quarter of
-    the kernel launches."""
-    preset = train.batch_size, train.grad_accum, train.eval_batch_size
-    if not (train.fill_gpu and torch.cuda.is_available()):
-        return preset
-    # on this process's GPU (accelerate made it the current one); every process of a multi-GPU run must split
-    # alike, so the least free memory decides
-    free = min(gather_object([torch.cuda.mem_get_info()[0]]))
-    example_tokens = (2 if stage == "dpo" else 1) * train.max_length
-    micro = fitted_batch(train.batch_size, train.grad_accum,
-                         lambda size: planned_bytes(models, size * example_tokens, liger) <= free * USABLE_MEMORY)
-    split = micro, train.batch_size * train.grad_accum // micro, train.eval_batch_size * micro // train.batch_size
-    if split != preset:
-        print(f"{stage}: each step's {micro * split[1]} examples in {split[1]} micro-batch(es) of {micro}, not the "
-              f"preset's {preset[1]} of {preset[0]} ({stage}.fill_gpu: {free / 2**30:.0f} GiB free on the GPU); "
-              f"evaluation {split[2]} at a time", flush=True)
+    The loss of a step is the mean over its examples however they are split, so only float rounding differs, and
+    WholeSteps deals every process the same step. On an H200, dpo1's share of 16 pairs goes in one micro-batch, not
+    eight of 2, and a step costs the host an eighth of the kernel launches."""
+    step = train.examples_per_step
+    if step % processes:
+        raise SystemExit(f"{stage}.examples_per_step: {step} examples a step cannot be shared evenly by {processes} "
+                         f"processes; make it a multiple of {processes}, or train on a number of processes that "
+                         f"divides {step}")
+    share = step // processes
+    fits = None
+    if train.fill_gpu and torch.cuda.is_available():
+        # on this process's GPU (accelerate made it the current one); every process of a multi-GPU run must split
+        # alike, so the least free memory decides
+        free = min(gather_object([torch.cuda.mem_get_info()[0]]))
+        example_tokens = (2 if stage == "dpo" else 1) * train.max_length
+
+        def fits(size: int) -> bool:
+            return planned_bytes(models, size * example_tokens, liger) <= free * USABLE_MEMORY
+    micro = micro_batch(share, train.batch_size, fits)
+    split = micro, share // micro, max(1, train.eval_batch_size * micro // train.batch_size)
+    print(f"{stage}: each step's {step} examples: {processes} process(es) x {split[1]} micro-batch(es) of {micro}"
+          + (f" ({stage}.fill_gpu: {free / 2**30:.0f} GiB free on the GPU)" if fits else "")
+          + f"; evaluation {split[2]} at a time", flush=True)
     return split
 
 
@@ -131,11 +143,12 @@ def trainer_kwargs(params: Params, stage: str, output_dir: str, *models) -> dict
     those the trainer will hold on the device (their size bounds its micro-batches: batch_split)."""
     train: TrainParams = getattr(params, stage)
     liger = liger_kernels(stage, train.liger)
-    micro_batch, grad_accum, eval_batch = batch_split(train, stage, liger, *models)
+    processes = PartialState(cpu=cpu_only()).num_processes
+    micro_batch_size, grad_accum, eval_batch = batch_split(train, stage, liger, processes, *models)
     return dict(
         output_dir=output_dir,
         learning_rate=train.lr * params.model.lr_scale,
-        per_device_train_batch_size=micro_batch,
+        per_device_train_batch_size=micro_batch_size,
         per_device_eval_batch_size=eval_batch,
         gradient_accumulation_steps=grad_accum,
         max_length=train.max_length,
@@ -158,11 +171,48 @@ def trainer_kwargs(params: Params, stage: str, output_dir: str, *models) -> dict
     )
 
 
+class WholeSteps(Sampler):
+    """The training order of both trainers, alike on any number of processes: each pass a fresh permutation (from
+    torch's global generator, which the trainer seeds and a resumed run restores), cut to whole optimizer steps and
+    grouped by length a step at a time, as transformers groups batches (get_length_grouped_indices), but with the
+    step's examples as the group, where transformers takes one process's share of it. Every process draws the same
+    order and accelerate deals its micro-batches to the processes in turn, so a step trains the same examples on 1,
+    2 or 8 processes. The examples past the last whole step sit that pass out (a different few each pass)."""
+
+    def __init__(self, lengths: list[int], step: int, stage: str):
+        if len(lengths) < step:
+            raise SystemExit(f"{stage}.examples_per_step: a step of {step} is more than the {len(lengths)} training "
+                             "examples; lower it, or train on more rows")
+        self.lengths, self.step = lengths, step
+
+    def __len__(self) -> int:
+        return len(self.lengths) - len(self.lengths) % self.step
+
+    def __iter__(self):
+        kept = torch.randperm(len(self.lengths))[: len(self)].tolist()
+        grouped = get_length_grouped_indices([self.lengths[i] for i in kept], self.step)
+        return iter([kept[i] for i in grouped])
+
+
+def whole_steps(trainer, lengths: list[int], stage: str) -> WholeSteps:
+    """A trainer's WholeSteps sampler, over the examples of its whole optimizer step (every process's share)."""
+    return WholeSteps(lengths, step_split(trainer)["examples_per_step"], stage)
+
+
+def step_split(trainer) -> dict:
+    """How the run split each optimizer step (batch_split), for its metrics and model card: the examples a step
+    trains, and the processes, micro-batches and micro-batch size that trained them."""
+    args = trainer.args
+    return {"examples_per_step": args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
+            "processes": args.world_size, "grad_accum": args.gradient_accumulation_steps,
+            "micro_batch": args.per_device_train_batch_size}
+
+
 def on_every_gpu(module: str) -> None:
     """Run `python -m module` as one process per GPU (accelerate launch, DDP) when this process sees several GPUs
     and no launcher started it, and exit with that run's status: `dvc repro` on Kaggle's two T4s then trains on
-    both. Left alone, HF Trainer would wrap the model in nn.DataParallel, which TRL refuses. Each process takes
-    the preset's batch, so two GPUs train twice the rows per step (as the notebook's DataParallel did)."""
+    both. Left alone, HF Trainer would wrap the model in nn.DataParallel, which TRL refuses. Each process takes an
+    equal share of every step (batch_split), so the recipe is the preset's on any number of GPUs."""
     gpus = torch.cuda.device_count()
     if gpus > 1 and "LOCAL_RANK" not in os.environ:
         print(f"{module}: {gpus} GPUs: one process on each (accelerate launch --multi_gpu)", flush=True)

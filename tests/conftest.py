@@ -84,15 +84,14 @@ def project(tmp_path, monkeypatch) -> Path:
 # (its `_self_` comes last), so appended there in a clone it holds for `dvc repro` and for `dvc exp run -S ...`
 # alike. It leaves every preset's own knobs alone (tests/test_experiments.py checks them through the queue).
 TEST_PRESET = """
-# The test suite's smaller preset (tests/conftest.py): one SFT epoch, a few DPO steps, fewer test prompts,
-# shorter replies and fewer bootstrap resamples than the embedded default.
+# The test suite's smaller preset (tests/conftest.py): one SFT epoch, a few DPO steps, fewer test prompts and
+# fewer bootstrap resamples than the embedded default.
 sft:
   epochs: 1
 dpo:
   max_steps: 12
 eval:
   test_size: 16
-  max_new_tokens: 24
   bootstrap_samples: 200
 """
 

@@ -1,29 +1,71 @@
-"""On a GPU with room, a step's examples go in fewer, fuller micro-batches (sft.fill_gpu / dpo.fill_gpu): how many
-is planned from an estimate of the memory a token takes, which must cover what autograd really keeps."""
+"""Every optimizer step trains the preset's examples_per_step examples, whatever the number of processes; on a GPU
+with room, a process's share goes in fewer, fuller micro-batches (sft.fill_gpu / dpo.fill_gpu), planned from an
+estimate of the memory a token takes, which must cover what autograd really keeps."""
 import pytest
 import torch
 from accelerate import PartialState
+from accelerate.data_loader import BatchSamplerShard
+from torch.utils.data import BatchSampler
 from peft import get_peft_model
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from stages import training
 from stages.modeling import lora_casts_follow_autocast, lora_config
 from stages.params import SEVEN_PROJECTIONS, LoraParams, load_params
-from stages.training import batch_split, fitted_batch, token_bytes, weight_bytes
+from stages.training import WholeSteps, batch_split, micro_batch, token_bytes, weight_bytes
 
 from conftest import ROOT
 
 TINYLLAMA_WIDTHS = dict(hidden_size=2048, intermediate_size=5632, num_attention_heads=32, num_key_value_heads=4)
 
 
-def test_a_step_takes_the_fewest_equal_micro_batches_that_fit_and_never_smaller_ones_than_the_preset():
-    # dpo1: 2 pairs x 4 micro-batches = 8 pairs a step
-    assert fitted_batch(2, 4, lambda size: size <= 8.0) == 8
-    assert fitted_batch(2, 4, lambda size: size <= 7.9) == 4
-    assert fitted_batch(2, 4, lambda size: size <= 0.5) == 2  # not even the preset's fits: the preset stands
-    # sft5: 3 x 2 = 6 a step; a micro-batch of 5 would leave an unequal one, so 3 it is
-    assert fitted_batch(3, 2, lambda size: size <= 5.0) == 3
-    assert fitted_batch(3, 4, lambda size: size <= 11.0) == 6
+def test_a_share_goes_in_equal_micro_batches_never_larger_than_the_presets_unless_they_fit():
+    # dpo1 on one process: 16 pairs, micro-batches of at most 2 where nothing says more fits
+    assert micro_batch(16, 2) == 2
+    assert micro_batch(16, 2, lambda size: size <= 16.0) == 16
+    assert micro_batch(16, 2, lambda size: size <= 15.9) == 8
+    assert micro_batch(16, 2, lambda size: size <= 0.5) == 2  # not even the preset's fits: the preset stands
+    # sft5: 12 examples a step, 3 at a time; on two processes 6 each; on eight, 12 do not share (batch_split stops)
+    assert micro_batch(12, 3) == 3 and micro_batch(6, 3) == 3
+    assert micro_batch(6, 3, lambda size: size <= 5.0) == 3  # a micro-batch of 5 would leave an unequal one
+    assert micro_batch(4, 3) == 2  # a share the preset's 3 does not divide: its largest divisor below 3
+
+
+@pytest.mark.parametrize("processes, split", [(1, (2, 8, 2)), (2, (2, 4, 2)), (8, (2, 1, 2)), (16, (1, 1, 1))])
+def test_any_number_of_processes_trains_dpo1s_16_pairs_a_step(processes, split):
+    dpo1 = load_params(ROOT / "params.yaml").dpo
+    assert (dpo1.preset, dpo1.examples_per_step, dpo1.batch_size, dpo1.eval_batch_size) == ("dpo1", 16, 2, 2)
+    micro, accum, _ = batch_split(dpo1, "dpo", False, processes)  # this machine: no CUDA GPU
+    assert (micro, accum, _) == split and micro * accum * processes == 16
+
+
+def test_a_step_that_cannot_be_shared_evenly_stops_before_training():
+    dpo3 = load_params(ROOT / "params.yaml").dpo.model_copy(update={"examples_per_step": 24, "batch_size": 3})
+    with pytest.raises(SystemExit, match=r"dpo.examples_per_step: 24 examples a step cannot be shared evenly by 16 "
+                                         r"processes"):
+        batch_split(dpo3, "dpo", False, 16)
+
+
+@pytest.mark.parametrize("processes, micro", [(2, 4), (4, 2), (8, 2), (16, 1)])
+def test_every_number_of_processes_trains_the_same_examples_in_each_step(processes, micro):
+    """What one process trains in each step, as accelerate deals the micro-batches of WholeSteps' order to the
+    processes in turn (BatchSamplerShard, as the trainer's dataloader does under DDP): over all processes, the very
+    examples one process trains in that step, and the same number of steps."""
+    lengths = [(7 * i) % 23 for i in range(100)]
+
+    def steps(processes: int, micro: int) -> list[set[int]]:
+        torch.manual_seed(0)  # every process draws the order from the same seeded generator
+        order = list(WholeSteps(lengths, 16, "sft"))
+        accum = 16 // processes // micro
+        shards = [list(BatchSamplerShard(BatchSampler(order, micro, drop_last=False), processes, rank))
+                  for rank in range(processes)]
+        assert len({len(shard) for shard in shards}) == 1  # no process waits on a short shard
+        return [{i for shard in shards for batch in shard[step * accum:(step + 1) * accum] for i in batch}
+                for step in range(len(shards[0]) // accum)]
+
+    alone = steps(1, 4)
+    assert len(alone) == 6 and all(len(step) == 16 for step in alone)
+    assert steps(processes, micro) == alone
 
 
 def small_model(layers: int = 2):
@@ -32,28 +74,45 @@ def small_model(layers: int = 2):
     return AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
 
 
-def test_dpo1_on_a_gpu_with_room_trains_its_8_pairs_in_one_micro_batch_and_on_a_cpu_as_written(monkeypatch):
+def test_dpo1_on_a_gpu_with_room_trains_its_16_pairs_in_one_micro_batch_and_on_a_cpu_as_written(monkeypatch):
     dpo1 = load_params(ROOT / "params.yaml").dpo
-    assert (dpo1.preset, dpo1.batch_size, dpo1.grad_accum, dpo1.eval_batch_size) == ("dpo1", 2, 4, 2)
     assert dpo1.fill_gpu
     policy, reference = small_model(), small_model()
-    assert batch_split(dpo1, "dpo", False, policy, reference) == (2, 4, 2)  # this machine: no CUDA GPU
+    assert batch_split(dpo1, "dpo", False, 1, policy, reference) == (2, 8, 2)  # this machine: no CUDA GPU
 
-    # a GPU whose free memory holds both models and 8 pairs of max_length tokens (two rows each), and no more
-    pairs_8 = 8 * 2 * dpo1.max_length * token_bytes(policy.config, liger=False)
-    free = (weight_bytes(policy) + weight_bytes(reference) + pairs_8) / training.USABLE_MEMORY
+    # a GPU whose free memory holds both models and 16 pairs of max_length tokens (two rows each), and no more
+    pairs_16 = 16 * 2 * dpo1.max_length * token_bytes(policy.config, liger=False)
+    free = (weight_bytes(policy) + weight_bytes(reference) + pairs_16) / training.USABLE_MEMORY
     PartialState()  # made on the CPU before CUDA is faked: accelerate keeps the first one for the process
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    for card, split in ((free + 1, (8, 1, 8)), (free - 1, (4, 2, 4))):
+    for card, split in ((free + 1, (16, 1, 16)), (free - 1, (8, 2, 8))):
         monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (int(card), 2**40))
-        assert batch_split(dpo1, "dpo", False, policy, reference) == split
-    # an SFT example is one row, a DPO pair two: where 4 pairs fit, 8 examples of the same length do
-    assert batch_split(dpo1, "sft", False, policy, reference) == (8, 1, 8)
+        assert batch_split(dpo1, "dpo", False, 1, policy, reference) == split
+    # two processes on such cards: each takes half a step, in one micro-batch
+    assert batch_split(dpo1, "dpo", False, 2, policy, reference) == (8, 1, 8)
+    # an SFT example is one row, a DPO pair two: where 8 pairs fit, 16 examples of the same length do
+    assert batch_split(dpo1, "sft", False, 1, policy, reference) == (16, 1, 16)
     # Liger's kernels keep less a token, so the same card holds more
     assert token_bytes(policy.config, liger=True) < token_bytes(policy.config, liger=False)
-    # and false keeps the preset's split on any card
-    assert batch_split(dpo1.model_copy(update={"fill_gpu": False}), "dpo", False, policy, reference) == (2, 4, 2)
+    # and false keeps the preset's micro-batch on any card
+    assert batch_split(dpo1.model_copy(update={"fill_gpu": False}), "dpo", False, 1, policy, reference) == (2, 8, 2)
     assert PartialState().device.type == "cpu"  # the tests after this one still train on the CPU
+
+
+def test_whole_steps_group_a_steps_examples_by_length_and_leave_out_only_the_last_partial_step():
+    torch.manual_seed(3)
+    lengths = [(7 * i) % 23 for i in range(50)]
+    sampler = WholeSteps(lengths, step=16, stage="sft")
+    order = list(sampler)
+    assert len(order) == len(sampler) == 48 and len(set(order)) == 48  # three whole steps, no example twice
+    steps = [order[i : i + 16] for i in range(0, 48, 16)]
+    for step in steps[1:]:  # within a step, longest first (the first step also holds the longest example overall)
+        assert [lengths[i] for i in step] == sorted((lengths[i] for i in step), reverse=True)
+    assert max(lengths[i] for i in steps[0]) == max(lengths[i] for i in order)
+    torch.manual_seed(3)
+    assert list(WholeSteps(lengths, 16, "sft")) == order  # the same seed, the same order: every process draws it
+    with pytest.raises(SystemExit, match=r"sft.examples_per_step: a step of 16 is more than the 10 training examples"):
+        WholeSteps(lengths[:10], 16, "sft")
 
 
 def saved_bytes_per_layer_token(dropout: float, tokens: int = 128) -> float:

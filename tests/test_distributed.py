@@ -19,22 +19,43 @@ def test_shipped_accelerate_configs_load(name, kind):
     assert config.distributed_type == kind and config.num_processes == 2
 
 
-def test_sft_then_dpo_on_two_processes_give_valid_adapters(project):
+def curve(project, stage: str) -> dict[int, float]:
+    """A stage's training loss as dvclive logged it, by step."""
+    lines = (project / f"dvclive/{stage}/plots/metrics/loss.tsv").read_text().splitlines()[1:]
+    return {int(step): float(loss) for step, loss in (line.split("\t") for line in lines)}
+
+
+def test_two_processes_train_one_processs_recipe_and_give_valid_adapters(project):
+    """The preset states the examples a step trains; two gloo processes (torchrun, as accelerate launch starts them
+    on two GPUs) each train half of every step, so their run is one process's run: the same steps, the same loss
+    curve up to float rounding. The notebook's DataParallel doubled the step instead. (LoRA dropout is off: each
+    process draws its own dropout masks, which no split of a step can make equal.)"""
     edit_params(project / "params.yaml", **{"sft.train_size": 48, "eval.sft_eval_size": 8, "sft.epochs": 1,
-                                            "sft.checkpoint_steps": 2, "dpo.max_steps": 4, "dpo.warmup_steps": 1,
-                                            "dpo.checkpoint_steps": 2})
+                                            "sft.checkpoint_steps": 2, "sft.examples_per_step": 16,
+                                            "dpo.max_steps": 4, "dpo.warmup_steps": 1, "dpo.checkpoint_steps": 2,
+                                            "dpo.examples_per_step": 8, "dpo.batch_size": 2,
+                                            "sft.lora.dropout": 0.0, "dpo.lora.dropout": 0.0})
     download.main()
     model_source.main()
     base_model.main()
     preprocess.main()
+    alone = {}
+    for stage in ("sft", "dpo"):
+        run(["python", "-m", f"stages.{stage}"], project)
+        alone[stage] = json.loads((project / f"metrics/{stage}.json").read_text()), curve(project, stage)
     launch = ["torchrun", "--nproc_per_node", "2", "-m"]
-    sft_log = run(launch + ["stages.sft"], project)
-    # 48 examples, batch 4 per process x 2 processes x grad-accum 2: 3 optimizer steps, not 6.
-    metrics = json.loads((project / "metrics/sft.json").read_text())
-    assert metrics["steps"] == 3, sft_log.stdout[-2000:]
-    assert metrics["eval_loss"] < metrics["base_eval_loss"]
-    run(launch + ["stages.dpo"], project)
-    assert json.loads((project / "metrics/dpo.json").read_text())["steps"] == 4
+    for stage, steps, split in (("sft", 3, (2, 2, 4)), ("dpo", 4, (2, 2, 2))):
+        log = run(launch + [f"stages.{stage}"], project)
+        metrics = json.loads((project / f"metrics/{stage}.json").read_text())
+        # 48 examples, 16 a step: 3 steps on one process or two (the notebook's DataParallel made it 16 x 2)
+        assert metrics["steps"] == alone[stage][0]["steps"] == steps, log.stdout[-2000:]
+        assert (metrics["processes"], metrics["grad_accum"], metrics["micro_batch"]) == split
+        assert alone[stage][0]["processes"] == 1 and alone[stage][0]["grad_accum"] == 2 * split[1]
+        assert metrics["examples_per_step"] == alone[stage][0]["examples_per_step"]
+        together = curve(project, stage)
+        assert together.keys() == alone[stage][1].keys()
+        assert together == pytest.approx(alone[stage][1], rel=1e-4), (together, alone[stage][1])
+    assert json.loads((project / "metrics/sft.json").read_text())["eval_loss"] < alone["sft"][0]["base_eval_loss"]
     base, tuned = load_model("base"), load_model("dpo")  # checks each adapter sits on the model it was trained on
     ids = torch.tensor([[1, 50, 60, 70]])
     with torch.no_grad():

@@ -11,8 +11,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import yaml
 
-from conftest import edit_params
+from conftest import ROOT, edit_params
 from stages import download
 from stages.params import compose
 
@@ -51,6 +52,7 @@ class Server:
         self.files: dict[str, bytes] = {}
         self.drop_after: dict[str, int] = {}
         self.fail_first: dict[str, int] = {}
+        self.headers: dict[str, dict[str, str]] = {}  # extra response headers per path
         self.hits: dict[str, int] = {}
         server = self
 
@@ -66,6 +68,8 @@ class Server:
                     return
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))
+                for name, value in server.headers.get(self.path, {}).items():
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(body[: server.drop_after.get(self.path, len(body))])
                 self.wfile.flush()
@@ -107,6 +111,7 @@ def hub_project(project, server, monkeypatch):
     compose(["data=hub"])
     edit_params(project / "params.yaml", **{
         "data.hub.empatheticdialogues_url": server.url + "/ed.tar.gz",
+        "data.hub.empatheticdialogues_sha256": None,  # the preset pins the real tarball's; these tests serve others
         "data.hub.human_like_dpo_url": server.url + "/data.json",
         "data.hub.retries": 3,
         "data.hub.timeout_s": 5,
@@ -155,11 +160,40 @@ def test_connection_dropped_mid_file_fails_cleanly(hub_project, server):
     assert leftovers(hub_project) == []  # no data/raw, no temporary folder
 
 
-def test_checksum_mismatch_fails_cleanly(hub_project):
-    edit_params(hub_project / "params.yaml", **{"data.hub.human_like_dpo_sha256": "0" * 64})
-    with pytest.raises(download.DownloadError, match=r"data.json: sha256 mismatch: expected 0{64}, got [0-9a-f]{64}"):
+def test_the_hub_preset_pins_the_tarball_parlai_publishes():
+    hub = yaml.safe_load((ROOT / "conf/data/hub.yaml").read_text())["hub"]
+    assert hub["empatheticdialogues_sha256"] == "56f234d77b7dd1f005fd365bb17769cfe346c3c84295b69bc069c8ccb83be03d"
+
+
+@pytest.mark.parametrize("key, url", [("human_like_dpo_sha256", "/data.json"),
+                                      ("empatheticdialogues_sha256", "/ed.tar.gz")])
+def test_a_file_that_differs_from_its_pin_stops_naming_both_hashes_and_writes_nothing(hub_project, server, key, url):
+    metrics_before = (hub_project / "metrics/download.json").read_bytes()
+    server.headers[url] = {"X-Repo-Commit": "c0ffee" * 6 + "c0ff"}
+    edit_params(hub_project / "params.yaml", **{f"data.hub.{key}": "0" * 64})
+    sent = hashlib.sha256(server.files[url]).hexdigest()
+    with pytest.raises(download.DownloadError, match=rf"sha256 mismatch: data.hub.{key} pins 0{{64}}, the server sent "
+                                                     rf"{sent} \(commit (c0ffee){{6}}c0ff\); nothing was written"):
         download.main()
     assert leftovers(hub_project) == []
+    assert (hub_project / "metrics/download.json").read_bytes() == metrics_before
+
+
+def test_an_unpinned_file_is_recorded_with_the_commit_the_hub_resolved(hub_project, server, capsys):
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    server.headers["/data.json"] = {"X-Repo-Commit": commit}
+    download.main()
+    metrics = json.loads((hub_project / "metrics/download.json").read_text())
+    sha = hashlib.sha256(PAIRS).hexdigest()
+    assert (metrics["human_like_dpo_sha256"], metrics["human_like_dpo_commit"]) == (sha, commit)
+    assert "empatheticdialogues_commit" not in metrics  # its server names no commit
+    assert f"human_like_dpo is not pinned: its sha256 is {sha}, fetched at commit {commit}" in capsys.readouterr().err
+    # pinned as docs/sharing.md says (the commit in the URL, the sha256 beside it), the same bytes pass
+    server.files[f"/resolve/{commit}/data.json"] = PAIRS
+    edit_params(hub_project / "params.yaml", **{"data.hub.human_like_dpo_url": f"{server.url}/resolve/{commit}/data.json",
+                                                "data.hub.human_like_dpo_sha256": sha})
+    download.main()
+    assert "human_like_dpo is not pinned" not in capsys.readouterr().err
 
 
 COMPLETE = {f"empatheticdialogues/{s}.csv": CSV for s in ("train", "valid", "test")}

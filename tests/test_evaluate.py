@@ -1,5 +1,7 @@
 import importlib.resources
+import json
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -7,10 +9,10 @@ import sacrebleu
 import torch
 
 from stages import base_model, evaluate
-from stages.evaluate import bert_scorer, measures
+from stages.evaluate import bert_scorer, bertscore_baseline, measures
 from stages import generation
 from stages.generation import batch_size, encoded_sets, generate, logit_batches, reply_logprobs
-from stages.modeling import embedder_dtype, encode, train_tokenizer
+from stages.modeling import embedder_dtype, encode, reply_budget, train_tokenizer
 from stages.params import TinyModelParams, load_params
 from stages.scoring import (chrf, distinct, distinct_openings, distinct_replies, interval, mean_of, nltk_bleu, opening,
                             paired_difference, perplexity, preference_accuracy, repeats, resample, sacrebleu_bleu)
@@ -70,10 +72,11 @@ def test_only_generated_tokens_are_scored_and_order_is_kept(tokenizer, cfg):
         tuple(prompts[1]): sure + [eos, eos],
         tuple(prompts[2]): (sure * 5),  # never stops
     })
-    replies, seconds = generate(model, tokenizer, prompts, cfg)
+    replies, seconds = generate(model, tokenizer, prompts, cfg, budget=6)
     assert [r["text"] for r in replies[:2]] == ["That sounds hard.", "Sure thing."]
     assert [r["stopped"] for r in replies] == [True, True, False]
-    assert replies[2]["new_tokens"] == cfg.max_new_tokens
+    assert [r["cut"] for r in replies] == [False, False, True]  # reached the budget without its EOS
+    assert replies[2]["new_tokens"] == 6
     # Sorted by prompt length: the two shortest prompts share the first batch.
     assert [shape[0] for shape in model.batches] == [2, 1]
     assert model.batches[0][1] == max(len(prompts[1]), len(prompts[2]))
@@ -236,37 +239,122 @@ def test_a_model_that_answers_eos_first_gets_defined_scores(tokenizer, cfg):
     prompts = [encode(tokenizer, [{"role": "user", "content": text}])[0] for text in ("My dog died.", "Hi")]
     hard = tokenizer("That sounds hard.", add_special_tokens=False).input_ids
     model = ScriptedModel(tokenizer, {tuple(prompts[0]): [eos], tuple(prompts[1]): hard + [eos]})
-    replies, _ = generate(model, tokenizer, prompts, cfg)
-    assert replies[0] == {"text": "", "new_tokens": 0, "stopped": True}
+    replies, _ = generate(model, tokenizer, prompts, cfg, budget=6)
+    assert replies[0] == {"text": "", "new_tokens": 0, "stopped": True, "cut": False}
     references = ["I am so sorry.", "That sounds hard."]
     scored = measures(replies, references, np.array([[-3.0, 2], [-1.0, 2]]), bert_scorer(cfg))
     values = {name: measure.value() for name, measure in scored.items()}
     assert all(math.isfinite(value) for value in values.values())
-    assert values["empty_rate"] == 0.5 and values["stop_rate"] == 1.0
-    assert scored["bertscore_f1"].rows[0] == 0 and scored["bertscore_f1"].rows[1] == pytest.approx(1.0, abs=1e-5)
+    assert values["empty_rate"] == 0.5 and values["stop_rate"] == 1.0 and values["cut_rate"] == 0.0
+    assert scored["bertscore_raw_f1"].rows[0] == 0
+    assert scored["bertscore_raw_f1"].rows[1] == pytest.approx(1.0, abs=1e-5)
+    assert "bertscore_rescaled_f1" not in scored  # bert-score ships no baseline for MiniLM: raw it is
     assert scored["bleu"].rows[0] == 0
 
 
 def test_a_prompt_too_long_loses_its_oldest_turns_or_is_named(tokenizer):
-    """Generation needs room for eval.max_new_tokens after the prompt: a long dialogue is fitted into
-    sft.max_length - eval.max_new_tokens by dropping its oldest turns; one whose last message alone does
-    not fit stops the stage with the set and id (it used to make a negative slice)."""
+    """Generation needs room for the reply budget after the prompt, in the model's context window (not
+    sft.max_length, which only bounds training): a long dialogue is fitted into the window less the budget by
+    dropping its oldest turns; one whose last message alone does not fit stops the stage with the set and id (it
+    used to make a negative slice), and so does a budget that leaves no room at all."""
     from stages.parsing import DataError
 
-    params = load_params(ROOT / "params.yaml")
     # The whole dialogue is 176 prompt tokens with this tokenizer; the last exchange alone 62.
-    params = params.model_copy(update={"sft": params.sft.model_copy(update={"max_length": 150}),
-                                       "eval": params.eval.model_copy(update={"max_new_tokens": 30})})
     turns = [{"role": "user" if i % 2 == 0 else "assistant", "content": "My dog died. " * 3} for i in range(5)]
     example = {"id": "long-1", "prompt": [{"role": "system", "content": "Be kind."}] + turns,
                "completion": [{"role": "assistant", "content": "That sounds hard."}]}
-    prompts, references, truncated = encoded_sets({"custom": [example]}, tokenizer, params)
+    prompts, references, truncated = encoded_sets({"custom": [example]}, tokenizer, budget=30, context=150)
     assert truncated == {"custom": 1} and 62 <= len(prompts["custom"][0]) <= 120
     assert sum(map(len, references["custom"][0])) <= 150
     assert tokenizer.decode(prompts["custom"][0]).startswith("<s><|system|>\nBe kind.")
+    assert encoded_sets({"custom": [example]}, tokenizer, budget=30, context=1024)[2] == {"custom": 0}
     too_long = dict(example, id="long-2", prompt=[{"role": "user", "content": "My dog died. " * 40}])
-    with pytest.raises(DataError, match="prompt set 'custom', id 'long-2'"):
-        encoded_sets({"custom": [too_long]}, tokenizer, params)
+    with pytest.raises(DataError, match="prompt set 'custom', id 'long-2'.*context window of 150 tokens"):
+        encoded_sets({"custom": [too_long]}, tokenizer, budget=30, context=150)
+    with pytest.raises(DataError, match="a reply budget of 150 new tokens .* no room for a prompt in the model's "
+                                        "context window of 150 tokens"):
+        encoded_sets({"custom": [example]}, tokenizer, budget=150, context=150)
+
+
+def test_the_reply_budget_covers_what_sft_and_dpo_taught():
+    """eval.max_new_tokens: auto gives the larger 95th percentile of SFT's and DPO's training replies, DPO's at most
+    dpo.max_length (it never trains past it); a number stands as it is."""
+    params = load_params(ROOT / "params.yaml")
+    assert params.eval.max_new_tokens == "auto"
+    lengths = {"sft.train.reply_tokens.p95": 41.0, "dpo.train.chosen_tokens.p95": 413.05}
+    assert reply_budget(params, lengths) == 414  # TinyLlama on the real rows: DPO's chosen replies decide
+    short_dpo = params.model_copy(update={"dpo": params.dpo.model_copy(update={"max_length": 96})})
+    assert reply_budget(short_dpo, lengths) == 96  # dpo=cpu's pairs are cut at 96 tokens
+    assert reply_budget(params, {**lengths, "dpo.train.chosen_tokens.p95": 30.0}) == 41
+    fixed = params.model_copy(update={"eval": params.eval.model_copy(update={"max_new_tokens": 24})})
+    assert reply_budget(fixed, lengths) == 24
+
+
+def test_the_pipelines_budget_is_measured_and_no_reply_is_cut_before_it(pipeline):
+    from stages.outputs import read_jsonl
+
+    lengths = json.loads((pipeline / "metrics/lengths.json").read_text())
+    scores = json.loads((pipeline / "metrics/eval.json").read_text())
+    params = load_params(pipeline / "params.yaml")
+    budget = reply_budget(params, lengths)
+    assert scores["ed_test.max_new_tokens"] == scores["probe.max_new_tokens"] == budget
+    assert budget >= lengths["sft.train.reply_tokens.p95"]
+    for row in read_jsonl(pipeline / "eval/generations.jsonl"):
+        assert row["stopped"] or (row["cut"] and row["new_tokens"] == budget)
+    for name in ("ed_test", "probe"):
+        for model in ("base", "sft", "dpo"):
+            rows = [r for r in read_jsonl(pipeline / "eval/generations.jsonl") if (r["set"], r["model"]) == (name, model)]
+            assert scores[f"{name}.{model}.cut_rate"] == pytest.approx(np.mean([r["cut"] for r in rows]))
+            assert scores[f"{name}.{model}.cut_rate"] + scores[f"{name}.{model}.stop_rate"] == pytest.approx(1.0)
+
+
+def roberta_folder(folder):
+    """A small RoBERTa (random weights) with a tokenizer made from a written vocabulary and merges, saved as a
+    model folder bert-score loads: its tokenizer is a RobertaTokenizer, as roberta-large's is."""
+    from transformers import RobertaConfig, RobertaModel, RobertaTokenizer
+
+    tokens = ["<s>", "<pad>", "</s>", "<unk>", "<mask>", "Ġ", "h", "i", "t", "e", "r", "Ġh", "Ġhi", "hi", "Ġt", "Ġth",
+              "Ġthe", "Ġther", "Ġthere", "th", "the", "ther", "there"]
+    folder.mkdir()
+    (folder / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(tokens)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(
+        ["Ġ h", "Ġh i", "h i", "Ġ t", "Ġt h", "Ġth e", "Ġthe r", "Ġther e", "t h", "th e", "the r", "ther e"]) + "\n")
+    RobertaTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=64).save_pretrained(folder)
+    torch.manual_seed(0)
+    RobertaModel(RobertaConfig(vocab_size=len(tokens), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                               intermediate_size=32, max_position_embeddings=70)).save_pretrained(folder)
+
+
+def test_bertscore_reads_the_first_word_with_its_leading_space_as_bert_score_means_it(cfg, tmp_path, monkeypatch):
+    """bert-score asks a RoBERTa tokenizer for add_prefix_space=True as it encodes each text; transformers 5 honours
+    that only when the tokenizer is made, so "hi there" lost the space token of its first word ("hi", not "Ġhi")."""
+    from bert_score.utils import sent_encode
+    from transformers import AutoTokenizer
+
+    roberta_folder(tmp_path / "roberta")
+    monkeypatch.chdir(tmp_path)
+    plain = AutoTokenizer.from_pretrained("roberta")
+    assert plain.convert_ids_to_tokens(sent_encode(plain, "hi there")) == ["<s>", "hi", "Ġthere", "</s>"]  # the bug
+    scorer = bert_scorer(cfg.model_copy(update={"bertscore_model": "roberta", "bertscore_num_layers": 1}))
+    encoded = scorer._tokenizer.convert_ids_to_tokens(sent_encode(scorer._tokenizer, "hi there"))
+    assert encoded == ["<s>", "Ġhi", "Ġthere", "</s>"]
+    assert bertscore_baseline(scorer) is None  # no baseline ships for a local folder: raw only
+
+
+def test_bertscore_is_rescaled_with_the_baseline_bert_score_ships_for_roberta_large(cfg):
+    """For roberta-large at layer 17 (eval=roberta), bert-score's own baseline file gives F1's b; the rescaled F1
+    is (F1 - b) / (1 - b), as its rescale_with_baseline computes. Here without roberta-large's weights (no hub): a
+    scorer that names it, with a stand-in model."""
+    scorer = SimpleNamespace(baseline_path=str(importlib.resources.files("bert_score") / "rescale_baseline/en/roberta-large.tsv"),
+                             num_layers=17, baseline_vals=torch.tensor([0.83150584, 0.8314941, 0.83122575]))
+    assert bertscore_baseline(scorer) == pytest.approx(0.83122575)
+    assert bertscore_baseline(SimpleNamespace(**{**vars(scorer), "num_layers": 25})) is None  # no such layer
+    assert bertscore_baseline(SimpleNamespace(**{**vars(scorer), "baseline_path": "/none.tsv"})) is None
+    f1 = np.array([0.0, 0.83122575, 0.9])
+    scorer.score = lambda hypotheses, references: [torch.tensor(f1[1:])] * 3
+    found = evaluate.bertscores(scorer, ["", "b", "c"], ["x", "y", "z"])
+    assert found["bertscore_rescaled_f1"].rows == pytest.approx((f1 - 0.83122575) / (1 - 0.83122575), abs=1e-6)
+    assert found["bertscore_rescaled_f1"].rows[1] == pytest.approx(0.0, abs=1e-6)
 
 
 def test_a_local_bertscore_folder_below_a_t5_named_folder_loads_as_what_it_is(cfg, tmp_path, monkeypatch):

@@ -9,10 +9,16 @@ import pytest
 import torch
 
 from stages import base_model, download, judges, preprocess
-from stages.judging import Judges, chance, listener_replies, mean_pooled
+from stages.judging import (Judges, chance, conversation_accuracy, informative, listener_turns, matched_replies,
+                            mean_pooled)
+from stages.modeling import load_tokenizer, reply_budget
 from stages.outputs import read_jsonl
-from stages.parsing import parse_empathetic, read_bytes
+from stages.params import load_params
+from stages.parsing import HeldOut, Turn, parse_empathetic, read_bytes
 from stages.paths import DPO_DATA, JUDGES_DIR, RAW_DIR
+from stages.scoring import interval, resample
+
+from conftest import ROOT, shared_file
 
 
 @pytest.fixture(scope="module")
@@ -36,17 +42,61 @@ def test_the_human_likeness_classifier_holds_out_the_dpo_stages_eval_pairs(train
     data = json.loads((repo / "metrics/data.json").read_text())
     assert metrics["humanlike.held_out_pairs"] == len(held_out) == data["dpo.eval.pairs"]
     assert metrics["humanlike.train_pairs"] == data["dpo.rows.kept"] - len(held_out)  # every other pair
-    # Its held-out accuracy is what it scores on exactly those pairs.
-    texts = [text for pair in held_out for text in (pair["chosen"][0]["content"], pair["rejected"][0]["content"])]
-    labels = np.array([1, 0] * len(held_out))
-    assert metrics["humanlike.held_out_accuracy"] == pytest.approx(judge.humanlike_share(texts).rows.__eq__(labels).mean())
-    # Its vocabulary is exactly the words of the training pairs (here all of dpo/train.jsonl): no held-out text.
+    # Its held-out accuracy is what it scores on exactly those pairs, cut as it was trained.
+    tokenizer, budget = load_tokenizer(), reply_budget(load_params())
+    assert metrics["humanlike.reply_budget"] == budget
+    texts, labels = matched_replies(held_out, tokenizer, budget)
+    assert metrics["humanlike.held_out_accuracy"] == pytest.approx(
+        (judge.humanlike_share(texts).rows == np.array(labels)).mean())
+    assert metrics["humanlike.held_out_accuracy_low"] <= metrics["humanlike.held_out_accuracy"]
+    assert metrics["humanlike.informative"] == (metrics["humanlike.held_out_accuracy_low"] > 0.5)
+    # Its vocabulary is exactly the words of the training pairs (here all of dpo/train.jsonl) as it read them: no
+    # held-out text.
     vectorizer = judge.humanlike[0]
     analyze = vectorizer.build_analyzer()
-    train_features = {feature for pair in read_jsonl(DPO_DATA / "train.jsonl") for side in ("chosen", "rejected")
-                      for feature in analyze(pair[side][0]["content"])}
+    train_texts, _ = matched_replies(read_jsonl(DPO_DATA / "train.jsonl"), tokenizer, budget)
+    train_features = {feature for text in train_texts for feature in analyze(text)}
     assert set(vectorizer.vocabulary_) == train_features
     assert {feature for text in texts for feature in analyze(text)} - train_features  # the held-out pairs have others
+
+
+def test_both_replies_of_a_pair_are_cut_to_one_length_within_the_budget():
+    """The chosen replies are the longer ones: a classifier shown them whole could learn length. Each pair's two
+    replies are cut to the shorter one's tokens, and never past the reply budget."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(shared_file("tinyllama"))
+
+    def pair(chosen, rejected):
+        return {"prompt": [{"role": "user", "content": "Hi?"}], "chosen": [{"role": "assistant", "content": chosen}],
+                "rejected": [{"role": "assistant", "content": rejected}]}
+
+    long_chosen = "Oh wow, that's such a fun question, honestly I love thinking about it all day long! 😄"
+    texts, labels = matched_replies([pair(long_chosen, "I am an AI."), pair("Yes!", "I do not have opinions.")],
+                                    tokenizer, budget=64)
+    assert labels == [1, 0, 1, 0]
+    lengths = [len(tokenizer(text, add_special_tokens=False).input_ids) for text in texts]
+    assert lengths[0] == lengths[1] == len(tokenizer("I am an AI.", add_special_tokens=False).input_ids)
+    assert texts[0] == "Oh wow, that'" and texts[1] == "I am an AI."  # six tokens each
+    assert texts[2:] == ["Yes!", "I do"]
+    assert [len(tokenizer(text, add_special_tokens=False).input_ids) for text in
+            matched_replies([pair(long_chosen, long_chosen + " As an AI.")], tokenizer, budget=5)[0]] == [5, 5]
+
+
+def test_a_classifier_that_cannot_tell_its_classes_apart_is_uninformative(trained):
+    """A check's verdict: the lower end of its 95% interval above chance. The emotion classifier on replies whose
+    labels were shuffled names them at chance, and is called uninformative; on their real labels it is not."""
+    _, judge = trained
+    path = ROOT / "data/sample/empatheticdialogues/valid.csv"
+    valid = listener_turns(parse_empathetic(read_bytes(path), str(path)).records)
+    texts, emotions, conversations = ([getattr(turn, key) for turn in valid] for key in ("text", "emotion", "conv_id"))
+    shuffled = dict(zip(sorted(set(conversations)), np.random.default_rng(0).permutation(
+        [next(e for e, c in zip(emotions, conversations) if c == conv) for conv in sorted(set(conversations))])))
+    for labels, expected in ((emotions, True), ([shuffled[c] for c in conversations], False)):
+        measure = conversation_accuracy(judge, texts, labels, conversations)
+        assert len(measure.rows) == len(set(conversations))  # resampled by conversation, not by reply
+        low, _ = interval(measure, resample(len(measure.rows), 500, 0))
+        assert informative(low, chance(labels)) is expected, (measure.value(), low, chance(labels))
 
 
 def test_the_emotion_classifier_is_checked_on_valid_csv_beside_chance(trained, monkeypatch):
@@ -54,11 +104,25 @@ def test_the_emotion_classifier_is_checked_on_valid_csv_beside_chance(trained, m
     monkeypatch.chdir(repo)
     metrics = json.loads((repo / "metrics/judges.json").read_text())
     path = RAW_DIR / "empatheticdialogues/valid.csv"
-    texts, emotions = listener_replies(parse_empathetic(read_bytes(path), str(path)).records)
+    valid = listener_turns(parse_empathetic(read_bytes(path), str(path)).records)
+    texts, emotions = [turn.text for turn in valid], [turn.emotion for turn in valid]
     assert metrics["emotion.valid_replies"] == len(texts)
+    assert metrics["emotion.valid_conversations"] == len({turn.conv_id for turn in valid})
     assert metrics["emotion.valid_chance"] == chance(emotions)
     assert metrics["emotion.valid_accuracy"] == pytest.approx(judge.emotion_accuracy(texts, emotions).value())
     assert metrics["emotion.labels"] == 10  # the sample's emotions
+    assert metrics["emotion.informative"] == (metrics["emotion.valid_accuracy_low"] > metrics["emotion.valid_chance"])
+
+
+def test_the_emotion_classifier_never_learns_from_a_held_out_conversations_twin():
+    """A training conversation that tells a held-out conversation's situation again (or shares its id) is left out,
+    as preprocess leaves it out of SFT."""
+    turns = [Turn("c1", 1, "sad", "My dog died.", "My dog died."), Turn("c1", 2, "sad", "My dog died.", "So sorry."),
+             Turn("c2", 1, "joyful", "I got the job!", "Guess what!"), Turn("c2", 2, "joyful", "I got the job!", "Yay!"),
+             Turn("t9", 2, "proud", "I won.", "Nice one.")]
+    held_out = HeldOut.of([Turn("t1", 1, "sad", "  my DOG died. ", "..."), Turn("t9", 1, "proud", "Other.", "...")])
+    assert [turn.text for turn in listener_turns(turns, held_out)] == ["Yay!"]
+    assert len(listener_turns(turns)) == 3
 
 
 def test_an_empty_reply_is_neither_human_like_nor_names_its_emotion(trained):

@@ -6,6 +6,7 @@ from tools.compare import flatten as flat
 from stages.params import CONF_DIR, ParamsError, compose, load_params, parse_params
 
 SEVEN = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+SFT_SYSTEM_PROMPT = "You are a kind, attentive listener. Reply to the user with empathy, in a few sentences."
 
 
 def composed(tmp_path, *overrides: str) -> dict:
@@ -59,7 +60,9 @@ def test_sft_preset_changes_exactly_the_tables_knobs(tmp_path, preset):
     # The notebook's held-out size (held_out) is no preset knob: every preset is scored on eval.sft_eval_size.
     expected = {"lora.r": r, "lora.alpha": alpha, "train_size": train, "lr": lr,
                 "batch_size": batch, "eval_batch_size": eval_batch, "warmup_ratio": warmup,
-                "lora.dropout": 0.05, "lora.target_modules": SEVEN, "epochs": 3, "grad_accum": 2,
+                "lora.dropout": 0.05, "lora.target_modules": SEVEN, "epochs": 3,
+                # what a step trained on the notebook's two T4s: its batch, 2 accumulated, on each GPU
+                "examples_per_step": batch * 2 * 2,
                 "scheduler": "cosine", "weight_decay": 0.01, "preset": preset}
     default, variant = composed(tmp_path), composed(tmp_path, f"sft={preset}")
     assert {k: v for k, v in flat(variant["sft"]).items() if k in expected} == expected
@@ -72,13 +75,22 @@ def test_dpo_preset_changes_exactly_the_tables_knobs(tmp_path, preset):
     r, alpha, targets, train, held_out, lr, batch, eval_batch, steps = DPO_TABLE[preset]
     # The notebook's held-out size (held_out) is no preset knob: every preset is scored on eval.dpo_eval_size.
     expected = {"lora.r": r, "lora.alpha": alpha, "lora.target_modules": targets, "train_size": train, "lr": lr, "batch_size": batch, "eval_batch_size": eval_batch,
-                "max_steps": steps, "lora.dropout": 0.05, "beta": 0.1, "grad_accum": 4, "warmup_steps": 10,
+                "max_steps": steps, "lora.dropout": 0.05, "beta": 0.1, "warmup_steps": 10,
+                "examples_per_step": batch * 4 * 2,  # pairs a step on the notebook's two T4s, 4 accumulated on each
                 "max_prompt_length": 512, "max_length": 768,
-                "use_system_prompt": True, "max_epochs": 3, "preset": preset}
+                "system_prompt": SFT_SYSTEM_PROMPT, "max_epochs": 3, "preset": preset}
     default, variant = composed(tmp_path), composed(tmp_path, f"dpo={preset}")
     assert {k: v for k, v in flat(variant["dpo"]).items() if k in expected} == expected
     changed = {k for k in flat(variant) if flat(variant)[k] != flat(default)[k]}
     assert changed == {f"dpo.{k}" for k, v in expected.items() if flat(default["dpo"])[k] != v}
+
+
+def test_dpo_opens_with_the_sft_system_prompt_unless_given_its_own(tmp_path):
+    cpu = composed(tmp_path, "sft=cpu")
+    assert cpu["dpo"]["system_prompt"] == cpu["sft"]["system_prompt"] == "You are a helpful assistant. Reply with empathy."
+    assert composed(tmp_path, "sft.system_prompt=Be brief.")["dpo"]["system_prompt"] == "Be brief."
+    assert composed(tmp_path, "dpo.system_prompt=''")["dpo"]["system_prompt"] == ""
+    assert composed(tmp_path, "dpo.system_prompt=''")["sft"]["system_prompt"] == SFT_SYSTEM_PROMPT
 
 
 @pytest.mark.parametrize("overrides", [
@@ -133,11 +145,13 @@ def test_yaml_exponent_strings_are_coerced_to_floats():
     ({"dpo.beta": float("nan")}, "dpo.beta: Input should be a finite number"),
     ({"seed": 2**32}, "seed: Input should be less than 4294967296"),
     ({"sft.batch_size": True}, "sft.batch_size: Input should be a valid integer"),
-    ({"eval.max_new_tokens": 2.0}, "eval.max_new_tokens: Input should be a valid integer"),
+    ({"eval.max_new_tokens": 2.0}, "eval.max_new_tokens: Input should be a valid integer or Input should be 'auto'"),
+    ({"eval.max_new_tokens": 0}, "eval.max_new_tokens: Input should be greater than 0 or Input should be 'auto'"),
+    ({"dpo.examples_per_step": 0}, "dpo.examples_per_step: Input should be greater than 0"),
+    ({"dpo.use_system_prompt": True}, "dpo.use_system_prompt: unknown key"),  # now dpo.system_prompt
     ({"model.tiny.num_heads": 3}, "model.tiny: Value error, num_heads (3) must divide hidden_size (64)"),
     ({"model.tiny.num_kv_heads": 3}, "model.tiny: Value error, num_kv_heads (3) must divide num_heads (4)"),
     ({"dpo.warmup_steps": 600}, "dpo: Value error, warmup_steps (600) must not exceed max_steps (500)"),
-    ({"eval.max_new_tokens": 1024}, "eval.max_new_tokens (1024) must be below sft.max_length (1024)"),
     ({"data.source": "local"}, "data: Value error, local_dir must name a directory"),
     ({"data.source": "hub"}, "data: Value error, hub must give the download URLs"),
     ({"model.tiny": None}, "model: Value error, tiny gives the tiny model's shape: set it exactly when name is 'tiny'"),

@@ -6,7 +6,7 @@ import pytest
 from conftest import ROOT, shared_file
 from stages.parsing import (DataError, ED_DROP_REASONS, conversations, listener_examples, parse_dpo, parse_prompts,
                             parse_empathetic)
-from stages.parsing import split_pairs, subsample
+from stages.parsing import groups_across, prompt_group, repeated_groups, split_pairs, subsample
 
 HEADER = "conv_id,utterance_idx,context,prompt,speaker_idx,utterance,selfeval,tags\n"
 
@@ -145,14 +145,51 @@ def test_real_dpo_rows_parse_cleanly():
     assert all(all(t) and t[1] != t[2] for t in triples)
 
 
+def itself(row):
+    return row
+
+
 def test_splits_are_seeded_disjoint_and_shrink_in_proportion():
     rows = list(range(100))
-    train, held_out = split_pairs(rows, 900, 100, seed=1)
+    train, held_out = split_pairs(rows, 900, 100, seed=1, group=itself)
     assert (len(train), len(held_out)) == (90, 10) and not set(train) & set(held_out)
-    assert split_pairs(rows, 900, 100, seed=1) == (train, held_out)
-    assert split_pairs(rows, 900, 100, seed=2) != (train, held_out)
-    assert split_pairs(rows, 50, 20, seed=1)[0].__len__() == 50
+    assert split_pairs(rows, 900, 100, seed=1, group=itself) == (train, held_out)
+    assert split_pairs(rows, 900, 100, seed=2, group=itself) != (train, held_out)
+    assert split_pairs(rows, 50, 20, seed=1, group=itself)[0].__len__() == 50
     assert subsample(rows, 10, seed=3) == subsample(rows, 10, seed=3) and len(subsample(rows, 500, 3)) == 100
+
+
+def dpo_rows(prompts: list[str]) -> list[dict]:
+    return parse_dpo(json.dumps([pair(prompt=p, chosen=f"Sure! {i}", rejected=f"As an AI, {i}.")
+                                 for i, p in enumerate(prompts)]).encode(), "data.json").records
+
+
+def test_a_prompt_asked_several_times_sits_on_one_side_of_the_split():
+    # one prompt asked five times, written differently (case, spaces), among 95 prompts asked once
+    prompts = ["What's your favourite food?", "what's your  favourite FOOD?", " What's your favourite food? ",
+               "WHAT'S YOUR FAVOURITE FOOD?", "What's\tyour favourite food?"] + [f"Question {i}?" for i in range(95)]
+    rows = dpo_rows(prompts)
+    assert repeated_groups(rows) == (96, 1, 5)
+    for seed in range(20):
+        train, held_out = split_pairs(rows, 1000, 10, seed)
+        assert groups_across(train, held_out) == 0 and len(train) + len(held_out) == 100
+        assert len(held_out) == 10  # groups that would overshoot are skipped, singles fill the rest
+        assert sum(prompt_group(row) == "what's your favourite food?" for row in held_out) in (0, 5)
+    # a split by rows (the old one) puts part of the group on each side for some seed
+    assert any(groups_across(subsample(rows, 100, seed)[10:], subsample(rows, 100, seed)[:10]) for seed in range(20))
+
+
+def test_no_real_prompt_crosses_the_split_and_the_held_out_pairs_never_depend_on_the_train_size():
+    """The 7,162 real rows ask 1,240 prompts more than once (case and spacing aside)."""
+    rows = [row for path in sorted(shared_file("human-like-dpo").glob("*.json")) for row in json.loads(path.read_text())]
+    pairs = parse_dpo(json.dumps(rows).encode(), "parts.json").records
+    groups, repeated, in_repeated = repeated_groups(pairs)
+    assert repeated > 1000 and in_repeated > 2 * repeated
+    train, held_out = split_pairs(pairs, len(pairs), 1000, seed=42)
+    assert len(held_out) == min(1000, len(pairs) // 10) and len(train) + len(held_out) == len(pairs)
+    assert groups_across(train, held_out) == 0
+    assert {prompt_group(row) for row in held_out} & {g for g, n in Counter(map(prompt_group, pairs)).items() if n > 1}
+    assert split_pairs(pairs, 4500, 1000, seed=42)[1] == held_out
 
 
 def test_prompts_file_becomes_chat_examples_with_the_default_system_prompt():

@@ -34,10 +34,10 @@ def test_presets_are_scored_on_byte_identical_eval_sets(project, presets):
 def test_held_out_pairs_never_depend_on_the_train_size():
     rows = list(range(1000))
     for train_size in (10, 400, 9000):
-        train, held_out = split_pairs(rows, train_size, eval_size=50, seed=1)
-        assert held_out == split_pairs(rows, 10, eval_size=50, seed=1)[1] and len(held_out) == 50
+        train, held_out = split_pairs(rows, train_size, eval_size=50, seed=1, group=str)
+        assert held_out == split_pairs(rows, 10, eval_size=50, seed=1, group=str)[1] and len(held_out) == 50
         assert not set(train) & set(held_out) and len(train) == min(train_size, 950)
-    assert len(split_pairs(rows[:100], 50, eval_size=1000, seed=1)[1]) == 10  # a tenth of a small set
+    assert len(split_pairs(rows[:100], 50, eval_size=1000, seed=1, group=str)[1]) == 10  # a tenth of a small set
 
 
 def test_long_dialogues_are_fitted_and_counted(project):
@@ -65,15 +65,57 @@ def test_long_dialogues_are_fitted_and_counted(project):
         assert example["prompt"][1]["role"] == "user"  # what is left starts with the speaker's turn
 
 
-@pytest.mark.parametrize("use_system_prompt", [True, False])
-def test_dpo_prompts_carry_the_sft_system_prompt_unless_told_not_to(project, use_system_prompt):
+@pytest.mark.parametrize("system", [None, "", "Talk like a friend."])  # None: as composed, the SFT prompt
+def test_dpo_prompts_open_with_dpo_system_prompt(project, system):
     download.main()
     base_model.main()
-    edit_params(project / "params.yaml", **{"dpo.use_system_prompt": use_system_prompt})
+    if system is not None:
+        edit_params(project / "params.yaml", **{"dpo.system_prompt": system})
     preprocess.main()
-    system = load_params().sft.system_prompt
+    expected = load_params().sft.system_prompt if system is None else system
     for pair in read_jsonl(DPO_DATA / "train.jsonl"):
-        roles = [message["role"] for message in pair["prompt"]]
-        assert roles == (["system", "user"] if use_system_prompt else ["user"])
-        if use_system_prompt:
-            assert pair["prompt"][0]["content"] == system
+        assert [message["role"] for message in pair["prompt"]] == (["system", "user"] if expected else ["user"])
+        if expected:
+            assert pair["prompt"][0]["content"] == expected
+
+
+HEADER = "conv_id,utterance_idx,context,prompt,speaker_idx,utterance,selfeval,tags\n"
+
+
+def conversation(conv_id: str, emotion: str, situation: str) -> str:
+    return "".join(f"{conv_id},{i},{emotion},{situation},{i % 2},turn {i} of {conv_id},x,\n" for i in (1, 2, 3, 4))
+
+
+def test_no_training_conversation_is_a_held_out_ones_twin(project):
+    """EmpatheticDialogues' splits are by conversation; a training conversation that tells a valid or test
+    conversation's situation again (case and spacing aside), or carries its id, would be a held-out prompt's training
+    twin: it is left out of SFT, and counted."""
+    raw = project / "data/sample/empatheticdialogues"
+    (raw / "train.csv").write_text(HEADER + conversation("a", "sad", "My dog died.") + conversation(
+        "b", "sad", "my  DOG died.") + conversation("c", "joyful", "I won the race.") + conversation(
+        "v1", "proud", "I built a shed."))
+    (raw / "valid.csv").write_text(HEADER + conversation("v1", "proud", "I painted my room."))
+    (raw / "test.csv").write_text(HEADER + conversation("t1", "sad", "My dog died."))
+    download.main()
+    base_model.main()
+    preprocess.main()
+    data = json.loads((project / "metrics/data.json").read_text())
+    assert data["sft.train.listener_turns.dropped.held_out_twin"] == 6  # a, b and v1: two listener turns each
+    assert data["sft.train.listener_turns.kept"] == 2 and data["sft.situations_across_splits"] == 0
+    assert {row["id"].split(":")[0] for row in read_jsonl(SFT_DATA / "train.jsonl")} == {"c"}
+    assert {row["id"].split(":")[0] for row in read_jsonl(SFT_DATA / "test.jsonl")} == {"t1"}  # held-out sets intact
+
+
+def test_no_real_test_situation_is_told_in_training():
+    from conftest import shared_file
+    from stages.parsing import HeldOut, normalised
+
+    folder = shared_file("ed-real")
+    turns = {split: parse_empathetic(read_bytes(folder / f"{split}.csv"), split).records
+             for split in ("train", "valid", "test")}
+    held_out = HeldOut.of(turns["valid"] + turns["test"])
+    examples = listener_examples(turns["train"], "", False, held_out)
+    assert examples.records and examples.read == len(examples.records) + sum(examples.dropped.values())
+    assert not {normalised(e["situation"]) for e in examples.records} & held_out.situations
+    assert not {e["id"].split(":")[0] for e in examples.records} & held_out.conv_ids
+

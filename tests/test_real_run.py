@@ -17,9 +17,9 @@ from conftest import ROOT
 # the recipe's presets, as tools.real_run's docstring and the committed file's header name them
 RECIPE = ["model=smollm2", "data=local", "sft=sft7", "dpo=dpo1", "eval=minilm"]
 # the embedded default on a few rows and steps
-SMALL = {"data.source": "local", "sft.train_size": 16, "sft.epochs": 1, "sft.batch_size": 8, "sft.grad_accum": 1,
-         "sft.checkpoint_steps": 2, "dpo.train_size": 16, "dpo.max_steps": 3, "dpo.batch_size": 4,
-         "dpo.grad_accum": 1, "dpo.checkpoint_steps": 3, "dpo.warmup_steps": 0, "eval.sft_eval_size": 8,
+SMALL = {"data.source": "local", "sft.train_size": 16, "sft.epochs": 1, "sft.examples_per_step": 8,
+         "sft.batch_size": 8, "sft.checkpoint_steps": 2, "dpo.train_size": 16, "dpo.max_steps": 3,
+         "dpo.examples_per_step": 4, "dpo.batch_size": 4, "dpo.checkpoint_steps": 3, "dpo.warmup_steps": 0, "eval.sft_eval_size": 8,
          "eval.dpo_eval_size": 8, "eval.test_size": 6, "eval.max_new_tokens": 8, "eval.bootstrap_samples": 50,
          "eval.human_prompts": 2}
 

@@ -142,7 +142,7 @@ def test_sft_trains_in_mixed_precision_with_float32_lora_weights(project, monkey
 
     from stages import modeling
 
-    edit_params(project / "params.yaml", **{"sft.train_size": 8, "sft.epochs": 1, "sft.grad_accum": 1})
+    edit_params(project / "params.yaml", **{"sft.train_size": 8, "sft.epochs": 1, "sft.examples_per_step": 4})
     for stage in (download, model_source, base_model, preprocess):
         stage.main()
     monkeypatch.setattr(modeling, "placement", lambda: (torch.device("cpu"), dtype))

@@ -4,7 +4,7 @@ base+SFT and base+SFT+DPO answer it in three columns, their tokens streaming as 
     python -m tools.arena                       # prints http://127.0.0.1:8601/
     python -m tools.arena --port 8700 --temperature 0.7
 
-Generation is evaluation's: eval.max_new_tokens and eval.temperature from params.yaml (greedy at 0), with the
+Generation is evaluation's: its reply budget (eval.max_new_tokens) and eval.temperature (greedy at 0), with the
 same prompt format (tools.chat's Chat, one fresh conversation per message). Served on 127.0.0.1 to its own page
 only (tools.local_server). Each model answers one message at a time and keeps at most a few waiting (then
 429); a reply stops being generated when its reader goes away, and a failed generation ends its column with
@@ -20,7 +20,7 @@ from threading import BoundedSemaphore, Event, Lock, Thread
 from flask import Response, render_template
 from transformers import set_seed
 
-from stages.modeling import load_model, load_tokenizer
+from stages.modeling import load_model, load_tokenizer, reply_budget
 from stages.params import load_params
 from stages.stacks import MODELS
 from tools.chat import STREAM_TIMEOUT_S, Chat
@@ -127,7 +127,7 @@ def create_app(models: dict, system: str, max_new_tokens: int, temperature: floa
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=8601)
-    parser.add_argument("--max-new-tokens", type=int, help="default: eval.max_new_tokens")
+    parser.add_argument("--max-new-tokens", type=int, help="default: evaluation's reply budget (eval.max_new_tokens)")
     parser.add_argument("--temperature", type=float, help="default: eval.temperature (0 = greedy)")
     args = parser.parse_args(argv)
     params = load_params()
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     # One tokenizer per model: the three columns generate at once, and a Rust tokenizer must not be shared
     # between threads.
     models = {name: (load_model(name), load_tokenizer()) for name in MODELS}
-    app = create_app(models, params.sft.system_prompt, args.max_new_tokens or params.eval.max_new_tokens,
+    app = create_app(models, params.sft.system_prompt, args.max_new_tokens or reply_budget(params),
                      params.eval.temperature if args.temperature is None else args.temperature, args.port)
     print(f"side by side: http://127.0.0.1:{args.port}/", flush=True)
     app.run(host="127.0.0.1", port=args.port, threaded=True)

@@ -44,18 +44,27 @@ COLUMNS = [
     ("DPO reward acc", "metrics/dpo.json", ("eval.rewards_accuracies",), "{:.3f}"),
     ("DPO margin", "metrics/dpo.json", ("eval.rewards_margins",), "{:.3f}"),
     ("BLEU sft/dpo", "metrics/eval.json", ("ed_test.sft.bleu", "ed_test.dpo.bleu"), "{:.4f}/{:.4f}"),
-    ("BERTScore sft/dpo", "metrics/eval.json", ("ed_test.sft.bertscore_f1", "ed_test.dpo.bertscore_f1"), "{:.4f}/{:.4f}"),
+    ("BERTScore raw sft/dpo", "metrics/eval.json", ("ed_test.sft.bertscore_raw_f1", "ed_test.dpo.bertscore_raw_f1"),
+     "{:.4f}/{:.4f}"),
+    # only where bert-score ships a baseline for the model and layer (roberta-large, eval=roberta)
+    ("BERTScore rescaled sft/dpo", "metrics/eval.json",
+     ("ed_test.sft.bertscore_rescaled_f1", "ed_test.dpo.bertscore_rescaled_f1"), "{:.4f}/{:.4f}"),
     *[(f"{title} {label} [95% CI]", "metrics/eval.json", tuple(f"ed_test.{name}.{metric}{end}" for end in
                                                                 ("", "_low", "_high")), "decided")
-      for title, metric in (("BERTScore", "bertscore_f1"), ("human-like", "humanlike"), ("emotion", "emotion_accuracy"))
+      for title, metric in (("BERTScore raw", "bertscore_raw_f1"), ("human-like", "humanlike"),
+                            ("emotion", "emotion_accuracy"))
       for label, name in (("sft-base", "sft_minus_base"), ("dpo-sft", "dpo_minus_sft"))],
     ("human-like base/sft/dpo", "metrics/eval.json", tuple(f"ed_test.{m}.humanlike" for m in ("base", "sft", "dpo")),
-     "{:.2f}/{:.2f}/{:.2f}"),
+     "learned"),
     # The real listeners' replies are the human reference; chance is the commonest emotion's share.
     ("emotion real/base/sft/dpo (chance)", "metrics/eval.json",
      tuple(f"ed_test.{m}.emotion_accuracy" for m in ("reference", "base", "sft", "dpo")) + ("ed_test.emotion_chance",),
-     "{:.2f}/{:.2f}/{:.2f}/{:.2f} ({:.2f})"),
+     "learned"),
     ("stop rate sft/dpo", "metrics/eval.json", ("ed_test.sft.stop_rate", "ed_test.dpo.stop_rate"), "{:.2f}/{:.2f}"),
+    # replies that reached the reply budget without their EOS: scored cut short
+    ("cut rate base/sft/dpo (budget)", "metrics/eval.json",
+     tuple(f"ed_test.{m}.cut_rate" for m in ("base", "sft", "dpo")) + ("ed_test.max_new_tokens",),
+     "{:.2f}/{:.2f}/{:.2f} ({})"),
     # Below 1, some prompts got the same reply word for word; far below 1, the model has collapsed.
     ("distinct replies sft/dpo (probe)", "metrics/eval.json", ("probe.sft.distinct_replies", "probe.dpo.distinct_replies"),
      "{:.2f}/{:.2f}"),
@@ -68,7 +77,7 @@ CHARTS = [  # (file, title, metrics file, keys)
     ("eval_loss.png", "SFT eval loss (lower is better)", "metrics/sft.json", ["eval_loss"]),
     ("reward_accuracy.png", "DPO held-out reward accuracy", "metrics/dpo.json", ["eval.rewards_accuracies"]),
     ("bleu.png", "BLEU (nltk, method 4), ED test", "metrics/eval.json", ["ed_test.base.bleu", "ed_test.sft.bleu", "ed_test.dpo.bleu"]),
-    ("bertscore.png", "BERTScore F1, ED test", "metrics/eval.json", ["ed_test.base.bertscore_f1", "ed_test.sft.bertscore_f1", "ed_test.dpo.bertscore_f1"]),
+    ("bertscore.png", "BERTScore F1 (raw), ED test", "metrics/eval.json", ["ed_test.base.bertscore_raw_f1", "ed_test.sft.bertscore_raw_f1", "ed_test.dpo.bertscore_raw_f1"]),
     ("humanlike.png", "Human-like replies (share), ED test", "metrics/eval.json", ["ed_test.base.humanlike", "ed_test.sft.humanlike", "ed_test.dpo.humanlike"]),
     ("emotion.png", "Emotion named from the reply (accuracy), ED test", "metrics/eval.json", ["ed_test.reference.emotion_accuracy", "ed_test.base.emotion_accuracy", "ed_test.sft.emotion_accuracy", "ed_test.dpo.emotion_accuracy"]),
 ]
@@ -84,11 +93,19 @@ def flatten(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
-def decided(value: float, low: float, high: float) -> str:
+def decided(value: float, low: float, high: float, informative: bool = True) -> str:
     """A paired difference with its 95% interval, marked ▲ / ▼ when the interval lies above / below zero (a
-    change the prompts can tell apart), unmarked when it holds zero."""
-    mark = "▲" if low > 0 else "▼" if high < 0 else " "
+    change the prompts can tell apart), unmarked when it holds zero, and ? when the metric is uninformative (a
+    learned metric whose classifier failed its own check): never decided, whatever its interval."""
+    mark = "?" if not informative else "▲" if low > 0 else "▼" if high < 0 else " "
     return f"{value:+.3f}{mark}"
+
+
+def informative(metrics: dict, key: str) -> bool:
+    """Whether the learned metric of `key` ("<set>.<...>.<metric>" of metrics/eval.json) passed its classifier's
+    check in that run (`<set>.<judge>_informative`); any other metric is."""
+    judge = {"humanlike": "humanlike", "emotion_accuracy": "emotion"}.get(key.rsplit(".", 1)[1])
+    return judge is None or metrics.get(f"{key.split('.')[0]}.{judge}_informative") is not False
 
 
 def dvc(*args: str) -> str:
@@ -121,6 +138,7 @@ def experiments(shown: list) -> dict[str, dict]:
 
 
 def cell(record: dict, where: str, keys: tuple, fmt: str) -> str:
+    metrics = record.get("metrics/eval.json", {})
     values = []
     for key in keys:
         if where == "metrics":
@@ -133,7 +151,10 @@ def cell(record: dict, where: str, keys: tuple, fmt: str) -> str:
         values.append(",".join(v.replace("_proj", "") for v in value) if isinstance(value, list) else value)
     if fmt == "decided":
         value, low, high = values
-        return f"{decided(value, low, high)} [{low:+.3f}, {high:+.3f}]"
+        return f"{decided(value, low, high, informative(metrics, keys[0]))} [{low:+.3f}, {high:+.3f}]"
+    if fmt == "learned":  # a learned metric per model (and the real replies' and chance, for emotion)
+        shown = "/".join(f"{value:.2f}" for value in values[:4]) + (f" ({values[4]:.2f})" if len(values) > 4 else "")
+        return shown + ("" if informative(metrics, keys[0]) else " uninformative")
     return fmt.format(*values)
 
 
@@ -178,7 +199,8 @@ def main(selected: list[str]) -> None:
     (REPORTS / "compare.md").write_text(
         "# Experiments compared\n\nFrom `dvc exp show --json`; regenerate with `make compare`. Differences are paired "
         "(the same ED test prompts) with 95% bootstrap intervals: ▲ / ▼ mark a rise / fall whose interval excludes "
-        "0; unmarked ones are not decided.\n\n"
+        "0; unmarked ones are not decided. ? and \"uninformative\" mark a learned metric whose classifier did not "
+        "clear chance on its own check in that run (metrics/judges.json): its differences are never decided.\n\n"
         + table(records) + "\n\n" + "\n".join(f"![{title}]({file})" for file, title, *_ in CHARTS) + "\n")
     for file, title, metrics_file, keys in CHARTS:
         chart(records, REPORTS / file, title, metrics_file, keys)

@@ -43,10 +43,10 @@ from tools.inprocess import STAGES, ForwardDevices, composed, curves_kept, run_s
 # A few steps of each, on a few rows; the real learning rates (lr_scale 1).
 SETTINGS = {
     "model.lr_scale": 1.0,
-    "sft.train_size": 64, "sft.epochs": 1, "sft.batch_size": 8, "sft.eval_batch_size": 8, "sft.grad_accum": 1,
+    "sft.train_size": 64, "sft.epochs": 1, "sft.examples_per_step": 8, "sft.batch_size": 8, "sft.eval_batch_size": 8,
     "sft.checkpoint_steps": 4,
-    # dpo1's split, 2 pairs x 4: on a GPU dpo.fill_gpu trains each step's 8 pairs in fewer micro-batches
-    "dpo.train_size": 64, "dpo.max_steps": 4, "dpo.batch_size": 2, "dpo.eval_batch_size": 2, "dpo.grad_accum": 4,
+    # dpo1's micro-batch of 2 pairs, 8 a step: on a GPU dpo.fill_gpu trains each step's 8 pairs in fewer micro-batches
+    "dpo.train_size": 64, "dpo.max_steps": 4, "dpo.examples_per_step": 8, "dpo.batch_size": 2, "dpo.eval_batch_size": 2,
     "dpo.checkpoint_steps": 2, "dpo.warmup_steps": 1,
     "eval.sft_eval_size": 16, "eval.dpo_eval_size": 16, "eval.test_size": 16, "eval.max_new_tokens": 32,
     "eval.bootstrap_samples": 100, "eval.human_prompts": 4, "eval.bertscore_num_layers": 2,

@@ -16,7 +16,7 @@ import argparse
 import json
 import textwrap
 
-from tools.compare import decided, dvc, flatten
+from tools.compare import decided, dvc, flatten, informative
 
 # (title, keys as <metrics file>:<key>, format): several keys share a cell as a/b/c, in the order the title gives
 ED = "eval.json:ed_test"
@@ -25,11 +25,14 @@ HEADLINE = [
     ("SFT loss base→sft", ("sft.json:base_eval_loss", "sft.json:eval_loss"), "{:.3f}→{:.3f}"),
     ("DPO acc", ("dpo.json:eval.rewards_accuracies",), "{:.2f}"),
     ("DPO margin", ("dpo.json:eval.rewards_margins",), "{:.3f}"),
-    ("BERTScore b/s/d", tuple(f"{ED}.{m}.bertscore_f1" for m in MODELS), "{:.3f}/{:.3f}/{:.3f}"),
+    ("BERTScore raw b/s/d", tuple(f"{ED}.{m}.bertscore_raw_f1" for m in MODELS), "{:.3f}/{:.3f}/{:.3f}"),
     ("human-like b/s/d", tuple(f"{ED}.{m}.humanlike" for m in MODELS), "{:.2f}/{:.2f}/{:.2f}"),
     ("emotion real|b/s/d", (f"{ED}.reference.emotion_accuracy", *(f"{ED}.{m}.emotion_accuracy" for m in MODELS)),
      "{:.2f}|{:.2f}/{:.2f}/{:.2f}"),
     ("stop b/s/d", tuple(f"{ED}.{m}.stop_rate" for m in MODELS), "{:.2f}/{:.2f}/{:.2f}"),
+    # replies that reached the reply budget (the last number) without their EOS
+    ("cut b/s/d@budget", (*(f"{ED}.{m}.cut_rate" for m in MODELS), f"{ED}.max_new_tokens"),
+     "{:.2f}/{:.2f}/{:.2f}@{}"),
     # Stock openers and repeated replies alike lower it; the real listeners' is the mark to reach.
     ("openings real|b/s/d", (f"{ED}.reference.distinct_openings", *(f"{ED}.{m}.distinct_openings" for m in MODELS)),
      "{:.2f}|{:.2f}/{:.2f}/{:.2f}"),
@@ -38,11 +41,12 @@ HEADLINE = [
 ]
 # (title, eval.json key of a paired difference on the ED test prompts)
 DIFFERENCES = [(f"{title} {step}", f"ed_test.{name}.{metric}")
-               for title, metric in (("BERTScore", "bertscore_f1"), ("human-like", "humanlike"),
+               for title, metric in (("BERTScore", "bertscore_raw_f1"), ("human-like", "humanlike"),
                                      ("emotion", "emotion_accuracy"))
                for step, name in (("s−b", "sft_minus_base"), ("d−s", "dpo_minus_sft"))]
 LEGEND = ("Paired differences on the ED test prompts: ▲ / ▼ mark a rise / fall whose 95% interval excludes 0; "
-          "unmarked ones are not decided.")
+          "unmarked ones are not decided; ? marks a learned metric whose classifier failed its own check in that run "
+          "(uninformative: never decided). A headline cell of such a metric ends in ?.")
 
 
 def rows(shown: list) -> list[dict]:
@@ -73,12 +77,16 @@ def cell(row: dict, keys: tuple, fmt: str) -> str:
     if row["failed"]:
         return "–"  # its metrics files are another run's
     values = [row.get(file, {}).get(key) for file, key in (spec.split(":") for spec in keys)]
-    return "–" if None in values else fmt.format(*values)
+    if None in values:
+        return "–"
+    learned = [key.split(":")[1] for key in keys if key.startswith("eval.json:")]
+    return fmt.format(*values) + ("" if all(informative(row.get("eval.json", {}), key) for key in learned) else "?")
 
 
 def difference(row: dict, key: str) -> str:
-    values = [row.get("eval.json", {}).get(f"{key}{end}") for end in ("", "_low", "_high")]
-    return "–" if row["failed"] or None in values else decided(*values)
+    metrics = row.get("eval.json", {})
+    values = [metrics.get(f"{key}{end}") for end in ("", "_low", "_high")]
+    return "–" if row["failed"] or None in values else decided(*values, informative(metrics, key))
 
 
 def param(value) -> str:

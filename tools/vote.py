@@ -200,17 +200,18 @@ def create_app(rater: str, port: int, sets: list[str], system_prompt: str, load_
 
 def live_models():
     """Each model as a one-message Chat at evaluation's settings, with its stack fingerprint."""
-    from stages.modeling import load_model, load_tokenizer
+    from stages.modeling import load_model, load_tokenizer, reply_budget
     from stages.stacks import fingerprint
     from tools.chat import Chat
 
     params = load_params()
+    budget = reply_budget(params)
     found = {}
     for name in MODELS:
         model, tokenizer = load_model(name), load_tokenizer()
 
         def answer(message, model=model, tokenizer=tokenizer):
-            chat = Chat(model, tokenizer, params.sft.system_prompt, params.eval.max_new_tokens, params.eval.temperature)
+            chat = Chat(model, tokenizer, params.sft.system_prompt, budget, params.eval.temperature)
             return chat.reply(message, out=io.StringIO())
 
         found[name] = (answer, fingerprint(name))
