@@ -1,15 +1,16 @@
 """The model cards a user pushes to the Hub with an adapter: what they tell a reader must be true of the run that
 wrote them. Their loading code must load the stack the pipeline trained and scored, and their numbers must be
 the metrics files' own."""
+import json
 import re
 
 import pytest
 import torch
 from huggingface_hub import ModelCard
 
-from stages.cards import base_metadata
+from stages.cards import base_metadata, stack_card
 from stages.modeling import encode, load_model, load_tokenizer
-from stages.params import ModelParams
+from stages.params import ModelParams, load_params
 
 from conftest import metrics
 
@@ -61,7 +62,7 @@ def test_the_stack_cards_numbers_are_evaluates(pipeline):
     scores = metrics(pipeline, "eval")
     card = ModelCard.load(pipeline / "eval/model-card.md")
     index = {(result.dataset_name, result.metric_type): result.metric_value for result in card.data.eval_results}
-    for metric in ("humanlike", "emotion_accuracy", "bertscore_f1", "stop_rate", "mean_new_tokens",
+    for metric in ("humanlike", "emotion_accuracy", "bertscore_raw_f1", "stop_rate", "cut_rate", "mean_new_tokens",
                    "distinct_openings"):
         assert index["EmpatheticDialogues test", metric] == scores[f"ed_test.dpo.{metric}"]
     assert index["probe prompts", "humanlike"] == scores["probe.dpo.humanlike"]
@@ -70,11 +71,28 @@ def test_the_stack_cards_numbers_are_evaluates(pipeline):
     assert f"| {share:.3f} | [{low:.3f}, {high:.3f}] |" in card.text
     assert f"distinct openings {scores['ed_test.reference.distinct_openings']:.3f}" in card.text
 
+    assert f"at most {scores['ed_test.max_new_tokens']} new tokens" in card.text  # the reply budget
     rows = re.findall(r"^\| (\S+_minus_\S+) \| ([-+]\S+) \| \[(\S+), (\S+)\] \| (yes|no) \|$", card.text, re.M)
-    assert {key for key, *_ in rows} >= {"ed_test.sft_minus_base.humanlike", "ed_test.dpo_minus_sft.bertscore_f1"}
+    assert {key for key, *_ in rows} >= {"ed_test.sft_minus_base.humanlike", "ed_test.dpo_minus_sft.bertscore_raw_f1"}
     for key, value, low, high, decided in rows:
         assert (value, low, high) == tuple(f"{scores[name]:+.3f}" for name in (key, f"{key}_low", f"{key}_high"))
         assert decided == ("yes" if scores[f"{key}_low"] > 0 or scores[f"{key}_high"] < 0 else "no"), key
+
+
+def test_a_card_never_calls_an_uninformative_metric_decided(pipeline):
+    """Where a judge failed its check, the card says its metric is uninformative, beside its numbers and in the
+    differences, whatever the intervals say."""
+    scores = dict(metrics(pipeline, "eval"), **{"ed_test.emotion_informative": False})
+    scores.update({"ed_test.dpo_minus_sft.emotion_accuracy": 0.3, "ed_test.dpo_minus_sft.emotion_accuracy_low": 0.1,
+                   "ed_test.dpo_minus_sft.emotion_accuracy_high": 0.5})  # an interval clear of 0
+    card = stack_card(load_params(pipeline / "params.yaml"), json.loads((pipeline / "models/source.json").read_text()),
+                      metrics(pipeline, "data"), scores)
+    assert re.search(r"^\| ed_test\.dpo_minus_sft\.emotion_accuracy \| \+0\.300 \| \[\+0\.100, \+0\.500\] \| "
+                     r"no \(uninformative\) \|$", card.text, re.M)
+    assert re.search(r"emotion named from the reply \(accuracy\) \| EmpatheticDialogues test \| \S+ \(uninformative\)",
+                     card.text)
+    assert "The emotion classifier did not clear chance on its own check" in card.text
+    assert "(uninformative)" not in card.text.split("human-like replies", 1)[1].split("\n", 1)[0]
 
 
 SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"

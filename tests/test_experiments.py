@@ -97,10 +97,13 @@ def test_show_fits_the_nine_study_runs_in_120_columns_and_marks_what_is_decided(
     metrics = {f"{name}.json": json.loads((pipeline / "metrics" / f"{name}.json").read_text())
                for name in ("sft", "dpo", "eval")}
     evaluation = metrics["eval.json"] = dict(metrics["eval.json"])
-    for key, (value, low, high) in {"ed_test.sft_minus_base.bertscore_f1": (0.05, 0.01, 0.09),  # a decided rise
-                                    "ed_test.dpo_minus_sft.bertscore_f1": (-0.03, -0.05, -0.01),  # a decided fall
-                                    "ed_test.dpo_minus_sft.humanlike": (0.02, -0.01, 0.05)}.items():  # undecided
+    for key, (value, low, high) in {"ed_test.sft_minus_base.bertscore_raw_f1": (0.05, 0.01, 0.09),  # a decided rise
+                                    "ed_test.dpo_minus_sft.bertscore_raw_f1": (-0.03, -0.05, -0.01),  # a decided fall
+                                    "ed_test.dpo_minus_sft.humanlike": (0.02, -0.01, 0.05),  # undecided
+                                    # clear of 0, but its classifier failed its check: never decided
+                                    "ed_test.sft_minus_base.emotion_accuracy": (0.2, 0.1, 0.3)}.items():
         evaluation.update({key: value, f"{key}_low": low, f"{key}_high": high})
+    evaluation["ed_test.emotion_informative"] = False
     found = []
     for name, overrides in [("workspace", [])] + [(f"{sft}-{dpo}", [f"sft={sft}", f"dpo={dpo}"]) for sft, dpo in study_runs()]:
         compose(overrides, output=tmp_path / "params.yaml", conf_dir=ROOT / "conf")
@@ -113,5 +116,9 @@ def test_show_fits_the_nine_study_runs_in_120_columns_and_marks_what_is_decided(
     row = next(line for line in differences.splitlines() if line.startswith("sft6-dpo1"))
     cells = row.split()
     assert cells[1:3] == ["+0.050▲", "-0.030▼"] and cells[4] == "+0.020"  # BERTScore s−b, d−s; human-like d−s
+    assert cells[5] == "+0.200?"  # emotion s−b: uninformative, whatever its interval
+    headline = shown[shown.index("Headline numbers"):shown.index("Paired differences")]
+    emotion_cell = next(line for line in headline.splitlines() if line.startswith("sft6-dpo1"))
+    assert "?" in emotion_cell and "? marks a learned metric whose classifier failed its own check" in shown
     for key in ("sft.lora.alpha", "dpo.lora.target_modules", "dpo.max_steps"):  # differing params, each shown
         assert key.rsplit(".", 1)[1] in shown

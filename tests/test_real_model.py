@@ -109,6 +109,10 @@ def test_dpo_moves_the_preference_on_pairs_it_never_saw(real_run):
         return {json.dumps([row["prompt"], row["chosen"], row["rejected"]]) for row in rows}
 
     assert pairs("train").isdisjoint(pairs("eval"))
+    # nor a prompt: the real rows ask 1,240 prompts more than once, and each one's pairs stay on one side
+    prompts = {split: {json.loads(pair)[0][-1]["content"].lower() for pair in pairs(split)} for split in ("train", "eval")}
+    assert prompts["train"].isdisjoint(prompts["eval"])
+    assert metrics(real_run, "data")["dpo.groups_across_splits"] == 0
     evaluation = metrics(real_run, "eval")
     assert evaluation["dpo.preference_accuracy"] > evaluation["sft.preference_accuracy"]
     dpo = metrics(real_run, "dpo")
@@ -118,7 +122,7 @@ def test_dpo_moves_the_preference_on_pairs_it_never_saw(real_run):
 def test_the_paired_interval_of_dpo_minus_sft_is_reported(real_run):
     evaluation = metrics(real_run, "eval")
     for prompt_set in ("ed_test", "probe"):
-        key = f"{prompt_set}.dpo_minus_sft.bertscore_f1"
+        key = f"{prompt_set}.dpo_minus_sft.bertscore_raw_f1"
         assert evaluation[f"{key}_low"] <= evaluation[key] <= evaluation[f"{key}_high"]
 
 
@@ -144,7 +148,7 @@ def test_the_combined_adapter_replies_as_the_stacked_pair_on_the_real_model(real
         reference = stacked(input_ids=ids).logits
         difference = (combined(input_ids=ids).logits - reference).abs().max().item()
     assert difference <= 1e-5 * reference.abs().max().item()
-    assert generate(combined, tokenizer, prompts, settings)[0] == generate(stacked, tokenizer, prompts, settings)[0]
+    assert generate(combined, tokenizer, prompts, settings, 24)[0] == generate(stacked, tokenizer, prompts, settings, 24)[0]
 
 
 def test_chat_answers_one_message_with_the_sft_model(real_run):
@@ -155,9 +159,15 @@ def test_chat_answers_one_message_with_the_sft_model(real_run):
 
 def test_the_learned_metrics_stand_beside_the_human_reference_and_chance(real_run):
     judges, evaluation = metrics(real_run, "judges"), metrics(real_run, "eval")
-    # On real pairs the chosen and rejected replies differ in their words: the classifier tells them apart.
-    assert judges["humanlike.held_out_accuracy"] >= 0.9 and judges["emotion.labels"] == 32
-    assert 0 < judges["emotion.valid_chance"] < 0.5
+    # On real pairs the chosen and rejected replies differ in their words, even cut to one length: the classifier
+    # tells them apart on prompts it never saw, and passes its check.
+    assert judges["humanlike.held_out_accuracy"] >= 0.8 and judges["humanlike.informative"] is True
+    assert evaluation["ed_test.humanlike_informative"] is evaluation["probe.humanlike_informative"] is True
+    # 423 training replies and 32 labels: the emotion classifier does not clear chance on real listeners' replies
+    # of held-out conversations, and evaluate says so beside its numbers
+    assert judges["emotion.labels"] == 32 and 0 < judges["emotion.valid_chance"] < 0.5
+    assert judges["emotion.informative"] is False and evaluation["ed_test.emotion_informative"] is False
+    assert judges["emotion.valid_accuracy_low"] <= judges["emotion.valid_chance"]
     assert evaluation["ed_test.reference.humanlike"] >= 0.9  # the real listeners read as human
     for model in ("base", "sft", "dpo", "reference"):
         for metric in ("humanlike", "emotion_accuracy"):

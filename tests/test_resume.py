@@ -19,8 +19,9 @@ def adapter(repo) -> dict:
 
 
 def test_killed_sft_resumes_and_matches_an_uninterrupted_run(project):
-    # 80 examples, batches of 4 x 2: 10 steps an epoch, 30 in all, a checkpoint every 10
-    edit_params(project / "params.yaml", **{"sft.train_size": 80, "sft.checkpoint_steps": 10})
+    # 80 examples, 8 a step: 10 steps an epoch, 30 in all, a checkpoint every 10
+    edit_params(project / "params.yaml", **{"sft.train_size": 80, "sft.examples_per_step": 8,
+                                            "sft.checkpoint_steps": 10})
     for stage in (download, model_source, base_model, preprocess, sft):  # in this process; the killed run below is a real one
         stage.main()
     uninterrupted = adapter(project)

@@ -32,10 +32,11 @@ def test_a_run_shorter_than_checkpoint_steps_ends_evaluated_once(project):
     twice, and a run with fewer steps than checkpoint_steps finishes (it used to crash on best_metric)."""
     import json
 
-    edit_params(project / "params.yaml", **{"sft.train_size": 40, "sft.epochs": 1, "sft.checkpoint_steps": 100})
+    edit_params(project / "params.yaml", **{"sft.train_size": 40, "sft.epochs": 1, "sft.examples_per_step": 8,
+                                            "sft.checkpoint_steps": 100})
     for stage in (download, model_source, base_model, preprocess):
         stage.main()
-    sft.main()  # 40 examples, batch 4 x grad-accum 2: 5 steps
+    sft.main()  # 40 examples, 8 a step: 5 steps
     metrics = json.loads((project / "metrics/sft.json").read_text())
     assert metrics["steps"] == 5 and metrics["eval_loss"] < metrics["base_eval_loss"]
     assert eval_steps(project / "dvclive/sft/plots/metrics/eval/loss.tsv") == [0, 5]  # the base's, then the end
