@@ -14,6 +14,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from stages.params import DPOParams, ModelParams, Params, SFTParams
 from stages.paths import DATA_METRICS, MODEL_SOURCE
+from stages.verdicts import LEARNED, informative
 
 DATASETS = {"sft": "facebook/empathetic_dialogues", "dpo": "HumanLLMs/Human-Like-DPO-Dataset"}
 # The trained weights carry EmpatheticDialogues' terms (CC BY-NC 4.0): the SFT adapter is trained on it, and the
@@ -42,15 +43,6 @@ HEADLINES = [
     ("ed_test.{model}.distinct_openings", "replies whose first sentence no other reply repeats (share)"),
     ("probe.{model}.humanlike", "human-like replies (share, DPO-data classifier)"),
 ]
-
-
-LEARNED = {"humanlike": "humanlike", "emotion_accuracy": "emotion"}  # learned metric -> its judge
-
-
-def uninformative(scores: dict, key: str) -> bool:
-    """Whether `key` of metrics/eval.json is a learned metric whose classifier failed its own check there."""
-    set_name, metric = key.split(".")[0], key.rsplit(".", 1)[1]
-    return metric in LEARNED and scores.get(f"{set_name}.{LEARNED[metric]}_informative") is False
 
 
 def recorded() -> tuple[dict, dict]:
@@ -176,11 +168,11 @@ def stack_card(params: Params, source: dict, data: dict, scores: dict, model: st
         model_name=f"base+{'+'.join(STACK[model])}", eval_results=results, stack=["base", *STACK[model]],
         sft_preset=params.sft.preset, dpo_preset=params.dpo.preset)
     rows = [(name, PROMPT_SETS[key.split(".")[0]][1],
-             f"{scores[key]:.3f}" + (" (uninformative)" if uninformative(scores, key) else ""),
+             f"{scores[key]:.3f}" + (" (uninformative)" if not informative(scores, key) else ""),
              f"[{scores[key + '_low']:.3f}, {scores[key + '_high']:.3f}]" if key + "_low" in scores else "")
             for key, name in present]
     differences = [(f"{key}", f"{scores[key]:+.3f}", f"[{scores[key + '_low']:+.3f}, {scores[key + '_high']:+.3f}]",
-                    "no (uninformative)" if uninformative(scores, key)
+                    "no (uninformative)" if not informative(scores, key)
                     else "yes" if scores[key + "_low"] > 0 or scores[key + "_high"] < 0 else "no")
                    for key in sorted(scores) if "_minus_" in key and not key.endswith(("_low", "_high"))
                    and key + "_low" in scores and key.rsplit(".", 1)[1] in (*LEARNED, "bertscore_raw_f1",
@@ -189,7 +181,7 @@ def stack_card(params: Params, source: dict, data: dict, scores: dict, model: st
                       "metric cannot tell these models apart on this data: it is uninformative, and none of its "
                       "differences is decided.\n"
                       for judge in sorted({LEARNED[key.rsplit(".", 1)[1]] for key, _ in present
-                                           if uninformative(scores, key)}))
+                                           if not informative(scores, key)}))
     replies = ("Greedy replies" if params.eval.temperature == 0
                else f"Replies sampled at temperature {params.eval.temperature:g}")
     reference = [f"{name} {scores[key]:.3f}" for key, name in (
@@ -205,8 +197,9 @@ in that order and unmerged.
 
 ## Evaluation
 
-{replies} of at most {scores['ed_test.max_new_tokens']} new tokens to {min(params.eval.test_size, data['sft.test.examples'])} held-out
-EmpatheticDialogues test prompts and to the probe prompts; 95% bootstrap intervals over prompts.
+{replies} of at most {scores['ed_test.max_new_tokens']} new tokens (the reply budget) to
+{scores['ed_test.prompts']} held-out EmpatheticDialogues test prompts and to the probe prompts; 95% bootstrap
+intervals over prompts.
 
 {_table(rows, ('metric', 'prompts', 'value', '95% interval'))}
 {caveats}

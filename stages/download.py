@@ -79,7 +79,9 @@ def _fetch_once(url: str, dest: Path, timeout_s: float) -> tuple[str, str | None
                 bar.update(len(chunk))
     if expected is not None and received != expected:
         raise DownloadError(f"connection closed after {received} of {expected} bytes")
-    return digest.hexdigest(), response.headers.get("X-Repo-Commit")
+    # The hub names the commit in its own answer; for a large file that answer redirects to a CDN, which names none
+    return digest.hexdigest(), next((hop.headers["X-Repo-Commit"] for hop in (*response.history, response)
+                                     if "X-Repo-Commit" in hop.headers), None)
 
 
 def unsafe(member: tarfile.TarInfo) -> str | None:

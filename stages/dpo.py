@@ -24,8 +24,9 @@ from stages.outputs import write_json
 from stages.params import LoraParams, load_params
 from stages.paths import DPO_DATA, DPO_MODEL, METRICS_DIR
 from stages.stacks import fingerprint
-from stages.training import (LogLastStep, MarkComplete, TrainClock, dpo_dataset, final_evaluation, live_callback,
-                             on_every_gpu, resume_or_start, save_adapter, step_split, trainer_kwargs, whole_steps)
+from stages.training import (LogLastStep, MarkComplete, TrainClock, check_step, dpo_dataset, final_evaluation,
+                             live_callback, on_every_gpu, resume_or_start, save_adapter, step_split, trainer_kwargs,
+                             whole_steps)
 
 REPORTED = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
             "logps/chosen", "logps/rejected")
@@ -81,7 +82,7 @@ class TokenizedDPOTrainer(DPOTrainer):
         return dataset
 
     def _get_train_sampler(self, train_dataset=None):
-        return whole_steps(self, pair_lengths(self.train_dataset if train_dataset is None else train_dataset), "dpo")
+        return whole_steps(self, pair_lengths(self.train_dataset if train_dataset is None else train_dataset))
 
     def _get_eval_sampler(self, eval_dataset):
         if self.args.train_sampling_strategy != "group_by_length":
@@ -99,6 +100,7 @@ def build_trainer(params, output_dir: str, resume: bool = False) -> tuple[DPOTra
     (train, dropped_train), (held_out, dropped_eval) = (dpo_dataset(DPO_DATA / f"{split}.jsonl", tokenizer,
                                                                     dpo.max_prompt_length)
                                                         for split in ("train", "eval"))
+    check_step(len(train), dpo.examples_per_step, "dpo", "pairs")
     policy = policy_model(stack(load_base_model(), "sft"), dpo.lora)
     reference = reference_model(stack(load_base_model(), "sft"))
     config = DPOConfig(

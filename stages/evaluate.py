@@ -18,8 +18,8 @@ repetition, DPO preference accuracy on the held-out pairs; and the two learned m
 the judges stage): the share of human-like replies (DPO's goal) and how often the conversation's emotion can be
 named from the reply (SFT's goal; ED test only), both also for the real replies (`reference`). A learned metric
 whose classifier failed its own check (metrics/judges.json) is marked uninformative (`<set>.<judge>_informative`),
-and none of its differences is called decided. An empty reply scores 0 on every similarity metric and is counted in
-`empty_rate`.
+and none of its differences is called decided. An empty reply scores 0 on every similarity metric (raw; its rescaled
+BERTScore is (0 - b) / (1 - b)) and is counted in `empty_rate`.
 
 Writes metrics/eval.json (flat: `<set>.<model>.<metric>`, paired differences
 `<set>.<after>_minus_<before>.<metric>` with `_low`/`_high` 95% bootstrap bounds, per model
@@ -52,9 +52,9 @@ from stages.scoring import (Measure, chrf, distinct, distinct_openings, distinct
                             paired_difference, perplexity, preference_accuracy, repeats, resample, sacrebleu_bleu)
 from stages.sheet import write_sheet
 from stages.stacks import MODELS, check_stack, fingerprint
+from stages.verdicts import LEARNED, informative, verdict_key
 
 COMPARISONS = (("sft", "base"), ("dpo", "sft"))  # (after, before): what each training step changed
-LEARNED = {"humanlike": "humanlike", "emotion_accuracy": "emotion"}  # learned metric -> its judge
 COMPARED = ("bleu", "sacrebleu", "bertscore_raw_f1", "bertscore_rescaled_f1", *LEARNED)
 
 
@@ -198,7 +198,7 @@ def score_set(set_name: str, examples: list[dict], replies: dict, logprobs: dict
         metrics[f"{set_name}.emotion_chance"] = chance([example["emotion"] for example in examples])
     for metric, judge in LEARNED.items():
         if metric in scored["reference"]:
-            metrics[f"{set_name}.{judge}_informative"] = verdicts[judge]
+            metrics[verdict_key(set_name, metric)] = verdicts[judge]
     rows = []
     for model_name, measured in scored.items():
         row = {"run": f"{set_name}/{model_name}", "set": set_name, "model": model_name}
@@ -227,7 +227,7 @@ def score_set(set_name: str, examples: list[dict], replies: dict, logprobs: dict
         f"stop={metrics[f'{set_name}.{m}.stop_rate']:.2f} cut={metrics[f'{set_name}.{m}.cut_rate']:.2f} "
         f"humanlike={metrics[f'{set_name}.{m}.humanlike']:.2f}" for m in MODELS)
         + "".join(f"; {metric} UNINFORMATIVE (its classifier did not clear chance on its check)"
-                  for metric, judge in LEARNED.items() if metrics.get(f"{set_name}.{judge}_informative") is False))
+                  for metric in LEARNED if not informative(metrics, f"{set_name}.reference.{metric}")))
     return rows, differences, metrics
 
 

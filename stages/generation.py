@@ -19,8 +19,8 @@ from stages.paths import DPO_DATA
 from stages.training import dpo_dataset
 
 # eval.batch_size "auto". On a GPU, generate at batch 64 made 846 new tok/s against 45 at batch 1 (TinyLlama's
-# shape on an H200, bench/results/2026-11-28-nvidia-h200.json), and 64 rows' KV cache, even at sft.max_length's
-# 1,024 tokens, is 1.4 GiB for TinyLlama (22 layers x 4 key-value heads x 64 dims, bf16): a 16 GiB T4 holds it.
+# shape on an H200, bench/results/2026-11-28-nvidia-h200.json), and 64 rows' KV cache, even filling TinyLlama's
+# context window of 2,048 tokens, is 2.75 GiB (22 layers x 4 key-value heads x 64 dims, bf16): a 16 GiB T4 holds it.
 # On a CPU, batches of 16 pad less and ran faster than one batch of every prompt (SmolLM2 on 2 cores: 28 s
 # against 31 s to generate, 27 s against 40 s for log-probs).
 AUTO_BATCH_SIZE = {"cpu": 16, "accelerator": 64}

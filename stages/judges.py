@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sys
 
-from stages.judging import (chance, conversation_accuracy, held_out_accuracy, informative, listener_turns,
+from stages.judging import (chance, clears_chance, conversation_accuracy, held_out_accuracy, listener_turns,
                             matched_replies, train)
 from stages.modeling import load_tokenizer, reply_budget
 from stages.outputs import atomic_dir, write_json
@@ -28,7 +28,7 @@ from stages.scoring import interval, resample
 def checked(measure, samples: int, seed: int, prefix: str, chance_level: float) -> tuple[dict, bool]:
     """A check's value and its 95% bootstrap interval as flat metrics, and whether it clears chance."""
     low, high = interval(measure, resample(len(measure.rows), samples, seed))
-    return {f"{prefix}": measure.value(), f"{prefix}_low": low, f"{prefix}_high": high}, informative(low, chance_level)
+    return {prefix: measure.value(), f"{prefix}_low": low, f"{prefix}_high": high}, clears_chance(low, chance_level)
 
 
 def main() -> None:

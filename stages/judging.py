@@ -4,9 +4,9 @@ stage) and applied by evaluate to every model's replies.
 - Human-likeness (DPO's goal): Human-Like-DPO's chosen replies against its rejected ones, trained on every pair
   outside the held-out set that the dpo stage is evaluated on (split by prompt, so no held-out prompt was seen).
   Both replies of a pair are cut to the same number of tokens, at most the reply budget evaluation generates
-  with (matched_replies): the chosen replies are the longer ones, and a classifier that learned length would
-  call every long reply human-like and every reply cut short by the budget not. A reply is human-like when the
-  classifier gives it a probability above 0.5.
+  with (matched_replies), so the classifier learns from text as long as the replies it scores and no length
+  difference between chosen and rejected replies can decide it (trained on whole replies, it called every short
+  reply human-like). A reply is human-like when the classifier gives it a probability above 0.5.
 - Emotion (SFT's goal): which of EmpatheticDialogues' emotion labels a conversation has, named from the
   listener's reply alone, trained on every listener turn of train.csv (none of a held-out conversation's twins)
   and checked on valid.csv's. A reply that engages with the feeling lets the classifier name it; the real
@@ -187,6 +187,6 @@ def conversation_accuracy(judges: Judges, texts: list[str], emotions: list[str],
     return Measure(np.array(list(rows.values())), lambda rows: rows[:, 0].sum() / rows[:, 1].sum())
 
 
-def informative(low: float, chance_level: float) -> bool:
+def clears_chance(low: float, chance_level: float) -> bool:
     """Whether a classifier's check clears chance: the lower end of its 95% interval above chance."""
     return low > chance_level

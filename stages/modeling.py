@@ -341,10 +341,11 @@ def context_window() -> int:
 
 def reply_budget(params: Params, lengths: dict | None = None) -> int:
     """How many new tokens a reply may take in evaluation (and in the tools that answer as evaluation does):
-    eval.max_new_tokens when it is a number. When it is "auto", enough for what the trainings taught, so that a
-    model is not cut off for saying what it was trained to say: the larger of the 95th percentiles of SFT's
-    training replies and of DPO's chosen replies, the latter at most dpo.max_length (DPO never trains on a longer
-    pair). `lengths`: preprocess's measurements (metrics/lengths.json, read from there when not given)."""
+    eval.max_new_tokens when it is a number. When it is "auto", enough for what the data teaches, so that a model is
+    not cut off for saying what it was trained to say: the larger of the 95th percentiles of SFT's training replies
+    and of DPO's chosen replies. It depends on the data and the base model's tokenizer only, never on a training
+    preset, so every preset is scored alike. `lengths`: preprocess's measurements (metrics/lengths.json, read from
+    there when not given)."""
     if params.eval.max_new_tokens != "auto":
         return params.eval.max_new_tokens
     if lengths is None:
@@ -352,8 +353,7 @@ def reply_budget(params: Params, lengths: dict | None = None) -> int:
             raise SystemExit(f"eval.max_new_tokens is auto, and {LENGTHS} (preprocess's reply lengths) is missing: "
                              "run `dvc repro preprocess` first, or give eval.max_new_tokens a number")
         lengths = json.loads(LENGTHS.read_text())
-    return math.ceil(max(lengths["sft.train.reply_tokens.p95"],
-                         min(lengths["dpo.train.chosen_tokens.p95"], params.dpo.max_length)))
+    return math.ceil(max(lengths["sft.train.reply_tokens.p95"], lengths["dpo.train.chosen_tokens.p95"]))
 
 
 def generation_config(tokenizer, max_new_tokens: int, temperature: float) -> GenerationConfig:

@@ -9,7 +9,6 @@ string, are coerced to floats.
 """
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
 from typing import Annotated, Literal, Optional, Union
@@ -232,8 +231,11 @@ class ParamsError(SystemExit):
 def _describe(error: ValidationError, path: Path) -> str:
     found: dict[str, list[str]] = {}
     for item in error.errors():
-        # pydantic names the member of a union it tried (constrained-int, literal['auto']): no part of the key
-        key = ".".join(str(part) for part in item["loc"] if not re.search(r"[-\[\]']", str(part))) or "<top level>"
+        # pydantic names the member of a union it tried (constrained-int, literal['auto']): no part of the key,
+        # which is made of field names and list positions (an unknown key is named as the file spells it)
+        loc = item["loc"] if item["type"] == "extra_forbidden" else [
+            part for part in item["loc"] if isinstance(part, int) or part.isidentifier()]
+        key = ".".join(map(str, loc)) or "<top level>"
         found.setdefault(key, []).append("unknown key" if item["type"] == "extra_forbidden" else item["msg"])
     return "\n".join([f"{path}: invalid params"] + [f"  {key}: {' or '.join(messages)}"
                                                      for key, messages in found.items()])

@@ -133,7 +133,8 @@ def conversations(turns: list[Turn]) -> dict[str, list[Turn]]:
     return {conv_id: sorted(group, key=lambda t: t.idx) for conv_id, group in grouped.items()}
 
 
-def listener_examples(turns: list[Turn], system_prompt: str, seed_format: bool, held_out: HeldOut | None = None) -> Parsed:
+def listener_examples(turns: list[Turn], system_prompt: str, seed_format: bool,
+                      held_out: HeldOut | None = None) -> Parsed:
     """One SFT example per listener turn (even utterance index); with `held_out`, a turn of a conversation that is
     a held-out one's twin (HeldOut) is dropped and counted, so no held-out prompt has a training twin.
 
@@ -266,14 +267,15 @@ def split_pairs(rows: list, train_size: int, eval_size: int, seed: int, group=pr
     """Hold out `eval_size` pairs (a tenth of the rows when there are fewer than ten times that many) by whole
     groups (`group` of a row: its normalised prompt), and train on up to `train_size` of the rest, so that no
     held-out prompt has a training twin. Groups are taken in an order shuffled with the seed, skipping any that
-    would overshoot the count. The held-out pairs depend on the rows, the seed and eval_size only, never on
-    train_size."""
+    would overshoot the count (which grows to the smallest group's size, so that some group is held out). The
+    held-out pairs depend on the rows, the seed and eval_size only, never on train_size."""
     groups: dict = {}
     for row in rows:
         groups.setdefault(group(row), []).append(row)
-    target = min(eval_size, max(1, len(rows) // 10))
+    shuffled = subsample(groups.values(), len(groups), seed)
+    target = max(min(eval_size, max(1, len(rows) // 10)), min(map(len, shuffled), default=0))
     held_out, rest = [], []
-    for members in subsample(groups.values(), len(groups), seed):
+    for members in shuffled:
         (held_out if len(held_out) + len(members) <= target else rest).extend(members)
     return subsample(rest, train_size, seed), held_out
 

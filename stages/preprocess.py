@@ -1,8 +1,9 @@
 """preprocess: raw EmpatheticDialogues and Human-Like-DPO -> TRL-ready JSONL, plus row counts.
 
-SFT: one example per listener turn (stages.parsing.listener_examples). A dialogue too long for
+SFT: one example per listener turn (stages.parsing.listener_examples). A training or eval dialogue too long for
 sft.max_length tokens (with the base model's tokenizer and chat template) loses its oldest turns, never
-the reply; one that still does not fit is dropped and counted. train/eval/test come from
+the reply; one that still does not fit is dropped and counted. The test prompts are left whole: evaluate fits them
+into the model's context window, so no training knob changes them. train/eval/test come from
 train/valid/test.csv, each shuffled with the seed and cut to its size: sft.train_size for train, the
 fixed eval.sft_eval_size and eval.test_size for the others, so every preset is scored on the same rows.
 A training conversation that shares its id or its situation with a valid or test conversation is left out
@@ -80,7 +81,8 @@ def main() -> None:
     metrics, outputs = {}, {}
     for split, (path, split_turns, examples) in parsed.items():
         raw_split = SFT_SPLITS[split]
-        metrics[f"sft.{split}.truncated"] = fit_examples(examples, tokenizer, params.sft.max_length)
+        if split != "test":  # the test prompts are evaluate's, which fits them into the model's context window
+            metrics[f"sft.{split}.truncated"] = fit_examples(examples, tokenizer, params.sft.max_length)
         chosen = subsample(examples.records, sizes[split], params.seed)
         if not chosen:
             raise DataError(f"{path}: no SFT example fits in sft.max_length ({params.sft.max_length} tokens)")
@@ -93,6 +95,9 @@ def main() -> None:
     metrics["sft.situations_across_splits"] = len(trained_situations & held_out.situations)
 
     train, dpo_held_out = split_pairs(pairs.records, params.dpo.train_size, params.eval.dpo_eval_size, params.seed)
+    if not train:
+        raise DataError(f"{path}: all {len(pairs.records)} pairs ask one prompt, so holding it out leaves none "
+                        "to train on")
     # every pair that may train, whatever dpo.train_size: the split is checked on it, and its replies measured
     all_train_pairs, _ = split_pairs(pairs.records, len(pairs.records), params.eval.dpo_eval_size, params.seed)
     outputs[DPO_DATA / "train.jsonl"], outputs[DPO_DATA / "eval.jsonl"] = train, dpo_held_out

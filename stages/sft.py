@@ -20,19 +20,26 @@ from stages.outputs import write_json
 from stages.params import load_params
 from stages.paths import METRICS_DIR, SFT_DATA, SFT_MODEL
 from stages.stacks import fingerprint
-from stages.training import (LogLastStep, MarkComplete, TrainClock, final_evaluation, live_callback, on_every_gpu,
-                             resume_or_start, save_adapter, sft_dataset, step_split, throughput, trainer_kwargs,
-                             whole_steps)
+from stages.training import (LogLastStep, MarkComplete, TrainClock, check_step, final_evaluation, live_callback,
+                             on_every_gpu, reply_token_loss, resume_or_start, save_adapter, sft_dataset, step_split,
+                             throughput, trainer_kwargs, whole_steps)
 from stages.varlen import ATTENTION as PACKED_ATTENTION
 
 
 class StepSFTTrainer(SFTTrainer):
     """SFTTrainer drawing examples in whole steps of similar length, alike on any number of processes
-    (stages.training.WholeSteps)."""
+    (stages.training.WholeSteps), and measuring the eval set's loss per reply token, whatever its batching
+    (stages.training.reply_token_loss)."""
 
     def _get_train_sampler(self, train_dataset=None):
         rows = self.train_dataset if train_dataset is None else train_dataset
-        return whole_steps(self, [len(ids) for ids in rows["input_ids"]], "sft")
+        return whole_steps(self, [len(ids) for ids in rows["input_ids"]])
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval") -> dict[str, float]:
+        metrics = {f"{metric_key_prefix}_{name}": value for name, value in reply_token_loss(self, eval_dataset).items()}
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
 
 
 def build_trainer(params, output_dir: str, resume: bool = False) -> SFTTrainer:
@@ -64,6 +71,7 @@ def build_trainer(params, output_dir: str, resume: bool = False) -> SFTTrainer:
         peft_config=lora_config(sft.lora),
         callbacks=[live_callback("sft", resume), MarkComplete(), TrainClock(), LogLastStep()],
     )
+    check_step(len(trainer.train_dataset), sft.examples_per_step, "sft", "packed rows" if sft.packing else "examples")
     lora_casts_follow_autocast(trainer.model)  # the trainer added the adapter
     return trainer
 

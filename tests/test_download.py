@@ -53,6 +53,7 @@ class Server:
         self.drop_after: dict[str, int] = {}
         self.fail_first: dict[str, int] = {}
         self.headers: dict[str, dict[str, str]] = {}  # extra response headers per path
+        self.redirects: dict[str, str] = {}  # path -> where it redirects (302), as the hub sends large files on
         self.hits: dict[str, int] = {}
         server = self
 
@@ -61,6 +62,14 @@ class Server:
                 server.hits[self.path] = server.hits.get(self.path, 0) + 1
                 if server.fail_first.get(self.path, 0) >= server.hits[self.path]:
                     self.send_error(503)
+                    return
+                if self.path in server.redirects:
+                    self.send_response(302)
+                    self.send_header("Location", server.redirects[self.path])
+                    for name, value in server.headers.get(self.path, {}).items():
+                        self.send_header(name, value)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
                     return
                 body = server.files.get(self.path)
                 if body is None:
@@ -180,7 +189,10 @@ def test_a_file_that_differs_from_its_pin_stops_naming_both_hashes_and_writes_no
 
 
 def test_an_unpinned_file_is_recorded_with_the_commit_the_hub_resolved(hub_project, server, capsys):
+    """The hub answers a large file with a redirect to its CDN, and names the commit on that redirect only."""
     commit = "0123456789abcdef0123456789abcdef01234567"
+    server.files["/cdn/data.json"] = server.files.pop("/data.json")
+    server.redirects["/data.json"] = server.url + "/cdn/data.json"
     server.headers["/data.json"] = {"X-Repo-Commit": commit}
     download.main()
     metrics = json.loads((hub_project / "metrics/download.json").read_text())

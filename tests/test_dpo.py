@@ -99,7 +99,6 @@ def test_any_split_of_a_step_draws_the_same_pairs_in_each_step(step0):
 
     def drawn(batch, accum):
         args.per_device_train_batch_size, args.gradient_accumulation_steps = batch, accum
-        torch.manual_seed(0)
         return list(trainer._get_train_sampler())
 
     assert drawn(2, 8) == drawn(4, 4) == drawn(16, 1) != drawn(8, 1)  # another step size deals other groups

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from stages import base_model, download, judges, preprocess
-from stages.judging import (Judges, chance, conversation_accuracy, informative, listener_turns, matched_replies,
+from stages.judging import (Judges, chance, conversation_accuracy, clears_chance, listener_turns, matched_replies,
                             mean_pooled)
 from stages.modeling import load_tokenizer, reply_budget
 from stages.outputs import read_jsonl
@@ -96,7 +96,7 @@ def test_a_classifier_that_cannot_tell_its_classes_apart_is_uninformative(traine
         measure = conversation_accuracy(judge, texts, labels, conversations)
         assert len(measure.rows) == len(set(conversations))  # resampled by conversation, not by reply
         low, _ = interval(measure, resample(len(measure.rows), 500, 0))
-        assert informative(low, chance(labels)) is expected, (measure.value(), low, chance(labels))
+        assert clears_chance(low, chance(labels)) is expected, (measure.value(), low, chance(labels))
 
 
 def test_the_emotion_classifier_is_checked_on_valid_csv_beside_chance(trained, monkeypatch):

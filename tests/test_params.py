@@ -136,6 +136,7 @@ def test_yaml_exponent_strings_are_coerced_to_floats():
 
 @pytest.mark.parametrize("changes, expected", [
     ({"sft.lora.rank": 8}, "sft.lora.rank: unknown key"),
+    ({"sft.max-length": 512}, "sft.max-length: unknown key"),
     ({"sft.lr": -1e-4}, "sft.lr: Input should be greater than 0"),
     ({"sft.epochs": "three"}, "sft.epochs: Input should be a valid integer"),
     ({"sft.format": "chatml"}, "sft.format: Input should be 'dialogue' or 'seed'"),

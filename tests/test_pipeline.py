@@ -71,6 +71,20 @@ def test_exp_show_has_columns_from_all_four_metrics_files(pipeline_copy):
         assert workspace[f"metrics/{name}.json"]["data"] == metrics(pipeline_copy, name)
 
 
+def test_every_declared_plot_reads_fields_its_files_have(pipeline):
+    """`dvc plots show` draws an empty chart, without a word, for a field its file does not have (the BERTScore chart
+    once read a key evaluate had renamed)."""
+    for plot in yaml.safe_load((pipeline / "dvc.yaml").read_text())["plots"]:
+        if isinstance(plot, str):  # a folder of images
+            assert any((pipeline / plot).iterdir()), plot
+            continue
+        (title, spec), = plot.items()
+        for path, field in spec["y"].items():
+            rows = json.loads((pipeline / path).read_text()) if path.endswith(".json") else list(
+                csv.DictReader((pipeline / path).read_text().splitlines(), delimiter="\t"))
+            assert rows and all({spec["x"], field} <= set(row) for row in rows), (title, path)
+
+
 def test_changing_the_dpo_lora_rank_reruns_dpo_and_evaluation_only(pipeline_copy):
     edit_params(pipeline_copy / "params.yaml", **{"dpo.lora.r": 4})
     assert ran(run(["dvc", "repro"], pipeline_copy).stdout) == ["dpo", "evaluate", "human"]  # not sft, not data

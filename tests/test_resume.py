@@ -19,9 +19,10 @@ def adapter(repo) -> dict:
 
 
 def test_killed_sft_resumes_and_matches_an_uninterrupted_run(project):
-    # 80 examples, 8 a step: 10 steps an epoch, 30 in all, a checkpoint every 10
+    # 80 examples, 8 a step: 10 steps an epoch, 30 in all, a checkpoint every 15: the kill lands in the middle of
+    # the second epoch, whose order the resumed run must draw again to skip exactly the steps it trained
     edit_params(project / "params.yaml", **{"sft.train_size": 80, "sft.examples_per_step": 8,
-                                            "sft.checkpoint_steps": 10})
+                                            "sft.checkpoint_steps": 15})
     for stage in (download, model_source, base_model, preprocess, sft):  # in this process; the killed run below is a real one
         stage.main()
     uninterrupted = adapter(project)
@@ -30,7 +31,7 @@ def test_killed_sft_resumes_and_matches_an_uninterrupted_run(project):
 
     process = subprocess.Popen([sys.executable, "-m", "stages.sft"], cwd=project, env={**os.environ, "PATH": VENV_PATH},
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    marker = project / "checkpoints/sft/checkpoint-10/complete"
+    marker = project / "checkpoints/sft/checkpoint-15/complete"
     deadline = time.monotonic() + 300
     while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -42,10 +43,10 @@ def test_killed_sft_resumes_and_matches_an_uninterrupted_run(project):
     (project / "checkpoints/sft/checkpoint-20/trainer_state.json").write_text("{ cut off")
 
     resumed = run(["python", "-m", "stages.sft"], project)
-    assert "sft: resuming from checkpoints/sft/checkpoint-10" in resumed.stdout and "sft: eval loss" in resumed.stdout
-    # Throughput counts only the 20 steps this run made, over the seconds they took.
+    assert "sft: resuming from checkpoints/sft/checkpoint-15" in resumed.stdout and "sft: eval loss" in resumed.stdout
+    # Throughput counts only the 15 steps this run made, over the seconds they took.
     metrics = json.loads((project / "metrics/sft.json").read_text())
-    assert metrics["steps"] == 30 and metrics["train_steps_timed"] == 20
+    assert metrics["steps"] == 30 and metrics["train_steps_timed"] == 15
     for name, tensor in adapter(project).items():
         assert torch.allclose(tensor, uninterrupted[name], atol=1e-5), name
     steps = [int(line.split("\t")[0]) for line in

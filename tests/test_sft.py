@@ -50,6 +50,30 @@ def test_a_run_shorter_than_checkpoint_steps_ends_evaluated_once(project):
     assert eval_steps(project / "dvclive/sft/plots/metrics/eval/loss.tsv") == [0, 5]
 
 
+def test_the_eval_loss_is_per_reply_token_whatever_the_eval_batch(sft_trainer):
+    """transformers' eval_loss averages each batch's mean over its examples: it moved with the eval batch (SmolLM2's
+    base model, 16 real examples: 3.895 one at a time, 3.664 eight at a time). The stage's is the set's loss per reply
+    token, the same for any batching, process count or GPU (fill_gpu grows the eval batch)."""
+    trainer = sft_trainer
+    found = {}
+    for size in (1, 3, 8):
+        trainer.args.per_device_eval_batch_size = size
+        found[size] = trainer.evaluate()
+    assert found[1]["eval_loss"] == pytest.approx(found[3]["eval_loss"], rel=1e-6)
+    assert found[1]["eval_loss"] == pytest.approx(found[8]["eval_loss"], rel=1e-6)
+    # by hand, one example at a time: every reply token's negative log-likelihood over their number
+    model, total, tokens = trainer.model.eval(), 0.0, 0
+    with torch.no_grad():
+        for row in trainer.eval_dataset:
+            batch = trainer.data_collator([row])  # one row: no padding; labels -100 but on the reply and its EOS
+            targets = batch["labels"][0, 1:]
+            reply = targets != -100
+            logprobs = model(input_ids=batch["input_ids"]).logits[0, :-1].float().log_softmax(-1)
+            total -= logprobs[reply].gather(1, targets[reply, None]).sum().item()
+            tokens += int(reply.sum())
+    assert found[8]["eval_loss"] == pytest.approx(total / tokens, rel=1e-5)
+
+
 def test_collated_batch_trains_on_the_reply_and_its_eos_only(sft_trainer):
     tokenizer = sft_trainer.processing_class
     assert tokenizer.pad_token_id == tokenizer.eos_token_id  # TinyLlama's setup: the notebook's trap

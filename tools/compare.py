@@ -25,6 +25,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from stages.verdicts import informative  # noqa: E402
+
 REPORTS = Path("reports")
 
 # (column title, where: "params" or a metrics file, dotted key, format)
@@ -93,19 +95,12 @@ def flatten(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
-def decided(value: float, low: float, high: float, informative: bool = True) -> str:
+def decided(value: float, low: float, high: float, decidable: bool = True) -> str:
     """A paired difference with its 95% interval, marked ▲ / ▼ when the interval lies above / below zero (a
     change the prompts can tell apart), unmarked when it holds zero, and ? when the metric is uninformative (a
     learned metric whose classifier failed its own check): never decided, whatever its interval."""
-    mark = "?" if not informative else "▲" if low > 0 else "▼" if high < 0 else " "
+    mark = "?" if not decidable else "▲" if low > 0 else "▼" if high < 0 else " "
     return f"{value:+.3f}{mark}"
-
-
-def informative(metrics: dict, key: str) -> bool:
-    """Whether the learned metric of `key` ("<set>.<...>.<metric>" of metrics/eval.json) passed its classifier's
-    check in that run (`<set>.<judge>_informative`); any other metric is."""
-    judge = {"humanlike": "humanlike", "emotion_accuracy": "emotion"}.get(key.rsplit(".", 1)[1])
-    return judge is None or metrics.get(f"{key.split('.')[0]}.{judge}_informative") is not False
 
 
 def dvc(*args: str) -> str:
@@ -176,7 +171,10 @@ def chart(records: dict[str, dict], path: Path, title: str, file: str, keys: lis
         values = [records[n].get(file, {}).get(key, float("nan")) for n in names]
         highest = max([highest, *(v for v in values if v == v)])
         ax.bar([x + i * width for x in range(len(names))], values, width, label=key.split(".")[-2] if key.count(".") > 1 else key)
-    ax.set_xticks([x + width * (len(keys) - 1) / 2 for x in range(len(names))], names, rotation=30, ha="right")
+    # a learned metric whose classifier failed its check in a run says so under that run's bars
+    labels = [name + ("" if all(informative(records[name].get(file, {}), key) for key in keys) else "\n(uninformative)")
+              for name in names]
+    ax.set_xticks([x + width * (len(keys) - 1) / 2 for x in range(len(names))], labels, rotation=30, ha="right")
     ax.set_title(title)
     if len(keys) > 1:  # one bar per model; room above the bars for the legend
         ax.set_ylim(top=highest * 1.3 or 1)

@@ -45,7 +45,7 @@ SETTINGS = {
     "model.lr_scale": 1.0,
     "sft.train_size": 64, "sft.epochs": 1, "sft.examples_per_step": 8, "sft.batch_size": 8, "sft.eval_batch_size": 8,
     "sft.checkpoint_steps": 4,
-    # dpo1's micro-batch of 2 pairs, 8 a step: on a GPU dpo.fill_gpu trains each step's 8 pairs in fewer micro-batches
+    # micro-batches of 2 pairs as dpo1's, 8 pairs a step: on a GPU dpo.fill_gpu trains them in fewer micro-batches
     "dpo.train_size": 64, "dpo.max_steps": 4, "dpo.examples_per_step": 8, "dpo.batch_size": 2, "dpo.eval_batch_size": 2,
     "dpo.checkpoint_steps": 2, "dpo.warmup_steps": 1,
     "eval.sft_eval_size": 16, "eval.dpo_eval_size": 16, "eval.test_size": 16, "eval.max_new_tokens": 32,

@@ -16,7 +16,8 @@ import argparse
 import json
 import textwrap
 
-from tools.compare import decided, dvc, flatten, informative
+from stages.verdicts import informative
+from tools.compare import decided, dvc, flatten
 
 # (title, keys as <metrics file>:<key>, format): several keys share a cell as a/b/c, in the order the title gives
 ED = "eval.json:ed_test"
@@ -26,6 +27,8 @@ HEADLINE = [
     ("DPO acc", ("dpo.json:eval.rewards_accuracies",), "{:.2f}"),
     ("DPO margin", ("dpo.json:eval.rewards_margins",), "{:.3f}"),
     ("BERTScore raw b/s/d", tuple(f"{ED}.{m}.bertscore_raw_f1" for m in MODELS), "{:.3f}/{:.3f}/{:.3f}"),
+    # where bert-score ships a baseline for the model (eval=roberta); – elsewhere
+    ("BERTScore rescaled b/s/d", tuple(f"{ED}.{m}.bertscore_rescaled_f1" for m in MODELS), "{:.3f}/{:.3f}/{:.3f}"),
     ("human-like b/s/d", tuple(f"{ED}.{m}.humanlike" for m in MODELS), "{:.2f}/{:.2f}/{:.2f}"),
     ("emotion real|b/s/d", (f"{ED}.reference.emotion_accuracy", *(f"{ED}.{m}.emotion_accuracy" for m in MODELS)),
      "{:.2f}|{:.2f}/{:.2f}/{:.2f}"),
@@ -41,7 +44,7 @@ HEADLINE = [
 ]
 # (title, eval.json key of a paired difference on the ED test prompts)
 DIFFERENCES = [(f"{title} {step}", f"ed_test.{name}.{metric}")
-               for title, metric in (("BERTScore", "bertscore_raw_f1"), ("human-like", "humanlike"),
+               for title, metric in (("BERTScore raw", "bertscore_raw_f1"), ("human-like", "humanlike"),
                                      ("emotion", "emotion_accuracy"))
                for step, name in (("s−b", "sft_minus_base"), ("d−s", "dpo_minus_sft"))]
 LEGEND = ("Paired differences on the ED test prompts: ▲ / ▼ mark a rise / fall whose 95% interval excludes 0; "
