@@ -207,7 +207,9 @@ class WholeSteps(Sampler):
 
 def whole_steps(trainer, lengths: list[int]) -> WholeSteps:
     """A trainer's WholeSteps sampler, over the examples of its whole optimizer step (every process's share)."""
-    return WholeSteps(lengths, step_split(trainer)["examples_per_step"], trainer.args.data_seed)
+    args = trainer.args  # transformers' rule: the data's seed, else the run's
+    return WholeSteps(lengths, step_split(trainer)["examples_per_step"],
+                      args.seed if args.data_seed is None else args.data_seed)
 
 
 def step_split(trainer) -> dict:

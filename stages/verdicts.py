@@ -15,5 +15,5 @@ def verdict_key(set_name: str, metric: str) -> str:
 def informative(scores: dict, key: str) -> bool:
     """Whether `key` ("<set>.<model or difference>.<metric>") can tell models apart in `scores` (metrics/eval.json):
     every metric can but a learned one whose classifier failed its check."""
-    set_name, metric = key.split(".")[0], key.rsplit(".", 1)[1]
+    set_name, metric = key.split(".")[0], key.rsplit(".", 1)[-1]
     return metric not in LEARNED or scores.get(verdict_key(set_name, metric)) is not False
