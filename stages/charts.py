@@ -29,7 +29,7 @@ CHARTS = {  # metric -> chart title
 BAR = 0.2
 
 
-UNINFORMATIVE = " - UNINFORMATIVE here: its classifier is at chance on its own check"
+UNINFORMATIVE = "\nUNINFORMATIVE here: its classifier does not clear chance on its own check"
 
 
 def draw(rows: list[dict], differences: dict[str, tuple[float, float, float]], chance: dict[str, float],
