@@ -24,9 +24,9 @@ from stages.outputs import write_json
 from stages.params import LoraParams, load_params
 from stages.paths import DPO_DATA, DPO_MODEL, METRICS_DIR
 from stages.stacks import fingerprint
-from stages.training import (LogLastStep, MarkComplete, TrainClock, check_step, dpo_dataset, final_evaluation,
-                             live_callback, on_every_gpu, resume_or_start, save_adapter, step_split, trainer_kwargs,
-                             whole_steps)
+from stages.training import (LogLastStep, MarkComplete, PassOfWholeSteps, TrainClock, check_step, dpo_dataset,
+                             final_evaluation, live_callback, on_every_gpu, resume_or_start, save_adapter, step_split,
+                             trainer_kwargs, whole_steps)
 
 REPORTED = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
             "logps/chosen", "logps/rejected")
@@ -119,7 +119,8 @@ def build_trainer(params, output_dir: str, resume: bool = False) -> tuple[DPOTra
         train_dataset=train,
         eval_dataset=held_out,
         processing_class=tokenizer,
-        callbacks=[live_callback("dpo", resume), MarkComplete(), TrainClock(), LogLastStep(), KeepStack()],
+        callbacks=[live_callback("dpo", resume), MarkComplete(), TrainClock(), LogLastStep(), KeepStack(),
+                   PassOfWholeSteps()],
     )
     return trainer, dropped_train + dropped_eval
 

@@ -20,9 +20,9 @@ from stages.outputs import write_json
 from stages.params import load_params
 from stages.paths import METRICS_DIR, SFT_DATA, SFT_MODEL
 from stages.stacks import fingerprint
-from stages.training import (LogLastStep, MarkComplete, TrainClock, check_step, final_evaluation, live_callback,
-                             on_every_gpu, reply_token_loss, resume_or_start, save_adapter, sft_dataset, step_split,
-                             throughput, trainer_kwargs, whole_steps)
+from stages.training import (LogLastStep, MarkComplete, PassOfWholeSteps, TrainClock, check_step, final_evaluation,
+                             live_callback, on_every_gpu, reply_token_loss, resume_or_start, save_adapter, sft_dataset,
+                             step_split, throughput, trainer_kwargs, whole_steps)
 from stages.varlen import ATTENTION as PACKED_ATTENTION
 
 
@@ -36,8 +36,11 @@ class StepSFTTrainer(SFTTrainer):
         return whole_steps(self, [len(ids) for ids in rows["input_ids"]])
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval") -> dict[str, float]:
+        training = self.model.training
+        self.model.eval()  # logged in eval mode too: TRL files what it logs under the model's mode
         metrics = {f"{metric_key_prefix}_{name}": value for name, value in reply_token_loss(self, eval_dataset).items()}
         self.log(metrics)
+        self.model.train(training)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
 
@@ -61,6 +64,9 @@ def build_trainer(params, output_dir: str, resume: bool = False) -> SFTTrainer:
         train_sampling_strategy="group_by_length",
         packing=sft.packing,
         packing_strategy="bfd",
+        # evaluation takes one example an item, so reply_token_loss can tell the repeats accelerate adds to even out
+        # the last batch across processes (packed, an item would hold several examples)
+        eval_packing=False,
     )
     trainer = StepSFTTrainer(
         model=model,
@@ -69,7 +75,7 @@ def build_trainer(params, output_dir: str, resume: bool = False) -> SFTTrainer:
         eval_dataset=sft_dataset(SFT_DATA / "eval.jsonl", tokenizer),
         processing_class=tokenizer,
         peft_config=lora_config(sft.lora),
-        callbacks=[live_callback("sft", resume), MarkComplete(), TrainClock(), LogLastStep()],
+        callbacks=[live_callback("sft", resume), MarkComplete(), TrainClock(), LogLastStep(), PassOfWholeSteps()],
     )
     check_step(len(trainer.train_dataset), sft.examples_per_step, "sft", "packed rows" if sft.packing else "examples")
     lora_casts_follow_autocast(trainer.model)  # the trainer added the adapter
@@ -82,10 +88,6 @@ def base_model_eval_loss(trainer: SFTTrainer, stored: Path, resuming: bool) -> f
     if resuming and stored.exists():
         return float(stored.read_text())
     loss = trainer.evaluate()["eval_loss"]
-    # accelerate 1.15 marks a model it prepared for evaluation as prepared for good, so training would then skip
-    # wrapping it in DistributedDataParallel: on several GPUs each process trained alone, its gradients never
-    # averaged with the others' (tests/test_distributed.py caught it). Unmarked, training wraps it.
-    vars(trainer.model).pop("_is_accelerate_prepared", None)
     stored.write_text(repr(loss))
     return loss
 

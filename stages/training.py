@@ -172,7 +172,7 @@ def trainer_kwargs(params: Params, stage: str, output_dir: str, *models) -> dict
 
 
 def check_step(examples: int, step: int, stage: str, unit: str) -> None:
-    """Stop, before any model loads or trains, when one optimizer step would take more than the training set."""
+    """Stop before training when one optimizer step would take more than the training set."""
     if examples < step:
         raise SystemExit(f"{stage}.examples_per_step: a step of {step} is more than the {examples} training {unit}; "
                          "lower it, or train on more rows")
@@ -180,7 +180,7 @@ def check_step(examples: int, step: int, stage: str, unit: str) -> None:
 
 class WholeSteps(Sampler):
     """The training order of both trainers, alike on any number of processes: each pass a permutation drawn from a
-    generator of its own, seeded with the seed and the pass (set_epoch, which the trainer calls as each pass
+    generator of its own, seeded with the seed and the pass (set_epoch, which PassOfWholeSteps calls as each pass
     begins, a resumed one included), cut to whole optimizer steps and grouped by length a step at a time, as
     transformers groups batches (get_length_grouped_indices), but with the step's examples as the group, where
     transformers takes one process's share of it. Every process draws the same order, whatever else it drew from
@@ -203,6 +203,20 @@ class WholeSteps(Sampler):
         kept = torch.randperm(len(self.lengths), generator=generator)[: len(self)].tolist()
         grouped = get_length_grouped_indices([self.lengths[i] for i in kept], self.step, generator=generator)
         return iter([kept[i] for i in grouped])
+
+
+class PassOfWholeSteps(TrainerCallback):
+    """Tells the trainer's WholeSteps which pass begins, from the optimizer steps trained (every pass is the same
+    whole number of steps). transformers' own set_epoch does not reach it through the wrappers around it in a run
+    resumed on several processes (accelerate's BatchSamplerShard inside transformers' SkipBatchSampler): that run drew
+    the first pass's order again, and skipped and trained other examples than the run it continued."""
+
+    def on_epoch_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        batches = train_dataloader.batch_sampler
+        while not isinstance(getattr(batches, "sampler", None), WholeSteps):
+            batches = batches.batch_sampler  # accelerate's shard of a process, around the BatchSampler
+        sampler = batches.sampler
+        sampler.set_epoch(state.global_step // (len(sampler) // sampler.step))
 
 
 def whole_steps(trainer, lengths: list[int]) -> WholeSteps:
@@ -363,11 +377,13 @@ def reply_token_loss(trainer, dataset=None) -> dict[str, float]:
     whatever its batching. transformers' eval_loss averages each eval batch's mean over its examples, so it moved
     with the eval batch: SmolLM2's base model on 16 real valid.csv examples scored 3.895 in batches of 1, 3.726 of 3,
     3.664 of 8 and 3.625 of 16, more than some SFT runs change it. Presets (their eval batches differ), GPUs (fill_gpu
-    grows the batch) and numbers of processes could not be compared. Each process scores its share; the shares are
-    gathered batch by batch, which drops the rows accelerate repeats to even out the last batch."""
+    grows the batch) and numbers of processes could not be compared.
+
+    The model is run as it is (evaluate puts it in eval mode). Each process scores its share of the examples, one row
+    of [loss, tokens right, tokens] an example (a padding-free
+    batch, one flattened row, is cut back into its examples where cu_seq_lens_q says they start), and the rows are
+    gathered batch by batch, which drops the examples accelerate repeats to even out the last batch."""
     model, totals = trainer.model, torch.zeros(3)
-    training = model.training
-    model.eval()
     with torch.no_grad():
         for batch in trainer.get_eval_dataloader(dataset):
             batch = trainer._prepare_inputs(batch)
@@ -377,13 +393,15 @@ def reply_token_loss(trainer, dataset=None) -> dict[str, float]:
             for row_logits, row_labels in zip(logits, labels):
                 targets = row_labels[1:]  # logits at t predict token t + 1
                 kept = targets != -100
-                scores = row_logits[:-1][kept].float()
-                rows.append(torch.stack([torch.nn.functional.cross_entropy(scores, targets[kept], reduction="sum"),
-                                         (scores.argmax(-1) == targets[kept]).sum().float(), kept.sum().float()]))
+                scores = row_logits[:-1].float()
+                loss = torch.nn.functional.cross_entropy(scores, targets.clamp(min=0), reduction="none") * kept
+                right = (scores.argmax(-1) == targets) & kept
+                starts = batch["cu_seq_lens_q"].tolist() if "cu_seq_lens_q" in batch else [0, len(targets) + 1]
+                for start, end in zip(starts, starts[1:]):  # an example's first label is -100: no cut loses a token
+                    rows.append(torch.stack([loss[start:end - 1].sum(), right[start:end - 1].sum().float(),
+                                             kept[start:end - 1].sum().float()]))
             totals += trainer.accelerator.gather_for_metrics(torch.stack(rows)).sum(0).cpu()
-    model.train(training)
-    nll, right, tokens = totals.tolist()
-    return {"loss": nll / tokens, "mean_token_accuracy": right / tokens}
+    return {"loss": float(totals[0] / totals[2]), "mean_token_accuracy": float(totals[1] / totals[2])}
 
 
 def final_evaluation(trainer) -> dict:

@@ -89,7 +89,7 @@ TEST_PRESET = """
 sft:
   epochs: 1
 dpo:
-  max_steps: 12
+  max_steps: 6
 eval:
   test_size: 16
   bootstrap_samples: 200

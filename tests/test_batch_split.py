@@ -12,7 +12,8 @@ from transformers import AutoModelForCausalLM, LlamaConfig
 from stages import training
 from stages.modeling import lora_casts_follow_autocast, lora_config
 from stages.params import SEVEN_PROJECTIONS, LoraParams, load_params
-from stages.training import WholeSteps, batch_split, check_step, micro_batch, token_bytes, weight_bytes
+from stages.training import (PassOfWholeSteps, WholeSteps, batch_split, check_step, micro_batch, token_bytes,
+                             weight_bytes)
 
 from conftest import ROOT
 
@@ -65,6 +66,23 @@ def test_every_number_of_processes_trains_the_same_examples_in_each_step(process
     alone = steps(1, 4)
     assert len(alone) == 6 and all(len(step) == 16 for step in alone)
     assert steps(processes, micro) == alone
+
+
+def test_a_resumed_run_on_several_processes_draws_the_pass_it_resumes():
+    """Resumed mid-pass on two processes, the trainer wraps accelerate's shard of the order in a skipper, and its
+    set_epoch no longer reaches WholeSteps: the run drew the first pass's order again. PassOfWholeSteps sets the
+    pass from the steps trained, through the wrappers."""
+    from accelerate.data_loader import prepare_data_loader, skip_first_batches
+    from torch.utils.data import DataLoader
+    from transformers import TrainerControl, TrainerState
+
+    sampler = WholeSteps([(7 * i) % 23 for i in range(50)], step=16, seed=0)  # 3 steps a pass
+    shard = prepare_data_loader(DataLoader(list(range(50)), sampler=sampler, batch_size=4), device=torch.device("cpu"),
+                                num_processes=2, process_index=0, put_on_device=False)
+    skip_first_batches(shard, 2).set_epoch(2)  # what transformers does with a run resumed in its third pass
+    assert sampler.epoch == 0
+    PassOfWholeSteps().on_epoch_begin(None, TrainerState(global_step=7), TrainerControl(), train_dataloader=shard)
+    assert sampler.epoch == 2
 
 
 def small_model(layers: int = 2):

@@ -44,7 +44,7 @@ def test_study_queues_the_nine_distinct_runs_named_after_their_presets(pipeline_
 
 def test_two_presets_run_from_the_queue_and_compare_side_by_side(pipeline_copy):
     for preset in ("dpo2", "dpo5"):  # identical but for the learning rate
-        run(["dvc", "exp", "run", "--queue", "-n", f"sft7-{preset}", "-S", f"dpo={preset}", "-S", "dpo.max_steps=4",
+        run(["dvc", "exp", "run", "--queue", "-n", f"sft7-{preset}", "-S", f"dpo={preset}", "-S", "dpo.max_steps=2",
              "-S", "dpo.warmup_steps=1"],
             pipeline_copy)
     # One that fails: its raw files are missing, so download stops.

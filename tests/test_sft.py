@@ -50,7 +50,7 @@ def test_a_run_shorter_than_checkpoint_steps_ends_evaluated_once(project):
     assert eval_steps(project / "dvclive/sft/plots/metrics/eval/loss.tsv") == [0, 5]
 
 
-def test_the_eval_loss_is_per_reply_token_whatever_the_eval_batch(sft_trainer):
+def test_the_eval_loss_is_per_reply_token_whatever_the_eval_batch(sft_trainer, tmp_path):
     """transformers' eval_loss averages each batch's mean over its examples: it moved with the eval batch (SmolLM2's
     base model, 16 real examples: 3.895 one at a time, 3.664 eight at a time). The stage's is the set's loss per reply
     token, the same for any batching, process count or GPU (fill_gpu grows the eval batch)."""
@@ -72,6 +72,13 @@ def test_the_eval_loss_is_per_reply_token_whatever_the_eval_batch(sft_trainer):
             total -= logprobs[reply].gather(1, targets[reply, None]).sum().item()
             tokens += int(reply.sum())
     assert found[8]["eval_loss"] == pytest.approx(total / tokens, rel=1e-5)
+    # with sft.packing, evaluation's padding-free batch is one flattened row, cut back into its examples: the same
+    params = load_params()
+    packed = sft.build_trainer(params.model_copy(update={"sft": params.sft.model_copy(update={"packing": True})}),
+                               str(tmp_path / "packed"))
+    batch = next(iter(packed.get_eval_dataloader()))
+    assert batch["input_ids"].shape[0] == 1 and len(batch["cu_seq_lens_q"]) > 2  # several examples in one row
+    assert packed.evaluate()["eval_loss"] == pytest.approx(found[8]["eval_loss"], rel=1e-5)
 
 
 def test_collated_batch_trains_on_the_reply_and_its_eos_only(sft_trainer):
