@@ -90,6 +90,7 @@ sft:
   epochs: 1
 dpo:
   max_steps: 6
+  warmup_steps: 5
 eval:
   test_size: 16
   bootstrap_samples: 200
