@@ -383,7 +383,7 @@ def reply_token_loss(trainer, dataset=None) -> dict[str, float]:
     of [loss, tokens right, tokens] an example (a padding-free
     batch, one flattened row, is cut back into its examples where cu_seq_lens_q says they start), and the rows are
     gathered batch by batch, which drops the examples accelerate repeats to even out the last batch."""
-    model, totals = trainer.model, torch.zeros(3)
+    model, totals = trainer.model, torch.zeros(3, dtype=torch.float64)
     with torch.no_grad():
         for batch in trainer.get_eval_dataloader(dataset):
             batch = trainer._prepare_inputs(batch)
@@ -400,7 +400,7 @@ def reply_token_loss(trainer, dataset=None) -> dict[str, float]:
                 for start, end in zip(starts, starts[1:]):  # an example's first label is -100: no cut loses a token
                     rows.append(torch.stack([loss[start:end - 1].sum(), right[start:end - 1].sum().float(),
                                              kept[start:end - 1].sum().float()]))
-            totals += trainer.accelerator.gather_for_metrics(torch.stack(rows)).sum(0).cpu()
+            totals += trainer.accelerator.gather_for_metrics(torch.stack(rows)).cpu().double().sum(0)
     return {"loss": float(totals[0] / totals[2]), "mean_token_accuracy": float(totals[1] / totals[2])}
 
 
