@@ -94,12 +94,14 @@ def main() -> None:
     trained_situations = {normalised(example["situation"]) for example in parsed["train"][2].records}
     metrics["sft.situations_across_splits"] = len(trained_situations & held_out.situations)
 
-    train, dpo_held_out = split_pairs(pairs.records, params.dpo.train_size, params.eval.dpo_eval_size, params.seed)
-    if not train:
+    # every pair that may train, whatever dpo.train_size: the split is checked on it, and its replies measured; the
+    # preset trains on the first dpo.train_size of them (split_pairs' own cut)
+    all_train_pairs, dpo_held_out = split_pairs(pairs.records, len(pairs.records), params.eval.dpo_eval_size,
+                                                params.seed)
+    if not all_train_pairs:
         raise DataError(f"{path}: all {len(pairs.records)} pairs ask one prompt, so holding it out leaves none "
                         "to train on")
-    # every pair that may train, whatever dpo.train_size: the split is checked on it, and its replies measured
-    all_train_pairs, _ = split_pairs(pairs.records, len(pairs.records), params.eval.dpo_eval_size, params.seed)
+    train = all_train_pairs[: params.dpo.train_size]
     outputs[DPO_DATA / "train.jsonl"], outputs[DPO_DATA / "eval.jsonl"] = train, dpo_held_out
     metrics.update(pairs.counts("dpo.rows", DPO_DROP_REASONS))
     metrics.update({"dpo.train.pairs": len(train), "dpo.eval.pairs": len(dpo_held_out)})

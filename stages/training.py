@@ -379,16 +379,17 @@ def reply_token_loss(trainer, dataset=None) -> dict[str, float]:
     3.664 of 8 and 3.625 of 16, more than some SFT runs change it. Presets (their eval batches differ), GPUs (fill_gpu
     grows the batch) and numbers of processes could not be compared.
 
-    The model is run as it is (evaluate puts it in eval mode). Each process scores its share of the examples, one row
-    of [loss, tokens right, tokens] an example (a padding-free
-    batch, one flattened row, is cut back into its examples where cu_seq_lens_q says they start), and the rows are
-    gathered batch by batch, which drops the examples accelerate repeats to even out the last batch."""
+    The model is run as it is (evaluate puts it in eval mode). Each process scores its share of the examples, one
+    row of [loss, tokens right, tokens] an example (a padding-free batch, one flattened row, is cut back into its
+    examples where cu_seq_lens_q says they start), and the rows are gathered batch by batch, which drops the examples
+    accelerate repeats to even out the last batch."""
     model, totals = trainer.model, torch.zeros(3, dtype=torch.float64)
     with torch.no_grad():
         for batch in trainer.get_eval_dataloader(dataset):
             batch = trainer._prepare_inputs(batch)
             labels = batch.pop("labels")
             logits = model(**batch).logits
+            starts = batch["cu_seq_lens_q"].tolist() if "cu_seq_lens_q" in batch else [0, labels.shape[1]]
             rows = []
             for row_logits, row_labels in zip(logits, labels):
                 targets = row_labels[1:]  # logits at t predict token t + 1
@@ -396,7 +397,6 @@ def reply_token_loss(trainer, dataset=None) -> dict[str, float]:
                 scores = row_logits[:-1].float()
                 loss = torch.nn.functional.cross_entropy(scores, targets.clamp(min=0), reduction="none") * kept
                 right = (scores.argmax(-1) == targets) & kept
-                starts = batch["cu_seq_lens_q"].tolist() if "cu_seq_lens_q" in batch else [0, len(targets) + 1]
                 for start, end in zip(starts, starts[1:]):  # an example's first label is -100: no cut loses a token
                     rows.append(torch.stack([loss[start:end - 1].sum(), right[start:end - 1].sum().float(),
                                              kept[start:end - 1].sum().float()]))

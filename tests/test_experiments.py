@@ -122,3 +122,23 @@ def test_show_fits_the_nine_study_runs_in_120_columns_and_marks_what_is_decided(
     assert "?" in emotion_cell and "? marks a learned metric whose classifier failed its own check" in shown
     for key in ("sft.lora.alpha", "dpo.lora.target_modules", "dpo.max_steps"):  # differing params, each shown
         assert key.rsplit(".", 1)[1] in shown
+
+
+def test_compare_marks_a_learned_metric_whose_classifier_failed_its_check():
+    """reports/compare.md: the emotion cells of a run whose emotion classifier did not clear chance say so, and its
+    differences are never marked decided, whatever their intervals; the human-like ones, informative, stay as they
+    are."""
+    from tools.compare import COLUMNS, cell
+
+    scores = {"ed_test.emotion_informative": False, "ed_test.humanlike_informative": True,
+              **{f"ed_test.{m}.{metric}": 0.5 for m in ("reference", "base", "sft", "dpo")
+                 for metric in ("emotion_accuracy", "humanlike")}, "ed_test.emotion_chance": 0.2,
+              **{f"ed_test.{name}.{metric}{end}": value for name in ("sft_minus_base", "dpo_minus_sft")
+                 for metric in ("emotion_accuracy", "humanlike") for end, value in (("", 0.2), ("_low", 0.1),
+                                                                                     ("_high", 0.3))}}
+    record = {"metrics/eval.json": scores}
+    cells = {title: cell(record, *spec) for title, *spec in COLUMNS if spec[0] == "metrics/eval.json"}
+    assert cells["emotion real/base/sft/dpo (chance)"] == "0.50/0.50/0.50/0.50 (0.20) uninformative"
+    assert cells["human-like base/sft/dpo"] == "0.50/0.50/0.50"
+    assert cells["emotion sft-base [95% CI]"] == "+0.200? [+0.100, +0.300]"
+    assert cells["human-like sft-base [95% CI]"] == "+0.200▲ [+0.100, +0.300]"

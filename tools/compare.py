@@ -57,11 +57,11 @@ COLUMNS = [
                             ("emotion", "emotion_accuracy"))
       for label, name in (("sft-base", "sft_minus_base"), ("dpo-sft", "dpo_minus_sft"))],
     ("human-like base/sft/dpo", "metrics/eval.json", tuple(f"ed_test.{m}.humanlike" for m in ("base", "sft", "dpo")),
-     "learned"),
+     "{:.2f}/{:.2f}/{:.2f}"),
     # The real listeners' replies are the human reference; chance is the commonest emotion's share.
     ("emotion real/base/sft/dpo (chance)", "metrics/eval.json",
      tuple(f"ed_test.{m}.emotion_accuracy" for m in ("reference", "base", "sft", "dpo")) + ("ed_test.emotion_chance",),
-     "learned"),
+     "{:.2f}/{:.2f}/{:.2f}/{:.2f} ({:.2f})"),
     ("stop rate sft/dpo", "metrics/eval.json", ("ed_test.sft.stop_rate", "ed_test.dpo.stop_rate"), "{:.2f}/{:.2f}"),
     # replies that reached the reply budget without their EOS: scored cut short
     ("cut rate base/sft/dpo (budget)", "metrics/eval.json",
@@ -147,10 +147,8 @@ def cell(record: dict, where: str, keys: tuple, fmt: str) -> str:
     if fmt == "decided":
         value, low, high = values
         return f"{decided(value, low, high, informative(metrics, keys[0]))} [{low:+.3f}, {high:+.3f}]"
-    if fmt == "learned":  # a learned metric per model (and the real replies' and chance, for emotion)
-        shown = "/".join(f"{value:.2f}" for value in values[:4]) + (f" ({values[4]:.2f})" if len(values) > 4 else "")
-        return shown + ("" if informative(metrics, keys[0]) else " uninformative")
-    return fmt.format(*values)
+    learned = where == "metrics/eval.json" and not all(informative(metrics, key) for key in keys)
+    return fmt.format(*values) + (" uninformative" if learned else "")
 
 
 def table(records: dict[str, dict]) -> str:
