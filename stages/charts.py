@@ -6,8 +6,7 @@ from __future__ import annotations
 import matplotlib
 import numpy as np
 
-from stages.outputs import atomic_dir
-from stages.paths import EVAL_CHARTS
+from pathlib import Path
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -33,38 +32,38 @@ UNINFORMATIVE = "\nUNINFORMATIVE here: its classifier does not clear chance on i
 
 
 def draw(rows: list[dict], differences: dict[str, tuple[float, float, float]], chance: dict[str, float],
-         uninformative: set[str]) -> None:
+         uninformative: set[str], folder: Path) -> None:
     """`rows`: {set, model, <metric>, <metric>_low, <metric>_high} per set and model (the human reference
     among them, with the learned metrics only); `differences`: "<set>.<after>_minus_<before>.<metric>" ->
     (value, low, high); `chance`: set -> the emotion classifier's chance level; `uninformative`: the learned
-    metrics whose classifier failed its check, said so on their charts, their differences never coloured decided."""
+    metrics whose classifier failed its check, said so on their charts, their differences never coloured decided;
+    `folder`: where the PNGs go (evaluate's temporary for EVAL_CHARTS)."""
     sets = list(dict.fromkeys(row["set"] for row in rows))
     models = list(dict.fromkeys(row["model"] for row in rows))
-    with atomic_dir(EVAL_CHARTS) as folder:
-        for metric, title in CHARTS.items():
-            drawn = [m for m in models if any(metric in r for r in rows if r["model"] == m)]
-            if not drawn:  # rescaled BERTScore where no baseline ships
-                continue
-            fig, ax = plt.subplots(figsize=(6.5, 3.5))
-            for offset, model in enumerate(drawn):
-                got = [next((r for r in rows if r["set"] == s and r["model"] == model and metric in r), None)
-                       for s in sets]
-                values = np.array([r[metric] if r else np.nan for r in got])
-                errors = np.array([[r[metric] - r[f"{metric}_low"], r[f"{metric}_high"] - r[metric]] if r else [0, 0]
-                                   for r in got]).T
-                ax.bar(np.arange(len(sets)) + (offset - (len(drawn) - 1) / 2) * BAR, values, BAR, yerr=errors,
-                       capsize=3, label=model)
-            if metric == "emotion_accuracy":
-                for i, name in enumerate(sets):
-                    if name in chance:
-                        ax.hlines(chance[name], i - 0.45, i + 0.45, colors="black", linestyles="dashed", linewidth=1)
-            ax.set_xticks(np.arange(len(sets)), sets)
-            ax.set_title(title + (UNINFORMATIVE if metric in uninformative else ""), fontsize=10)
-            ax.legend(fontsize=8)
-            fig.tight_layout()
-            fig.savefig(folder / f"{metric}.png", dpi=100)
-            plt.close(fig)
-        draw_differences(folder, differences, uninformative)
+    for metric, title in CHARTS.items():
+        drawn = [m for m in models if any(metric in r for r in rows if r["model"] == m)]
+        if not drawn:  # rescaled BERTScore where no baseline ships
+            continue
+        fig, ax = plt.subplots(figsize=(6.5, 3.5))
+        for offset, model in enumerate(drawn):
+            got = [next((r for r in rows if r["set"] == s and r["model"] == model and metric in r), None)
+                   for s in sets]
+            values = np.array([r[metric] if r else np.nan for r in got])
+            errors = np.array([[r[metric] - r[f"{metric}_low"], r[f"{metric}_high"] - r[metric]] if r else [0, 0]
+                               for r in got]).T
+            ax.bar(np.arange(len(sets)) + (offset - (len(drawn) - 1) / 2) * BAR, values, BAR, yerr=errors,
+                   capsize=3, label=model)
+        if metric == "emotion_accuracy":
+            for i, name in enumerate(sets):
+                if name in chance:
+                    ax.hlines(chance[name], i - 0.45, i + 0.45, colors="black", linestyles="dashed", linewidth=1)
+        ax.set_xticks(np.arange(len(sets)), sets)
+        ax.set_title(title + (UNINFORMATIVE if metric in uninformative else ""), fontsize=10)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(folder / f"{metric}.png", dpi=100)
+        plt.close(fig)
+    draw_differences(folder, differences, uninformative)
 
 
 def draw_differences(folder, differences: dict[str, tuple[float, float, float]], uninformative: set[str]) -> None:

@@ -44,13 +44,13 @@ from stages.cards import recorded, stack_card
 from stages.generation import encoded_sets, generate, held_out_pairs, reply_logprobs
 from stages.judging import Judges, chance
 from stages.modeling import context_window, embedder_dtype, load_model, load_tokenizer, placement, reply_budget
-from stages.outputs import atomic_file, read_jsonl, write_json, write_jsonl
+from stages.outputs import atomic_dir, json_text, jsonl_text, read_jsonl, write_together
 from stages.params import EvalParams, Params, ParamsError, load_params
 from stages.parsing import DataError, parse_prompts, read_bytes
-from stages.paths import EVAL_PLOT, GENERATIONS, JUDGES_METRICS, METRICS_DIR, PROBE_SET, SFT_DATA, STACK_CARD
+from stages.paths import EVAL_CHARTS, EVAL_PLOT, GENERATIONS, JUDGES_METRICS, METRICS_DIR, PROBE_SET, SFT_DATA, STACK_CARD
 from stages.scoring import (Measure, chrf, distinct, distinct_openings, distinct_replies, interval, mean_of, nltk_bleu,
                             paired_difference, perplexity, preference_accuracy, repeats, resample, sacrebleu_bleu)
-from stages.sheet import write_sheet
+from stages.sheet import sheet_texts
 from stages.stacks import MODELS, check_stack, fingerprint
 from stages.verdicts import LEARNED, informative, verdict_key
 
@@ -264,16 +264,18 @@ def main() -> None:
     rated = sorted(random.Random(params.seed).sample(range(len(sets[cfg.human_set])),
                                                      min(cfg.human_prompts, len(sets[cfg.human_set]))))
     by_key = {(g["set"], g["id"], g["model"]): g for g in generations}
-    write_sheet([by_key[cfg.human_set, sets[cfg.human_set][i]["id"], model_name]
-                 for i in rated for model_name in MODELS], params.sft.system_prompt)
-    write_jsonl(GENERATIONS, generations)
-    charts.draw(rows, differences, {name[: -len(".emotion_chance")]: value for name, value in metrics.items()
-                                    if name.endswith(".emotion_chance")},
-                {metric for metric, judge in LEARNED.items() if not verdicts[judge]})
-    write_json(EVAL_PLOT, [row for row in rows if row["model"] != "reference"])
-    write_json(METRICS_DIR / "eval.json", metrics)
-    with atomic_file(STACK_CARD) as card:
-        card.write(stack_card(params, *recorded(), metrics).content)
+    texts = {**sheet_texts([by_key[cfg.human_set, sets[cfg.human_set][i]["id"], model_name]
+                            for i in rated for model_name in MODELS], params.sft.system_prompt),
+             GENERATIONS: jsonl_text(generations),
+             EVAL_PLOT: json_text([row for row in rows if row["model"] != "reference"]),
+             METRICS_DIR / "eval.json": json_text(metrics),
+             STACK_CARD: stack_card(params, *recorded(), metrics).content}
+    # The outputs change together: the charts are drawn into a temporary folder, renamed last.
+    with atomic_dir(EVAL_CHARTS) as folder:
+        charts.draw(rows, differences, {name[: -len(".emotion_chance")]: value for name, value in metrics.items()
+                                        if name.endswith(".emotion_chance")},
+                    {metric for metric, judge in LEARNED.items() if not verdicts[judge]}, folder)
+        write_together(texts)
 
 
 if __name__ == "__main__":

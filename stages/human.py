@@ -11,11 +11,10 @@ sheet.
 
 Votes. `python -m tools.vote --rater <name>` writes eval/human/votes/<rater>.csv (stages.votes): win rates
 per pair of models, Bradley-Terry scores and agreement between raters, from the votes cast for the models
-in models/ now.
+in models/ now; a rater's repeated vote on a prompt and pair is counted (votes.repeated), not tallied.
 """
 from __future__ import annotations
 
-import json
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -27,7 +26,7 @@ from stages.outputs import write_json
 from stages.params import load_params
 from stages.parsing import DataError, read_bytes
 from stages.paths import HUMAN_KEY, HUMAN_RATINGS, HUMAN_SHEET, HUMAN_VOTES, METRICS_DIR
-from stages.sheet import CRITERIA, FilledSheet, read_sheet
+from stages.sheet import CRITERIA, FilledSheet, parse_key, read_sheet
 from stages.stacks import MODELS, fingerprint
 from stages.votes import read_votes, summarize as summarize_votes
 
@@ -83,7 +82,7 @@ def read_ratings(key: dict) -> tuple[dict[str, FilledSheet], list[str]]:
 
 def main() -> None:
     params = load_params()
-    key = json.loads(read_bytes(HUMAN_KEY))
+    key = parse_key(read_bytes(HUMAN_KEY), str(HUMAN_KEY))
     sheets, stale = read_ratings(key)
     for name in stale:
         print(f"human: skipping {HUMAN_RATINGS}/{name}: none of its codes is in {HUMAN_KEY} (a sheet for older replies)")
@@ -97,13 +96,19 @@ def main() -> None:
 
     vote_files = sorted(Path(HUMAN_VOTES).glob("*.csv"))
     stacks = {model: fingerprint(model) for model in MODELS} if vote_files else {}
-    votes, stale_votes = [], 0
+    votes, stale_votes, repeated_votes = [], 0, 0
     for path in vote_files:
-        cast, stale_here = read_votes(read_bytes(path), str(path), path.stem, stacks)
-        votes += cast
-        stale_votes += stale_here
-        metrics.update({f"rater.{path.stem}.votes": len(cast), f"rater.{path.stem}.stale_votes": stale_here})
-    metrics.update({**summarize_votes(votes, params.eval.bootstrap_samples, params.seed), "votes.stale": stale_votes})
+        cast = read_votes(read_bytes(path), str(path), path.stem, stacks)
+        votes += cast.votes
+        stale_votes += cast.stale
+        repeated_votes += cast.repeated
+        if cast.repeated:
+            print(f"human: {path}: {cast.repeated} vote(s) on a prompt and pair this rater had voted on already; "
+                  "only the first counts")
+        metrics.update({f"rater.{path.stem}.votes": len(cast.votes), f"rater.{path.stem}.stale_votes": cast.stale,
+                        f"rater.{path.stem}.repeated_votes": cast.repeated})
+    metrics.update({**summarize_votes(votes, params.eval.bootstrap_samples, params.seed), "votes.stale": stale_votes,
+                    "votes.repeated": repeated_votes})
     write_json(METRICS_DIR / "human.json", metrics)
 
     if not sheets:

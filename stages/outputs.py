@@ -4,7 +4,13 @@ disk (fsync) before the rename, and the folder after it: without that, a power c
 renamed file empty (the rating page rewrites its file on every click).
 
 While a temporary exists, SIGTERM (a preempted job, `kill`) unwinds the stack as Ctrl-C does, so the
-temporary is removed; one left by SIGKILL is removed by the next write of the same output."""
+temporary is removed; one left by SIGKILL is removed by the next write of the same output. A temporary carries
+its process's id, and that cleanup removes only those of processes that have ended: two processes writing one
+file (two rating servers for one rater) never delete each other's in flight. Files that people or processes
+share are read, changed and written under a lock (`locked`), which holds across processes.
+
+Every file of an output follows the umask, weights included (safetensors writes its files private, 0600), so
+a teammate or a server running as another user can read what `dvc pull` or the export put there."""
 from __future__ import annotations
 
 import contextlib
@@ -16,6 +22,8 @@ import tempfile
 import threading
 from pathlib import Path
 from typing import Iterable, Iterator
+
+from filelock import FileLock, Timeout
 
 
 def _umask() -> int:
@@ -48,20 +56,44 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_tree(folder: Path) -> None:
+def _seal_tree(folder: Path) -> None:
+    """Give every file the umask's mode and flush it, then each folder, to the disk."""
+    mode = 0o666 & ~_umask()
     for root, _, files in os.walk(folder):
         for name in files:
+            os.chmod(Path(root) / name, mode)
             _fsync(Path(root) / name)
         _fsync(Path(root))
 
 
+def _ended(name: str, prefix: str) -> bool:
+    """Whether the process that made the temporary `name` (named prefix + pid + "-" + random) has ended."""
+    pid = name[len(prefix):].split("-", 1)[0]
+    if not pid.isdigit():
+        return True  # not named by this module's rule: left by an older version
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
 def _prepare(final: Path) -> str:
-    """Make the parent folder and remove temporaries a killed run left; return the temporary's prefix."""
+    """Make the parent folder and remove the temporaries of ended processes; return this process's prefix."""
     final.parent.mkdir(parents=True, exist_ok=True)
     prefix = f".{final.name}.tmp-"
     for stale in final.parent.glob(f"{prefix}*"):
-        shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
-    return prefix
+        if _ended(stale.name, prefix):
+            shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+    return f"{prefix}{os.getpid()}-"
+
+
+def _temporary_file(final: Path) -> tuple[int, str]:
+    fd, tmp = tempfile.mkstemp(prefix=_prepare(final), dir=final.parent)
+    os.chmod(tmp, 0o666 & ~_umask())
+    return fd, tmp
 
 
 @contextlib.contextmanager
@@ -76,7 +108,7 @@ def atomic_dir(final: Path | str) -> Iterator[Path]:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        _fsync_tree(tmp)
+        _seal_tree(tmp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -87,8 +119,7 @@ def atomic_dir(final: Path | str) -> Iterator[Path]:
 def atomic_file(final: Path | str, mode: str = "w") -> Iterator:
     final = Path(final)
     with _terminate_unwinds():
-        fd, tmp = tempfile.mkstemp(prefix=_prepare(final), dir=final.parent)
-        os.chmod(tmp, 0o666 & ~_umask())
+        fd, tmp = _temporary_file(final)
         try:
             with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
                 yield handle
@@ -101,10 +132,61 @@ def atomic_file(final: Path | str, mode: str = "w") -> Iterator:
         _fsync(final.parent)
 
 
+def write_together(texts: dict[Path, str]) -> None:
+    """Write several outputs of one stage so that they change together or not at all: every text is encoded
+    first (text that UTF-8 cannot hold stops here, before any file changes), then written to its temporary, and
+    the renames run with SIGTERM and SIGINT held back until all are done. Only a SIGKILL or a power cut in that
+    instant could part them."""
+    encoded = {Path(path): text.encode("utf-8") for path, text in texts.items()}
+    renames = []
+    with _terminate_unwinds():
+        try:
+            for final, data in encoded.items():
+                fd, tmp = _temporary_file(final)
+                renames.append((tmp, final))
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(data)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+        except BaseException:
+            for tmp, _ in renames:
+                Path(tmp).unlink(missing_ok=True)
+            raise
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+        try:
+            for tmp, final in renames:
+                os.replace(tmp, final)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        for folder in {final.parent for final in encoded}:
+            _fsync(folder)
+
+
+@contextlib.contextmanager
+def locked(path: Path | str, timeout_s: float = 30) -> Iterator[None]:
+    """Hold the lock of `path` (the file `.<name>.lock` beside it), across threads and processes, for a
+    read-change-write of a file that several writers share."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(path.parent / f".{path.name}.lock", timeout=timeout_s)
+    try:
+        with lock:
+            yield
+    except Timeout:
+        raise OSError(f"{path}: another writer has held it for {timeout_s:.0f} s") from None
+
+
+def json_text(data) -> str:
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+
+def jsonl_text(rows: Iterable[dict]) -> str:
+    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+
+
 def write_json(path: Path | str, data) -> None:
     with atomic_file(path) as handle:
-        json.dump(data, handle, indent=2, sort_keys=True)
-        handle.write("\n")
+        handle.write(json_text(data))
 
 
 def write_jsonl(path: Path | str, rows: Iterable[dict]) -> None:

@@ -4,26 +4,59 @@ params.yaml is composed from conf/ (Hydra config groups) by `dvc exp run`; the c
 default composition.
 
 An unknown key, a missing key or a bad value stops the stage with a message that names the key
-(e.g. `sft.lora.r: Input should be greater than 0`). Numbers such as `2e-4`, which YAML reads as a
-string, are coerced to floats.
+(e.g. `sft.lora.r: Input should be greater than 0`). Every number is strict: a count is a whole number, never
+true, false, 3.0 or text; a real number is finite and never a boolean, and of text only a plain decimal such as
+`2e-4` (which YAML reads as a string) is read as the number, not `1_0`. Every number has an upper bound far above
+what a real run sets, so a typo cannot ask for 10**30 rows or an infinite learning rate.
 """
 from __future__ import annotations
 
+import math
+import re
 import sys
+import tempfile
 from pathlib import Path
 from typing import Annotated, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 PARAMS_FILE = Path("params.yaml")
 CONF_DIR = Path("conf")
 SEVEN_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
-# A count: a whole number above 0 (YAML's true, false and 3.0 are refused, not read as 1, 0 and 3).
-Count = Annotated[int, Field(gt=0, strict=True)]
-# A positive finite number (.inf and .nan are refused; a string such as "2e-4" is read as the number).
-Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+TEXT_LIMIT = 20_000  # characters of a system prompt
+
+
+def _decimal(value):
+    """A real number as YAML gives it: an int or a float, or a plain decimal written as text ("2e-4", which YAML
+    1.1 reads as a string); never a boolean, and no other text ("1_0", "0x10", "nan")."""
+    if isinstance(value, bool):
+        raise ValueError("a number, not a boolean")
+    if isinstance(value, str):
+        if not DECIMAL.fullmatch(value.strip()):
+            raise ValueError(f"a number, not the text {value[:40]!r}")
+        value = float(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"a finite number, not {value}")
+    return value
+
+
+def count(most: int):
+    """A whole number from 1 to `most` (YAML's true, false and 3.0 are refused, not read as 1, 0 and 3)."""
+    return Annotated[int, Field(gt=0, le=most, strict=True)]
+
+
+def real(most: float, least: float = 0, above_least: bool = True):
+    """A finite real number above `least` (or from it, with above_least=False) up to `most`."""
+    bound = {"gt": least} if above_least else {"ge": least}
+    return Annotated[float, BeforeValidator(_decimal), Field(**bound, le=most, allow_inf_nan=False, strict=True)]
+
+
+Flag = Annotated[bool, Field(strict=True)]  # true or false, not 1, "yes" or "on"
+Text = Annotated[str, Field(max_length=TEXT_LIMIT)]
+ROWS, LENGTH, BATCH, STEPS, EPOCHS = 10**8, 2**20, 2**16, 10**7, 1000  # bounds of the counts of their kind
 
 
 class Strict(BaseModel):
@@ -33,13 +66,13 @@ class Strict(BaseModel):
 class TinyModelParams(Strict):
     """Shape of the random-weight Llama built for the offline profile."""
 
-    vocab_size: Count
-    hidden_size: Count
-    intermediate_size: Count
-    num_layers: Count
-    num_heads: Count
-    num_kv_heads: Count
-    max_position: Count
+    vocab_size: count(2**18)
+    hidden_size: count(2**14)
+    intermediate_size: count(2**16)
+    num_layers: count(256)
+    num_heads: count(256)
+    num_kv_heads: count(256)
+    max_position: count(LENGTH)
 
     @model_validator(mode="after")
     def _heads_divide(self):
@@ -66,7 +99,7 @@ class ModelParams(Strict):
     revision: Optional[str] = Field(min_length=1, description="hub revision (branch, tag or commit) to pin")
     gguf: Optional[GgufParams]
     # Every stage multiplies its learning rate by this (see conf/model/tiny.yaml for why).
-    lr_scale: Positive
+    lr_scale: real(10_000)
     tiny: Optional[TinyModelParams]
 
     @property
@@ -94,8 +127,9 @@ class HubParams(Strict):
     empatheticdialogues_sha256: Optional[str] = Field(pattern=r"^[0-9a-f]{64}$")
     human_like_dpo_url: str = Field(pattern=r"^https://")
     human_like_dpo_sha256: Optional[str] = Field(pattern=r"^[0-9a-f]{64}$")
-    retries: Count
-    timeout_s: Positive
+    retries: count(100)
+    timeout_s: real(3600)  # the longest silence of the server, per read
+    deadline_s: real(7 * 24 * 3600)  # the longest one file's download may take, retries included
 
 
 class DataParams(Strict):
@@ -113,69 +147,76 @@ class DataParams(Strict):
 
 
 class LoraParams(Strict):
-    r: Count
-    alpha: Count
-    dropout: float = Field(ge=0, lt=1, allow_inf_nan=False)
+    r: count(4096)
+    alpha: count(2**16)
+    dropout: real(0.99, above_least=False)
     # Module names of the model (Llama's: SEVEN_PROJECTIONS), or PEFT's "all-linear": every linear layer but
     # the output head. The sft and dpo stages stop on a name the model does not have, listing those it has.
     target_modules: Union[Literal["all-linear"], list[Annotated[str, Field(min_length=1)]]] = Field(min_length=1)
+
+    @field_validator("target_modules")
+    @classmethod
+    def _each_once(cls, modules):
+        if isinstance(modules, list) and len(set(modules)) != len(modules):
+            raise ValueError(f"names a module twice: {modules}")
+        return modules
 
 
 class TrainParams(Strict):
     """Knobs shared by the sft and dpo stages."""
 
     preset: str = Field(min_length=1, description="the conf/ preset composed (model cards name it)")
-    train_size: Count
+    train_size: count(ROWS)
     lora: LoraParams
-    lr: Positive
+    lr: real(1)
     # What one optimizer step trains: examples for SFT (packed rows with sft.packing), pairs for DPO. The notebook's
     # presets state what a step trained on its two T4s. Any number of processes trains these same examples a step,
     # each an equal share (stages.training.batch_split); a step that cannot be shared evenly stops the stage.
-    examples_per_step: Count
+    examples_per_step: count(BATCH)
     # The most examples a process puts through the model at once on a card of a T4's 16 GB (the notebook's batch per
     # GPU): a process's share of a step goes in equal micro-batches of the largest size up to this that divides it,
     # the rest of the step in gradient accumulation.
-    batch_size: Count
-    eval_batch_size: Count
+    batch_size: count(BATCH)
+    eval_batch_size: count(BATCH)
     # On a CUDA GPU, a process's share of a step in as few equal micro-batches as its free memory is estimated to hold
     # (at least batch_size): the same recipe up to float rounding, in fewer, fuller passes.
-    fill_gpu: bool
-    max_length: Count
-    checkpoint_steps: Count  # evaluate and save a checkpoint every this many optimizer steps
+    fill_gpu: Flag
+    max_length: count(LENGTH)
+    checkpoint_steps: count(STEPS)  # evaluate and save a checkpoint every this many optimizer steps
     # Liger's fused Triton kernels: "auto" uses them where they run (a CUDA GPU with liger-kernel installed:
     # requirements-gpu.txt), true insists (the stage stops where they cannot run), false never.
-    liger: Union[Literal["auto"], Annotated[bool, Field(strict=True)]]
+    liger: Union[Literal["auto"], Flag]
     # Recompute activations in the backward pass instead of keeping them: less memory, about a third more compute.
     # TRL turns it on by default; a LoRA run of a 1.1B model fits a 16 GiB card without it (see docs/speed.md).
-    gradient_checkpointing: bool
+    gradient_checkpointing: Flag
 
 
 class SFTParams(TrainParams):
     format: Literal["dialogue", "seed"]
     # Pack examples into rows of max_length tokens with no padding (batch_size then counts rows); each
     # example still sees only itself, through position ids that restart at 0.
-    packing: bool
-    system_prompt: str
-    epochs: Count
+    packing: Flag
+    system_prompt: Text
+    epochs: count(EPOCHS)
     scheduler: Literal["cosine", "linear", "constant_with_warmup"]
-    warmup_ratio: float = Field(ge=0, lt=1, allow_inf_nan=False)
-    weight_decay: float = Field(ge=0, allow_inf_nan=False)
+    warmup_ratio: real(0.99, above_least=False)
+    weight_decay: real(10, above_least=False)
 
 
 class DPOParams(TrainParams):
     # Opens every DPO prompt ("" for none). conf/ makes it sft.system_prompt, so SFT, DPO and evaluation share one
     # prompt format; docs/evaluation.md says what that prompt's "in a few sentences" does beside DPO's long replies.
-    system_prompt: str
-    beta: Positive
+    system_prompt: Text
+    beta: real(100)
     # One pass over the training pairs for the reference's log-probs instead of a reference forward per step:
     # pays when training covers the pairs more than once.
-    precompute_ref_log_probs: bool
-    max_prompt_length: Count
-    max_steps: Count
+    precompute_ref_log_probs: Flag
+    max_prompt_length: count(LENGTH)
+    max_steps: count(STEPS)
     # ...or this many passes over the train pairs, whichever ends first: the notebook's runs (9000 pairs,
     # 500-800 steps of 8 pairs) never reach it; a small set (the offline sample's 288 pairs) stops there.
-    max_epochs: Count
-    warmup_steps: int = Field(ge=0, strict=True)
+    max_epochs: count(EPOCHS)
+    warmup_steps: int = Field(ge=0, le=STEPS, strict=True)
 
     @model_validator(mode="after")
     def _room_for_the_reply(self):
@@ -189,24 +230,24 @@ class DPOParams(TrainParams):
 class EvalParams(Strict):
     # The fixed evaluation sets: their sizes belong to no SFT or DPO preset, so every experiment is scored
     # on the same rows (SFT eval examples from valid.csv, held-out DPO pairs, test prompts from test.csv).
-    sft_eval_size: Count
-    dpo_eval_size: Count
-    test_size: Count
+    sft_eval_size: count(ROWS)
+    dpo_eval_size: count(ROWS)
+    test_size: count(ROWS)
     # A JSONL file of {system (optional), user, reference} scored as the prompt set `custom`.
     prompts_file: Optional[str] = Field(min_length=1)
     # Replies per generate call, and sequences per log-prob forward pass; "auto" sizes it for the device
     # (stages.generation.AUTO_BATCH_SIZE: 64 on a GPU, 16 on a CPU).
-    batch_size: Count | Literal["auto"]
+    batch_size: count(BATCH) | Literal["auto"]
     # The new tokens a reply may take; "auto": enough for what the trainings taught (stages.modeling.reply_budget,
     # from preprocess's metrics/lengths.json). A prompt and its reply share the model's context window.
-    max_new_tokens: Count | Literal["auto"]
-    temperature: float = Field(ge=0, allow_inf_nan=False)
-    bertscore_model: str = Field(description="'packaged-minilm' (offline, from PyPI) or a hub id")
-    bertscore_num_layers: Count
-    bootstrap_samples: Count
+    max_new_tokens: count(LENGTH) | Literal["auto"]
+    temperature: real(100, above_least=False)
+    bertscore_model: str = Field(min_length=1, description="'packaged-minilm' (offline, from PyPI) or a hub id")
+    bertscore_num_layers: count(256)
+    bootstrap_samples: count(100_000)
     # The blind rating sheet: this many prompts of this prompt set, each answered by every model.
     human_set: Literal["ed_test", "probe", "custom"]
-    human_prompts: Count
+    human_prompts: count(ROWS)
 
     @model_validator(mode="after")
     def _custom_set_has_a_file(self):
@@ -222,6 +263,14 @@ class Params(Strict):
     sft: SFTParams
     dpo: DPOParams
     eval: EvalParams
+
+    @model_validator(mode="after")
+    def _rates_used_are_sane(self):
+        for stage in ("sft", "dpo"):
+            used = getattr(self, stage).lr * self.model.lr_scale
+            if used > 1:
+                raise ValueError(f"{stage}.lr x model.lr_scale is the rate used, {used:g}: at most 1")
+        return self
 
 
 class ParamsError(SystemExit):
@@ -251,9 +300,11 @@ def parse_params(raw: dict, path: Path = PARAMS_FILE) -> Params:
 def load_params(path: Path | str = PARAMS_FILE) -> Params:
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as error:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError) as error:  # ValueError: not UTF-8, an int of 5,000 digits
         raise ParamsError(f"{path}: cannot read params: {error}") from None
+    except RecursionError:
+        raise ParamsError(f"{path}: cannot read params: nested too deeply") from None
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: expected a mapping of param groups at the top level")
     return parse_params(raw, path)
@@ -267,13 +318,23 @@ HEADER = """\
 
 
 def compose(overrides: list[str], output: Path = PARAMS_FILE, conf_dir: Path = CONF_DIR) -> Params:
-    """Compose conf/ with Hydra overrides into `output`, exactly as `dvc exp run -S ...` does (with HEADER
-    above), and validate it."""
+    """Compose conf/ with Hydra overrides, exactly as `dvc exp run -S ...` does, validate the result, and only
+    then write it (with HEADER above) to `output`, atomically: a composition that does not validate leaves
+    `output` as it was."""
     from dvc.utils.hydra import compose_and_dump
 
-    compose_and_dump(str(output), str(Path(conf_dir).resolve()), None, "config", "", overrides)
-    output.write_text(HEADER + output.read_text())
-    return load_params(output)
+    from stages.outputs import atomic_file
+
+    output = Path(output)
+    with tempfile.TemporaryDirectory() as scratch:
+        composed = Path(scratch) / output.name
+        compose_and_dump(str(composed), str(Path(conf_dir).resolve()), None, "config", "", overrides)
+        text = HEADER + composed.read_text(encoding="utf-8")
+        composed.write_text(text, encoding="utf-8")
+        params = load_params(composed)
+    with atomic_file(output) as handle:
+        handle.write(text)
+    return params
 
 
 if __name__ == "__main__":

@@ -15,9 +15,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 # Every reason a parser may drop a row for; metrics list each one, zero or not, so columns stay stable.
-ED_DROP_REASONS = ("not_utf8", "too_few_fields", "bad_utterance_idx", "empty_utterance", "duplicate_turn")
+ED_DROP_REASONS = ("not_utf8", "too_few_fields", "bad_utterance_idx", "utterance_idx_over_limit", "field_too_long",
+                   "empty_utterance", "duplicate_turn")
 EXAMPLE_DROP_REASONS = ("missing_earlier_turn", "held_out_twin", "too_long")
-DPO_DROP_REASONS = ("empty_field", "chosen_equals_rejected", "duplicate")
+# not_utf8: text with a lone surrogate escape ("\ud83d"), which JSON allows and no UTF-8 file can hold
+DPO_DROP_REASONS = ("not_utf8", "field_too_long", "empty_field", "chosen_equals_rejected", "duplicate")
+
+# What one row may claim, far above the real data (EmpatheticDialogues: 8 turns, 558 characters; Human-Like-DPO:
+# 3,351 characters), so that one hostile row cannot take the memory or time of the whole file. A conversation
+# numbers its turns from 1 without gaps or repeats, so MAX_TURN_INDEX also bounds its turns, and the examples
+# made of it (each with its history) stay within MAX_TURN_INDEX**2 / 4 messages.
+MAX_TURN_INDEX = 100
+MAX_FIELD_CHARS = 20_000
 
 ED_HEADER = ["conv_id", "utterance_idx", "context", "prompt", "speaker_idx", "utterance", "selfeval", "tags"]
 
@@ -87,8 +96,15 @@ def parse_empathetic(raw: bytes, name: str) -> Parsed:
         if len(fields) > len(ED_HEADER):
             parsed.extra_fields += 1
         conv_id, idx, emotion, situation, _speaker, text = fields[:6]
-        if not re.fullmatch(r"[0-9]+", idx.strip()) or int(idx) < 1:  # "²".isdigit(), yet int("²") fails
+        idx = idx.strip()
+        if not re.fullmatch(r"[0-9]+", idx) or not idx.strip("0"):  # "²".isdigit(), yet int("²") fails
             parsed.dropped["bad_utterance_idx"] += 1
+            continue
+        if len(idx.lstrip("0")) > len(str(MAX_TURN_INDEX)) or int(idx) > MAX_TURN_INDEX:  # int() of 5,000 digits fails
+            parsed.dropped["utterance_idx_over_limit"] += 1
+            continue
+        if max(map(len, fields[:6])) > MAX_FIELD_CHARS:
+            parsed.dropped["field_too_long"] += 1
             continue
         text = unescape(text)
         if not conv_id.strip() or not text:
@@ -101,6 +117,28 @@ def parse_empathetic(raw: bytes, name: str) -> Parsed:
         seen.add(key)
         parsed.records.append(Turn(conv_id, int(idx), emotion.strip(), unescape(situation), text))
     return parsed
+
+
+def load_json(text: str, name: str, line: int | None = None):
+    """json.loads of a file's text (or of its `line`), with its failures as a DataError naming the file and line."""
+    where = name if line is None else f"{name}:{line}"
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise DataError(f"{name}:{line or error.lineno}: invalid JSON: {error.msg}") from None
+    except ValueError as error:  # e.g. an integer of more digits than Python converts
+        raise DataError(f"{where}: invalid JSON: {error}") from None
+    except RecursionError:
+        raise DataError(f"{where}: invalid JSON: nested too deeply to read") from None
+
+
+def writable(text: str) -> bool:
+    """Whether UTF-8 can hold `text`: a JSON string may carry a lone surrogate escape ("\\ud83d"), which it cannot."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def normalised(text: str) -> str:
@@ -145,6 +183,7 @@ def listener_examples(turns: list[Turn], system_prompt: str, seed_format: bool,
     """
     parsed = Parsed(records=[])
     for conv_id, conv in conversations(turns).items():
+        whole = next((position for position, t in enumerate(conv) if t.idx != position + 1), len(conv))
         for position, turn in enumerate(conv):
             if turn.idx % 2:
                 continue
@@ -152,7 +191,7 @@ def listener_examples(turns: list[Turn], system_prompt: str, seed_format: bool,
             if held_out and held_out.twin(turn):
                 parsed.dropped["held_out_twin"] += 1
                 continue
-            if [t.idx for t in conv[: position + 1]] != list(range(1, turn.idx + 1)):
+            if position >= whole:  # a turn before it is missing: turns 1..idx are not all there
                 parsed.dropped["missing_earlier_turn"] += 1
                 continue
             example = {"id": f"{conv_id}:{turn.idx}", "emotion": turn.emotion, "situation": turn.situation}
@@ -171,10 +210,7 @@ def listener_examples(turns: list[Turn], system_prompt: str, seed_format: bool,
 def parse_dpo(raw: bytes, name: str, system_prompt: str = "") -> Parsed:
     """Parse Human-Like-DPO data.json: strip; drop empty fields, chosen == rejected, exact duplicates.
     A non-empty `system_prompt` opens every prompt as a system message, as in the SFT examples."""
-    try:
-        items = json.loads(decode_utf8(raw, name))
-    except json.JSONDecodeError as error:
-        raise DataError(f"{name}:{error.lineno}: invalid JSON: {error.msg}") from None
+    items = load_json(decode_utf8(raw, name), name)
     if not isinstance(items, list):
         raise DataError(f"{name}: expected a JSON array of {{prompt, chosen, rejected}}, got {type(items).__name__}")
     parsed = Parsed(records=[], read=len(items))
@@ -186,7 +222,11 @@ def parse_dpo(raw: bytes, name: str, system_prompt: str = "") -> Parsed:
             if not isinstance(item.get(key), str):
                 raise DataError(f"{name}: item {number}: '{key}' must be a string")
         prompt, chosen, rejected = (item[key].strip() for key in ("prompt", "chosen", "rejected"))
-        if not (prompt and chosen and rejected):
+        if not all(map(writable, (prompt, chosen, rejected))):
+            parsed.dropped["not_utf8"] += 1
+        elif max(map(len, (prompt, chosen, rejected))) > MAX_FIELD_CHARS:
+            parsed.dropped["field_too_long"] += 1
+        elif not (prompt and chosen and rejected):
             parsed.dropped["empty_field"] += 1
         elif chosen == rejected:
             parsed.dropped["chosen_equals_rejected"] += 1
@@ -217,10 +257,7 @@ def parse_prompts(raw: bytes, name: str, system_prompt: str) -> list[dict]:
     for number, line in enumerate(decode_utf8(raw, name).split("\n"), start=1):
         if not line.strip():
             continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise DataError(f"{name}:{number}: invalid JSON: {error.msg}") from None
+        item = load_json(line, name, number)
         if not isinstance(item, dict):
             raise DataError(f"{name}:{number}: expected an object with 'user' and 'reference', "
                             f"got {type(item).__name__}")
@@ -233,6 +270,12 @@ def parse_prompts(raw: bytes, name: str, system_prompt: str) -> list[dict]:
         for key in ("id", "system"):
             if key in item and not isinstance(item[key], str):
                 raise DataError(f"{name}:{number}: '{key}' must be a string")
+        for key, value in item.items():
+            if not writable(value):
+                raise DataError(f"{name}:{number}: '{key}' holds a lone surrogate escape (such as \\ud83d), "
+                                "which is not text")
+            if len(value) > MAX_FIELD_CHARS:
+                raise DataError(f"{name}:{number}: '{key}' has {len(value)} characters; at most {MAX_FIELD_CHARS}")
         example_id = item.get("id", f"line-{number}")
         if example_id in ids:
             raise DataError(f"{name}:{number}: duplicate id {example_id!r}")

@@ -24,7 +24,7 @@ import sys
 import numpy as np
 
 from stages.modeling import PromptTooLong, encode, fit, load_tokenizer
-from stages.outputs import write_json, write_jsonl
+from stages.outputs import json_text, jsonl_text, write_together
 from stages.params import load_params
 from stages.parsing import (DPO_DROP_REASONS, ED_DROP_REASONS, EXAMPLE_DROP_REASONS, DataError, HeldOut, Parsed,
                             groups_across, listener_examples, normalised, parse_dpo, parse_empathetic, read_bytes,
@@ -118,11 +118,10 @@ def main() -> None:
         **token_lengths([len(encode(tokenizer, p["prompt"], p["chosen"])[1]) for p in all_train_pairs],
                         "dpo.train.chosen_tokens"),
     }
-    # Everything was parsed and fitted before anything is written: bad input leaves no output behind.
-    for path, rows in outputs.items():
-        write_jsonl(path, rows)
-    write_json(DATA_METRICS, metrics)
-    write_json(LENGTHS, lengths)
+    # Everything was parsed and fitted before anything is written, and the outputs change together: bad input
+    # leaves the last run's outputs whole, never some of them new.
+    write_together({**{path: jsonl_text(rows) for path, rows in outputs.items()},
+                    DATA_METRICS: json_text(metrics), LENGTHS: json_text(lengths)})
     print(f"preprocess: sft {[metrics[f'sft.{s}.examples'] for s in SFT_SPLITS]} train/eval/test -> {SFT_DATA}/, "
           f"dpo {len(train)}/{len(dpo_held_out)} train/eval -> {DPO_DATA}/ ({repeated} prompts asked more than once, "
           f"each kept on one side)")

@@ -23,10 +23,12 @@ import io
 import json
 import secrets
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from stages.outputs import atomic_file, write_json
+from stages.outputs import json_text, write_together
 from stages.parsing import DataError, decode_utf8
 from stages.paths import HUMAN_KEY, HUMAN_SHEET
+from stages.stacks import MODELS
 
 CRITERIA = ("helpfulness", "harmlessness", "relevance", "quality")
 COLUMNS = ("code", "prompt", "reference", "response", *CRITERIA, "comment")
@@ -97,14 +99,36 @@ def make_sheet(replies: list[dict], instructions: str = "", previous_key: dict |
     return rows, key
 
 
-def read_key() -> dict | None:
-    """The key of the last evaluate run (DVC keeps it between runs: persist), or None."""
+KEY_FIELDS = ("set", "id", "model", "response_sha256")
+
+
+def parse_key(raw: bytes, name: str) -> dict:
+    """The key: code -> {set, id, model, response_sha256}. One that is not (a hand edit, a merge gone wrong)
+    stops with the file and the code."""
     try:
-        key = json.loads(HUMAN_KEY.read_text())
-    except (OSError, ValueError):
+        key = json.loads(decode_utf8(raw, name))
+    except (ValueError, RecursionError) as error:
+        raise DataError(f"{name}: not a rating key: {error}. Restore it (`git checkout`, `dvc pull`) or rerun "
+                        "`dvc repro evaluate`") from None
+    if not isinstance(key, dict):
+        raise DataError(f"{name}: expected a JSON object of code -> {{{', '.join(KEY_FIELDS)}}}, "
+                        f"got {type(key).__name__}")
+    for code, entry in key.items():
+        if not (isinstance(entry, dict) and sorted(entry) == sorted(KEY_FIELDS)
+                and all(isinstance(value, str) for value in entry.values())):
+            raise DataError(f"{name}: code {code!r}: expected the text fields {', '.join(KEY_FIELDS)}")
+        if entry["model"] not in MODELS:
+            raise DataError(f"{name}: code {code!r}: model {entry['model']!r} is not one of {', '.join(MODELS)}")
+    return key
+
+
+def read_key() -> dict | None:
+    """The key of the last evaluate run (DVC keeps it between runs: persist), or None where there is none that
+    reads (its codes are then drawn afresh, and filled sheets count as stale)."""
+    try:
+        return parse_key(HUMAN_KEY.read_bytes(), str(HUMAN_KEY))
+    except (OSError, DataError):
         return None
-    fields = {"set", "id", "model", "response_sha256"}
-    return key if isinstance(key, dict) and all(isinstance(v, dict) and set(v) == fields for v in key.values()) else None
 
 
 def write_rows(handle, rows: list[dict]) -> None:
@@ -113,13 +137,17 @@ def write_rows(handle, rows: list[dict]) -> None:
     writer.writerows({**row, **{column: as_text_cell(row[column]) for column in TEXT_COLUMNS}} for row in rows)
 
 
-def write_sheet(replies: list[dict], instructions: str = "") -> dict:
-    """Write eval/human/sheet.csv and its key, keeping the codes of unchanged replies; returns the key."""
+def sheet_texts(replies: list[dict], instructions: str = "") -> dict[Path, str]:
+    """eval/human/sheet.csv and its key as texts, keeping the codes of unchanged replies (evaluate writes them
+    together with its other outputs)."""
     rows, key = make_sheet(replies, instructions, read_key())
-    with atomic_file(HUMAN_SHEET) as handle:
-        write_rows(handle, rows)
-    write_json(HUMAN_KEY, key)
-    return key
+    sheet = io.StringIO(newline="")
+    write_rows(sheet, rows)
+    return {HUMAN_SHEET: sheet.getvalue(), HUMAN_KEY: json_text(key)}
+
+
+def write_sheet(replies: list[dict], instructions: str = "") -> None:
+    write_together(sheet_texts(replies, instructions))
 
 
 def read_rows(raw: bytes, name: str) -> list[tuple[str, dict]]:

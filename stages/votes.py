@@ -3,7 +3,8 @@ the rater picks A, B or a tie, and each vote becomes a row of eval/human/votes/<
 tallies them here.
 
 A vote counts for the models that answered: each row records the fingerprint of both stacks
-(stages.stacks.fingerprint). Once a model is retrained, its old votes are stale: counted, not tallied.
+(stages.stacks.fingerprint). Once a model is retrained, its old votes are stale: counted, not tallied. A rater votes once on a prompt and pair:
+a repeated vote (two tabs, a reload, a row copied by hand) is counted as repeated, and only the first is tallied.
 
 Per pair of models: the first's win rate (a tie is half a win) with a 95% Wilson interval. Over all votes: a
 Bradley-Terry score per model (the log-odds that it beats the base model; base is 0), with a standard normal
@@ -54,11 +55,11 @@ class Vote:
         return self.set, self.prompt_id, frozenset((self.left, self.right))
 
 
-def read_votes(raw: bytes, name: str, rater: str, stacks: dict[str, str]) -> tuple[list[Vote], int]:
-    """A rater's votes for the current models, and how many rows were cast for other (older) models. `stacks`:
-    each model's current fingerprint. A bad cell stops with the file, row and column."""
+def vote_rows(raw: bytes, name: str) -> list[tuple[str, dict]]:
+    """A votes file's rows as (where, {column: cell as written}), blank rows skipped; `where` names the file, row
+    and line. A wrong header, a row of the wrong length or a row that is not CSV stops with where it is."""
     reader = csv.reader(io.StringIO(decode_utf8(raw, name).lstrip("\ufeff"), newline=""))
-    votes, stale = [], 0
+    rows = []
     try:
         header = next(reader, None)
         if header is None or [cell.strip() for cell in header] != list(COLUMNS):
@@ -69,21 +70,51 @@ def read_votes(raw: bytes, name: str, rater: str, stacks: dict[str, str]) -> tup
             where = f"{name}: row {number} (line {reader.line_num})"
             if len(cells) != len(COLUMNS):
                 raise DataError(f"{where}: expected {len(COLUMNS)} cells, got {len(cells)}")
-            row = dict(zip(COLUMNS, (cell.strip() for cell in cells)))
-            for column in ("left", "right"):
-                if row[column] not in MODELS:
-                    raise DataError(f"{where}, column {column!r}: {row[column]!r} is not one of {', '.join(MODELS)}")
-            if row["left"] == row["right"]:
-                raise DataError(f"{where}, column 'right': the same model as on the left")
-            if row["choice"] not in CHOICES:
-                raise DataError(f"{where}, column 'choice': {row['choice']!r} is not one of {', '.join(CHOICES)}")
-            if any(row[f"{side}_stack"] != stacks[row[side]][:STACK_DIGITS] for side in ("left", "right")):
-                stale += 1
-                continue
-            votes.append(Vote(rater, row["set"], row["prompt_id"], row["left"], row["right"], row["choice"]))
+            rows.append((where, dict(zip(COLUMNS, cells))))
     except csv.Error as error:
         raise DataError(f"{name}:{reader.line_num}: cannot read this row as CSV: {error}") from None
-    return votes, stale
+    return rows
+
+
+def row_item(row: dict) -> tuple:
+    """What one vote is about: a prompt, and a pair of models as their stacks were then, whatever their sides.
+    A rater votes once per item."""
+    return (row["set"].strip(), row["prompt_id"].strip(),
+            frozenset((row[side].strip(), row[f"{side}_stack"].strip()) for side in ("left", "right")))
+
+
+@dataclass
+class CastVotes:
+    """A rater's votes for the current models; rows cast for other (older) models; rows repeating an item this
+    rater had already voted on (two tabs, a reload, a row copied by hand), of which the first counts."""
+
+    votes: list[Vote]
+    stale: int = 0
+    repeated: int = 0
+
+
+def read_votes(raw: bytes, name: str, rater: str, stacks: dict[str, str]) -> CastVotes:
+    """A rater's votes (CastVotes). `stacks`: each model's current fingerprint. A bad cell stops with the file,
+    row and column."""
+    cast, seen = CastVotes([]), set()
+    for where, cells in vote_rows(raw, name):
+        row = {column: cell.strip() for column, cell in cells.items()}
+        for column in ("left", "right"):
+            if row[column] not in MODELS:
+                raise DataError(f"{where}, column {column!r}: {row[column]!r} is not one of {', '.join(MODELS)}")
+        if row["left"] == row["right"]:
+            raise DataError(f"{where}, column 'right': the same model as on the left")
+        if row["choice"] not in CHOICES:
+            raise DataError(f"{where}, column 'choice': {row['choice']!r} is not one of {', '.join(CHOICES)}")
+        if any(row[f"{side}_stack"] != stacks[row[side]][:STACK_DIGITS] for side in ("left", "right")):
+            cast.stale += 1
+            continue
+        if row_item(row) in seen:
+            cast.repeated += 1
+            continue
+        seen.add(row_item(row))
+        cast.votes.append(Vote(rater, row["set"], row["prompt_id"], row["left"], row["right"], row["choice"]))
+    return cast
 
 
 def wilson(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -126,7 +157,7 @@ def bradley_terry(wins: np.ndarray, prior: float = 1.0, steps: int = 25) -> np.n
 def agreement(votes: list[Vote]) -> dict[str, float]:
     """Between raters who voted on the same prompt and pair: the share of rater pairs that agree, and
     Krippendorff's alpha. Empty when no item has two raters."""
-    outcome = {}  # (item, rater) -> 1 the later model won, 2 tie, 3 the earlier won; a rater's last vote counts
+    outcome = {}  # (item, rater) -> 1 the later model won, 2 tie, 3 the earlier won (read_votes keeps one per item)
     for vote in votes:
         later = max((vote.left, vote.right), key=MODELS.index)
         outcome[vote.item, vote.rater] = {1.0: 1, 0.5: 2, 0.0: 3}[vote.score(later)]

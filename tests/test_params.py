@@ -142,8 +142,22 @@ def test_yaml_exponent_strings_are_coerced_to_floats():
     ({"sft.format": "chatml"}, "sft.format: Input should be 'dialogue' or 'seed'"),
     ({"sft.lora.target_modules": []}, "sft.lora.target_modules"),
     ({"sft.lora.target_modules": "every-linear"}, "sft.lora.target_modules"),
-    ({"sft.lr": float("inf")}, "sft.lr: Input should be a finite number"),
-    ({"dpo.beta": float("nan")}, "dpo.beta: Input should be a finite number"),
+    ({"sft.lr": float("inf")}, "sft.lr: Value error, a finite number, not inf"),
+    ({"dpo.beta": float("nan")}, "dpo.beta: Value error, a finite number, not nan"),
+    # booleans, text and sizes no run reaches: refused, each naming its key
+    ({"sft.lr": True}, "sft.lr: Value error, a number, not a boolean"),
+    ({"eval.temperature": True}, "eval.temperature: Value error, a number, not a boolean"),
+    ({"sft.lr": "1_0"}, "sft.lr: Value error, a number, not the text '1_0'"),
+    ({"sft.lr": "1e999"}, "sft.lr: Value error, a finite number, not inf"),
+    ({"model.lr_scale": 1e308}, "model.lr_scale: Input should be less than or equal to 10000"),
+    ({"model.lr_scale": 10_000, "sft.lr": 0.01}, "Value error, sft.lr x model.lr_scale is the rate used, 100"),
+    ({"sft.batch_size": 10**30}, "sft.batch_size: Input should be less than or equal to 65536"),
+    ({"eval.bootstrap_samples": 10**12}, "eval.bootstrap_samples: Input should be less than or equal to 100000"),
+    ({"model.tiny.vocab_size": 10**12}, "model.tiny.vocab_size: Input should be less than or equal to 262144"),
+    ({"eval.bertscore_model": ""}, "eval.bertscore_model: String should have at least 1 character"),
+    ({"sft.lora.target_modules": ["q_proj", "q_proj"]}, "sft.lora.target_modules: Value error, names a module twice"),
+    ({"sft.packing": 1}, "sft.packing: Input should be a valid boolean"),
+    ({"sft.system_prompt": "x" * 20_001}, "sft.system_prompt: String should have at most 20000 characters"),
     ({"seed": 2**32}, "seed: Input should be less than 4294967296"),
     ({"sft.batch_size": True}, "sft.batch_size: Input should be a valid integer"),
     ({"eval.max_new_tokens": 2.0}, "eval.max_new_tokens: Input should be a valid integer or Input should be 'auto'"),
@@ -201,3 +215,22 @@ def test_liger_auto_runs_the_kernels_where_they_run_and_true_insists(monkeypatch
     assert liger_kernels("dpo", False) is False
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "liger_kernel" else find_spec(name, *a))
     assert liger_kernels("dpo", "auto") is False  # a GPU without liger-kernel installed
+
+
+def test_params_that_yaml_cannot_read_name_the_file(tmp_path):
+    """An integer of 5,000 digits, a nesting thousands deep, bytes that are not UTF-8: a message, no traceback."""
+    for text in ["seed: " + "1" * 5000, "seed: " + "[" * 5000, "seed: 1\nname: \xff"]:
+        path = tmp_path / "params.yaml"
+        path.write_bytes(text.encode("latin-1"))
+        with pytest.raises(ParamsError, match=f"{path}: cannot read params"):
+            load_params(path)
+
+
+def test_make_params_checks_before_it_writes(tmp_path):
+    """A composition that does not validate leaves params.yaml as it was (`make params` with a bad override)."""
+    target = tmp_path / "params.yaml"
+    target.write_text((ROOT / "params.yaml").read_text())
+    with pytest.raises(ParamsError, match="sft.lr: Input should be greater than 0"):
+        compose(["sft.lr=-1"], target, ROOT / "conf")
+    assert target.read_text() == (ROOT / "params.yaml").read_text()
+    assert [path.name for path in tmp_path.iterdir()] == ["params.yaml"]

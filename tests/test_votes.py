@@ -75,10 +75,19 @@ def test_agreement_between_raters_on_the_same_prompt_and_pair():
 
 def test_votes_for_retrained_models_are_stale():
     raw = vote_file([("p1", "sft", "base", "left"), ("p2", "dpo", "sft", "right")])
-    cast, stale = read_votes(raw, "ann.csv", "ann", STACKS)
-    assert len(cast) == 2 and stale == 0
-    cast, stale = read_votes(raw, "ann.csv", "ann", {**STACKS, "dpo": "d" * 64})  # dpo retrained since
-    assert [(vote.left, vote.right) for vote in cast] == [("sft", "base")] and stale == 1
+    cast = read_votes(raw, "ann.csv", "ann", STACKS)
+    assert len(cast.votes) == 2 and cast.stale == 0
+    cast = read_votes(raw, "ann.csv", "ann", {**STACKS, "dpo": "d" * 64})  # dpo retrained since
+    assert [(vote.left, vote.right) for vote in cast.votes] == [("sft", "base")] and cast.stale == 1
+
+
+def test_a_repeated_vote_on_a_prompt_and_pair_counts_once_and_is_reported():
+    """Three hand-copied rows of one vote, and the same pair again with its sides swapped: one vote counts."""
+    raw = vote_file([("p1", "sft", "base", "left")] * 3 + [("p1", "base", "sft", "left"), ("p2", "sft", "base", "tie")])
+    cast = read_votes(raw, "ann.csv", "ann", STACKS)
+    assert [(vote.prompt_id, vote.choice) for vote in cast.votes] == [("p1", "left"), ("p2", "tie")]
+    assert cast.repeated == 3
+    assert summarize(cast.votes, 50, 0)["votes.sft_vs_base.win_rate"] == 0.75
 
 
 @pytest.mark.parametrize("cells, message", [
@@ -109,9 +118,12 @@ def test_the_human_stage_reports_votes_per_pair_and_rater(tmp_path, monkeypatch)
     (HUMAN_VOTES / "bob.csv").write_bytes(vote_file([("p1", "sft", "dpo", "right")]) +
                                           vote_file([("p9", "dpo", "base", "left")], {**STACKS, "dpo": "e" * 64})
                                           .split(b"\n", 1)[1])
+    (HUMAN_VOTES / "bob.csv").write_bytes((HUMAN_VOTES / "bob.csv").read_bytes()
+                                          + vote_file([("p1", "dpo", "sft", "right")]).split(b"\n", 1)[1])
     human.main()
     metrics = json.loads((tmp_path / "metrics/human.json").read_text())
     assert metrics["votes.count"] == 4 and metrics["votes.raters"] == 2 and metrics["votes.stale"] == 1
+    assert metrics["votes.repeated"] == 1 and metrics["rater.bob.repeated_votes"] == 1
     assert metrics["rater.bob.votes"] == 1 and metrics["rater.bob.stale_votes"] == 1
     assert metrics["votes.dpo_vs_sft.count"] == 3 and metrics["votes.dpo_vs_sft.win_rate"] == 1.0
     assert metrics["votes.dpo_vs_sft.win_rate_low"] == pytest.approx(wilson(3, 3)[0])

@@ -6,9 +6,9 @@ base+SFT and base+SFT+DPO answer it in three columns, their tokens streaming as 
 
 Generation is evaluation's: its reply budget (eval.max_new_tokens) and eval.temperature (greedy at 0), with the
 same prompt format (tools.chat's Chat, one fresh conversation per message). Served on 127.0.0.1 to its own page
-only (tools.local_server). Each model answers one message at a time and keeps at most a few waiting (then
-429); a reply stops being generated when its reader goes away, and a failed generation ends its column with
-the error.
+only (tools.local_server). Settings the models cannot use (--max-new-tokens -5) stop it at start-up. Each model
+answers one message at a time and keeps at most a few waiting (then 429); a reply stops being generated when its
+reader goes away, and a failed generation ends its column with the error.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from stages.modeling import load_model, load_tokenizer, reply_budget
 from stages.params import load_params
 from stages.stacks import MODELS
 from tools.chat import STREAM_TIMEOUT_S, Chat
-from tools.local_server import json_body, local_app, refusal
+from tools.local_server import arguments, json_body, local_app, refusal
 
 TITLES = {"base": "base", "sft": "base + SFT", "dpo": "base + SFT + DPO"}
 MAX_BODY = 64 * 1024
@@ -65,6 +65,8 @@ def check_message(asked: dict) -> str | None:
 def create_app(models: dict, system: str, max_new_tokens: int, temperature: float, port: int):
     """`models`: name -> (model, tokenizer), for the names in MODELS."""
     seats = {name: Seat(*models[name]) for name in MODELS}
+    for seat in seats.values():  # bad settings stop here, at start-up, not in every reply
+        Chat(seat.model, seat.tokenizer, system, max_new_tokens, temperature)
     app = local_app(__name__, port, MAX_BODY)
     decoding = "greedy" if temperature == 0 else f"temperature {temperature}"
 
@@ -86,10 +88,10 @@ def create_app(models: dict, system: str, max_new_tokens: int, temperature: floa
         if problem:
             return refusal(400, problem)
         seat = seats[name]
-        if not seat.admitted.acquire(blocking=False):
-            return refusal(429, f"{name} is busy with {1 + WAITING} messages; send again when one is answered")
         out, stop = QueueWriter(), Event()
         chat = Chat(seat.model, seat.tokenizer, asked.get("system", ""), max_new_tokens, temperature)
+        if not seat.admitted.acquire(blocking=False):
+            return refusal(429, f"{name} is busy with {1 + WAITING} messages; send again when one is answered")
 
         def answer():
             try:
@@ -118,7 +120,11 @@ def create_app(models: dict, system: str, max_new_tokens: int, temperature: floa
             finally:  # the reader went away, or the reply is complete: either way, stop generating
                 stop.set()
 
-        Thread(target=answer, daemon=True).start()
+        try:
+            Thread(target=answer, daemon=True).start()  # from here on, answer() releases the slot
+        except BaseException:
+            seat.admitted.release()
+            raise
         return Response(events(), mimetype="application/x-ndjson")
 
     return app
@@ -129,14 +135,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8601)
     parser.add_argument("--max-new-tokens", type=int, help="default: evaluation's reply budget (eval.max_new_tokens)")
     parser.add_argument("--temperature", type=float, help="default: eval.temperature (0 = greedy)")
-    args = parser.parse_args(argv)
+    args = arguments(parser, argv)
     params = load_params()
     set_seed(params.seed)
     # One tokenizer per model: the three columns generate at once, and a Rust tokenizer must not be shared
     # between threads.
     models = {name: (load_model(name), load_tokenizer()) for name in MODELS}
-    app = create_app(models, params.sft.system_prompt, args.max_new_tokens or reply_budget(params),
-                     params.eval.temperature if args.temperature is None else args.temperature, args.port)
+    try:
+        app = create_app(models, params.sft.system_prompt,
+                         reply_budget(params) if args.max_new_tokens is None else args.max_new_tokens,
+                         params.eval.temperature if args.temperature is None else args.temperature, args.port)
+    except ValueError as error:
+        parser.error(str(error))
     print(f"side by side: http://127.0.0.1:{args.port}/", flush=True)
     app.run(host="127.0.0.1", port=args.port, threaded=True)
 

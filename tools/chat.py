@@ -10,6 +10,7 @@ context (its max_position_embeddings) minus --max-new-tokens forgets its oldest 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from threading import Event, Thread
 
@@ -40,6 +41,12 @@ class Chat:
     sft.max_length is what training fitted examples into, not a limit of the model."""
 
     def __init__(self, model, tokenizer, system: str, max_new_tokens: int, temperature: float):
+        context = model.config.max_position_embeddings
+        if not 1 <= max_new_tokens < context:
+            raise ValueError(f"max new tokens {max_new_tokens}: from 1 to {context - 1} (the model's context, "
+                             f"{context} tokens, holds the prompt and the reply)")
+        if not (math.isfinite(temperature) and temperature >= 0):
+            raise ValueError(f"temperature {temperature}: a finite number, 0 (greedy) or more")
         self.model, self.tokenizer, self.system = model, tokenizer, system
         self.config = generation_config(tokenizer, max_new_tokens, temperature)
         self.budget = model.config.max_position_embeddings - max_new_tokens  # prompt tokens, leaving room for the reply
@@ -135,7 +142,10 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params()
     set_seed(params.seed)
     system = params.sft.system_prompt if args.system is None else args.system
-    chat = Chat(load_model(args.model), load_tokenizer(), system, args.max_new_tokens, args.temperature)
+    try:
+        chat = Chat(load_model(args.model), load_tokenizer(), system, args.max_new_tokens, args.temperature)
+    except ValueError as error:
+        parser.error(str(error))
     if args.prompt is not None:
         chat.reply(args.prompt)
     else:

@@ -12,7 +12,8 @@ exported from which stack. A float32 folder must match within 1e-4. The folder a
 (README.md), and a GGUF export an Ollama Modelfile.
 
 The export is written to a temporary folder beside --out and renamed into place when it is complete, so a runner
-never finds half a file; an existing --out is replaced only if it is an earlier export.
+never finds half a file; an existing --out is replaced only if it is an earlier export holding only the files its
+export.json lists.
 """
 from __future__ import annotations
 
@@ -50,9 +51,21 @@ def max_logit_difference(exported, reference, tokenizer) -> float:
 
 
 def check_destination(out: Path) -> None:
-    if out.exists() and not (out / RECORD).is_file():
-        raise SystemExit(f"export: {out} exists and is not an earlier export (no {RECORD} in it); choose another "
-                         "--out or remove it")
+    """An existing --out may be replaced only if it is an earlier export: its record lists the files it wrote,
+    and the folder holds nothing else (a file of yours put there is never deleted)."""
+    if not out.exists():
+        return
+    refuse = f"export: {out} exists and is not an earlier export"
+    try:
+        written = json.loads((out / RECORD).read_text(encoding="utf-8"))["files"]
+    except (OSError, ValueError, RecursionError, KeyError, TypeError):
+        written = None
+    if not isinstance(written, dict):
+        raise SystemExit(f"{refuse} (no {RECORD} listing the files it wrote); choose another --out or remove it")
+    foreign = sorted(path.name for path in out.iterdir() if path.name not in {*written, RECORD})
+    if foreign:
+        raise SystemExit(f"{refuse}: it also holds {', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}, "
+                         "which this tool did not write; choose another --out or move them")
 
 
 def write_files(stage: str, tokenizer, folder: Path, fmt: str, dtype: str, gguf_type: str) -> tuple[str, dict]:

@@ -9,9 +9,16 @@ Any web site open in the same browser can send requests to 127.0.0.1, and a site
   or none (403); following a link to the page itself is allowed, nothing else is;
 - it is a POST whose body is not application/json, as a plain HTML form or a text/plain post is (415);
 - its body is over the app's cap (Flask's MAX_CONTENT_LENGTH, 413).
+A body that is not a JSON object, is nested deeper than a page sends, or holds text UTF-8 cannot write (a lone
+surrogate escape such as "\ud83d") is refused with 400 by `json_body`, and each field a handler reads is checked
+for its type before use: no request the server can refuse ends in a 500.
 Pages are Jinja templates from tools/templates/, which Flask renders with autoescaping.
 """
 from __future__ import annotations
+
+import argparse
+import json
+import re
 
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
@@ -52,9 +59,50 @@ def local_app(import_name: str, port: int, max_body: int) -> Flask:
     return app
 
 
+MAX_DEPTH = 4  # of objects and arrays in a body: every page sends a flat object
+
+
+def depth(text: str) -> int:
+    """How deeply a JSON text nests its objects and arrays (brackets inside strings ignored), counted without
+    parsing it, so that a body nested thousands deep is refused before json.loads recurses into it."""
+    deepest = level = 0
+    for token in re.finditer(r'"(?:[^"\\]|\\.)*"|[\[{]|[\]}]', text):
+        mark = token.group()
+        if mark in "[{":
+            level += 1
+            deepest = max(deepest, level)
+        elif mark in "]}":
+            level -= 1
+    return deepest
+
+
 def json_body() -> dict:
     """The request's JSON object; a ValueError names what is wrong with it."""
-    body = request.get_json(silent=True)
+    text = request.get_data(as_text=True)
+    if depth(text) > MAX_DEPTH:
+        raise ValueError(f"the body nests objects and arrays more than {MAX_DEPTH} deep")
+    try:
+        body = json.loads(text)
+    except ValueError:
+        raise ValueError("the body must be a JSON object") from None
     if not isinstance(body, dict):
         raise ValueError("the body must be a JSON object")
+    try:
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("the body holds text that is not Unicode (a lone surrogate escape such as \\ud83d)") from None
     return body
+
+
+RATER_LIMIT = 64  # characters of a rater's name, which names their file
+
+
+def arguments(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse a page's command line, refusing a port out of range and a rater name that cannot name a file."""
+    args = parser.parse_args(argv)
+    if not 1 <= args.port <= 65535:
+        parser.error(f"--port {args.port}: a port is from 1 to 65535")
+    rater = getattr(args, "rater", None)
+    if rater is not None and not re.fullmatch(rf"[A-Za-z0-9_-]{{1,{RATER_LIMIT}}}", rater):
+        parser.error(f"--rater {rater[:80]!r}: up to {RATER_LIMIT} letters, digits, - and _ (it names a file)")
+    return args

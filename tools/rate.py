@@ -4,7 +4,8 @@ criteria from 1 to 5 and a comment per reply, by mouse or by keyboard alone.
     python -m tools.rate --rater alice           # prints http://127.0.0.1:8602/
     python -m tools.rate --rater bob --port 8700
 
-Every change is written at once, atomically, to eval/human/ratings/<rater>.csv, in the sheet's own format
+Every change is written at once, atomically and under the file's lock (two pages for one rater, even two
+servers, take turns), to eval/human/ratings/<rater>.csv, in the sheet's own format
 (stages.sheet: the columns of eval/human/sheet.csv, unrated cells left blank), which is what the human stage
 reads, whatever state it is in: close the browser whenever you like, and the next start resumes at the first
 prompt with a reply left to rate. Rows of replies that evaluate has since replaced stay in the file as they
@@ -18,17 +19,15 @@ comment on the highlighted reply (Enter or Escape ends it). Served on 127.0.0.1 
 from __future__ import annotations
 
 import argparse
-import re
 from pathlib import Path
-from threading import Lock
 
 from flask import jsonify, render_template
 
-from stages.outputs import atomic_file
+from stages.outputs import atomic_file, locked
 from stages.parsing import DataError, read_bytes
 from stages.paths import HUMAN_RATINGS, HUMAN_SHEET
 from stages.sheet import COMMENT_LIMIT, CRITERIA, SCALE, read_rows, write_rows
-from tools.local_server import json_body, local_app, refusal
+from tools.local_server import arguments, json_body, local_app, refusal
 
 FIELDS = (*CRITERIA, "comment")
 MAX_BODY = 16 * 1024  # one change: a code, a field and at most a comment
@@ -85,7 +84,6 @@ def bad_change(change: dict) -> str | None:
 
 def create_app(rater: str, port: int):
     app = local_app(__name__, port, MAX_BODY)
-    lock = Lock()
 
     @app.get("/")
     def index():
@@ -112,7 +110,7 @@ def create_app(rater: str, port: int):
         problem = bad_change(change)
         if problem:
             return refusal(400, problem)
-        with lock:
+        with locked(HUMAN_RATINGS / f"{rater}.csv"):
             try:
                 rows, older, path = load(rater)
             except SheetProblem as error:
@@ -133,9 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rater", required=True, help="your name: ratings go to eval/human/ratings/<rater>.csv")
     parser.add_argument("--port", type=int, default=8602)
-    args = parser.parse_args(argv)
-    if not re.fullmatch(r"[A-Za-z0-9_-]+", args.rater):
-        parser.error(f"--rater {args.rater!r}: use letters, digits, - and _ (it names a file)")
+    args = arguments(parser, argv)
     print(f"rating as {args.rater}: http://127.0.0.1:{args.port}/", flush=True)
     create_app(args.rater, args.port).run(host="127.0.0.1", port=args.port, threaded=True)
 

@@ -6,11 +6,13 @@ model stands on which side is drawn at random), and the rater says which is bett
 
 Prompts come from evaluate's replies (eval/generations.jsonl: the ED test set and the probe set), or are typed
 on the page, and then the two models answer them there (loaded on the first typed message; greedy, at
-evaluation's settings). Each vote is written at once, atomically, as a row of eval/human/votes/<rater>.csv:
+evaluation's settings). Each vote is written at once, atomically and under the file's lock (two pages for one
+rater, even two servers, take turns), as a row of eval/human/votes/<rater>.csv:
 the prompt, both replies, which model stood on which side, the choice, and the fingerprint of both model
 stacks, so that the human stage counts it only while those models are the ones in models/ (stages.votes).
 The page never learns which model is which: the server keeps that until the vote comes back.
 
+A rater votes once on a prompt and pair: a second vote on it (from another tab, or after a reload) is refused.
 A rater is not shown the same prompt and pair twice; prompts and pairs that another rater has voted on come
 first, so that agreement between raters can be measured. Keys: a or left arrow: A is better; b or right
 arrow: B is better; t or down arrow: a tie. Served on 127.0.0.1 to its own page only (tools.local_server).
@@ -20,7 +22,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import re
 import secrets
 from collections import OrderedDict
 from datetime import datetime, timezone
@@ -29,14 +30,14 @@ from threading import Lock
 
 from flask import jsonify, render_template
 
-from stages.outputs import atomic_file, read_jsonl
+from stages.outputs import atomic_file, locked, read_jsonl
 from stages.params import load_params
 from stages.parsing import DataError, read_bytes
 from stages.paths import GENERATIONS, HUMAN_VOTES
 from stages.sheet import as_text_cell, digest, prompt_text
 from stages.stacks import MODELS
-from stages.votes import COLUMNS, PAIRS, STACK_DIGITS, read_votes
-from tools.local_server import json_body, local_app, refusal
+from stages.votes import COLUMNS, PAIRS, STACK_DIGITS, read_votes, row_item, vote_rows
+from tools.local_server import arguments, json_body, local_app, refusal
 
 SET_NAMES = {"ed_test": "EmpatheticDialogues test", "probe": "probe set", "typed": "typed on this page"}
 CHOICES = {"A": "left", "B": "right", "tie": "tie"}
@@ -70,7 +71,7 @@ def cast_votes(stacks: dict) -> dict[str, list]:
     votes = {}
     for path in sorted(Path(HUMAN_VOTES).glob("*.csv")):
         try:
-            votes[path.stem], _ = read_votes(read_bytes(path), str(path), path.stem, stacks)
+            votes[path.stem] = read_votes(read_bytes(path), str(path), path.stem, stacks).votes
         except DataError as error:
             raise VoteProblem(f"{error}. Fix the file or move it away (git keeps it).") from None
     return votes
@@ -80,10 +81,10 @@ def saved_rows(path: Path) -> list[dict]:
     """A votes file's rows as written, to write them back with one more."""
     if not path.exists():
         return []
-    reader = csv.DictReader(io.StringIO(path.read_text(encoding="utf-8-sig"), newline=""))
-    if reader.fieldnames != list(COLUMNS):
-        raise VoteProblem(f"{path}:1: expected the columns {','.join(COLUMNS)}; fix the file or move it away")
-    return list(reader)
+    try:
+        return [row for _, row in vote_rows(read_bytes(path), str(path))]
+    except DataError as error:
+        raise VoteProblem(f"{error}. Fix the file or move it away (git keeps it).") from None
 
 
 def next_item(items: list[tuple], mine: set, others: set) -> tuple | None:
@@ -176,21 +177,25 @@ def create_app(rater: str, port: int, sets: list[str], system_prompt: str, load_
             asked = json_body()
         except ValueError as error:
             return refusal(400, str(error))
-        if asked.get("choice") not in CHOICES:
-            return refusal(400, f"choice must be one of {', '.join(CHOICES)}, not {asked.get('choice')!r}")
+        choice = asked.get("choice")
+        if not isinstance(choice, str) or choice not in CHOICES:
+            return refusal(400, f"choice must be one of {', '.join(CHOICES)}, not {str(choice)[:80]!r}")
         with lock:
             item = pending.pop(asked.get("token"), None) if isinstance(asked.get("token"), str) else None
-            if item is None:
-                return refusal(400, "unknown or already answered pair: reload the page")
+        if item is None:
+            return refusal(400, "unknown or already answered pair: reload the page")
+        row = {**item, "choice": CHOICES[choice], "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+               **{column: as_text_cell(item[column]) for column in ("prompt", "left_reply", "right_reply")}}
+        with locked(path):
             try:
                 rows = saved_rows(path)
             except VoteProblem as problem:
                 return refusal(409, str(problem))
-            row = {**item, "choice": CHOICES[asked["choice"]],
-                   "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                   **{column: as_text_cell(item[column]) for column in ("prompt", "left_reply", "right_reply")}}
+            if any(row_item(saved) == row_item(row) for saved in rows):
+                return refusal(409, "you have voted on this prompt and pair already (in another tab?): "
+                                    "reload the page for the next one")
             with atomic_file(path) as handle:
-                writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+                writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
                 writer.writeheader()
                 writer.writerows(rows + [row])
         return jsonify({"saved": str(path)})
@@ -223,9 +228,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rater", required=True, help="your name: votes go to eval/human/votes/<rater>.csv")
     parser.add_argument("--port", type=int, default=8603)
     parser.add_argument("--sets", default="ed_test,probe", help="prompt sets to draw from (default: ed_test,probe)")
-    args = parser.parse_args(argv)
-    if not re.fullmatch(r"[A-Za-z0-9_-]+", args.rater):
-        parser.error(f"--rater {args.rater!r}: use letters, digits, - and _ (it names a file)")
+    args = arguments(parser, argv)
     params = load_params()
     print(f"voting as {args.rater}: http://127.0.0.1:{args.port}/", flush=True)
     create_app(args.rater, args.port, args.sets.split(","), params.sft.system_prompt, live_models).run(
