@@ -185,3 +185,83 @@ def test_the_real_server_refuses_a_foreign_host_and_a_form_post(pages, tmp_path)
         server.terminate()
         server.wait(timeout=30)
     assert not (HUMAN_RATINGS / "ann.csv").exists()
+
+
+DEEP = "[" * 5000 + "]" * 5000
+
+
+@pytest.mark.parametrize("page", ["rate", "vote", "arena"])
+def test_bodies_a_page_would_never_send_get_a_4xx_and_change_nothing(pages, page, tmp_path):
+    """Fields of the wrong type, a body nested thousands deep, text no file can hold: each a 4xx naming why."""
+    app, path, body = pages[page]
+    client = app.test_client()
+    before = on_disk(tmp_path)
+    field = {"rate": "value", "vote": "message", "arena": "message"}[page]
+    bodies = [
+        ('{"x": %s}' % DEEP, "nests objects and arrays more than"),
+        (json.dumps({**body, field: ["A"]}), "string"),
+        (json.dumps({**body, field: {"a": 1}}), "string"),
+        (json.dumps({**body, field: "hi \ud83d there"}), "lone surrogate"),
+        ('[1, 2]', "must be a JSON object"),
+        ('{"a": 1' , "must be a JSON object"),
+        ('{"a": ' + "9" * 5000 + "}", "must be a JSON object"),
+    ]
+    for text, message in bodies:
+        response = client.post(path, data=text, content_type="application/json", base_url=BASE)
+        assert 400 <= response.status_code < 500 and message in response.get_json()["error"], (text[:40], response.data)
+    assert on_disk(tmp_path) == before
+
+
+def test_a_vote_with_a_choice_of_the_wrong_type_is_refused(pages, tmp_path):
+    app = pages["vote"][0]
+    client = app.test_client()
+    shown = client.get("/api/next", base_url=BASE).get_json()
+    for choice in (["A"], {"A": 1}, 1, None):
+        response = client.post("/api/vote", json={"token": shown["token"], "choice": choice}, base_url=BASE)
+        assert response.status_code == 400 and "choice must be one of A, B, tie" in response.get_json()["error"]
+    assert client.post("/api/vote", json={"token": shown["token"], "choice": "A"}, base_url=BASE).status_code == 200
+
+
+def test_one_rater_votes_once_on_a_prompt_and_pair(pages, monkeypatch):
+    """Two tabs shown the same prompt and pair: the first vote counts, the second is refused."""
+    app = pages["vote"][0]
+    monkeypatch.setattr(vote, "next_item", lambda items, mine, others: items[0])  # both tabs draw the same item
+    tabs = [app.test_client(), app.test_client()]
+    tokens = [tab.get("/api/next", base_url=BASE).get_json()["token"] for tab in tabs]
+    assert tabs[0].post("/api/vote", json={"token": tokens[0], "choice": "A"}, base_url=BASE).status_code == 200
+    second = tabs[1].post("/api/vote", json={"token": tokens[1], "choice": "B"}, base_url=BASE)
+    assert second.status_code == 409 and "voted on this prompt and pair already" in second.get_json()["error"]
+    rows = (HUMAN_VOTES / "ann.csv").read_text().strip().splitlines()
+    assert len(rows) == 2  # the header and the first vote
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--rater", "a" * 65], "up to 64 letters, digits, - and _"),
+    (["--rater", "al/ice"], "up to 64 letters, digits, - and _"),
+    (["--rater", "alice", "--port", "70000"], "a port is from 1 to 65535"),
+])
+@pytest.mark.parametrize("page", [rate, vote])
+def test_a_page_refuses_a_rater_or_port_it_cannot_use_at_start(page, argv, message, capsys):
+    with pytest.raises(SystemExit) as exit:
+        page.main(argv)
+    assert exit.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("max_new_tokens, temperature, message", [
+    (-5, 0.0, "max new tokens -5: from 1 to 255"),
+    (256, 0.0, "max new tokens 256: from 1 to 255"),
+    (40, float("nan"), "temperature nan: a finite number"),
+])
+def test_the_arena_refuses_settings_it_cannot_use_at_start(tokenizer, max_new_tokens, temperature, message):
+    models = {name: (ScriptedModel(5), tokenizer) for name in MODELS}
+    with pytest.raises(ValueError, match=message):
+        arena.create_app(models, "Be kind.", max_new_tokens, temperature, PORT)
+
+
+def test_the_arena_frees_each_slot_whatever_the_reply(tokenizer):
+    """Replies that fail, one after another, never use up a model's slots: the next message is still taken."""
+    app, _ = arena_app(tokenizer, fail=True)
+    client = app.test_client()
+    for _ in range(3 * (1 + arena.WAITING)):
+        response = client.post("/reply/dpo", json={"message": "Hi"}, base_url=BASE)
+        assert response.status_code == 200 and "error" in events(response)[-1]
