@@ -1,12 +1,16 @@
 """The hub download path, against an HTTPS server on 127.0.0.1 (a certificate this test makes) serving files
 this test builds."""
+import gzip
 import hashlib
 import io
 import json
+import lzma
+import random
 import ssl
 import subprocess
 import tarfile
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -55,6 +59,8 @@ class Server:
         self.headers: dict[str, dict[str, str]] = {}  # extra response headers per path
         self.redirects: dict[str, str] = {}  # path -> where it redirects (302), as the hub sends large files on
         self.hits: dict[str, int] = {}
+        self.drip: dict[str, float] = {}  # path -> seconds between the bytes of its body, sent one at a time
+        self.length: dict[str, str | None] = {}  # path -> its Content-Length header as sent (None: no header)
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -76,12 +82,20 @@ class Server:
                     self.send_error(404)
                     return
                 self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
+                length = server.length.get(self.path, str(len(body)))
+                if length is not None:
+                    self.send_header("Content-Length", length)
                 for name, value in server.headers.get(self.path, {}).items():
                     self.send_header(name, value)
                 self.end_headers()
-                self.wfile.write(body[: server.drop_after.get(self.path, len(body))])
-                self.wfile.flush()
+                body = body[: server.drop_after.get(self.path, len(body))]
+                try:
+                    for start in range(0, len(body), 1 if self.path in server.drip else len(body) or 1):
+                        time.sleep(server.drip.get(self.path, 0))
+                        self.wfile.write(body[start: start + (1 if self.path in server.drip else len(body))])
+                        self.wfile.flush()
+                except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
+                    pass  # the client gave up
                 self.close_connection = True
 
             def log_message(self, *args):
@@ -235,6 +249,40 @@ def test_corrupt_tarball_is_refused(hub_project, server):
     with pytest.raises(download.DownloadError, match="empatheticdialogues.tar.gz: cannot extract: Compressed file ended"):
         download.main()
     assert leftovers(hub_project) == []
+
+
+def test_an_xz_archive_that_breaks_off_is_refused(hub_project, server):
+    filler = {"empatheticdialogues/filler.bin": random.Random(0).randbytes(300_000)}
+    packed = bytearray(lzma.compress(gzip.decompress(tarball({**filler, **COMPLETE}))))
+    packed[-2000:-1980] = bytes(20)  # past the first block: lzma.LZMAError while reading, not a tarfile error
+    server.files["/ed.tar.gz"] = bytes(packed)
+    with pytest.raises(download.DownloadError, match="empatheticdialogues.tar.gz: cannot extract"):
+        download.main()
+    assert leftovers(hub_project) == []
+
+
+def test_a_server_that_sends_a_byte_at_a_time_meets_the_deadline(server, tmp_path):
+    """Every read arrives within timeout_s, yet the file would take 12 s: the deadline (2 s) ends it."""
+    server.drip["/data.json"] = 0.05
+    started = time.monotonic()
+    with pytest.raises(download.DownloadError, match=r"not complete within data.hub.deadline_s \(2 s\)"):
+        download.fetch(server.url + "/data.json", tmp_path / "data.json", None, 3, 5, 2, "key")
+    assert time.monotonic() - started < 6 and not (tmp_path / "data.json").exists()
+
+
+@pytest.mark.parametrize("length", [str(len(PAIRS)), None])  # announced, or found out while streaming
+def test_a_file_over_the_size_cap_stops_at_once_without_retrying(server, tmp_path, length):
+    server.length["/data.json"] = length
+    with pytest.raises(download.DownloadError, match=r"data.json: the server (announces \d+|sent more than 10) bytes"):
+        download.fetch(server.url + "/data.json", tmp_path / "data.json", None, 3, 5, 60, "key", max_bytes=10)
+    assert server.hits["/data.json"] == 1 and not (tmp_path / "data.json").exists()
+
+
+def test_a_malformed_content_length_is_a_failed_try(hub_project, server):
+    server.length["/data.json"] = "abc"
+    with pytest.raises(download.DownloadError, match="failed after 3 attempts: malformed Content-Length header 'abc'"):
+        download.main()
+    assert server.hits["/data.json"] == 3 and leftovers(hub_project) == []
 
 
 def test_a_plain_http_url_is_refused_by_the_params_schema(project):

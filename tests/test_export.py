@@ -3,6 +3,7 @@ whose template renders what the chat template renders, half-precision folders th
 refusals that leave nothing half-written."""
 import errno
 import json
+import os
 import re
 
 import gguf
@@ -199,6 +200,41 @@ def test_refusals_leave_nothing_half_written(pipeline_copy, monkeypatch):
         export_tool.main(["--out", "out", "--format", "gguf"])
     assert json.loads((pipeline_copy / "out" / "export.json").read_text()) == earlier  # ...only when complete
     assert not [p for p in pipeline_copy.iterdir() if p.name.startswith(".out.tmp-")]
+
+
+@pytest.mark.parametrize("record, extra", [
+    ("{}", None),  # a record that lists no files: anyone could have written it
+    ('{"files": {"model.safetensors": 8}}', "mydata.txt"),  # an earlier export, with a file of yours put beside it
+    ("[" * 5000, None),
+])
+def test_only_a_folder_the_export_wrote_holding_only_its_files_is_replaced(tmp_path, record, extra):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "export.json").write_text(record)
+    (out / "model.safetensors").write_bytes(b"weights!")
+    (out / "mydata.txt").write_text("mine")
+    with pytest.raises(SystemExit, match="out exists and is not an earlier export"
+                       + (f": it also holds {extra}" if extra else "")):
+        export_tool.check_destination(out)
+    (out / "mydata.txt").unlink()
+    if extra:  # without the stranger, the earlier export may be replaced
+        export_tool.check_destination(out)
+
+
+def test_saved_weights_follow_the_umask_like_every_other_output(tmp_path):
+    """safetensors writes its files private (0600); an output folder gives every file the umask's mode, so a
+    teammate or a server running as another user can read the adapter `dvc pull` or the export put there."""
+    from safetensors.torch import save_file
+
+    from stages.outputs import atomic_dir
+
+    with atomic_dir(tmp_path / "adapter") as folder:
+        save_file({"w": torch.zeros(2)}, folder / "adapter_model.safetensors")
+        (folder / "adapter_config.json").write_text("{}")
+    mask = os.umask(0)
+    os.umask(mask)
+    modes = {path.name: path.stat().st_mode & 0o777 for path in (tmp_path / "adapter").iterdir()}
+    assert modes == {"adapter_model.safetensors": 0o666 & ~mask, "adapter_config.json": 0o666 & ~mask}
 
 
 def test_llama_cpp_answers_with_the_stacks_first_greedy_tokens(pipeline, tmp_path):

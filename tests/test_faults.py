@@ -26,8 +26,8 @@ def both(*breakages):
 
 
 # A rating sheet for a two-reply key, with one rating out of range.
-RATING_KEY = json.dumps({"c0ffee01": {"set": "probe", "id": "a", "model": "sft"},
-                         "c0ffee02": {"set": "probe", "id": "a", "model": "dpo"}})
+RATING_KEY = json.dumps({"c0ffee01": {"set": "probe", "id": "a", "model": "sft", "response_sha256": "1" * 64},
+                         "c0ffee02": {"set": "probe", "id": "a", "model": "dpo", "response_sha256": "2" * 64}})
 RATINGS = ("code,prompt,reference,response,helpfulness,harmlessness,relevance,quality,comment\n"
            "c0ffee01,Hi,Hello,Hey,4,5,4,7,\nc0ffee02,Hi,Hello,Hi there,3,5,4,4,nice\n")
 
@@ -69,6 +69,16 @@ FAULTS = [  # (case, breakage, command, expected message)
      both(write("data/eval/mine.jsonl", '{"user": "I failed.", "reference": "Oh no."}\n{"user": "Hi"}\n'),
           set_param("eval.prompts_file", "data/eval/mine.jsonl")), "evaluate",
      "data/eval/mine.jsonl:2: 'reference' must be a non-empty string"),
+    ("DPO JSON nested too deeply", rewrite(DPO_JSON, lambda b: b"[" * 100_000 + b"]" * 100_000), "preprocess",
+     f"{DPO_JSON}: invalid JSON: nested too deeply to read"),
+    ("DPO JSON with a 5,000-digit number", rewrite(DPO_JSON, lambda b: b"[" + b"7" * 5000 + b"]"), "preprocess",
+     f"{DPO_JSON}: invalid JSON: Exceeds the limit"),
+    ("params with a 5,000-digit number", write("params.yaml", "seed: " + "1" * 5000 + "\n"), "preprocess",
+     "params.yaml: cannot read params"),
+    ("rating key cut short", write("eval/human/key.json", '{"c0ffee01": {"set": "probe"'), "human",
+     "eval/human/key.json: not a rating key"),
+    ("rating key of the wrong shape", write("eval/human/key.json", '{"c0ffee01": {"model": "sft"}}'), "human",
+     "eval/human/key.json: code 'c0ffee01': expected the text fields set, id, model, response_sha256"),
     ("rating sheet with an out-of-range value",
      both(write("eval/human/key.json", RATING_KEY), write("eval/human/ratings/ann.csv", RATINGS)), "human",
      "eval/human/ratings/ann.csv: row 1 (line 2), column 'quality': '7' is not an integer from 1 to 5"),

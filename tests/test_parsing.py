@@ -45,6 +45,39 @@ def test_every_bad_row_is_counted_under_its_reason():
     assert counts["ed.valid.rows.read"] == counts["ed.valid.rows.kept"] + sum(parsed.dropped.values())
 
 
+def test_what_one_row_may_claim_is_bounded_and_the_rest_counted():
+    """A turn index of 20 million or of 5,000 digits, a field of a million characters: each a counted drop,
+    never gigabytes of memory or Python's own error."""
+    parsed = parse_empathetic(ed(
+        "c1,1,sad,s,1,hello,x,",
+        "c1,20000000,sad,s,2,hi,x,",
+        "c1," + "9" * 5000 + ",sad,s,2,hi,x,",
+        "c1,0,sad,s,2,hi,x,",
+        "c1,2,sad,s,2," + "a" * 1_000_000 + ",x,",
+        "c1,0002,sad,s,2,hi,x,",
+    ), "train.csv")
+    assert [turn.idx for turn in parsed.records] == [1, 2]
+    assert parsed.dropped == Counter(utterance_idx_over_limit=2, bad_utterance_idx=1, field_too_long=1)
+
+
+def test_the_examples_of_a_long_conversation_take_linear_time():
+    """8,000 turns of one conversation (3.2 GB and quadratic work before the bounds): the turns past the limit
+    are dropped and counted, and the examples come out at once."""
+    rows = [f"c1,{idx},sad,s,{idx % 2},turn {idx},x," for idx in range(1, 8001)]
+    parsed = parse_empathetic(ed(*rows), "train.csv")
+    assert len(parsed.records) == 100 and parsed.dropped == Counter(utterance_idx_over_limit=7900)
+    examples = listener_examples(parsed.records, "Be kind.", seed_format=False)
+    assert len(examples.records) == 50 and len(examples.records[-1]["prompt"]) == 1 + 99
+    gapped = listener_examples([t for t in parsed.records if t.idx != 51], "Be kind.", seed_format=False)
+    assert len(gapped.records) == 25 and gapped.dropped == Counter(missing_earlier_turn=25)
+
+
+def test_text_no_utf8_file_can_hold_and_huge_fields_are_dropped_and_counted():
+    rows = [pair(chosen="hi \ud83d there"), pair(prompt="\udcff?"), pair(rejected="x" * 20_001), pair(prompt="Ok?")]
+    parsed = parse_dpo(json.dumps(rows).encode(), "data.json")
+    assert parsed.dropped == Counter(not_utf8=2, field_too_long=1) and len(parsed.records) == 1
+
+
 def test_wrong_header_names_the_file_and_line():
     with pytest.raises(DataError, match=r"test.csv:1: expected header"):
         parse_empathetic(b"id,text\n1,hello\n", "test.csv")
@@ -126,6 +159,8 @@ def test_dpo_rows_are_stripped_filtered_and_deduplicated():
     (b'[{"prompt": "x", "chosen": "y"}]', r"data.json: item 0: 'rejected' must be a string"),
     (b'[1]', r"data.json: item 0: expected an object"),
     (b'[{"prompt": "x",\n', r"data.json:2: invalid JSON"),
+    (b"[" * 100_000 + b"]" * 100_000, r"data.json: invalid JSON: nested too deeply to read"),
+    (b'[{"prompt": ' + b"7" * 5000 + b"}]", r"data.json: invalid JSON: Exceeds the limit"),
 ])
 def test_malformed_dpo_json_is_rejected_with_its_location(raw, message):
     with pytest.raises(DataError, match=message):
@@ -215,6 +250,10 @@ BAD_PROMPT_FILES = [
      "mine.jsonl:2: duplicate id 'q'"),
     (b'{"user": "caf\xe9", "reference": "b"}', "mine.jsonl:1: not valid UTF-8 (byte 0xe9)"),
     (b"\n\n", "mine.jsonl: no prompts"),
+    (b"[" * 100_000, "mine.jsonl:1: invalid JSON: nested too deeply to read"),
+    (b'{"user": "a", "reference": ' + b"7" * 5000 + b"}", "mine.jsonl:1: invalid JSON: Exceeds the limit"),
+    (b'{"user": "hi \\ud83d there", "reference": "b"}', "mine.jsonl:1: 'user' holds a lone surrogate escape"),
+    (b'{"user": "' + b"a" * 20_001 + b'", "reference": "b"}', "mine.jsonl:1: 'user' has 20001 characters; at most"),
 ]
 
 

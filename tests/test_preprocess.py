@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from stages import base_model, download, preprocess
+from stages import base_model, download, outputs, preprocess
 from stages.outputs import read_jsonl
 from stages.params import compose, load_params
 from stages.parsing import listener_examples, parse_empathetic, read_bytes, split_pairs
@@ -119,3 +119,35 @@ def test_no_real_test_situation_is_told_in_training():
     assert not {normalised(e["situation"]) for e in examples.records} & held_out.situations
     assert not {e["id"].split(":")[0] for e in examples.records} & held_out.conv_ids
 
+
+
+def test_a_row_no_utf8_file_can_hold_is_counted_and_the_outputs_change_together(project, monkeypatch):
+    """A DPO row with a lone surrogate escape is a counted drop; and a write that fails half-way (the disk fills
+    at the sixth of seven outputs) leaves every output as the last run wrote it, none of them new."""
+    processed(project)
+    path = project / "data/raw/human_like_dpo/data.json"
+    rows = json.loads(path.read_text())
+    path.write_text(json.dumps([{**rows[0], "chosen": "hi \ud83d there"}] + rows[1:]))
+    preprocess.main()
+    metrics = json.loads((project / "metrics/data.json").read_text())
+    assert metrics["dpo.rows.dropped.not_utf8"] == 1 and metrics["dpo.rows.read"] == len(rows)
+
+    path.write_text(json.dumps(rows[: len(rows) // 2]))  # every DPO output and the metrics would change
+    before = {out: out.read_bytes() for out in [*SFT_DATA.glob("*.jsonl"), *DPO_DATA.glob("*.jsonl"),
+                                                project / "metrics/data.json", project / "metrics/lengths.json"]}
+    real_fdopen, opened = outputs.os.fdopen, []
+
+    def disk_fills(fd, *args, **kwargs):
+        opened.append(fd)
+        if len(opened) == 6:
+            raise OSError(28, "No space left on device")
+        return real_fdopen(fd, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(outputs.os, "fdopen", disk_fills)
+        with pytest.raises(OSError, match="No space left"):
+            preprocess.main()
+    assert {out: out.read_bytes() for out in before} == before
+    assert not [leftover for leftover in project.rglob("*.tmp-*")]
+    preprocess.main()
+    assert {out: out.read_bytes() for out in before} != before
