@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import lzma
+import re
 import shutil
 import sys
 import tarfile
@@ -91,7 +92,7 @@ def content_length(headers) -> int | None:
     value = headers.get("Content-Length")
     if value is None:
         return None
-    if not value.strip().isdigit():
+    if not re.fullmatch(r"[0-9]{1,18}", value.strip()):  # ASCII digits ("²".isdigit()), and few enough for int()
         raise DownloadError(f"malformed Content-Length header {value[:40]!r}")
     return int(value)
 

@@ -44,13 +44,13 @@ from stages.cards import recorded, stack_card
 from stages.generation import encoded_sets, generate, held_out_pairs, reply_logprobs
 from stages.judging import Judges, chance
 from stages.modeling import context_window, embedder_dtype, load_model, load_tokenizer, placement, reply_budget
-from stages.outputs import atomic_dir, json_text, jsonl_text, read_jsonl, write_together
+from stages.outputs import atomic_dir, json_text, jsonl_text, read_jsonl
 from stages.params import EvalParams, Params, ParamsError, load_params
 from stages.parsing import DataError, parse_prompts, read_bytes
 from stages.paths import EVAL_CHARTS, EVAL_PLOT, GENERATIONS, JUDGES_METRICS, METRICS_DIR, PROBE_SET, SFT_DATA, STACK_CARD
 from stages.scoring import (Measure, chrf, distinct, distinct_openings, distinct_replies, interval, mean_of, nltk_bleu,
                             paired_difference, perplexity, preference_accuracy, repeats, resample, sacrebleu_bleu)
-from stages.sheet import sheet_texts
+from stages.sheet import read_key, sheet_texts
 from stages.stacks import MODELS, check_stack, fingerprint
 from stages.verdicts import LEARNED, informative, verdict_key
 
@@ -233,9 +233,10 @@ def score_set(set_name: str, examples: list[dict], replies: dict, logprobs: dict
 
 def main() -> None:
     params = load_params()
+    previous_key = read_key()  # a rating key that does not read stops the stage first: its codes keep sheets valid
     cfg = params.eval
     sets = prompt_sets(params)
-    check_stack("dpo")  # a missing or mismatched adapter stops the stage before a single reply is generated
+    check_stack("dpo")  # so does a missing or mismatched adapter, before a single reply is generated
     tokenizer, budget = load_tokenizer(), reply_budget(params)
     prompts, reference_ids, truncated = encoded_sets(sets, tokenizer, budget, context_window())
     pairs = held_out_pairs(params, tokenizer)
@@ -265,17 +266,16 @@ def main() -> None:
                                                      min(cfg.human_prompts, len(sets[cfg.human_set]))))
     by_key = {(g["set"], g["id"], g["model"]): g for g in generations}
     texts = {**sheet_texts([by_key[cfg.human_set, sets[cfg.human_set][i]["id"], model_name]
-                            for i in rated for model_name in MODELS], params.sft.system_prompt),
+                            for i in rated for model_name in MODELS], params.sft.system_prompt, previous_key),
              GENERATIONS: jsonl_text(generations),
              EVAL_PLOT: json_text([row for row in rows if row["model"] != "reference"]),
              METRICS_DIR / "eval.json": json_text(metrics),
              STACK_CARD: stack_card(params, *recorded(), metrics).content}
-    # The outputs change together: the charts are drawn into a temporary folder, renamed last.
-    with atomic_dir(EVAL_CHARTS) as folder:
+    # The outputs change together: the charts are drawn into a temporary folder, swapped in with the texts.
+    with atomic_dir(EVAL_CHARTS, together=texts) as folder:
         charts.draw(rows, differences, {name[: -len(".emotion_chance")]: value for name, value in metrics.items()
                                         if name.endswith(".emotion_chance")},
                     {metric for metric, judge in LEARNED.items() if not verdicts[judge]}, folder)
-        write_together(texts)
 
 
 if __name__ == "__main__":

@@ -69,8 +69,8 @@ def _seal_tree(folder: Path) -> None:
 def _ended(name: str, prefix: str) -> bool:
     """Whether the process that made the temporary `name` (named prefix + pid + "-" + random) has ended."""
     pid = name[len(prefix):].split("-", 1)[0]
-    if not pid.isdigit():
-        return True  # not named by this module's rule: left by an older version
+    if not (pid.isascii() and pid.isdigit() and len(pid) <= 9):
+        return True  # not named by this module's rule (left by an older version), or no pid there can be
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:
@@ -97,22 +97,67 @@ def _temporary_file(final: Path) -> tuple[int, str]:
 
 
 @contextlib.contextmanager
-def atomic_dir(final: Path | str) -> Iterator[Path]:
-    """Yield an empty temporary directory beside `final`; on success it replaces `final`."""
+def _signals_held() -> Iterator[None]:
+    """Hold SIGTERM and SIGINT back (they arrive once this ends) while outputs are swapped in."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
+def _commit(texts: dict[Path, str], folders: dict[Path, Path], check=None) -> None:
+    """Swap in text outputs and finished temporary folders (final -> temporary) together: every text is encoded
+    and written to its temporary and every folder flushed first, then `check()` (which may refuse by raising),
+    then the renames, with SIGTERM and SIGINT held back. A folder replaces its old self by two renames, and the
+    old one is removed afterwards. Only a SIGKILL or a power cut in that instant could part the outputs."""
+    encoded = {Path(path): text.encode("utf-8") for path, text in texts.items()}  # refuses before any file changes
+    written = []
+    try:
+        for final, data in encoded.items():
+            fd, tmp = _temporary_file(final)
+            written.append((tmp, final))
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+        for tmp in folders.values():
+            _seal_tree(tmp)
+        if check:
+            check()
+    except BaseException:
+        for tmp, _ in written:
+            Path(tmp).unlink(missing_ok=True)
+        raise
+    old = []
+    with _signals_held():
+        for tmp, final in written:
+            os.replace(tmp, final)
+        for final, tmp in folders.items():
+            if final.exists():
+                old.append(final.parent / f"{tmp.name}-old")
+                os.replace(final, old[-1])
+            os.replace(tmp, final)
+    for folder in {final.parent for final in [*encoded, *folders]}:
+        _fsync(folder)
+    for path in old:
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_dir(final: Path | str, together: dict[Path, str] | None = None, check=None) -> Iterator[Path]:
+    """Yield an empty temporary directory beside `final`; on success it replaces `final`, and the `together` texts
+    (path -> text) their files, all at once (_commit). `check()`, run just before, may refuse by raising."""
     final = Path(final)
     with _terminate_unwinds():
         tmp = Path(tempfile.mkdtemp(prefix=_prepare(final), dir=final.parent))
         tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the output should not be
         try:
             yield tmp
+            _commit(together or {}, {final: tmp}, check)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        _seal_tree(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _fsync(final.parent)
 
 
 @contextlib.contextmanager
@@ -133,47 +178,31 @@ def atomic_file(final: Path | str, mode: str = "w") -> Iterator:
 
 
 def write_together(texts: dict[Path, str]) -> None:
-    """Write several outputs of one stage so that they change together or not at all: every text is encoded
-    first (text that UTF-8 cannot hold stops here, before any file changes), then written to its temporary, and
-    the renames run with SIGTERM and SIGINT held back until all are done. Only a SIGKILL or a power cut in that
-    instant could part them."""
-    encoded = {Path(path): text.encode("utf-8") for path, text in texts.items()}
-    renames = []
+    """Write several outputs of one stage (path -> text) so that they change together or not at all (_commit):
+    text that UTF-8 cannot hold stops here, before any file changes."""
     with _terminate_unwinds():
-        try:
-            for final, data in encoded.items():
-                fd, tmp = _temporary_file(final)
-                renames.append((tmp, final))
-                with os.fdopen(fd, "wb") as handle:
-                    handle.write(data)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-        except BaseException:
-            for tmp, _ in renames:
-                Path(tmp).unlink(missing_ok=True)
-            raise
-        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
-        try:
-            for tmp, final in renames:
-                os.replace(tmp, final)
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, held)
-        for folder in {final.parent for final in encoded}:
-            _fsync(folder)
+        _commit(texts, {})
+
+
+class FileBusy(OSError):
+    """Another writer has held a shared file's lock for longer than a writer waits."""
+
+
+LOCK_WAIT_S = 10  # how long a writer waits for a shared file's lock before it gives up (FileBusy)
 
 
 @contextlib.contextmanager
-def locked(path: Path | str, timeout_s: float = 30) -> Iterator[None]:
+def locked(path: Path | str) -> Iterator[None]:
     """Hold the lock of `path` (the file `.<name>.lock` beside it), across threads and processes, for a
     read-change-write of a file that several writers share."""
-    path = Path(path)
+    path, timeout_s = Path(path), LOCK_WAIT_S
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(path.parent / f".{path.name}.lock", timeout=timeout_s)
     try:
         with lock:
             yield
     except Timeout:
-        raise OSError(f"{path}: another writer has held it for {timeout_s:.0f} s") from None
+        raise FileBusy(f"{path}: another writer has held it for {timeout_s:.0f} s; try again") from None
 
 
 def json_text(data) -> str:

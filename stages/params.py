@@ -27,6 +27,8 @@ SEVEN_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_pr
 
 DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 TEXT_LIMIT = 20_000  # characters of a system prompt
+MIN_TEMPERATURE = 0.01  # the least sampling temperature (0 is greedy)
+Name = Annotated[str, Field(pattern=r"^\S+$")]  # a name: no spaces, not empty
 
 
 def _decimal(value):
@@ -95,7 +97,7 @@ ModelKind = Literal["tiny", "hub", "gguf", "folder"]
 
 
 class ModelParams(Strict):
-    name: str = Field(min_length=1, description="'tiny', a Hugging Face hub id, or a local model folder")
+    name: str = Field(pattern=r"\S", description="'tiny', a Hugging Face hub id, or a local model folder")
     revision: Optional[str] = Field(min_length=1, description="hub revision (branch, tag or commit) to pin")
     gguf: Optional[GgufParams]
     # Every stage multiplies its learning rate by this (see conf/model/tiny.yaml for why).
@@ -152,7 +154,7 @@ class LoraParams(Strict):
     dropout: real(0.99, above_least=False)
     # Module names of the model (Llama's: SEVEN_PROJECTIONS), or PEFT's "all-linear": every linear layer but
     # the output head. The sft and dpo stages stop on a name the model does not have, listing those it has.
-    target_modules: Union[Literal["all-linear"], list[Annotated[str, Field(min_length=1)]]] = Field(min_length=1)
+    target_modules: Union[Literal["all-linear"], list[Name]] = Field(min_length=1)
 
     @field_validator("target_modules")
     @classmethod
@@ -165,7 +167,7 @@ class LoraParams(Strict):
 class TrainParams(Strict):
     """Knobs shared by the sft and dpo stages."""
 
-    preset: str = Field(min_length=1, description="the conf/ preset composed (model cards name it)")
+    preset: Name = Field(description="the conf/ preset composed (model cards name it)")
     train_size: count(ROWS)
     lora: LoraParams
     lr: real(1)
@@ -241,13 +243,20 @@ class EvalParams(Strict):
     # The new tokens a reply may take; "auto": enough for what the trainings taught (stages.modeling.reply_budget,
     # from preprocess's metrics/lengths.json). A prompt and its reply share the model's context window.
     max_new_tokens: count(LENGTH) | Literal["auto"]
-    temperature: real(100, above_least=False)
-    bertscore_model: str = Field(min_length=1, description="'packaged-minilm' (offline, from PyPI) or a hub id")
+    temperature: real(100, above_least=False)  # 0: greedy; otherwise at least MIN_TEMPERATURE
+    bertscore_model: str = Field(pattern=r"^\S+$", description="'packaged-minilm' (offline, from PyPI) or a hub id")
     bertscore_num_layers: count(256)
     bootstrap_samples: count(100_000)
     # The blind rating sheet: this many prompts of this prompt set, each answered by every model.
     human_set: Literal["ed_test", "probe", "custom"]
     human_prompts: count(ROWS)
+
+    @model_validator(mode="after")
+    def _sampling_is_sane(self):
+        if 0 < self.temperature < MIN_TEMPERATURE:
+            raise ValueError(f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE}: below it, float32 logits "
+                             "divided by it overflow")
+        return self
 
     @model_validator(mode="after")
     def _custom_set_has_a_file(self):
@@ -325,13 +334,19 @@ def compose(overrides: list[str], output: Path = PARAMS_FILE, conf_dir: Path = C
 
     from stages.outputs import atomic_file
 
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
     output = Path(output)
     with tempfile.TemporaryDirectory() as scratch:
         composed = Path(scratch) / output.name
-        compose_and_dump(str(composed), str(Path(conf_dir).resolve()), None, "config", "", overrides)
+        try:
+            compose_and_dump(str(composed), str(Path(conf_dir).resolve()), None, "config", "", overrides)
+        except (HydraException, OmegaConfBaseException) as error:
+            raise ParamsError(f"{output}: cannot compose {' '.join(overrides)!r} from {conf_dir}/: "
+                              f"{str(error).strip()}") from None
         text = HEADER + composed.read_text(encoding="utf-8")
-        composed.write_text(text, encoding="utf-8")
-        params = load_params(composed)
+    params = parse_params(yaml.safe_load(text), output)
     with atomic_file(output) as handle:
         handle.write(text)
     return params

@@ -7,6 +7,7 @@ row is either kept or counted under the reason it was dropped.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import re
@@ -17,7 +18,7 @@ from pathlib import Path
 # Every reason a parser may drop a row for; metrics list each one, zero or not, so columns stay stable.
 ED_DROP_REASONS = ("not_utf8", "too_few_fields", "bad_utterance_idx", "utterance_idx_over_limit", "field_too_long",
                    "empty_utterance", "duplicate_turn")
-EXAMPLE_DROP_REASONS = ("missing_earlier_turn", "held_out_twin", "too_long")
+EXAMPLE_DROP_REASONS = ("missing_earlier_turn", "held_out_twin", "history_too_long", "too_long")
 # not_utf8: text with a lone surrogate escape ("\ud83d"), which JSON allows and no UTF-8 file can hold
 DPO_DROP_REASONS = ("not_utf8", "field_too_long", "empty_field", "chosen_equals_rejected", "duplicate")
 
@@ -27,6 +28,9 @@ DPO_DROP_REASONS = ("not_utf8", "field_too_long", "empty_field", "chosen_equals_
 # made of it (each with its history) stay within MAX_TURN_INDEX**2 / 4 messages.
 MAX_TURN_INDEX = 100
 MAX_FIELD_CHARS = 20_000
+# An example carries its dialogue so far: past this many characters (some 25,000 tokens, beyond any context a
+# small model has) it is dropped, so that a conversation's examples cannot take more than a bounded multiple of it.
+MAX_HISTORY_CHARS = 100_000
 
 ED_HEADER = ["conv_id", "utterance_idx", "context", "prompt", "speaker_idx", "utterance", "selfeval", "tags"]
 
@@ -96,11 +100,11 @@ def parse_empathetic(raw: bytes, name: str) -> Parsed:
         if len(fields) > len(ED_HEADER):
             parsed.extra_fields += 1
         conv_id, idx, emotion, situation, _speaker, text = fields[:6]
-        idx = idx.strip()
-        if not re.fullmatch(r"[0-9]+", idx) or not idx.strip("0"):  # "²".isdigit(), yet int("²") fails
+        digits = idx.strip().lstrip("0")  # int() of 5,000 digits fails, leading zeros included
+        if not re.fullmatch(r"[0-9]*", idx.strip()) or not digits:  # "²".isdigit(), yet int("²") fails
             parsed.dropped["bad_utterance_idx"] += 1
             continue
-        if len(idx.lstrip("0")) > len(str(MAX_TURN_INDEX)) or int(idx) > MAX_TURN_INDEX:  # int() of 5,000 digits fails
+        if len(digits) > len(str(MAX_TURN_INDEX)) or int(digits) > MAX_TURN_INDEX:
             parsed.dropped["utterance_idx_over_limit"] += 1
             continue
         if max(map(len, fields[:6])) > MAX_FIELD_CHARS:
@@ -110,12 +114,12 @@ def parse_empathetic(raw: bytes, name: str) -> Parsed:
         if not conv_id.strip() or not text:
             parsed.dropped["empty_utterance"] += 1
             continue
-        key = (conv_id, int(idx))
+        key = (conv_id, int(digits))
         if key in seen:
             parsed.dropped["duplicate_turn"] += 1
             continue
         seen.add(key)
-        parsed.records.append(Turn(conv_id, int(idx), emotion.strip(), unescape(situation), text))
+        parsed.records.append(Turn(conv_id, int(digits), emotion.strip(), unescape(situation), text))
     return parsed
 
 
@@ -184,6 +188,7 @@ def listener_examples(turns: list[Turn], system_prompt: str, seed_format: bool,
     parsed = Parsed(records=[])
     for conv_id, conv in conversations(turns).items():
         whole = next((position for position, t in enumerate(conv) if t.idx != position + 1), len(conv))
+        told = list(itertools.accumulate(len(t.text) for t in conv))  # characters up to and including each turn
         for position, turn in enumerate(conv):
             if turn.idx % 2:
                 continue
@@ -193,6 +198,9 @@ def listener_examples(turns: list[Turn], system_prompt: str, seed_format: bool,
                 continue
             if position >= whole:  # a turn before it is missing: turns 1..idx are not all there
                 parsed.dropped["missing_earlier_turn"] += 1
+                continue
+            if told[position] > MAX_HISTORY_CHARS:
+                parsed.dropped["history_too_long"] += 1
                 continue
             example = {"id": f"{conv_id}:{turn.idx}", "emotion": turn.emotion, "situation": turn.situation}
             if seed_format:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stages.outputs import json_text, write_together
-from stages.parsing import DataError, decode_utf8
+from stages.parsing import DataError, decode_utf8, read_bytes
 from stages.paths import HUMAN_KEY, HUMAN_SHEET
 from stages.stacks import MODELS
 
@@ -58,12 +58,14 @@ def prompt_text(prompt, instructions: str = "") -> str:
 
 
 def as_text_cell(text: str) -> str:
-    """`text` as a cell no spreadsheet will evaluate."""
-    return "'" + text if text.startswith(FORMULA_STARTS) else text
+    """`text` as a cell no spreadsheet will evaluate: an apostrophe before a formula's start, and before an
+    apostrophe that one would otherwise be taken for."""
+    return "'" + text if text.startswith(FORMULA_STARTS) or text.startswith("'") and from_text_cell(text) != text \
+        else text
 
 
 def from_text_cell(cell: str) -> str:
-    return cell[1:] if cell.startswith("'") and cell[1:].startswith(FORMULA_STARTS) else cell
+    return cell[1:] if cell.startswith("'") and cell[1:].startswith((*FORMULA_STARTS, "'")) else cell
 
 
 def digest(text: str) -> str:
@@ -105,30 +107,34 @@ KEY_FIELDS = ("set", "id", "model", "response_sha256")
 def parse_key(raw: bytes, name: str) -> dict:
     """The key: code -> {set, id, model, response_sha256}. One that is not (a hand edit, a merge gone wrong)
     stops with the file and the code."""
+    restore = (f"Restore it (`dvc checkout {name}` or `dvc pull`): it alone says which model wrote each coded reply "
+               "of the filled sheets")
     try:
-        key = json.loads(decode_utf8(raw, name))
+        key = json.loads(decode_utf8(raw, name).lstrip("\ufeff"))
     except (ValueError, RecursionError) as error:
-        raise DataError(f"{name}: not a rating key: {error}. Restore it (`git checkout`, `dvc pull`) or rerun "
-                        "`dvc repro evaluate`") from None
+        raise DataError(f"{name}: not a rating key: {error}. {restore}") from None
     if not isinstance(key, dict):
         raise DataError(f"{name}: expected a JSON object of code -> {{{', '.join(KEY_FIELDS)}}}, "
                         f"got {type(key).__name__}")
     for code, entry in key.items():
         if not (isinstance(entry, dict) and sorted(entry) == sorted(KEY_FIELDS)
                 and all(isinstance(value, str) for value in entry.values())):
-            raise DataError(f"{name}: code {code!r}: expected the text fields {', '.join(KEY_FIELDS)}")
+            raise DataError(f"{name}: code {code!r}: expected the text fields {', '.join(KEY_FIELDS)}. {restore}")
         if entry["model"] not in MODELS:
-            raise DataError(f"{name}: code {code!r}: model {entry['model']!r} is not one of {', '.join(MODELS)}")
+            raise DataError(f"{name}: code {code!r}: model {entry['model']!r} is not one of {', '.join(MODELS)}. "
+                            f"{restore}")
     return key
 
 
 def read_key() -> dict | None:
-    """The key of the last evaluate run (DVC keeps it between runs: persist), or None where there is none that
-    reads (its codes are then drawn afresh, and filled sheets count as stale)."""
-    try:
-        return parse_key(HUMAN_KEY.read_bytes(), str(HUMAN_KEY))
-    except (OSError, DataError):
+    """The key of the last evaluate run (DVC keeps it between runs: persist), or None where there is none. One that
+    does not read stops evaluate (DataError): drawing new codes would leave every filled sheet stale."""
+    if not HUMAN_KEY.exists():
         return None
+    try:
+        return parse_key(read_bytes(HUMAN_KEY), str(HUMAN_KEY))
+    except DataError as error:
+        raise DataError(f"{error}, or delete it to draw new codes (every filled sheet then counts as stale)") from None
 
 
 def write_rows(handle, rows: list[dict]) -> None:
@@ -137,17 +143,17 @@ def write_rows(handle, rows: list[dict]) -> None:
     writer.writerows({**row, **{column: as_text_cell(row[column]) for column in TEXT_COLUMNS}} for row in rows)
 
 
-def sheet_texts(replies: list[dict], instructions: str = "") -> dict[Path, str]:
-    """eval/human/sheet.csv and its key as texts, keeping the codes of unchanged replies (evaluate writes them
-    together with its other outputs)."""
-    rows, key = make_sheet(replies, instructions, read_key())
+def sheet_texts(replies: list[dict], instructions: str = "", previous_key: dict | None = None) -> dict[Path, str]:
+    """eval/human/sheet.csv and its key as texts, keeping the codes of unchanged replies in `previous_key`
+    (read_key's; evaluate writes them together with its other outputs)."""
+    rows, key = make_sheet(replies, instructions, previous_key)
     sheet = io.StringIO(newline="")
     write_rows(sheet, rows)
     return {HUMAN_SHEET: sheet.getvalue(), HUMAN_KEY: json_text(key)}
 
 
 def write_sheet(replies: list[dict], instructions: str = "") -> None:
-    write_together(sheet_texts(replies, instructions))
+    write_together(sheet_texts(replies, instructions, read_key()))
 
 
 def read_rows(raw: bytes, name: str) -> list[tuple[str, dict]]:

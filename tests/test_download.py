@@ -278,9 +278,10 @@ def test_a_file_over_the_size_cap_stops_at_once_without_retrying(server, tmp_pat
     assert server.hits["/data.json"] == 1 and not (tmp_path / "data.json").exists()
 
 
-def test_a_malformed_content_length_is_a_failed_try(hub_project, server):
-    server.length["/data.json"] = "abc"
-    with pytest.raises(download.DownloadError, match="failed after 3 attempts: malformed Content-Length header 'abc'"):
+@pytest.mark.parametrize("length", ["abc", "\u00b2", "9" * 5000])  # "²".isdigit(); int() refuses 5,000 digits
+def test_a_malformed_content_length_is_a_failed_try(hub_project, server, length):
+    server.length["/data.json"] = length
+    with pytest.raises(download.DownloadError, match="failed after 3 attempts: malformed Content-Length header"):
         download.main()
     assert server.hits["/data.json"] == 3 and leftovers(hub_project) == []
 

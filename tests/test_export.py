@@ -201,6 +201,18 @@ def test_refusals_leave_nothing_half_written(pipeline_copy, monkeypatch):
     assert json.loads((pipeline_copy / "out" / "export.json").read_text()) == earlier  # ...only when complete
     assert not [p for p in pipeline_copy.iterdir() if p.name.startswith(".out.tmp-")]
 
+    real_write_files = export_tool.write_files
+
+    def a_file_arrives_meanwhile(*args, **kwargs):
+        (pipeline_copy / "out" / "notes.txt").write_text("mine")
+        return real_write_files(*args, **kwargs)
+
+    monkeypatch.setattr(export_tool, "write_files", a_file_arrives_meanwhile)
+    with pytest.raises(SystemExit, match="out exists and is not an earlier export: it also holds notes.txt"):
+        export_tool.main(["--out", "out", "--model", "base"])
+    assert (pipeline_copy / "out" / "notes.txt").read_text() == "mine"
+    assert json.loads((pipeline_copy / "out" / "export.json").read_text()) == earlier
+
 
 @pytest.mark.parametrize("record, extra", [
     ("{}", None),  # a record that lists no files: anyone could have written it

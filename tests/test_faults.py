@@ -77,6 +77,8 @@ FAULTS = [  # (case, breakage, command, expected message)
      "params.yaml: cannot read params"),
     ("rating key cut short", write("eval/human/key.json", '{"c0ffee01": {"set": "probe"'), "human",
      "eval/human/key.json: not a rating key"),
+    ("rating key cut short, then evaluate", write("eval/human/key.json", '{"c0ffee01": '), "evaluate",
+     "or delete it to draw new codes (every filled sheet then counts as stale)"),
     ("rating key of the wrong shape", write("eval/human/key.json", '{"c0ffee01": {"model": "sft"}}'), "human",
      "eval/human/key.json: code 'c0ffee01': expected the text fields set, id, model, response_sha256"),
     ("rating sheet with an out-of-range value",

@@ -273,3 +273,10 @@ def test_a_wrong_header_encoding_or_row_shape_is_named(workdir):
     path.write_text(path.read_text() + "BCDFGHJK,a reply cut short\n")
     with pytest.raises(DataError, match=r"ann.csv: row 4 \(line 8\): expected 9 cells, got 2"):
         human.main()
+
+
+@pytest.mark.parametrize("text", ["=1+1", "'=1", "''=1", "'tis", "'", "-3 degrees", "plain"])
+def test_a_text_cell_reads_back_as_written(text):
+    """Formula starts get an apostrophe, and so does an apostrophe that reading would otherwise strip."""
+    cell = sheet.as_text_cell(text)
+    assert sheet.from_text_cell(cell) == text and not cell.startswith(sheet.FORMULA_STARTS)

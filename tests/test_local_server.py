@@ -250,7 +250,8 @@ def test_a_page_refuses_a_rater_or_port_it_cannot_use_at_start(page, argv, messa
 @pytest.mark.parametrize("max_new_tokens, temperature, message", [
     (-5, 0.0, "max new tokens -5: from 1 to 255"),
     (256, 0.0, "max new tokens 256: from 1 to 255"),
-    (40, float("nan"), "temperature nan: a finite number"),
+    (40, float("nan"), r"temperature nan: 0 \(greedy\), or from 0.01 to 100"),
+    (40, 1e-320, "temperature 1e-320: 0 "),  # a float32 logit divided by it overflows
 ])
 def test_the_arena_refuses_settings_it_cannot_use_at_start(tokenizer, max_new_tokens, temperature, message):
     models = {name: (ScriptedModel(5), tokenizer) for name in MODELS}
@@ -265,3 +266,31 @@ def test_the_arena_frees_each_slot_whatever_the_reply(tokenizer):
     for _ in range(3 * (1 + arena.WAITING)):
         response = client.post("/reply/dpo", json={"message": "Hi"}, base_url=BASE)
         assert response.status_code == 200 and "error" in events(response)[-1]
+
+
+def test_a_page_whose_file_another_writer_holds_answers_503_and_the_click_can_be_sent_again(pages, monkeypatch):
+    """Another server for the same rater stopped (Ctrl-Z) while writing: a 503 that says so, not a 500."""
+    from stages import outputs
+
+    monkeypatch.setattr(outputs, "LOCK_WAIT_S", 0.2)
+    app, path, body = pages["rate"]
+    with outputs.locked(HUMAN_RATINGS / "ann.csv"):
+        response = app.test_client().post(path, json=body, base_url=BASE)
+    assert response.status_code == 503 and "another writer has held it" in response.get_json()["error"]
+    assert app.test_client().post(path, json=body, base_url=BASE).status_code == 200
+    vote_app = pages["vote"][0]
+    client = vote_app.test_client()
+    token = client.get("/api/next", base_url=BASE).get_json()["token"]
+    with outputs.locked(HUMAN_VOTES / "ann.csv"):
+        response = client.post("/api/vote", json={"token": token, "choice": "A"}, base_url=BASE)
+    assert response.status_code == 503 and "the vote was not saved" in response.get_json()["error"]
+    assert client.post("/api/vote", json={"token": token, "choice": "A"}, base_url=BASE).status_code == 200
+
+
+@pytest.mark.parametrize("damage", [lambda text: text[:-5], lambda text: text.replace('"id"', '"ident"')])
+def test_the_vote_page_says_what_is_wrong_with_a_damaged_replies_file(pages, damage):
+    GENERATIONS.write_text(damage(GENERATIONS.read_text()))
+    client = pages["vote"][0].test_client()
+    for response in (client.get("/", base_url=BASE), client.get("/api/next", base_url=BASE)):
+        assert response.status_code == 409
+        assert "eval/generations.jsonl cannot be read" in response.get_data(as_text=True)

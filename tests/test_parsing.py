@@ -55,9 +55,17 @@ def test_what_one_row_may_claim_is_bounded_and_the_rest_counted():
         "c1,0,sad,s,2,hi,x,",
         "c1,2,sad,s,2," + "a" * 1_000_000 + ",x,",
         "c1,0002,sad,s,2,hi,x,",
+        "c2," + "0" * 5000 + "1,sad,s,1,hello,x,",  # turn 1, however many zeros lead
     ), "train.csv")
-    assert [turn.idx for turn in parsed.records] == [1, 2]
+    assert [(turn.conv_id, turn.idx) for turn in parsed.records] == [("c1", 1), ("c1", 2), ("c2", 1)]
     assert parsed.dropped == Counter(utterance_idx_over_limit=2, bad_utterance_idx=1, field_too_long=1)
+
+
+def test_an_example_whose_dialogue_so_far_is_too_long_is_dropped_and_counted():
+    """Five turns of 20,000 characters each fill the history; the examples after it would only repeat it."""
+    rows = [f"c1,{idx},sad,s,{idx % 2}," + "w" * 20_000 + ",x," for idx in range(1, 101)]
+    examples = listener_examples(parse_empathetic(ed(*rows), "train.csv").records, "Be kind.", seed_format=False)
+    assert len(examples.records) == 2 and examples.dropped == Counter(history_too_long=48)
 
 
 def test_the_examples_of_a_long_conversation_take_linear_time():

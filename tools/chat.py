@@ -10,7 +10,6 @@ context (its max_position_embeddings) minus --max-new-tokens forgets its oldest 
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from threading import Event, Thread
 
@@ -18,7 +17,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer, set_seed
 
 from stages.modeling import PromptTooLong, encode, fit, generation_config, load_model, load_tokenizer
-from stages.params import load_params
+from stages.params import MIN_TEMPERATURE, load_params
 
 HELP = "commands: /reset (forget the conversation), /system <text> (set the system message), /exit"
 STREAM_TIMEOUT_S = 300  # a generation that sends nothing for this long has hung: stop waiting for it
@@ -45,8 +44,8 @@ class Chat:
         if not 1 <= max_new_tokens < context:
             raise ValueError(f"max new tokens {max_new_tokens}: from 1 to {context - 1} (the model's context, "
                              f"{context} tokens, holds the prompt and the reply)")
-        if not (math.isfinite(temperature) and temperature >= 0):
-            raise ValueError(f"temperature {temperature}: a finite number, 0 (greedy) or more")
+        if not (temperature == 0 or MIN_TEMPERATURE <= temperature <= 100):
+            raise ValueError(f"temperature {temperature}: 0 (greedy), or from {MIN_TEMPERATURE} to 100")
         self.model, self.tokenizer, self.system = model, tokenizer, system
         self.config = generation_config(tokenizer, max_new_tokens, temperature)
         self.budget = model.config.max_position_embeddings - max_new_tokens  # prompt tokens, leaving room for the reply

@@ -98,7 +98,8 @@ def export(stage: str, out: Path, fmt: str = "folder", dtype: str = "float32", g
     check_destination(out)
     tokenizer = load_tokenizer()
     device = placement()[0]
-    with atomic_dir(out) as tmp:
+    # checked again just before the swap: a file put in --out meanwhile is not deleted either
+    with atomic_dir(out, check=lambda: check_destination(out)) as tmp:
         gguf_file, extra = write_files(stage, tokenizer, tmp, fmt, dtype, gguf_type)
         exported = AutoModelForCausalLM.from_pretrained(
             tmp, **({"gguf_file": gguf_file} if gguf_file else {}),

@@ -78,13 +78,16 @@ def depth(text: str) -> int:
 
 def json_body() -> dict:
     """The request's JSON object; a ValueError names what is wrong with it."""
-    text = request.get_data(as_text=True)
+    try:
+        text = request.get_data().decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError("the body is not UTF-8") from None
     if depth(text) > MAX_DEPTH:
         raise ValueError(f"the body nests objects and arrays more than {MAX_DEPTH} deep")
     try:
         body = json.loads(text)
-    except ValueError:
-        raise ValueError("the body must be a JSON object") from None
+    except ValueError as error:  # invalid JSON, or a number of more digits than Python converts
+        raise ValueError(f"the body must be a JSON object: {str(error)[:120]}") from None
     if not isinstance(body, dict):
         raise ValueError("the body must be a JSON object")
     try:

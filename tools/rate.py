@@ -23,7 +23,7 @@ from pathlib import Path
 
 from flask import jsonify, render_template
 
-from stages.outputs import atomic_file, locked
+from stages.outputs import FileBusy, atomic_file, locked
 from stages.parsing import DataError, read_bytes
 from stages.paths import HUMAN_RATINGS, HUMAN_SHEET
 from stages.sheet import COMMENT_LIMIT, CRITERIA, SCALE, read_rows, write_rows
@@ -110,18 +110,21 @@ def create_app(rater: str, port: int):
         problem = bad_change(change)
         if problem:
             return refusal(400, problem)
-        with locked(HUMAN_RATINGS / f"{rater}.csv"):
-            try:
-                rows, older, path = load(rater)
-            except SheetProblem as error:
-                return refusal(409, str(error))
-            row = next((row for row in rows if row["code"] == change.get("code")), None)
-            if row is None:
-                return refusal(400, f"unknown code {change.get('code')!r}")
-            row[change["field"]] = change["value"].strip()
-            with atomic_file(path) as handle:
-                write_rows(handle, rows + older)
-            rated = sum(all(r[criterion] for criterion in CRITERIA) for r in rows)
+        try:
+            with locked(HUMAN_RATINGS / f"{rater}.csv"):
+                try:
+                    rows, older, path = load(rater)
+                except SheetProblem as error:
+                    return refusal(409, str(error))
+                row = next((row for row in rows if row["code"] == change.get("code")), None)
+                if row is None:
+                    return refusal(400, f"unknown code {str(change.get('code'))[:40]!r}")
+                row[change["field"]] = change["value"].strip()
+                with atomic_file(path) as handle:
+                    write_rows(handle, rows + older)
+                rated = sum(all(r[criterion] for criterion in CRITERIA) for r in rows)
+        except FileBusy as busy:
+            return refusal(503, f"{busy}: nothing was saved")
         return jsonify({"saved": str(path), "rated": rated, "replies": len(rows)})
 
     return app

@@ -30,7 +30,7 @@ from threading import Lock
 
 from flask import jsonify, render_template
 
-from stages.outputs import atomic_file, locked, read_jsonl
+from stages.outputs import FileBusy, atomic_file, locked, read_jsonl
 from stages.params import load_params
 from stages.parsing import DataError, read_bytes
 from stages.paths import GENERATIONS, HUMAN_VOTES
@@ -58,11 +58,15 @@ def stored_prompts(sets: list[str]) -> tuple[dict, dict]:
         raise VoteProblem(f"There are no replies to vote on: {GENERATIONS} is missing. Run `dvc repro evaluate` "
                           "(or `dvc pull`) first, or type a message below.")
     prompts, stacks = {}, {}
-    for row in read_jsonl(GENERATIONS):
-        if row["set"] in sets:
-            entry = prompts.setdefault((row["set"], row["id"]), {"prompt": row["prompt"], "replies": {}})
-            entry["replies"][row["model"]] = row["response"]
-        stacks[row["model"]] = row["stack"]
+    try:
+        for row in read_jsonl(GENERATIONS):
+            if row["set"] in sets:
+                entry = prompts.setdefault((row["set"], row["id"]), {"prompt": row["prompt"], "replies": {}})
+                entry["replies"][row["model"]] = str(row["response"])
+            stacks[row["model"]] = str(row["stack"])
+    except (ValueError, RecursionError, KeyError, TypeError) as error:
+        raise VoteProblem(f"{GENERATIONS} cannot be read ({type(error).__name__}: {str(error)[:200]}). Restore it "
+                          "(`dvc checkout eval/generations.jsonl` or `dvc pull`) or rerun `dvc repro evaluate`.") from None
     return {item: entry for item, entry in prompts.items() if set(entry["replies"]) == set(MODELS)}, stacks
 
 
@@ -186,18 +190,23 @@ def create_app(rater: str, port: int, sets: list[str], system_prompt: str, load_
             return refusal(400, "unknown or already answered pair: reload the page")
         row = {**item, "choice": CHOICES[choice], "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                **{column: as_text_cell(item[column]) for column in ("prompt", "left_reply", "right_reply")}}
-        with locked(path):
-            try:
-                rows = saved_rows(path)
-            except VoteProblem as problem:
-                return refusal(409, str(problem))
-            if any(row_item(saved) == row_item(row) for saved in rows):
-                return refusal(409, "you have voted on this prompt and pair already (in another tab?): "
-                                    "reload the page for the next one")
-            with atomic_file(path) as handle:
-                writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
-                writer.writeheader()
-                writer.writerows(rows + [row])
+        try:
+            with locked(path):
+                try:
+                    rows = saved_rows(path)
+                except VoteProblem as problem:
+                    return refusal(409, str(problem))
+                if any(row_item(saved) == row_item(row) for saved in rows):
+                    return refusal(409, "you have voted on this prompt and pair already (in another tab?): "
+                                        "reload the page for the next one")
+                with atomic_file(path) as handle:
+                    writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
+                    writer.writeheader()
+                    writer.writerows(rows + [row])
+        except FileBusy as busy:
+            with lock:
+                pending[asked["token"]] = item  # the page may send the same vote again
+            return refusal(503, f"{busy}: the vote was not saved")
         return jsonify({"saved": str(path)})
 
     return app
