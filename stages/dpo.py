@@ -3,96 +3,29 @@
 The policy is base + SFT adapter (frozen, unmerged) + a new adapter, the only trainable weights. The
 reference is base + SFT adapter: the policy at step 0. The SFT adapter stays unmerged because merging it
 into bf16 weights would round much of its update away, and DPO would then learn against a model that
-evaluation never scores. Loading the result needs both adapters, in order (stages.modeling.load_model).
+evaluation never scores. Loading the result needs both adapters, in order (chattune.modeling.model.load_model).
 
 LoRA dropout (dpo.lora.dropout) is honored: TRL's disable_dropout would zero it along with the base
 model's dropout, so the stage disables the base's (and the frozen SFT adapter's) dropout itself.
 """
 from __future__ import annotations
 
-import torch
-
-from transformers import TrainerCallback, set_seed
-from transformers.trainer_pt_utils import LengthGroupedSampler
+from transformers import set_seed
 from trl import DPOConfig, DPOTrainer
-from trl.trainer.utils import disable_dropout_in_model
 
-from stages.cards import adapter_card, recorded
-from stages.modeling import (check_targets, lora_casts_follow_autocast, load_base_model, load_tokenizer, lora_config,
-                             stack)
-from stages.outputs import write_json
-from stages.params import LoraParams, load_params
-from stages.paths import DPO_DATA, DPO_MODEL, METRICS_DIR
-from stages.stacks import fingerprint
-from stages.training import (LogLastStep, MarkComplete, PassOfWholeSteps, TrainClock, check_step, dpo_dataset,
-                             final_evaluation, live_callback, on_every_gpu, resume_or_start, save_adapter, step_split,
-                             trainer_kwargs, whole_steps)
+from chattune.evaluation.cards import adapter_card, recorded
+from chattune.modeling.model import load_base_model, load_tokenizer, stack
+from chattune.outputs import write_json
+from chattune.params import load_params
+from chattune.paths import DPO_DATA, DPO_MODEL, METRICS_DIR
+from chattune.modeling.stacks import fingerprint
+from chattune.training.dpo import KeepStack, TokenizedDPOTrainer, policy_model, reference_model
+from chattune.training.trainer import (LogLastStep, MarkComplete, PassOfWholeSteps, TrainClock, check_step, dpo_dataset,
+                                       final_evaluation, live_callback, on_every_gpu, resume_or_start, save_adapter,
+                                       step_split, trainer_kwargs)
 
 REPORTED = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
             "logps/chosen", "logps/rejected")
-TRAINED = ["default", "sft"]  # the new adapter first: the trainer resumes the first active adapter
-
-
-def activate_stack(model) -> None:
-    """Both adapters active, only the new one trainable."""
-    model.base_model.set_adapter(TRAINED)
-    for name, param in model.named_parameters():
-        param.requires_grad = ".default." in name
-
-
-class KeepStack(TrainerCallback):
-    """Resuming from a checkpoint leaves only the trained adapter active; put the SFT adapter back."""
-
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        activate_stack(model)
-
-
-def policy_model(sft_stack, lora: LoraParams):
-    """base + SFT adapter (`sft_stack`, as stages.modeling.stack loads it) + a new adapter, the one trained."""
-    check_targets(sft_stack, lora, "dpo")
-    disable_dropout_in_model(sft_stack)  # the base's and the frozen SFT adapter's; the new adapter's is added after
-    sft_stack.add_adapter("default", lora_config(lora))
-    activate_stack(sft_stack)
-    lora_casts_follow_autocast(sft_stack)
-    return sft_stack
-
-
-def reference_model(sft_stack):
-    """base + SFT adapter, as a plain model (its LoRA layers stay injected and active): the form TRL expects a
-    reference in."""
-    model = sft_stack.get_base_model().eval()
-    lora_casts_follow_autocast(model)
-    return model
-
-
-def pair_lengths(pairs) -> list[int]:
-    """What each pair costs in a padded batch: its prompt and the longer of its two replies (TRL pads chosen and
-    rejected rows of a batch to one width)."""
-    return [len(prompt) + max(len(chosen), len(rejected))
-            for prompt, chosen, rejected in zip(pairs["prompt_ids"], pairs["chosen_ids"], pairs["rejected_ids"])]
-
-
-class TokenizedDPOTrainer(DPOTrainer):
-    """DPOTrainer on pairs already turned into ids by stages.modeling.encode (TRL would re-tokenize them
-    its own way: no BOS, and the text after the EOS kept). Pairs are drawn in whole steps of similar length, alike
-    on any number of processes (stages.training.WholeSteps; transformers' own grouping cannot find a pair's length:
-    it looks for input_ids)."""
-
-    def _prepare_dataset(self, dataset, *args, **kwargs):
-        return dataset
-
-    def _get_train_sampler(self, train_dataset=None):
-        return whole_steps(self, pair_lengths(self.train_dataset if train_dataset is None else train_dataset))
-
-    def _get_eval_sampler(self, eval_dataset):
-        if self.args.train_sampling_strategy != "group_by_length":
-            return super()._get_eval_sampler(eval_dataset)
-        # as transformers groups evaluation batches, with a generator of its own so evaluating draws nothing
-        # from the training's random stream
-        return LengthGroupedSampler(self.args.eval_batch_size, lengths=pair_lengths(eval_dataset),
-                                    generator=torch.Generator().manual_seed(self.args.seed))
-
-
 def build_trainer(params, output_dir: str, resume: bool = False) -> tuple[DPOTrainer, int]:
     """The trainer, and how many pairs were left out for their prompt's length."""
     dpo = params.dpo

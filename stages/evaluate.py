@@ -6,15 +6,15 @@ a JSONL file of {system (optional), user, reference}.
 
 Every adapter is checked against the stack beneath it before anything runs. Every model runs on the
 accelerator when there is one, adapters unmerged, as trained (the DPO model's two combined into one:
-stages.modeling.combined_adapters); prompts become ids through the one prompt format. A reply may take the reply
-budget (stages.modeling.reply_budget: by default enough for what SFT and DPO taught, from preprocess's
+chattune.modeling.model.combined_adapters); prompts become ids through the one prompt format. A reply may take the reply
+budget (chattune.modeling.model.reply_budget: by default enough for what SFT and DPO taught, from preprocess's
 measurements), and a prompt too long for the model's context window less that budget loses its oldest turns
-(counted). Only generated tokens are scored (stages.generation), greedy unless eval.temperature > 0; a reply that
+(counted). Only generated tokens are scored (chattune.evaluation.generation), greedy unless eval.temperature > 0; a reply that
 reaches the budget without its EOS is counted in `cut_rate`.
 
-Scores (stages.scoring): BLEU, sacreBLEU, chrF, BERTScore (raw, and rescaled with bert-score's own baseline where
+Scores (chattune.evaluation.scoring): BLEU, sacreBLEU, chrF, BERTScore (raw, and rescaled with bert-score's own baseline where
 one ships for the model and layer), perplexity of the reference replies, length, stop and cut rates, diversity,
-repetition, DPO preference accuracy on the held-out pairs; and the two learned metrics (stages.judging, trained by
+repetition, DPO preference accuracy on the held-out pairs; and the two learned metrics (chattune.evaluation.judging, trained by
 the judges stage): the share of human-like replies (DPO's goal) and how often the conversation's emotion can be
 named from the reply (SFT's goal; ED test only), both also for the real replies (`reference`). A learned metric
 whose classifier failed its own check (metrics/judges.json) is marked uninformative (`<set>.<judge>_informative`),
@@ -24,8 +24,8 @@ BERTScore is (0 - b) / (1 - b)) and is counted in `empty_rate`.
 Writes metrics/eval.json (flat: `<set>.<model>.<metric>`, paired differences
 `<set>.<after>_minus_<before>.<metric>` with `_low`/`_high` 95% bootstrap bounds, per model
 `<model>.preference_accuracy` and `<model>.new_tokens_per_s`), plots/eval.json and the charts in plots/eval/,
-eval/generations.jsonl, the blind rating sheet with its key (stages.sheet), and the stack's model card with
-the headline metrics (stages.cards).
+eval/generations.jsonl, the blind rating sheet with its key (chattune.human.sheet), and the stack's model card with
+the headline metrics (chattune.evaluation.cards).
 """
 from __future__ import annotations
 
@@ -39,20 +39,20 @@ import numpy as np
 from bert_score import BERTScorer
 from transformers import AutoTokenizer, GPT2Tokenizer, RobertaTokenizer, set_seed
 
-from stages import charts
-from stages.cards import recorded, stack_card
-from stages.generation import encoded_sets, generate, held_out_pairs, reply_logprobs
-from stages.judging import Judges, chance
-from stages.modeling import context_window, embedder_dtype, load_model, load_tokenizer, placement, reply_budget
-from stages.outputs import atomic_dir, json_text, jsonl_text, read_jsonl
-from stages.params import EvalParams, Params, ParamsError, load_params
-from stages.parsing import DataError, parse_prompts, read_bytes
-from stages.paths import EVAL_CHARTS, EVAL_PLOT, GENERATIONS, JUDGES_METRICS, METRICS_DIR, PROBE_SET, SFT_DATA, STACK_CARD
-from stages.scoring import (Measure, chrf, distinct, distinct_openings, distinct_replies, interval, mean_of, nltk_bleu,
+from chattune.evaluation import charts
+from chattune.evaluation.cards import recorded, stack_card
+from chattune.evaluation.generation import encoded_sets, generate, held_out_pairs, reply_logprobs
+from chattune.evaluation.judging import Judges, chance
+from chattune.modeling.model import context_window, embedder_dtype, load_model, load_tokenizer, placement, reply_budget
+from chattune.outputs import atomic_dir, json_text, jsonl_text, read_jsonl
+from chattune.params import EvalParams, Params, ParamsError, load_params
+from chattune.data.parsing import DataError, parse_prompts, read_bytes
+from chattune.paths import EVAL_CHARTS, EVAL_PLOT, GENERATIONS, JUDGES_METRICS, METRICS_DIR, PROBE_SET, SFT_DATA, STACK_CARD
+from chattune.evaluation.scoring import (Measure, chrf, distinct, distinct_openings, distinct_replies, interval, mean_of, nltk_bleu,
                             paired_difference, perplexity, preference_accuracy, repeats, resample, sacrebleu_bleu)
-from stages.sheet import read_key, sheet_texts
-from stages.stacks import MODELS, check_stack, fingerprint
-from stages.verdicts import LEARNED, informative, verdict_key
+from chattune.human.sheet import read_key, sheet_texts
+from chattune.modeling.stacks import MODELS, check_stack, fingerprint
+from chattune.evaluation.verdicts import LEARNED, informative, verdict_key
 
 COMPARISONS = (("sft", "base"), ("dpo", "sft"))  # (after, before): what each training step changed
 COMPARED = ("bleu", "sacrebleu", "bertscore_raw_f1", "bertscore_rescaled_f1", *LEARNED)

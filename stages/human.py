@@ -1,7 +1,7 @@
 """human: un-blind the filled rating sheets and tally the pairwise votes into metrics/human.json.
 
 Ratings. evaluate writes eval/human/sheet.csv, one reply per row, each under a random code whose model only
-eval/human/key.json knows (stages.sheet). A rater fills a copy, in a spreadsheet or in the browser
+eval/human/key.json knows (chattune.human.sheet). A rater fills a copy, in a spreadsheet or in the browser
 (`python -m tools.rate --rater <name>`, which saves after every click), as eval/human/ratings/<rater>.csv.
 Every criterion given counts: a reply rated in part counts for the criteria it has. Per model: each
 criterion's mean and count, the overall mean, and the replies rated; with two or more raters, Krippendorff's
@@ -9,7 +9,7 @@ alpha (ordinal) per criterion and overall. Rows whose code is no longer in the k
 evaluate ran again) are stale: counted per rater, not scored; a file with no current code at all is a stale
 sheet.
 
-Votes. `python -m tools.vote --rater <name>` writes eval/human/votes/<rater>.csv (stages.votes): win rates
+Votes. `python -m tools.vote --rater <name>` writes eval/human/votes/<rater>.csv (chattune.human.votes): win rates
 per pair of models, Bradley-Terry scores and agreement between raters, from the votes cast for the models
 in models/ now; a rater's repeated vote on a prompt and pair is counted (votes.repeated), not tallied.
 """
@@ -22,13 +22,13 @@ from pathlib import Path
 import krippendorff
 import numpy as np
 
-from stages.outputs import write_json
-from stages.params import load_params
-from stages.parsing import DataError, read_bytes
-from stages.paths import HUMAN_KEY, HUMAN_RATINGS, HUMAN_SHEET, HUMAN_VOTES, METRICS_DIR
-from stages.sheet import CRITERIA, FilledSheet, parse_key, read_sheet
-from stages.stacks import MODELS, fingerprint
-from stages.votes import read_votes, summarize as summarize_votes
+from chattune.outputs import write_json
+from chattune.params import load_params
+from chattune.data.parsing import DataError, read_bytes
+from chattune.paths import HUMAN_KEY, HUMAN_RATINGS, HUMAN_SHEET, HUMAN_VOTES, METRICS_DIR
+from chattune.human.sheet import CRITERIA, FilledSheet, parse_key, read_sheet
+from chattune.modeling.stacks import MODELS, fingerprint
+from chattune.human.votes import read_votes, summarize as summarize_votes
 
 
 def ordinal_alpha(sheets: list[dict[str, dict[str, int]]], criteria: tuple[str, ...]) -> float:

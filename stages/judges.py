@@ -1,8 +1,8 @@
-"""judges: train the two reply classifiers evaluate scores with (stages.judging), on training rows only, and check
+"""judges: train the two reply classifiers evaluate scores with (chattune.evaluation.judging), on training rows only, and check
 each on rows it never saw.
 
 Human-likeness learns Human-Like-DPO's chosen against rejected replies from every pair outside the held-out set
-(the same pairs preprocess holds out: stages.parsing.split_pairs, by prompt, with eval.dpo_eval_size and the
+(the same pairs preprocess holds out: chattune.data.parsing.split_pairs, by prompt, with eval.dpo_eval_size and the
 seed), both replies of a pair cut to the same length within evaluation's reply budget, and is checked on the
 held-out pairs cut alike. Emotion learns EmpatheticDialogues' labels from every listener turn of train.csv (a
 held-out conversation's twins left out, as preprocess leaves them out of SFT) and is checked on valid.csv's. Neither
@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import sys
 
-from stages.judging import (chance, clears_chance, conversation_accuracy, held_out_accuracy, listener_turns,
+from chattune.evaluation.judging import (chance, clears_chance, conversation_accuracy, held_out_accuracy, listener_turns,
                             matched_replies, train)
-from stages.modeling import load_tokenizer, reply_budget
-from stages.outputs import atomic_dir, write_json
-from stages.params import load_params
-from stages.parsing import DataError, HeldOut, parse_dpo, parse_empathetic, read_bytes, split_pairs
-from stages.paths import DPO_FILE, DPO_SUBDIR, ED_SPLITS, ED_SUBDIR, JUDGES_DIR, JUDGES_METRICS, RAW_DIR
-from stages.scoring import interval, resample
+from chattune.modeling.model import load_tokenizer, reply_budget
+from chattune.outputs import atomic_dir, write_json
+from chattune.params import load_params
+from chattune.data.parsing import DataError, HeldOut, parse_dpo, parse_empathetic, read_bytes, split_pairs
+from chattune.paths import DPO_FILE, DPO_SUBDIR, ED_SPLITS, ED_SUBDIR, JUDGES_DIR, JUDGES_METRICS, RAW_DIR
+from chattune.evaluation.scoring import interval, resample
 
 
 def checked(measure, samples: int, seed: int, prefix: str, chance_level: float) -> tuple[dict, bool]:

@@ -1,6 +1,6 @@
 """preprocess: raw EmpatheticDialogues and Human-Like-DPO -> TRL-ready JSONL, plus row counts.
 
-SFT: one example per listener turn (stages.parsing.listener_examples). A training or eval dialogue too long for
+SFT: one example per listener turn (chattune.data.parsing.listener_examples). A training or eval dialogue too long for
 sft.max_length tokens (with the base model's tokenizer and chat template) loses its oldest turns, never
 the reply; one that still does not fit is dropped and counted. The test prompts are left whole: evaluate fits them
 into the model's context window, so no training knob changes them. train/eval/test come from
@@ -23,13 +23,13 @@ import sys
 
 import numpy as np
 
-from stages.modeling import PromptTooLong, encode, fit, load_tokenizer
-from stages.outputs import json_text, jsonl_text, write_together
-from stages.params import load_params
-from stages.parsing import (DPO_DROP_REASONS, ED_DROP_REASONS, EXAMPLE_DROP_REASONS, DataError, HeldOut, Parsed,
+from chattune.modeling.model import PromptTooLong, encode, fit, load_tokenizer
+from chattune.outputs import json_text, jsonl_text, write_together
+from chattune.params import load_params
+from chattune.data.parsing import (DPO_DROP_REASONS, ED_DROP_REASONS, EXAMPLE_DROP_REASONS, DataError, HeldOut, Parsed,
                             groups_across, listener_examples, normalised, parse_dpo, parse_empathetic, read_bytes,
                             repeated_groups, split_pairs, subsample)
-from stages.paths import DATA_METRICS, DPO_DATA, DPO_FILE, DPO_SUBDIR, ED_SUBDIR, LENGTHS, RAW_DIR, SFT_DATA
+from chattune.paths import DATA_METRICS, DPO_DATA, DPO_FILE, DPO_SUBDIR, ED_SUBDIR, LENGTHS, RAW_DIR, SFT_DATA
 
 SFT_SPLITS = {"train": "train", "eval": "valid", "test": "test"}  # processed split -> raw file
 

@@ -1,6 +1,6 @@
 """sft: train a LoRA adapter on EmpatheticDialogues listener turns with TRL's SFTTrainer.
 
-Every example becomes token ids through the one prompt format (stages.modeling.encode); the loss is on
+Every example becomes token ids through the one prompt format (chattune.modeling.model.encode); the loss is on
 the listener's reply and its EOS only, and batches are padded to their own longest row. The base model's
 eval loss is measured first (a fresh LoRA adapter is a no-op), so metrics/sft.json shows what SFT changed.
 Eval loss and a checkpoint every sft.checkpoint_steps and at the last step; a killed run resumes from its
@@ -14,22 +14,22 @@ from pathlib import Path
 from transformers import set_seed
 from trl import SFTConfig, SFTTrainer
 
-from stages.cards import adapter_card, recorded
-from stages.modeling import check_targets, lora_casts_follow_autocast, load_base_model, load_tokenizer, lora_config
-from stages.outputs import write_json
-from stages.params import load_params
-from stages.paths import METRICS_DIR, SFT_DATA, SFT_MODEL
-from stages.stacks import fingerprint
-from stages.training import (LogLastStep, MarkComplete, PassOfWholeSteps, TrainClock, check_step, final_evaluation,
+from chattune.evaluation.cards import adapter_card, recorded
+from chattune.modeling.model import check_targets, lora_casts_follow_autocast, load_base_model, load_tokenizer, lora_config
+from chattune.outputs import write_json
+from chattune.params import load_params
+from chattune.paths import METRICS_DIR, SFT_DATA, SFT_MODEL
+from chattune.modeling.stacks import fingerprint
+from chattune.training.trainer import (LogLastStep, MarkComplete, PassOfWholeSteps, TrainClock, check_step, final_evaluation,
                              live_callback, on_every_gpu, reply_token_loss, resume_or_start, save_adapter, sft_dataset,
                              step_split, throughput, trainer_kwargs, whole_steps)
-from stages.varlen import ATTENTION as PACKED_ATTENTION
+from chattune.training.packed_attention import ATTENTION as PACKED_ATTENTION
 
 
 class StepSFTTrainer(SFTTrainer):
     """SFTTrainer drawing examples in whole steps of similar length, alike on any number of processes
-    (stages.training.WholeSteps), and measuring the eval set's loss per reply token, whatever its batching
-    (stages.training.reply_token_loss)."""
+    (chattune.training.trainer.WholeSteps), and measuring the eval set's loss per reply token, whatever its batching
+    (chattune.training.trainer.reply_token_loss)."""
 
     def _get_train_sampler(self, train_dataset=None):
         rows = self.train_dataset if train_dataset is None else train_dataset
@@ -60,7 +60,7 @@ def build_trainer(params, output_dir: str, resume: bool = False) -> SFTTrainer:
         # Batches of similar length pad little (training's: StepSFTTrainer; evaluation's: this); each batch is
         # padded to its own longest row. With packing, TRL fills rows best-fit (bfd) and passes one flattened row with
         # restarting position ids and where each example starts, and the model attends within each example only
-        # (stages.varlen).
+        # (chattune.training.packed_attention).
         train_sampling_strategy="group_by_length",
         packing=sft.packing,
         packing_strategy="bfd",

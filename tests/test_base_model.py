@@ -5,9 +5,10 @@ import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from conftest import shared_file, smollm2_gguf
-from stages import base_model, modeling
-from stages.modeling import load_base_model, load_tokenizer
-from stages.params import load_params
+from stages import base_model
+from chattune.modeling import model as modeling
+from chattune.modeling.model import load_base_model, load_tokenizer
+from chattune.params import load_params
 
 CONVERSATION = [
     {"role": "system", "content": "Be kind."},

@@ -9,10 +9,10 @@ from torch.utils.data import BatchSampler
 from peft import get_peft_model
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-from stages import training
-from stages.modeling import lora_casts_follow_autocast, lora_config
-from stages.params import SEVEN_PROJECTIONS, LoraParams, load_params
-from stages.training import (PassOfWholeSteps, WholeSteps, batch_split, check_step, micro_batch, token_bytes,
+from chattune.training import trainer as training
+from chattune.modeling.model import lora_casts_follow_autocast, lora_config
+from chattune.params import SEVEN_PROJECTIONS, LoraParams, load_params
+from chattune.training.trainer import (PassOfWholeSteps, WholeSteps, batch_split, check_step, micro_batch, token_bytes,
                              weight_bytes)
 
 from conftest import ROOT

@@ -9,8 +9,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from stages.training import token_bytes
-from tools import bench
+from chattune.training.trainer import token_bytes
+from harness import bench
 
 from conftest import VENV_PATH, shared_file
 
@@ -227,13 +227,13 @@ def test_result_files_are_named_after_the_day_and_the_device(monkeypatch, tmp_pa
 
 
 def test_the_gpu_sessions_first_call_runs_the_runs_named_or_only_installs(project, tmp_path):
-    """bench/gpu-session.sh 1, as a lent GPU session makes it: BENCH_RUNS picks the benchmark's runs, and empty it
+    """harness/gpu-session.sh 1, as a lent GPU session makes it: BENCH_RUNS picks the benchmark's runs, and empty it
     runs none, for a session that only installs the wheels before the real run."""
     env = {**os.environ, "PATH": VENV_PATH, "TINY": "--tiny"}
     named, empty = tmp_path / "named", tmp_path / "empty"
     for out, runs in ((named, "sft_project"), (empty, "")):
         out.mkdir()
-        subprocess.run(["bash", "bench/gpu-session.sh", "1"], cwd=project, check=True,
+        subprocess.run(["bash", "harness/gpu-session.sh", "1"], cwd=project, check=True,
                        env={**env, "OUT": str(out), "BENCH_RUNS": runs})
     result = json.loads(next(named.glob("*-tiny.json")).read_text())
     assert list(result["runs"]) == ["sft_project"] and result["runs"]["sft_project"]["timed_steps"] == 20

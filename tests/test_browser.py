@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, run, serve
-from stages.outputs import read_jsonl
-from stages.paths import GENERATIONS
+from chattune.outputs import read_jsonl
+from chattune.paths import GENERATIONS
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 VEGA = ROOT / "node_modules" / "vega-embed" / "build" / "vega-embed.min.js"

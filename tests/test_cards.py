@@ -8,9 +8,9 @@ import pytest
 import torch
 from huggingface_hub import ModelCard
 
-from stages.cards import base_metadata, stack_card
-from stages.modeling import encode, load_model, load_tokenizer
-from stages.params import ModelParams, load_params
+from chattune.evaluation.cards import base_metadata, stack_card
+from chattune.modeling.model import encode, load_model, load_tokenizer
+from chattune.params import ModelParams, load_params
 
 from conftest import metrics
 

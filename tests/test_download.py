@@ -19,7 +19,7 @@ import yaml
 
 from conftest import ROOT, edit_params
 from stages import download
-from stages.params import compose
+from chattune.params import compose
 
 CSV = b"conv_id,utterance_idx,context,prompt,speaker_idx,utterance,selfeval,tags\nc1,1,sad,s,1,hi,x,\n"
 PAIRS = json.dumps([{"prompt": "Hi?", "chosen": "Hey!", "rejected": "Greetings."}]).encode()
@@ -287,7 +287,7 @@ def test_a_malformed_content_length_is_a_failed_try(hub_project, server, length)
 
 
 def test_a_plain_http_url_is_refused_by_the_params_schema(project):
-    from stages.params import ParamsError
+    from chattune.params import ParamsError
 
     with pytest.raises(ParamsError, match="data.hub.human_like_dpo_url: String should match pattern '\\^https://'"):
         compose(["data=hub", "data.hub.human_like_dpo_url=http://example.org/data.json"])

@@ -5,9 +5,10 @@ import torch
 from peft import get_peft_model
 from peft.tuners.lora import LoraLayer
 
+from chattune.training.dpo import pair_lengths
 from stages import dpo
-from stages.modeling import lora_config
-from stages.params import load_params
+from chattune.modeling.model import lora_config
+from chattune.params import load_params
 
 from conftest import lora_casts_in_forward
 
@@ -59,7 +60,7 @@ def test_only_the_new_adapter_trains_and_its_dropout_is_honored(step0):
 
 def test_policy_and_reference_skip_their_lora_input_casts_under_autocast_only(step0):
     """Both adapters of the policy and the SFT adapter of the reference: under autocast (mixed-precision training)
-    no float32 cast of a LoRA layer's input (stages.modeling.lora_casts_follow_autocast); without, PEFT's cast."""
+    no float32 cast of a LoRA layer's input (chattune.modeling.model.lora_casts_follow_autocast); without, PEFT's cast."""
     trainer, _ = step0
     ids = torch.tensor([[1, 5, 9, 12, 2]])
     for model in (trainer.model, trainer.ref_model):
@@ -72,7 +73,7 @@ def test_training_batches_are_grouped_by_pair_length(step0):
     similar length, as SFT's are, a pass pads far less beyond each pair's own width than drawn at random."""
     trainer, _ = step0
     pairs = trainer.train_dataset
-    lengths, size = dpo.pair_lengths(pairs), trainer.args.train_batch_size
+    lengths, size = pair_lengths(pairs), trainer.args.train_batch_size
     assert lengths[0] == len(pairs[0]["prompt_ids"]) + max(len(pairs[0]["chosen_ids"]), len(pairs[0]["rejected_ids"]))
 
     def excess(order):  # padding a batch adds beyond each pair's own width
@@ -92,7 +93,7 @@ def test_training_batches_are_grouped_by_pair_length(step0):
 
 
 def test_any_split_of_a_step_draws_the_same_pairs_in_each_step(step0):
-    """Pairs are drawn by optimizer step (stages.training.WholeSteps), so dpo1's 16 pairs a step in micro-batches of
+    """Pairs are drawn by optimizer step (chattune.training.trainer.WholeSteps), so dpo1's 16 pairs a step in micro-batches of
     2, of 4 or in one (fill_gpu on a larger card) train the same pairs in each step (docs/speed.md says so)."""
     trainer, _ = step0
     args = trainer.args
@@ -112,7 +113,7 @@ def test_bf16_dpo_trains_under_autocast_with_the_adapters_on_bf16_input(pipeline
 
     from peft.tuners.lora import LoraLayer
 
-    from stages import modeling
+    from chattune.modeling import model as modeling
 
     monkeypatch.setattr(modeling, "placement", lambda: (torch.device("cpu"), torch.bfloat16))
     params = load_params()

@@ -10,11 +10,11 @@ import torch
 
 from stages import base_model, evaluate
 from stages.evaluate import bert_scorer, bertscore_baseline, measures
-from stages import generation
-from stages.generation import batch_size, encoded_sets, generate, logit_batches, reply_logprobs
-from stages.modeling import embedder_dtype, encode, reply_budget, train_tokenizer
-from stages.params import TinyModelParams, load_params
-from stages.scoring import (chrf, distinct, distinct_openings, distinct_replies, interval, mean_of, nltk_bleu, opening,
+from chattune.evaluation import generation
+from chattune.evaluation.generation import batch_size, encoded_sets, generate, logit_batches, reply_logprobs
+from chattune.modeling.model import embedder_dtype, encode, reply_budget, train_tokenizer
+from chattune.params import TinyModelParams, load_params
+from chattune.evaluation.scoring import (chrf, distinct, distinct_openings, distinct_replies, interval, mean_of, nltk_bleu, opening,
                             paired_difference, perplexity, preference_accuracy, repeats, resample, sacrebleu_bleu)
 
 from conftest import ROOT
@@ -257,7 +257,7 @@ def test_a_prompt_too_long_loses_its_oldest_turns_or_is_named(tokenizer):
     sft.max_length, which only bounds training): a long dialogue is fitted into the window less the budget by
     dropping its oldest turns; one whose last message alone does not fit stops the stage with the set and id (it
     used to make a negative slice), and so does a budget that leaves no room at all."""
-    from stages.parsing import DataError
+    from chattune.data.parsing import DataError
 
     # The whole dialogue is 176 prompt tokens with this tokenizer; the last exchange alone 62.
     turns = [{"role": "user" if i % 2 == 0 else "assistant", "content": "My dog died. " * 3} for i in range(5)]
@@ -291,7 +291,7 @@ def test_the_reply_budget_covers_what_sft_and_dpo_taught():
 
 
 def test_the_pipelines_budget_is_measured_and_no_reply_is_cut_before_it(pipeline):
-    from stages.outputs import read_jsonl
+    from chattune.outputs import read_jsonl
 
     lengths = json.loads((pipeline / "metrics/lengths.json").read_text())
     scores = json.loads((pipeline / "metrics/eval.json").read_text())

@@ -7,7 +7,7 @@ import matplotlib.image
 import yaml
 
 from conftest import ROOT, run
-from stages.params import compose
+from chattune.params import compose
 from tools import show
 from tools.compare import flatten
 from tools.study import study_runs

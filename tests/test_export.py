@@ -12,9 +12,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import run, shared_file, smollm2_gguf
-from stages.modeling import encode, load_tokenizer, merged_model
+from chattune.modeling.model import encode, load_tokenizer, merged_model
 from tools import export as export_tool
-from tools.runners import llama_rows, modelfile
+from chattune.gguf import llama_rows, modelfile
 
 CONVERSATION = [{"role": "system", "content": "Be kind."},
                 {"role": "user", "content": "I lost my job today."},
@@ -238,7 +238,7 @@ def test_saved_weights_follow_the_umask_like_every_other_output(tmp_path):
     teammate or a server running as another user can read the adapter `dvc pull` or the export put there."""
     from safetensors.torch import save_file
 
-    from stages.outputs import atomic_dir
+    from chattune.outputs import atomic_dir
 
     with atomic_dir(tmp_path / "adapter") as folder:
         save_file({"w": torch.zeros(2)}, folder / "adapter_model.safetensors")

@@ -3,7 +3,7 @@ where placement puts it, the scored model equal to the unmerged stack, packed ro
 import json
 import time
 
-from tools import gpu_check
+from harness import gpu_check
 
 STAGES = ["model_source", "base_model", "download", "preprocess", "judges", "sft", "dpo", "evaluate", "human"]
 

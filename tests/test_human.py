@@ -10,9 +10,10 @@ import subprocess
 import pytest
 
 from conftest import ROOT
-from stages import human, sheet
-from stages.parsing import DataError
-from stages.paths import HUMAN_KEY, HUMAN_RATINGS, HUMAN_SHEET
+from stages import human
+from chattune.human import sheet
+from chattune.data.parsing import DataError
+from chattune.paths import HUMAN_KEY, HUMAN_RATINGS, HUMAN_SHEET
 
 PROMPT = [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "My cat is ill."}]
 MODELS = ("base", "sft", "dpo")

@@ -9,14 +9,14 @@ import pytest
 import torch
 
 from stages import base_model, download, judges, preprocess
-from stages.judging import (Judges, chance, conversation_accuracy, clears_chance, listener_turns, matched_replies,
+from chattune.evaluation.judging import (Judges, chance, conversation_accuracy, clears_chance, listener_turns, matched_replies,
                             mean_pooled)
-from stages.modeling import load_tokenizer, reply_budget
-from stages.outputs import read_jsonl
-from stages.params import load_params
-from stages.parsing import HeldOut, Turn, parse_empathetic, read_bytes
-from stages.paths import DPO_DATA, JUDGES_DIR, RAW_DIR
-from stages.scoring import interval, resample
+from chattune.modeling.model import load_tokenizer, reply_budget
+from chattune.outputs import read_jsonl
+from chattune.params import load_params
+from chattune.data.parsing import HeldOut, Turn, parse_empathetic, read_bytes
+from chattune.paths import DPO_DATA, JUDGES_DIR, RAW_DIR
+from chattune.evaluation.scoring import interval, resample
 
 from conftest import ROOT, shared_file
 

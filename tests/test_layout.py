@@ -1,5 +1,6 @@
-"""The folders say what runs in the DAG: dvc.yaml lists every module a stage runs, and no stage imports
-another stage."""
+"""The folders say what runs in the DAG: stages/ holds its nodes and nothing else, each listing in dvc.yaml every
+file of the package it runs; the package (src/chattune) imports no stage, tool or harness module; a tool or the
+harness imports no stage."""
 import ast
 from pathlib import Path
 
@@ -7,49 +8,70 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+PACKAGE = ROOT / "src" / "chattune"
 
 
-def imported_modules(path: Path) -> set[str]:
-    """The `stages.*` modules a file imports, as file paths."""
+def module_file(dotted: str) -> Path | None:
+    """The project file a dotted module name is, or None for a library."""
+    top, *rest = dotted.split(".")
+    if top not in ("chattune", "stages", "tools", "harness"):
+        return None
+    base = (ROOT / "src" if top == "chattune" else ROOT) / top / Path(*rest)
+    return base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
+
+
+def imported(path: Path) -> set[Path]:
+    """The project files a file imports (`from a.b import c` counts a/b/c.py where c is a module)."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
-                 else [node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
-        found |= {f"{name.replace('.', '/')}.py" for name in names if name.startswith("stages.")}
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        found |= {file for name in names if (file := module_file(name)) and file.is_file()}
     return found
 
 
-def closure(module: str) -> set[str]:
-    """A stage's own module and every project module it imports, directly or through others."""
-    seen, todo = set(), [module]
+def closure(path: Path) -> set[Path]:
+    """A file and every project file it imports, directly or through others."""
+    seen, todo = set(), [path]
     while todo:
         current = todo.pop()
         if current not in seen:
             seen.add(current)
-            todo.extend(imported_modules(ROOT / current))
+            todo.extend(imported(current))
     return seen
 
 
-def test_every_stage_lists_the_modules_it_runs():
+def covered(file: Path, deps: list[str]) -> bool:
+    return any(file == ROOT / dep or (ROOT / dep).is_dir() and (ROOT / dep) in file.parents for dep in deps)
+
+
+def test_stages_holds_the_dags_nodes_only():
+    assert {path.stem for path in (ROOT / "stages").glob("*.py") if path.stem != "__init__"} == set(STAGES)
+
+
+def test_every_stage_lists_the_files_it_runs():
     for name, stage in STAGES.items():
-        module = f"stages/{name}.py"
         assert stage["cmd"] == f"python -m stages.{name}"
-        missing = closure(module) - set(stage["deps"])
+        missing = [file.relative_to(ROOT).as_posix() for file in closure(ROOT / f"stages/{name}.py")
+                   if not covered(file, stage["deps"]) and file.name != "__init__.py"]
         assert not missing, f"dvc.yaml: stage {name} runs {sorted(missing)} but does not list them in deps"
 
 
-def test_the_closure_follows_imports_through_the_core():
-    # evaluate reaches params.py only through other core modules; the closure must still hold it.
-    assert {"stages/params.py", "stages/paths.py", "stages/parsing.py"} <= closure("stages/evaluate.py")
+def test_the_closure_follows_imports_through_the_package():
+    # evaluate reaches the params schema only through other package modules; the closure must still hold it.
+    assert PACKAGE / "params.py" in closure(ROOT / "stages/evaluate.py")
 
 
-def test_no_stage_imports_another_stage():
-    for name in STAGES:
-        others = {f"stages/{other}.py" for other in STAGES if other != name}
-        assert not imported_modules(ROOT / f"stages/{name}.py") & others, name
-    core = {p.relative_to(ROOT).as_posix() for p in (ROOT / "stages").glob("*.py")} - {f"stages/{n}.py" for n in STAGES}
-    for module in core:
-        assert not imported_modules(ROOT / module) & {f"stages/{n}.py" for n in STAGES}, f"{module} imports a stage"
-    # What people run by hand lives in tools/, apart from the DAG.
-    assert not {"stages/chat.py", "stages/export.py", "stages/bench.py"} & {
-        p.relative_to(ROOT).as_posix() for p in (ROOT / "stages").glob("*.py")}
+def test_nothing_imports_a_stage_and_the_package_imports_only_itself():
+    stages = {ROOT / f"stages/{name}.py" for name in STAGES}
+    for folder in ("stages", "tools", "harness", "src/chattune"):
+        for path in (ROOT / folder).rglob("*.py"):
+            assert not imported(path) & stages, f"{path.relative_to(ROOT)} imports a stage"
+    outside = [ROOT / "stages", ROOT / "tools", ROOT / "harness"]
+    for path in PACKAGE.rglob("*.py"):
+        wrong = [file for file in imported(path) if any(folder in file.parents for folder in outside)]
+        assert not wrong, f"{path.relative_to(ROOT)} imports {wrong}"

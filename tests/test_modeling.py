@@ -5,11 +5,11 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from stages import modeling
-from stages.modeling import load_model, placement
-from stages.params import SEVEN_PROJECTIONS
-from stages.paths import BASE_MODEL, DPO_MODEL, SFT_MODEL
-from stages.stacks import record_base
+from chattune.modeling import model as modeling
+from chattune.modeling.model import load_model, placement
+from chattune.params import SEVEN_PROJECTIONS
+from chattune.paths import BASE_MODEL, DPO_MODEL, SFT_MODEL
+from chattune.modeling.stacks import record_base
 
 
 @pytest.mark.parametrize("cuda, capability, mps, expected", [

@@ -4,9 +4,9 @@ from collections import Counter
 import pytest
 
 from conftest import ROOT, shared_file
-from stages.parsing import (DataError, ED_DROP_REASONS, conversations, listener_examples, parse_dpo, parse_prompts,
+from chattune.data.parsing import (DataError, ED_DROP_REASONS, conversations, listener_examples, parse_dpo, parse_prompts,
                             parse_empathetic)
-from stages.parsing import groups_across, prompt_group, repeated_groups, split_pairs, subsample
+from chattune.data.parsing import groups_across, prompt_group, repeated_groups, split_pairs, subsample
 
 HEADER = "conv_id,utterance_idx,context,prompt,speaker_idx,utterance,selfeval,tags\n"
 

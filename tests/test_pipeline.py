@@ -7,8 +7,8 @@ import pytest
 import yaml
 
 from conftest import edit_params, metrics, run
-from stages.outputs import read_jsonl
-from stages.paths import GENERATIONS
+from chattune.outputs import read_jsonl
+from chattune.paths import GENERATIONS
 
 # human's only input that changes is evaluate's key; with the same replies as the committed dvc.lock's, it
 # is already up to date in a fresh clone (its metrics file is committed).

@@ -1,4 +1,4 @@
-"""One prompt format: every prompt and reply becomes ids through stages.modeling.encode, with the model's
+"""One prompt format: every prompt and reply becomes ids through chattune.modeling.model.encode, with the model's
 own BOS rule and the reply ending at its EOS. Tested on TinyLlama's real tokenizer and on SmolLM2's (ChatML)."""
 import ast
 import json
@@ -6,12 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from stages.modeling import PromptTooLong, encode, fit
-from stages.parsing import listener_examples, parse_empathetic
-from stages.training import sft_dataset
+from chattune.modeling.model import PromptTooLong, encode, fit
+from chattune.data.parsing import listener_examples, parse_empathetic
+from chattune.training.trainer import sft_dataset
 
 from conftest import ROOT, shared_file, smollm2_gguf
 
+PROMPT_FORMAT = "src/chattune/modeling/model.py"  # the one module that renders the chat template into ids
 SYSTEM = {"role": "system", "content": "Be kind."}
 USER = {"role": "user", "content": "I lost my job today and I feel awful."}
 REPLY = [{"role": "assistant", "content": "I'm so sorry. That is a hard day."}]
@@ -116,10 +117,11 @@ def test_a_long_dialogue_loses_its_oldest_turns_never_the_reply(tinyllama):
 
 def test_only_the_shared_core_renders_chat_templates():
     """SFT, DPO, evaluate, chat and export build ids through modeling.encode: nothing else renders a
-    template or tokenizes a conversation by itself. tools/runners.py renders the template only to translate it
+    template or tokenizes a conversation by itself. src/chattune/gguf.py renders the template only to translate it
     into Ollama's (tests/test_export.py holds the two equal), never to build ids."""
-    for path in sorted((ROOT / "stages").glob("*.py")) + sorted((ROOT / "tools").glob("*.py")):
-        calls = {node.func.attr for node in ast.walk(ast.parse(path.read_text()))
-                 if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)}
-        if path.name not in ("modeling.py", "runners.py"):
-            assert "apply_chat_template" not in calls, path
+    for folder in ("stages", "tools", "harness", "src/chattune"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            calls = {node.func.attr for node in ast.walk(ast.parse(path.read_text()))
+                     if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)}
+            if path.relative_to(ROOT).as_posix() not in (PROMPT_FORMAT, "src/chattune/gguf.py"):
+                assert "apply_chat_template" not in calls, path

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from conftest import SCHEDULED, SHARED, SHARED_DATA, VENV_PATH, copy_project, metrics, run, wait_for_job
-from stages.outputs import read_jsonl
-from stages.paths import GENERATIONS
+from chattune.outputs import read_jsonl
+from chattune.paths import GENERATIONS
 
 PROFILE = ["-S", "model=smollm2", "-S", "data=local", "-S", "sft=cpu", "-S", "dpo=cpu", "-S", "eval=cpu"]
 # Smaller fixed sets than eval=cpu's (24 held-out pairs, 16 test prompts, 32 new tokens), so the run fits the suite's
@@ -127,14 +127,14 @@ def test_the_paired_interval_of_dpo_minus_sft_is_reported(real_run):
 
 
 def test_the_combined_adapter_replies_as_the_stacked_pair_on_the_real_model(real_run, monkeypatch):
-    """Evaluate scores the DPO model with its two adapters combined into one (stages.modeling.combined_adapters):
+    """Evaluate scores the DPO model with its two adapters combined into one (chattune.modeling.model.combined_adapters):
     on SmolLM2's real template and trained adapters, its logits are the stacked pair's to float32 rounding, and
     its greedy replies are the same words."""
     import torch
 
-    from stages.generation import generate
-    from stages.modeling import encode, load_base_model, load_model, load_tokenizer, stack
-    from stages.params import load_params
+    from chattune.evaluation.generation import generate
+    from chattune.modeling.model import encode, load_base_model, load_model, load_tokenizer, stack
+    from chattune.params import load_params
 
     monkeypatch.chdir(real_run)
     tokenizer, settings = load_tokenizer(), load_params().eval
@@ -183,9 +183,9 @@ def test_the_merged_stack_as_q8_0_gguf_reads_back_close_to_the_float32_model(rea
     import torch
     from transformers import AutoModelForCausalLM
 
-    from stages.modeling import encode, load_tokenizer, merged_model
+    from chattune.modeling.model import encode, load_tokenizer, merged_model
     from test_export import CONVERSATION, TOLERANCE
-    from tools.runners import write_gguf
+    from chattune.gguf import write_gguf
 
     monkeypatch.chdir(real_run)
     tokenizer = load_tokenizer()

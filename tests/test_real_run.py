@@ -1,4 +1,4 @@
-"""tools.real_run: the pipeline's own stages in one process, without dvc, on rows laid out for data=local; what a
+"""harness.real_run: the pipeline's own stages in one process, without dvc, on rows laid out for data=local; what a
 lent GPU runs with SmolLM2 at the recipes' scale, run here on the tiny model with a few steps."""
 import json
 import subprocess
@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages.outputs import write_json as real_run_write
-from tools import real_run
+from chattune.outputs import write_json as real_run_write
+from harness import real_run
 
 from conftest import ROOT
 
-# the recipe's presets, as tools.real_run's docstring and the committed file's header name them
+# the recipe's presets, as harness.real_run's docstring and the committed file's header name them
 RECIPE = ["model=smollm2", "data=local", "sft=sft7", "dpo=dpo1", "eval=minilm"]
 # the embedded default on a few rows and steps
 SMALL = {"data.source": "local", "sft.train_size": 16, "sft.epochs": 1, "sft.examples_per_step": 8,
@@ -27,7 +27,7 @@ SMALL = {"data.source": "local", "sft.train_size": 16, "sft.epochs": 1, "sft.exa
 def test_the_recipe_file_is_the_composition_of_its_presets(tmp_path):
     # composed in a process of its own (Hydra's global state), as `dvc exp run -S ...` would compose it
     out = tmp_path / "composed.yaml"
-    code = ("import sys; from pathlib import Path; from stages.params import compose; "
+    code = ("import sys; from pathlib import Path; from chattune.params import compose; "
             "compose(sys.argv[2:], output=Path(sys.argv[1]))")
     subprocess.run([sys.executable, "-c", code, str(out), *RECIPE, "data.local_dir=rows"], cwd=ROOT, check=True)
     committed = yaml.safe_load((ROOT / real_run.RECIPE).read_text())
@@ -86,7 +86,7 @@ def test_a_run_killed_in_dpo_continues_in_its_folder_from_the_last_checkpoint(pr
     args = ["--rows", str(project / "data/sample"), "--params", "params.yaml", "--out", str(out), "--workdir",
             str(workdir), *[f"--set={key}={value}" for key, value in {**SMALL, "dpo.max_steps": 12,
                                                                        "dpo.checkpoint_steps": 2}.items()]]
-    first = subprocess.Popen([sys.executable, "-m", "tools.real_run", *args], cwd=project)
+    first = subprocess.Popen([sys.executable, "-m", "harness.real_run", *args], cwd=project)
     checkpoint = workdir / "checkpoints/dpo/checkpoint-2/complete"
     deadline = time.monotonic() + 300
     while not checkpoint.exists() and first.poll() is None and time.monotonic() < deadline:

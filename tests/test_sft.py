@@ -6,11 +6,11 @@ import torch
 from transformers import DataCollatorForLanguageModeling
 
 from stages import base_model, download, model_source, preprocess, sft
-from stages.outputs import read_jsonl
-from stages.modeling import encode
-from stages.params import SEVEN_PROJECTIONS, load_params
-from stages.paths import SFT_DATA
-from stages.varlen import ATTENTION
+from chattune.outputs import read_jsonl
+from chattune.modeling.model import encode
+from chattune.params import SEVEN_PROJECTIONS, load_params
+from chattune.paths import SFT_DATA
+from chattune.training.packed_attention import ATTENTION
 
 from conftest import edit_params, lora_casts_in_forward
 
@@ -114,7 +114,7 @@ def test_reply_in_the_batch_is_the_listener_turn(sft_trainer):
 
 def test_a_packed_batch_gives_the_padded_batchs_loss(sft_trainer, tmp_path):
     """With sft.packing, examples share a row with no padding; they must still not see each other. The packed
-    model attends within each example (stages.varlen, tests/test_varlen.py); the base model's sdpa, given the
+    model attends within each example (chattune.training.packed_attention, tests/test_varlen.py); the base model's sdpa, given the
     same row, builds a block-diagonal mask from the restarting position ids (no cache: TRL passes use_cache=False)."""
     params = load_params()
     packed = params.model_copy(update={"sft": params.sft.model_copy(update={"packing": True})})
@@ -158,13 +158,13 @@ def test_lora_targets_are_any_module_names_or_all_linear_and_a_missing_one_is_na
 
 
 # What the adapters' matmuls receive: on a CPU, accelerate runs bf16 mixed precision under autocast, where the
-# adapters take the bf16 input itself (stages.modeling.lora_casts_follow_autocast), and fp16 without autocast or a
+# adapters take the bf16 input itself (chattune.modeling.model.lora_casts_follow_autocast), and fp16 without autocast or a
 # loss scaler, where PEFT casts the input to the adapters' float32.
 @pytest.mark.parametrize("dtype, adapter_input", [(torch.float16, torch.float32), (torch.bfloat16, torch.bfloat16)],
                          ids=["fp16", "bf16"])
 def test_sft_trains_in_mixed_precision_with_float32_lora_weights(project, monkeypatch, tmp_path, dtype,
                                                                  adapter_input):
-    """The GPU's paths on the CPU: fp16 below compute capability 8.0 (a T4), bf16 from it (stages.modeling.placement).
+    """The GPU's paths on the CPU: fp16 below compute capability 8.0 (a T4), bf16 from it (chattune.modeling.model.placement).
     The trainer set to that mixed precision, the base weights in it, the LoRA weights float32 (what loss scaling
     and small updates need), and steps that move them with a finite loss. The loss scaler itself only runs on a
     GPU."""
@@ -172,7 +172,7 @@ def test_sft_trains_in_mixed_precision_with_float32_lora_weights(project, monkey
 
     from peft.tuners.lora import LoraLayer
 
-    from stages import modeling
+    from chattune.modeling import model as modeling
 
     edit_params(project / "params.yaml", **{"sft.train_size": 8, "sft.epochs": 1, "sft.examples_per_step": 4})
     for stage in (download, model_source, base_model, preprocess):
@@ -196,7 +196,7 @@ def test_sft_trains_in_mixed_precision_with_float32_lora_weights(project, monkey
 
 def test_the_trained_adapter_skips_its_input_cast_under_autocast_only(sft_trainer):
     """Mixed-precision training runs under autocast: there PEFT's float32 cast of each LoRA layer's input is
-    skipped (stages.modeling.lora_casts_follow_autocast); a forward without autocast keeps it."""
+    skipped (chattune.modeling.model.lora_casts_follow_autocast); a forward without autocast keeps it."""
     ids = torch.tensor([[1, 5, 9, 12, 2]])
     assert lora_casts_in_forward(sft_trainer.model, ids, autocast=True) == {False}
     assert lora_casts_in_forward(sft_trainer.model, ids, autocast=False) == {True}
@@ -207,7 +207,7 @@ def test_building_the_trainer_raises_no_deprecation_warning_from_the_pinned_libr
     model they wrap: each stage printed those warnings at every run. Turned into errors, none may come."""
     for stage in (download, base_model, preprocess):
         stage.main()
-    build = "from stages import sft; from stages.params import load_params; sft.build_trainer(load_params(), 'run')"
+    build = "from stages import sft; from chattune.params import load_params; sft.build_trainer(load_params(), 'run')"
     done = subprocess.run([sys.executable, "-W", "error::FutureWarning", "-c", build], cwd=project,
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]

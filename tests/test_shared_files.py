@@ -14,10 +14,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from conftest import ROOT, serve
-from stages import sheet
-from stages.outputs import write_json
-from stages.paths import GENERATIONS, HUMAN_RATINGS, HUMAN_VOTES
-from stages.stacks import MODELS
+from chattune.human import sheet
+from chattune.outputs import write_json
+from chattune.paths import GENERATIONS, HUMAN_RATINGS, HUMAN_VOTES
+from chattune.modeling.stacks import MODELS
 
 PROMPTS = 40  # x 3 models: 120 replies to rate
 

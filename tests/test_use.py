@@ -7,7 +7,7 @@ import sys
 import torch
 
 from conftest import VENV_PATH, edit_params, run
-from stages.modeling import encode, load_model, load_tokenizer
+from chattune.modeling.model import encode, load_model, load_tokenizer
 from tools.chat import Chat
 from tools.export import PROBE
 

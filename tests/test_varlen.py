@@ -1,4 +1,4 @@
-"""Packed rows' attention (stages.varlen): each example attends to itself only, with no mask built.
+"""Packed rows' attention (chattune.training.packed_attention): each example attends to itself only, with no mask built.
 
 The reference is the same examples as a padded batch under sdpa; the block-diagonal mask transformers builds
 under sdpa from restarting position ids is the path it replaces. The GPU kernel (torch's varlen_attn) cannot
@@ -8,8 +8,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-import stages.varlen as varlen
-from stages.varlen import ATTENTION
+import chattune.training.packed_attention as varlen
+from chattune.training.packed_attention import ATTENTION
 
 LENGTHS = [37, 90, 15, 140]
 CONFIG = LlamaConfig(vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2,

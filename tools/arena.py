@@ -6,7 +6,7 @@ base+SFT and base+SFT+DPO answer it in three columns, their tokens streaming as 
 
 Generation is evaluation's: its reply budget (eval.max_new_tokens) and eval.temperature (greedy at 0), with the
 same prompt format (tools.chat's Chat, one fresh conversation per message). Served on 127.0.0.1 to its own page
-only (tools.local_server). Settings the models cannot use (--max-new-tokens -5) stop it at start-up. Each model
+only (chattune.pages.server). Settings the models cannot use (--max-new-tokens -5) stop it at start-up. Each model
 answers one message at a time and keeps at most a few waiting (then 429); a reply stops being generated when its
 reader goes away, and a failed generation ends its column with the error.
 """
@@ -20,11 +20,11 @@ from threading import BoundedSemaphore, Event, Lock, Thread
 from flask import Response, render_template
 from transformers import set_seed
 
-from stages.modeling import load_model, load_tokenizer, reply_budget
-from stages.params import load_params
-from stages.stacks import MODELS
+from chattune.modeling.model import load_model, load_tokenizer, reply_budget
+from chattune.params import load_params
+from chattune.modeling.stacks import MODELS
 from tools.chat import STREAM_TIMEOUT_S, Chat
-from tools.local_server import arguments, json_body, local_app, refusal
+from chattune.pages.server import arguments, json_body, local_app, refusal
 
 TITLES = {"base": "base", "sft": "base + SFT", "dpo": "base + SFT + DPO"}
 MAX_BODY = 64 * 1024

@@ -16,8 +16,8 @@ from threading import Event, Thread
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer, set_seed
 
-from stages.modeling import PromptTooLong, encode, fit, generation_config, load_model, load_tokenizer
-from stages.params import MIN_TEMPERATURE, load_params
+from chattune.modeling.model import PromptTooLong, encode, fit, generation_config, load_model, load_tokenizer
+from chattune.params import MIN_TEMPERATURE, load_params
 
 HELP = "commands: /reset (forget the conversation), /system <text> (set the system message), /exit"
 STREAM_TIMEOUT_S = 300  # a generation that sends nothing for this long has hung: stop waiting for it

@@ -25,7 +25,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from stages.verdicts import informative  # noqa: E402
+from chattune.evaluation.verdicts import informative  # noqa: E402
 
 REPORTS = Path("reports")
 

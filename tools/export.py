@@ -27,13 +27,13 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM
 
-from stages.cards import recorded, stack_card
-from stages.modeling import encode, load_model, load_tokenizer, merged_model, placement
-from stages.outputs import atomic_dir
-from stages.params import load_params
-from stages.paths import METRICS_DIR
-from stages.stacks import ADAPTERS, fingerprint
-from tools.runners import modelfile, write_gguf
+from chattune.evaluation.cards import recorded, stack_card
+from chattune.modeling.model import encode, load_model, load_tokenizer, merged_model, placement
+from chattune.outputs import atomic_dir
+from chattune.params import load_params
+from chattune.paths import METRICS_DIR
+from chattune.modeling.stacks import ADAPTERS, fingerprint
+from chattune.gguf import modelfile, write_gguf
 
 PROBE = [{"role": "system", "content": "You are a kind listener."},
          {"role": "user", "content": "I didn't get the job, and I really wanted it."}]

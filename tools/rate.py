@@ -6,7 +6,7 @@ criteria from 1 to 5 and a comment per reply, by mouse or by keyboard alone.
 
 Every change is written at once, atomically and under the file's lock (two pages for one rater, even two
 servers, take turns), to eval/human/ratings/<rater>.csv, in the sheet's own format
-(stages.sheet: the columns of eval/human/sheet.csv, unrated cells left blank), which is what the human stage
+(chattune.human.sheet: the columns of eval/human/sheet.csv, unrated cells left blank), which is what the human stage
 reads, whatever state it is in: close the browser whenever you like, and the next start resumes at the first
 prompt with a reply left to rate. Rows of replies that evaluate has since replaced stay in the file as they
 were (the human stage counts them as stale).
@@ -14,7 +14,7 @@ were (the human stage counts them as stale).
 Keys: 1-5 rate the highlighted criterion and move to the next one (after the last reply, to the next prompt);
 arrows move between replies (up, down) and criteria (left, right); n / p: next / previous prompt; c: write a
 comment on the highlighted reply (Enter or Escape ends it). Served on 127.0.0.1 to its own page only
-(tools.local_server).
+(chattune.pages.server).
 """
 from __future__ import annotations
 
@@ -23,11 +23,11 @@ from pathlib import Path
 
 from flask import jsonify, render_template
 
-from stages.outputs import FileBusy, atomic_file, locked
-from stages.parsing import DataError, read_bytes
-from stages.paths import HUMAN_RATINGS, HUMAN_SHEET
-from stages.sheet import COMMENT_LIMIT, CRITERIA, SCALE, read_rows, write_rows
-from tools.local_server import arguments, json_body, local_app, refusal
+from chattune.outputs import FileBusy, atomic_file, locked
+from chattune.data.parsing import DataError, read_bytes
+from chattune.paths import HUMAN_RATINGS, HUMAN_SHEET
+from chattune.human.sheet import COMMENT_LIMIT, CRITERIA, SCALE, read_rows, write_rows
+from chattune.pages.server import arguments, json_body, local_app, refusal
 
 FIELDS = (*CRITERIA, "comment")
 MAX_BODY = 16 * 1024  # one change: a code, a field and at most a comment

@@ -16,7 +16,7 @@ import argparse
 import json
 import textwrap
 
-from stages.verdicts import informative
+from chattune.evaluation.verdicts import informative
 from tools.compare import decided, dvc, flatten
 
 # (title, keys as <metrics file>:<key>, format): several keys share a cell as a/b/c, in the order the title gives

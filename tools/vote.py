@@ -9,13 +9,13 @@ on the page, and then the two models answer them there (loaded on the first type
 evaluation's settings). Each vote is written at once, atomically and under the file's lock (two pages for one
 rater, even two servers, take turns), as a row of eval/human/votes/<rater>.csv:
 the prompt, both replies, which model stood on which side, the choice, and the fingerprint of both model
-stacks, so that the human stage counts it only while those models are the ones in models/ (stages.votes).
+stacks, so that the human stage counts it only while those models are the ones in models/ (chattune.human.votes).
 The page never learns which model is which: the server keeps that until the vote comes back.
 
 A rater votes once on a prompt and pair: a second vote on it (from another tab, or after a reload) is refused.
 A rater is not shown the same prompt and pair twice; prompts and pairs that another rater has voted on come
 first, so that agreement between raters can be measured. Keys: a or left arrow: A is better; b or right
-arrow: B is better; t or down arrow: a tie. Served on 127.0.0.1 to its own page only (tools.local_server).
+arrow: B is better; t or down arrow: a tie. Served on 127.0.0.1 to its own page only (chattune.pages.server).
 """
 from __future__ import annotations
 
@@ -30,14 +30,14 @@ from threading import Lock
 
 from flask import jsonify, render_template
 
-from stages.outputs import FileBusy, atomic_file, locked, read_jsonl
-from stages.params import load_params
-from stages.parsing import DataError, read_bytes
-from stages.paths import GENERATIONS, HUMAN_VOTES
-from stages.sheet import as_text_cell, digest, prompt_text
-from stages.stacks import MODELS
-from stages.votes import COLUMNS, PAIRS, STACK_DIGITS, read_votes, row_item, vote_rows
-from tools.local_server import arguments, json_body, local_app, refusal
+from chattune.outputs import FileBusy, atomic_file, locked, read_jsonl
+from chattune.params import load_params
+from chattune.data.parsing import DataError, read_bytes
+from chattune.paths import GENERATIONS, HUMAN_VOTES
+from chattune.human.sheet import as_text_cell, digest, prompt_text
+from chattune.modeling.stacks import MODELS
+from chattune.human.votes import COLUMNS, PAIRS, STACK_DIGITS, read_votes, row_item, vote_rows
+from chattune.pages.server import arguments, json_body, local_app, refusal
 
 SET_NAMES = {"ed_test": "EmpatheticDialogues test", "probe": "probe set", "typed": "typed on this page"}
 CHOICES = {"A": "left", "B": "right", "tie": "tie"}
@@ -71,7 +71,7 @@ def stored_prompts(sets: list[str]) -> tuple[dict, dict]:
 
 
 def cast_votes(stacks: dict) -> dict[str, list]:
-    """Every rater's votes for these stacks (stages.votes.Vote)."""
+    """Every rater's votes for these stacks (chattune.human.votes.Vote)."""
     votes = {}
     for path in sorted(Path(HUMAN_VOTES).glob("*.csv")):
         try:
@@ -214,8 +214,8 @@ def create_app(rater: str, port: int, sets: list[str], system_prompt: str, load_
 
 def live_models():
     """Each model as a one-message Chat at evaluation's settings, with its stack fingerprint."""
-    from stages.modeling import load_model, load_tokenizer, reply_budget
-    from stages.stacks import fingerprint
+    from chattune.modeling.model import load_model, load_tokenizer, reply_budget
+    from chattune.modeling.stacks import fingerprint
     from tools.chat import Chat
 
     params = load_params()

@@ -3,7 +3,7 @@ the rater picks A, B or a tie, and each vote becomes a row of eval/human/votes/<
 tallies them here.
 
 A vote counts for the models that answered: each row records the fingerprint of both stacks
-(stages.stacks.fingerprint). Once a model is retrained, its old votes are stale: counted, not tallied. A rater votes once on a prompt and pair:
+(chattune.modeling.stacks.fingerprint). Once a model is retrained, its old votes are stale: counted, not tallied. A rater votes once on a prompt and pair:
 a repeated vote (two tabs, a reload, a row copied by hand) is counted as repeated, and only the first is tallied.
 
 Per pair of models: the first's win rate (a tie is half a win) with a 95% Wilson interval. Over all votes: a
@@ -23,9 +23,9 @@ from itertools import combinations
 import krippendorff
 import numpy as np
 
-from stages.parsing import DataError, decode_utf8
-from stages.scoring import resample
-from stages.stacks import MODELS
+from chattune.data.parsing import DataError, decode_utf8
+from chattune.evaluation.scoring import resample
+from chattune.modeling.stacks import MODELS
 
 COLUMNS = ("time", "set", "prompt_id", "prompt", "left", "right", "choice", "left_reply", "right_reply",
            "left_stack", "right_stack")

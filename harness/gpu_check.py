@@ -1,15 +1,15 @@
 """GPU check: the whole DAG on TinyLlama's real shape (random weights), in bf16 on the accelerator, for a
 few steps, with the stages' own code.
 
-    python -m tools.gpu_check --reference DIR   # on a GPU: config and tokenizer from DIR/tinyllama/
-    python -m tools.gpu_check --tiny     # CPU smoke run: a tiny shape and the sample's own tokenizer
+    python -m harness.gpu_check --reference DIR   # on a GPU: config and tokenizer from DIR/tinyllama/
+    python -m harness.gpu_check --tiny     # CPU smoke run: a tiny shape and the sample's own tokenizer
 
 It runs base model, download, preprocess, judges, sft, dpo, evaluate and human in order, in a scratch copy of the
 sample data, and asserts:
 - every model that ran a forward pass ran on the accelerator (a hook sees every one);
 - the scored model (its two adapters combined, in the placement's dtype) matches the unmerged adapter stack
   built as PEFT trains it, within bf16 tolerance, and the float32 export matches the float32 stack;
-- packed rows through torch's varlen kernel (stages.varlen) give the padded batch's loss and gradients.
+- packed rows through torch's varlen kernel (chattune.training.packed_attention) give the padded batch's loss and gradients.
 It reports how far a naive bf16 merge lands from the stack, and evaluate's preference accuracy beside
 TRL's own. Each stage's wall time and peak accelerator memory, and the micro-batches sft and dpo trained in
 (dpo runs dpo1's split, which fill_gpu merges where the card holds it), go to
@@ -34,12 +34,13 @@ from peft import PeftModel
 from tokenizers import BertWordPieceTokenizer
 from transformers import AutoTokenizer, BertConfig, BertModel, BertTokenizerFast, LlamaConfig, LlamaForCausalLM
 
-from stages import judging, varlen
-from stages.modeling import encode, load_base_model, load_model, placement, sample_texts, train_tokenizer
-from stages.outputs import read_jsonl, write_json
-from stages.paths import BASE_MODEL, DPO_MODEL, METRICS_DIR, PROBE_SET, SFT_DATA, SFT_MODEL
-from tools.bench import RESULTS, TINY, device_name, model_config, random_fingerprints, result_path
-from tools.inprocess import STAGES, ForwardDevices, composed, curves_kept, run_stages, scratch_project
+from chattune.evaluation import judging
+from chattune.training import packed_attention as varlen
+from chattune.modeling.model import encode, load_base_model, load_model, placement, sample_texts, train_tokenizer
+from chattune.outputs import read_jsonl, write_json
+from chattune.paths import BASE_MODEL, DPO_MODEL, METRICS_DIR, PROBE_SET, SFT_DATA, SFT_MODEL
+from harness.bench import RESULTS, TINY, device_name, model_config, random_fingerprints, result_path
+from harness.inprocess import STAGES, ForwardDevices, composed, curves_kept, run_stages, scratch_project
 # A few steps of each, on a few rows; the real learning rates (lr_scale 1).
 SETTINGS = {
     "model.lr_scale": 1.0,
@@ -121,7 +122,7 @@ def merge_checks() -> dict:
 
 
 def packed_vs_padded() -> dict:
-    """The packed rows' attention (stages.varlen: on a GPU, torch's varlen FlashAttention kernel) against the same
+    """The packed rows' attention (chattune.training.packed_attention: on a GPU, torch's varlen FlashAttention kernel) against the same
     rows padded under sdpa: the base model's loss and gradients on eight SFT rows, in the placement's dtype."""
     device, dtype = placement()
     tokenizer = AutoTokenizer.from_pretrained(BASE_MODEL)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from stages.params import GgufParams, ModelParams
+from chattune.params import GgufParams, ModelParams
 
 CHUNK = 1 << 20
 

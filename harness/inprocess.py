@@ -1,7 +1,7 @@
 """The DAG's stages run in this process, in a scratch folder, on a machine without dvc (a lent GPU machine has
 torch and transformers, and what is carried to it, but no dvc): the stages' own code, each stage timed with its
 peak accelerator memory, every model that runs a forward pass recorded with its device, and the trainers' logs
-kept as curves. tools.gpu_check and tools.real_run share it.
+kept as curves. harness.gpu_check and harness.real_run share it.
 """
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ import torch
 import yaml
 from transformers import PreTrainedModel, TrainerCallback
 
-from stages import training
-from stages.outputs import write_json
+from chattune.training import trainer as training
+from chattune.outputs import write_json
 
 STAGES = ["model_source", "base_model", "download", "preprocess", "judges", "sft", "dpo", "evaluate", "human"]
 PROJECT_FOLDERS = ("data/sample", "data/eval", "eval/human/ratings", "eval/human/votes")

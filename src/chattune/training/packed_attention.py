@@ -9,7 +9,7 @@ one call of torch's `varlen_attn` (its FlashAttention kernel), elsewhere one sdp
 no example boundaries (padded rows) goes to transformers' sdpa unchanged.
 
 Importing this module registers the implementation under `ATTENTION` with transformers' attention interface;
-`stages.modeling.load_base_model(attention=ATTENTION)` loads a model with it (the sft stage, with sft.packing).
+`chattune.modeling.model.load_base_model(attention=ATTENTION)` loads a model with it (the sft stage, with sft.packing).
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The model stack and the one prompt format. Every stage and tool that touches a model goes through here,
-so training, evaluation, chat and export agree on how the adapters are stacked (stages.stacks says which
+so training, evaluation, chat and export agree on how the adapters are stacked (chattune.modeling.stacks says which
 sit on which base), where the model runs, and which token ids a conversation becomes.
 
 Adapters are never merged where a model is scored or trained on. Training applies them unmerged (and so
@@ -17,15 +17,15 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedTokenizerFast
 
-from stages.params import LoraParams, Params
-from stages.parsing import parse_dpo, parse_empathetic, read_bytes
-from stages.paths import BASE_MODEL, DPO_FILE, DPO_SUBDIR, ED_SPLITS, ED_SUBDIR, LENGTHS, SAMPLE_DIR
-from stages.stacks import ADAPTERS, HUB_PIN, Stage, check_stack
+from chattune.params import LoraParams, Params
+from chattune.data.parsing import parse_dpo, parse_empathetic, read_bytes
+from chattune.paths import BASE_MODEL, DPO_FILE, DPO_SUBDIR, ED_SPLITS, ED_SUBDIR, LENGTHS, SAMPLE_DIR
+from chattune.modeling.stacks import ADAPTERS, HUB_PIN, Stage, check_stack
 
 
 # transformers 5.24 renamed gradient checkpointing "activation checkpointing" and warns wherever the old names are
 # used: by PEFT 0.21 and TRL 1.16 on every model they wrap, and by TRL's configs, whose default sets the old name.
-# The old names still work (stages.training passes the old one, which older transformers take too); nothing a user
+# The old names still work (chattune.training.trainer passes the old one, which older transformers take too); nothing a user
 # could act on.
 warnings.filterwarnings("ignore", message="`(is_)?gradient_checkpointing", category=FutureWarning)
 
@@ -101,7 +101,7 @@ def load_tokenizer():
 
 def load_base_model(dtype: torch.dtype | None = None, attention: str | None = None):
     """The base model on the CPU, in the placement's dtype unless told otherwise. Trainers place it. `attention`:
-    an attention implementation registered with transformers (packed SFT rows: stages.varlen.ATTENTION)."""
+    an attention implementation registered with transformers (packed SFT rows: chattune.training.packed_attention.ATTENTION)."""
     chosen = dict(attn_implementation=attention) if attention else {}
     attention_kernels()
     return AutoModelForCausalLM.from_pretrained(**base_source(), dtype=dtype or placement()[1], **chosen)
@@ -218,7 +218,7 @@ def lora_config(lora: LoraParams):
     )
 
 
-# --- the tiny profile's tokenizer (base_model builds it; tools.bench too) ---------------------------------
+# --- the tiny profile's tokenizer (base_model builds it; harness.bench too) ---------------------------------
 
 # TinyLlama-1.1B-Chat-v1.0's chat template (its tokenizer_config.json), character for character.
 TINYLLAMA_CHAT_TEMPLATE = (

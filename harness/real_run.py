@@ -2,9 +2,9 @@
 process, where dvc is not installed (a lent GPU machine): SmolLM2-135M-Instruct through sft7 and dpo1, scored
 on the fixed evaluation sets, in the placement's dtype (bf16 on a GPU).
 
-    python -m tools.real_run --rows DIR                       # the recipe (bench/smollm2-recipe.params.yaml)
-    python -m tools.real_run --rows DIR --set sft.epochs=1    # with any key changed (a smoke run on a CPU)
-    python -m tools.real_run --rows DIR --workdir RUN         # the run kept in RUN; the same again continues it
+    python -m harness.real_run --rows DIR                       # the recipe (bench/smollm2-recipe.params.yaml)
+    python -m harness.real_run --rows DIR --set sft.epochs=1    # with any key changed (a smoke run on a CPU)
+    python -m harness.real_run --rows DIR --workdir RUN         # the run kept in RUN; the same again continues it
 
 DIR holds raw files as data=local reads them: empatheticdialogues/{train,valid,test}.csv and
 human_like_dpo/data.json. The params are bench/smollm2-recipe.params.yaml, the composition of
@@ -33,11 +33,11 @@ from pathlib import Path
 
 import yaml
 
-from stages.modeling import placement
-from stages.outputs import read_jsonl, write_json
-from stages.paths import GENERATIONS, METRICS_DIR
-from tools.bench import RESULTS, device_name, random_fingerprints, result_path, versions
-from tools.inprocess import STAGES, ForwardDevices, composed, curves_kept, run_stages, scratch_project
+from chattune.modeling.model import placement
+from chattune.outputs import read_jsonl, write_json
+from chattune.paths import GENERATIONS, METRICS_DIR
+from harness.bench import RESULTS, device_name, random_fingerprints, result_path, versions
+from harness.inprocess import STAGES, ForwardDevices, composed, curves_kept, run_stages, scratch_project
 
 RECIPE = Path("bench/smollm2-recipe.params.yaml")
 EXAMPLES = {"probe": 6, "ed_test": 3}  # prompts per set shown with every model's reply

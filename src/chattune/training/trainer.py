@@ -23,11 +23,11 @@ from transformers import TrainerCallback
 from transformers.integrations import DVCLiveCallback
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
-from stages.modeling import cpu_only, encode, use_bf16, use_fp16
-from stages.outputs import atomic_dir, read_jsonl
-from stages.params import Params, TrainParams
-from stages.paths import CHECKPOINTS_DIR, LIVE_DIR
-from stages.stacks import Stage, record_base
+from chattune.modeling.model import cpu_only, encode, use_bf16, use_fp16
+from chattune.outputs import atomic_dir, read_jsonl
+from chattune.params import Params, TrainParams
+from chattune.paths import CHECKPOINTS_DIR, LIVE_DIR
+from chattune.modeling.stacks import Stage, record_base
 
 
 def sft_dataset(path, tokenizer) -> Dataset:
@@ -319,7 +319,7 @@ class LiveCallback(DVCLiveCallback):
 
 
 def live_callback(stage: str, resume: bool) -> LiveCallback:
-    from dvclive import Live  # here, not at the top: tools.gpu_check runs the stages where dvc is not installed
+    from dvclive import Live  # here, not at the top: harness.gpu_check runs the stages where dvc is not installed
 
     # Only the main process opens the curves' folder: a fresh Live empties it, and two processes emptying it at
     # once crash on each other's deleted files. The callback logs from the main process alone anyway.

