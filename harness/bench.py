@@ -42,20 +42,29 @@ import torch
 from datasets import Dataset
 from peft import get_peft_model
 from torch.profiler import ProfilerActivity, profile
-from transformers import (AutoModelForCausalLM, AutoTokenizer, LlamaConfig, StoppingCriteria, StoppingCriteriaList,
-                          TrainerCallback)
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    StoppingCriteria,
+    StoppingCriteriaList,
+    TrainerCallback,
+)
 from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
-from chattune.training.dpo import TokenizedDPOTrainer, policy_model, reference_model
-from chattune.modeling.model import (attention_kernels, combined_adapters, cpu_only, encode, generation_config, left_padded,
-                             lora_casts_follow_autocast, lora_config, placement, sample_texts, train_tokenizer,
-                             use_bf16, use_fp16)
+from chattune.data.datasets import dpo_dataset, sft_dataset
+from chattune.data.parsing import listener_examples, parse_dpo, parse_empathetic, read_bytes
+from chattune.modeling.loading import combined_adapters, lora_casts_follow_autocast, lora_config
+from chattune.modeling.placement import attention_kernels, cpu_only, placement, use_bf16, use_fp16
+from chattune.modeling.prompt import encode
+from chattune.modeling.replies import generation_config, left_padded
+from chattune.modeling.tiny import sample_texts, train_tokenizer
 from chattune.outputs import write_json
 from chattune.params import SEVEN_PROJECTIONS, LoraParams
-from chattune.data.parsing import listener_examples, parse_dpo, parse_empathetic, read_bytes
 from chattune.paths import DPO_FILE, DPO_SUBDIR, ED_SUBDIR, SAMPLE_DIR
-from chattune.training.trainer import dpo_dataset, liger_kernels, planned_bytes, sft_dataset
-from chattune.training.packed_attention import ATTENTION
+from chattune.training import packed_attention
+from chattune.training.batching import liger_kernels, planned_bytes
+from chattune.training.dpo import TokenizedDPOTrainer, policy_model, reference_model
 
 RESULTS = Path("bench/results")
 TINYLLAMA = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
@@ -77,7 +86,7 @@ RUNS = {
     "sft_project_packed_batch_32": ("sft", dict(batch=32, accum=1, packing=True)),
     "dpo_peer": ("dpo", dict(peer=True, batch=8, accum=1)),
     "dpo_project": ("dpo", dict(batch=16, accum=1)),
-    # what evaluate runs for "dpo": base + SFT + DPO adapters, combined into one (chattune.modeling.model.combined_adapters)
+    # what evaluate runs for "dpo": base + SFT + DPO adapters, combined into one (chattune.modeling.loading.combined_adapters)
     "generate_stack_batch_64": ("generate", dict(batch=64, stack=True)),
     # what a user's own loop would run instead: the same stack as PEFT loads it (both adapters active, unmerged),
     # 16 prompts a call (evaluate's batch before it sized batches for the device)
@@ -141,7 +150,7 @@ def new_model(config, packed: bool = False):
     packed rows' attention, as the sft stage loads it."""
     torch.manual_seed(0)
     device, dtype = placement()
-    attention = dict(attn_implementation=ATTENTION) if packed else {}
+    attention = dict(attn_implementation=packed_attention.register()) if packed else {}
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, **attention)
     if torch.cuda.is_available():
@@ -158,7 +167,7 @@ def random_lora():
 
 
 def sft_stack(config):
-    """base + a random SFT adapter, frozen and unmerged: what the dpo stage trains on (chattune.modeling.model.stack). Made
+    """base + a random SFT adapter, frozen and unmerged: what the dpo stage trains on (chattune.modeling.loading.stack). Made
     twice, it is the same model twice (new_model seeds the generator)."""
     model = get_peft_model(new_model(config), random_lora(), adapter_name="sft")
     model.requires_grad_(False)
@@ -246,7 +255,7 @@ def trainer_settings(steps: int, batch: int, accum: int, workdir: str, peer: boo
     settings = dict(output_dir=workdir, per_device_train_batch_size=batch, gradient_accumulation_steps=accum,
                     max_steps=steps, report_to="none", save_strategy="no", logging_steps=10**6, seed=0,
                     use_cpu=cpu_only(), bf16=use_bf16(), fp16=use_fp16())
-    if not peer:  # the project's settings (chattune.training.trainer.trainer_kwargs); the peer keeps TRL's
+    if not peer:  # the project's settings (chattune.training.settings.trainer_kwargs); the peer keeps TRL's
         settings.update(learning_rate=1e-4, gradient_checkpointing=False,
                         # Liger as the stages' default (auto: wherever it runs); the notebook had none
                         use_liger_kernel=not notebook and liger_kernels("bench", "auto"))
@@ -254,7 +263,7 @@ def trainer_settings(steps: int, batch: int, accum: int, workdir: str, peer: boo
 
 
 def estimated_peak_gib(trainer, tokens: int) -> float:
-    """The peak the stages plan micro-batches by (chattune.training.trainer.batch_split): the models' weights and `tokens`
+    """The peak the stages plan micro-batches by (chattune.training.batching.batch_split): the models' weights and `tokens`
     tokens' activations. Beside each run's measured peak, it shows whether that plan is safe on this card."""
     models = [trainer.model] + ([trainer.ref_model] if getattr(trainer, "ref_model", None) is not None else [])
     return planned_bytes(models, tokens, trainer.args.use_liger_kernel) / 2**30

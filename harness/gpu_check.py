@@ -35,12 +35,16 @@ from tokenizers import BertWordPieceTokenizer
 from transformers import AutoTokenizer, BertConfig, BertModel, BertTokenizerFast, LlamaConfig, LlamaForCausalLM
 
 from chattune.evaluation import judging
-from chattune.training import packed_attention as varlen
-from chattune.modeling.model import encode, load_base_model, load_model, placement, sample_texts, train_tokenizer
+from chattune.modeling.loading import load_base_model, load_model
+from chattune.modeling.placement import placement
+from chattune.modeling.prompt import encode
+from chattune.modeling.tiny import sample_texts, train_tokenizer
 from chattune.outputs import read_jsonl, write_json
 from chattune.paths import BASE_MODEL, DPO_MODEL, METRICS_DIR, PROBE_SET, SFT_DATA, SFT_MODEL
+from chattune.training import packed_attention as varlen
 from harness.bench import RESULTS, TINY, device_name, model_config, random_fingerprints, result_path
-from harness.inprocess import STAGES, ForwardDevices, composed, curves_kept, run_stages, scratch_project
+from harness.inprocess import STAGES, ForwardDevices, composed, curves_in, run_stages, scratch_project
+
 # A few steps of each, on a few rows; the real learning rates (lr_scale 1).
 SETTINGS = {
     "model.lr_scale": 1.0,
@@ -142,7 +146,7 @@ def packed_vs_padded() -> dict:
                               max_length_k=max(lengths), use_cache=False)}
     results = {}
     for name, batch in batches.items():
-        model = load_base_model(attention=varlen.ATTENTION if name == "packed" else None).to(device)
+        model = load_base_model(attention=varlen.register() if name == "packed" else None).to(device)
         loss = model(**{key: value.to(device) if torch.is_tensor(value) else value for key, value in batch.items()}).loss
         loss.backward()
         results[name] = (loss.item(), torch.cat([p.grad.float().flatten() for p in model.parameters()]).cpu())
@@ -171,7 +175,7 @@ def main(argv: list[str] | None = None) -> Path:
     args.reference = args.reference and args.reference.resolve()  # the stages run in a scratch folder
     random_fingerprints()
     root, out = Path.cwd(), args.out.resolve()
-    with tempfile.TemporaryDirectory() as scratch, curves_kept(Path(scratch) / "curves"), ForwardDevices() as devices:
+    with tempfile.TemporaryDirectory() as scratch, ForwardDevices() as devices:
         workdir = Path(scratch)
         small_bert(workdir / "bert")
         packaged_minilm, judging.packaged_minilm = judging.packaged_minilm, lambda: str(workdir / "bert")
@@ -180,7 +184,8 @@ def main(argv: list[str] | None = None) -> Path:
         try:
             with chdir(workdir):
                 # the base model is TinyLlama's shape with random weights, written here instead of by the stage
-                runs = run_stages(STAGES, replaced={"base_model": lambda: write_base_model(args.tiny, args.reference)})
+                runs = run_stages(STAGES, curves_in(Path(scratch) / "curves"),
+                                  replaced={"base_model": lambda: write_base_model(args.tiny, args.reference)})
                 checks = merge_checks() | {"packed_vs_padded": packed_vs_padded()}
                 metrics = {name: json.loads((METRICS_DIR / f"{name}.json").read_text())
                            for name in ("sft", "dpo", "eval")}

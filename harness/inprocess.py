@@ -5,19 +5,17 @@ kept as curves. harness.gpu_check and harness.real_run share it.
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import shutil
-import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 import yaml
 from transformers import PreTrainedModel, TrainerCallback
 
-from chattune.training import trainer as training
 from chattune.outputs import write_json
 
 STAGES = ["model_source", "base_model", "download", "preprocess", "judges", "sft", "dpo", "evaluate", "human"]
@@ -63,29 +61,15 @@ class Curves(TrainerCallback):
             write_json(self.path, self.points)
 
 
-@contextmanager
-def curves_kept(folder: Path):
-    """Inside, each training stage logs into a Curves, `folder`/<stage>.json, instead of dvclive. The stages bind
-    the callback by name when imported, so every stage module already imported, or imported inside, is pointed
-    at it too, and back at dvclive's on the way out."""
+def curves_in(folder: Path):
+    """A `curves` collaborator for the training stages' main(): each logs into a Curves, `folder`/<stage>.json,
+    instead of dvclive."""
     folder.mkdir(parents=True, exist_ok=True)
 
     def callback(stage: str, resume: bool) -> Curves:
         return Curves(folder / f"{stage}.json", resume)
 
-    original = training.live_callback
-
-    def bind(function) -> None:
-        training.live_callback = function
-        for name in ("stages.sft", "stages.dpo"):
-            if name in sys.modules:
-                sys.modules[name].live_callback = function
-
-    bind(callback)
-    try:
-        yield
-    finally:
-        bind(original)
+    return callback
 
 
 def set_dotted(params: dict, dotted: str, value) -> None:
@@ -126,18 +110,23 @@ def timed(step) -> dict:
     return {"seconds": time.perf_counter() - start, "peak_gib": peak}
 
 
-def run_stages(names: list[str], replaced: dict | None = None, after=None,
+TRAINING = ("sft", "dpo")  # the stages whose main() takes a `curves` collaborator
+
+
+def run_stages(names: list[str], curves, replaced: dict | None = None, after=None,
                done: dict | None = None) -> dict[str, dict]:
     """Each stage's main() in order, in the current folder, but those in `done` (their records, from an earlier
-    run in the same folder); `replaced` runs a callable instead of a stage (the GPU check writes its own base
-    model), and `after(runs)` is called as each stage ends. Returns each stage's seconds and peak memory."""
+    run in the same folder); the training stages log their curves through `curves` (curves_in's); `replaced` runs a
+    callable instead of a stage (the GPU check writes its own base model), and `after(runs)` is called as each
+    stage ends. Returns each stage's seconds and peak memory."""
     runs = dict(done or {})
     for name in names:
         if name in runs:
             print(f"stage: {name}: finished by an earlier run", flush=True)
             continue
         print(f"stage: {name}", flush=True)
-        step = (replaced or {}).get(name) or importlib.import_module(f"stages.{name}").main
+        main = importlib.import_module(f"stages.{name}").main
+        step = (replaced or {}).get(name) or (functools.partial(main, curves=curves) if name in TRAINING else main)
         runs[name] = timed(step)
         if after:
             after(runs)

@@ -33,11 +33,11 @@ from pathlib import Path
 
 import yaml
 
-from chattune.modeling.model import placement
+from chattune.modeling.placement import placement
 from chattune.outputs import read_jsonl, write_json
 from chattune.paths import GENERATIONS, METRICS_DIR
 from harness.bench import RESULTS, device_name, random_fingerprints, result_path, versions
-from harness.inprocess import STAGES, ForwardDevices, composed, curves_kept, run_stages, scratch_project
+from harness.inprocess import STAGES, ForwardDevices, composed, curves_in, run_stages, scratch_project
 
 RECIPE = Path("bench/smollm2-recipe.params.yaml")
 EXAMPLES = {"probe": 6, "ed_test": 3}  # prompts per set shown with every model's reply
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> Path:
             earlier = {}
         else:
             print(f"real_run: continuing the run in {workdir}; finished: {', '.join(earlier) or 'none'}", flush=True)
-        context.enter_context(curves_kept(workdir / CURVES))
+        curves = curves_in(workdir / CURVES)
         devices = context.enter_context(ForwardDevices())
         with chdir(workdir):
             def record(stages_so_far: dict) -> None:  # a lease that runs out mid-run keeps what finished
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> Path:
                 write_json(path, progress)
                 write_json(RECORD, progress)  # what a continued run skips
 
-            stages = run_stages(STAGES, after=record, done=earlier)
+            stages = run_stages(STAGES, curves, after=record, done=earlier)
             result = {**recorded(stages, devices, earlier), "finished": True,
                       "examples": examples(read_jsonl(GENERATIONS))}
             write_json(RECORD, result)

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from chattune.outputs import atomic_dir, write_json
 from chattune.params import load_params
-from chattune.paths import RAW_FILES, DPO_FILE, DPO_SUBDIR, ED_SPLITS, ED_SUBDIR, METRICS_DIR, RAW_DIR, SAMPLE_DIR
+from chattune.paths import DPO_FILE, DPO_SUBDIR, ED_SPLITS, ED_SUBDIR, METRICS_DIR, RAW_DIR, RAW_FILES, SAMPLE_DIR
 
 CHUNK = 1 << 16
 # Far above the real files (the tarball is 28 MB and holds 105 MB; data.json is 20 MB), far below a full disk.

@@ -3,7 +3,7 @@
 The policy is base + SFT adapter (frozen, unmerged) + a new adapter, the only trainable weights. The
 reference is base + SFT adapter: the policy at step 0. The SFT adapter stays unmerged because merging it
 into bf16 weights would round much of its update away, and DPO would then learn against a model that
-evaluation never scores. Loading the result needs both adapters, in order (chattune.modeling.model.load_model).
+evaluation never scores. Loading the result needs both adapters, in order (chattune.modeling.loading.load_model).
 
 LoRA dropout (dpo.lora.dropout) is honored: TRL's disable_dropout would zero it along with the base
 model's dropout, so the stage disables the base's (and the frozen SFT adapter's) dropout itself.
@@ -13,20 +13,23 @@ from __future__ import annotations
 from transformers import set_seed
 from trl import DPOConfig, DPOTrainer
 
+from chattune.data.datasets import dpo_dataset
 from chattune.evaluation.cards import adapter_card, recorded
-from chattune.modeling.model import load_base_model, load_tokenizer, stack
+from chattune.modeling.loading import load_base_model, load_tokenizer, stack
+from chattune.modeling.stacks import fingerprint
 from chattune.outputs import write_json
 from chattune.params import load_params
 from chattune.paths import DPO_DATA, DPO_MODEL, METRICS_DIR
-from chattune.modeling.stacks import fingerprint
+from chattune.training.batching import PassOfWholeSteps, check_step, step_split
+from chattune.training.callbacks import LogLastStep, TrainClock, live_callback
+from chattune.training.checkpoints import MarkComplete, resume_or_start, save_adapter
 from chattune.training.dpo import KeepStack, TokenizedDPOTrainer, policy_model, reference_model
-from chattune.training.trainer import (LogLastStep, MarkComplete, PassOfWholeSteps, TrainClock, check_step, dpo_dataset,
-                                       final_evaluation, live_callback, on_every_gpu, resume_or_start, save_adapter,
-                                       step_split, trainer_kwargs)
+from chattune.training.launch import on_every_gpu
+from chattune.training.settings import final_evaluation, trainer_kwargs
 
 REPORTED = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
             "logps/chosen", "logps/rejected")
-def build_trainer(params, output_dir: str, resume: bool = False) -> tuple[DPOTrainer, int]:
+def build_trainer(params, output_dir: str, resume: bool = False, curves=live_callback) -> tuple[DPOTrainer, int]:
     """The trainer, and how many pairs were left out for their prompt's length."""
     dpo = params.dpo
     tokenizer = load_tokenizer()
@@ -52,7 +55,7 @@ def build_trainer(params, output_dir: str, resume: bool = False) -> tuple[DPOTra
         train_dataset=train,
         eval_dataset=held_out,
         processing_class=tokenizer,
-        callbacks=[live_callback("dpo", resume), MarkComplete(), TrainClock(), LogLastStep(), KeepStack(),
+        callbacks=[curves("dpo", resume), MarkComplete(), TrainClock(), LogLastStep(), KeepStack(),
                    PassOfWholeSteps()],
     )
     return trainer, dropped_train + dropped_eval
@@ -63,13 +66,15 @@ def flat(metrics: dict, prefix: str) -> dict:
     return {f"{prefix}.{key.replace('/', '_')}": metrics[f"{prefix}_{key}"] for key in REPORTED}
 
 
-def main() -> None:
+def main(curves=live_callback) -> None:
+    """`curves(stage, resume)`: the callback that logs the training curves (dvclive's; the harness passes its own
+    where dvclive cannot run)."""
     on_every_gpu("stages.dpo")
     params = load_params()
     set_seed(params.seed)
     run_dir, checkpoint = resume_or_start("dpo", params.seed, params.model, params.dpo, DPO_DATA / "train.jsonl",
                                           DPO_DATA / "eval.jsonl", fingerprint("sft"))
-    trainer, dropped_long_prompts = build_trainer(params, str(run_dir), resume=checkpoint is not None)
+    trainer, dropped_long_prompts = build_trainer(params, str(run_dir), resume=checkpoint is not None, curves=curves)
     result = trainer.train(resume_from_checkpoint=checkpoint)
     final = final_evaluation(trainer)
     if not trainer.is_world_process_zero():

@@ -22,13 +22,14 @@ from pathlib import Path
 import krippendorff
 import numpy as np
 
+from chattune.data.parsing import DataError, read_bytes
+from chattune.human.sheet import CRITERIA, FilledSheet, parse_key, read_sheet
+from chattune.human.votes import read_votes
+from chattune.human.votes import summarize as summarize_votes
+from chattune.modeling.stacks import MODELS, fingerprint
 from chattune.outputs import write_json
 from chattune.params import load_params
-from chattune.data.parsing import DataError, read_bytes
 from chattune.paths import HUMAN_KEY, HUMAN_RATINGS, HUMAN_SHEET, HUMAN_VOTES, METRICS_DIR
-from chattune.human.sheet import CRITERIA, FilledSheet, parse_key, read_sheet
-from chattune.modeling.stacks import MODELS, fingerprint
-from chattune.human.votes import read_votes, summarize as summarize_votes
 
 
 def ordinal_alpha(sheets: list[dict[str, dict[str, int]]], criteria: tuple[str, ...]) -> float:

@@ -15,14 +15,22 @@ from __future__ import annotations
 
 import sys
 
-from chattune.evaluation.judging import (chance, clears_chance, conversation_accuracy, held_out_accuracy, listener_turns,
-                            matched_replies, train)
-from chattune.modeling.model import load_tokenizer, reply_budget
+from chattune.data.parsing import DataError, HeldOut, parse_dpo, parse_empathetic, read_bytes, split_pairs
+from chattune.evaluation.judging import (
+    chance,
+    clears_chance,
+    conversation_accuracy,
+    held_out_accuracy,
+    listener_turns,
+    matched_replies,
+    train,
+)
+from chattune.evaluation.scoring import interval, resample
+from chattune.modeling.loading import load_tokenizer
+from chattune.modeling.replies import reply_budget
 from chattune.outputs import atomic_dir, write_json
 from chattune.params import load_params
-from chattune.data.parsing import DataError, HeldOut, parse_dpo, parse_empathetic, read_bytes, split_pairs
 from chattune.paths import DPO_FILE, DPO_SUBDIR, ED_SPLITS, ED_SUBDIR, JUDGES_DIR, JUDGES_METRICS, RAW_DIR
-from chattune.evaluation.scoring import interval, resample
 
 
 def checked(measure, samples: int, seed: int, prefix: str, chance_level: float) -> tuple[dict, bool]:

@@ -4,10 +4,10 @@ dvc.yaml marks this stage always_changed: a local model folder or an installed w
 param does. It is cheap (a hash of the source), and it rewrites an identical file when nothing changed, so
 base_model and everything after it rerun only on a real change.
 """
+from chattune.modeling.sources import describe
 from chattune.outputs import write_json
 from chattune.params import load_params
 from chattune.paths import MODEL_SOURCE
-from chattune.modeling.sources import describe
 
 
 def main() -> None:

@@ -23,12 +23,27 @@ import sys
 
 import numpy as np
 
-from chattune.modeling.model import PromptTooLong, encode, fit, load_tokenizer
+from chattune.data.parsing import (
+    DPO_DROP_REASONS,
+    ED_DROP_REASONS,
+    EXAMPLE_DROP_REASONS,
+    DataError,
+    HeldOut,
+    Parsed,
+    groups_across,
+    listener_examples,
+    normalised,
+    parse_dpo,
+    parse_empathetic,
+    read_bytes,
+    repeated_groups,
+    split_pairs,
+    subsample,
+)
+from chattune.modeling.loading import load_tokenizer
+from chattune.modeling.prompt import PromptTooLong, encode, fit
 from chattune.outputs import json_text, jsonl_text, write_together
 from chattune.params import load_params
-from chattune.data.parsing import (DPO_DROP_REASONS, ED_DROP_REASONS, EXAMPLE_DROP_REASONS, DataError, HeldOut, Parsed,
-                            groups_across, listener_examples, normalised, parse_dpo, parse_empathetic, read_bytes,
-                            repeated_groups, split_pairs, subsample)
 from chattune.paths import DATA_METRICS, DPO_DATA, DPO_FILE, DPO_SUBDIR, ED_SUBDIR, LENGTHS, RAW_DIR, SFT_DATA
 
 SFT_SPLITS = {"train": "train", "eval": "valid", "test": "test"}  # processed split -> raw file

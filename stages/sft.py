@@ -1,6 +1,6 @@
 """sft: train a LoRA adapter on EmpatheticDialogues listener turns with TRL's SFTTrainer.
 
-Every example becomes token ids through the one prompt format (chattune.modeling.model.encode); the loss is on
+Every example becomes token ids through the one prompt format (chattune.modeling.prompt.encode); the loss is on
 the listener's reply and its EOS only, and batches are padded to their own longest row. The base model's
 eval loss is measured first (a fresh LoRA adapter is a no-op), so metrics/sft.json shows what SFT changed.
 Eval loss and a checkpoint every sft.checkpoint_steps and at the last step; a killed run resumes from its
@@ -14,41 +14,32 @@ from pathlib import Path
 from transformers import set_seed
 from trl import SFTConfig, SFTTrainer
 
+from chattune.data.datasets import sft_dataset
 from chattune.evaluation.cards import adapter_card, recorded
-from chattune.modeling.model import check_targets, lora_casts_follow_autocast, load_base_model, load_tokenizer, lora_config
+from chattune.modeling.loading import (
+    check_targets,
+    load_base_model,
+    load_tokenizer,
+    lora_casts_follow_autocast,
+    lora_config,
+)
+from chattune.modeling.stacks import fingerprint
 from chattune.outputs import write_json
 from chattune.params import load_params
 from chattune.paths import METRICS_DIR, SFT_DATA, SFT_MODEL
-from chattune.modeling.stacks import fingerprint
-from chattune.training.trainer import (LogLastStep, MarkComplete, PassOfWholeSteps, TrainClock, check_step, final_evaluation,
-                             live_callback, on_every_gpu, reply_token_loss, resume_or_start, save_adapter, sft_dataset,
-                             step_split, throughput, trainer_kwargs, whole_steps)
-from chattune.training.packed_attention import ATTENTION as PACKED_ATTENTION
+from chattune.training import packed_attention
+from chattune.training.batching import PassOfWholeSteps, check_step, step_split
+from chattune.training.callbacks import LogLastStep, TrainClock, live_callback, throughput
+from chattune.training.checkpoints import MarkComplete, resume_or_start, save_adapter
+from chattune.training.launch import on_every_gpu
+from chattune.training.settings import final_evaluation, trainer_kwargs
+from chattune.training.sft import StepSFTTrainer
 
 
-class StepSFTTrainer(SFTTrainer):
-    """SFTTrainer drawing examples in whole steps of similar length, alike on any number of processes
-    (chattune.training.trainer.WholeSteps), and measuring the eval set's loss per reply token, whatever its batching
-    (chattune.training.trainer.reply_token_loss)."""
-
-    def _get_train_sampler(self, train_dataset=None):
-        rows = self.train_dataset if train_dataset is None else train_dataset
-        return whole_steps(self, [len(ids) for ids in rows["input_ids"]])
-
-    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval") -> dict[str, float]:
-        training = self.model.training
-        self.model.eval()  # logged in eval mode too: TRL files what it logs under the model's mode
-        metrics = {f"{metric_key_prefix}_{name}": value for name, value in reply_token_loss(self, eval_dataset).items()}
-        self.log(metrics)
-        self.model.train(training)
-        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
-        return metrics
-
-
-def build_trainer(params, output_dir: str, resume: bool = False) -> SFTTrainer:
+def build_trainer(params, output_dir: str, resume: bool = False, curves=live_callback) -> SFTTrainer:
     sft = params.sft
     tokenizer = load_tokenizer()
-    model = load_base_model(attention=PACKED_ATTENTION if sft.packing else None)
+    model = load_base_model(attention=packed_attention.register() if sft.packing else None)
     check_targets(model, sft.lora, "sft")
     config = SFTConfig(
         **trainer_kwargs(params, "sft", output_dir, model),
@@ -75,7 +66,7 @@ def build_trainer(params, output_dir: str, resume: bool = False) -> SFTTrainer:
         eval_dataset=sft_dataset(SFT_DATA / "eval.jsonl", tokenizer),
         processing_class=tokenizer,
         peft_config=lora_config(sft.lora),
-        callbacks=[live_callback("sft", resume), MarkComplete(), TrainClock(), LogLastStep(), PassOfWholeSteps()],
+        callbacks=[curves("sft", resume), MarkComplete(), TrainClock(), LogLastStep(), PassOfWholeSteps()],
     )
     check_step(len(trainer.train_dataset), sft.examples_per_step, "sft", "packed rows" if sft.packing else "examples")
     lora_casts_follow_autocast(trainer.model)  # the trainer added the adapter
@@ -92,13 +83,15 @@ def base_model_eval_loss(trainer: SFTTrainer, stored: Path, resuming: bool) -> f
     return loss
 
 
-def main() -> None:
+def main(curves=live_callback) -> None:
+    """`curves(stage, resume)`: the callback that logs the training curves (dvclive's; the harness passes its own
+    where dvclive cannot run)."""
     on_every_gpu("stages.sft")
     params = load_params()
     set_seed(params.seed)
     run_dir, checkpoint = resume_or_start("sft", params.seed, params.model, params.sft, SFT_DATA / "train.jsonl",
                                           SFT_DATA / "eval.jsonl", fingerprint("base"))
-    trainer = build_trainer(params, str(run_dir), resume=checkpoint is not None)
+    trainer = build_trainer(params, str(run_dir), resume=checkpoint is not None, curves=curves)
     base_eval_loss = base_model_eval_loss(trainer, run_dir / "base_eval_loss.txt", resuming=checkpoint is not None)
     result = trainer.train(resume_from_checkpoint=checkpoint)
     final = final_evaluation(trainer)

@@ -12,6 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,8 +29,8 @@ def shared_file(*parts: str) -> Path:
 
 def smollm2_gguf() -> Path:
     """SmolLM2-135M-Instruct's GGUF inside its installed wheel, as conf/model/smollm2.yaml pins it."""
-    from chattune.params import GgufParams
     from chattune.modeling.sources import gguf_path
+    from chattune.params import GgufParams
 
     return gguf_path(GgufParams(**yaml.safe_load((ROOT / "conf/model/smollm2.yaml").read_text())["gguf"]))
 
@@ -177,6 +178,17 @@ def pipeline_copy(pipeline, tmp_path, monkeypatch) -> Path:
     shutil.copytree(pipeline, copy, symlinks=True)
     monkeypatch.chdir(copy)
     return copy
+
+
+def place_on(monkeypatch, device: str, dtype) -> None:
+    """Pretend the project places every model on `device` in `dtype`: chattune.modeling.placement.placement, and
+    every package module that imported it by name."""
+    from chattune.modeling import placement as placing
+
+    real = placing.placement
+    for name, module in list(sys.modules.items()):
+        if name.startswith("chattune.") and getattr(module, "placement", None) is real:
+            monkeypatch.setattr(module, "placement", lambda: (torch.device(device), dtype))
 
 
 def serve(module: str, cwd: Path, *args: str) -> tuple[subprocess.Popen, str]:

@@ -4,11 +4,12 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+from chattune.modeling import prompt
+from chattune.modeling import tiny as tiny_profile
+from chattune.modeling.loading import load_base_model, load_tokenizer
+from chattune.params import load_params
 from conftest import shared_file, smollm2_gguf
 from stages import base_model
-from chattune.modeling import model as modeling
-from chattune.modeling.model import load_base_model, load_tokenizer
-from chattune.params import load_params
 
 CONVERSATION = [
     {"role": "system", "content": "Be kind."},
@@ -34,7 +35,7 @@ def test_tiny_tokenizer_has_tinyllamas_special_tokens(tiny_base):
 
 def test_chat_template_is_tinyllamas_exactly(tiny_base):
     reference = json.loads(shared_file("tinyllama", "tokenizer_config.json").read_text())["chat_template"]
-    assert modeling.TINYLLAMA_CHAT_TEMPLATE == reference
+    assert tiny_profile.TINYLLAMA_CHAT_TEMPLATE == reference
     tiny = load_tokenizer()
     real = AutoTokenizer.from_pretrained(shared_file("tinyllama"))
     for generation_prompt in (False, True):
@@ -61,8 +62,8 @@ def test_tiny_model_has_tinyllamas_module_names(tiny_base):
 
 def test_tiny_model_and_tokenizer_are_deterministic(project):
     shape = load_params().model.tiny
-    texts = modeling.sample_texts()
-    first, second = (modeling.train_tokenizer(texts, shape.vocab_size, shape.max_position) for _ in range(2))
+    texts = tiny_profile.sample_texts()
+    first, second = (tiny_profile.train_tokenizer(texts, shape.vocab_size, shape.max_position) for _ in range(2))
     assert first.get_vocab() == second.get_vocab()
     a, b = (base_model.tiny_llama(shape, len(first), seed=3).state_dict() for _ in range(2))
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -80,10 +81,10 @@ def test_a_gguf_models_special_tokens_are_the_files_whatever_transformers_reads(
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     tokenizer.eos_token, tokenizer.pad_token = "<|im_start|>", None  # as transformers 5.17 reads it
     reply = [{"role": "assistant", "content": "How long did you have him?"}]
-    assert tokenizer.decode(modeling.encode(tokenizer, CONVERSATION, reply)[1][-2:]) == "<|im_end|>\n"  # one too many
+    assert tokenizer.decode(prompt.encode(tokenizer, CONVERSATION, reply)[1][-2:]) == "<|im_end|>\n"  # one too many
     model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=8, intermediate_size=16,
                                          num_hidden_layers=1, num_attention_heads=2, eos_token_id=1, pad_token_id=None))
     base_model.with_gguf_special_tokens(tokenizer, model, path)
     assert (tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.bos_token_id) == (2, 2, 1)
     assert (model.config.eos_token_id, model.generation_config.eos_token_id, model.config.pad_token_id) == (2, 2, 2)
-    assert tokenizer.decode(modeling.encode(tokenizer, CONVERSATION, reply)[1][-1:]) == "<|im_end|>"
+    assert tokenizer.decode(prompt.encode(tokenizer, CONVERSATION, reply)[1][-1:]) == "<|im_end|>"

@@ -5,16 +5,22 @@ import pytest
 import torch
 from accelerate import PartialState
 from accelerate.data_loader import BatchSamplerShard
-from torch.utils.data import BatchSampler
 from peft import get_peft_model
+from torch.utils.data import BatchSampler
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-from chattune.training import trainer as training
-from chattune.modeling.model import lora_casts_follow_autocast, lora_config
+from chattune.modeling.loading import lora_casts_follow_autocast, lora_config
 from chattune.params import SEVEN_PROJECTIONS, LoraParams, load_params
-from chattune.training.trainer import (PassOfWholeSteps, WholeSteps, batch_split, check_step, micro_batch, token_bytes,
-                             weight_bytes)
-
+from chattune.training import batching as training
+from chattune.training.batching import (
+    PassOfWholeSteps,
+    WholeSteps,
+    batch_split,
+    check_step,
+    micro_batch,
+    token_bytes,
+    weight_bytes,
+)
 from conftest import ROOT
 
 TINYLLAMA_WIDTHS = dict(hidden_size=2048, intermediate_size=5632, num_attention_heads=32, num_key_value_heads=4)

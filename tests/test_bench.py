@@ -9,10 +9,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from chattune.training.trainer import token_bytes
-from harness import bench
-
+from chattune.training.batching import token_bytes
 from conftest import VENV_PATH, shared_file
+from harness import bench
 
 SMOKE = dict(tiny=True, warmup=3, steps=4, rounds=1, memory_cap_gib=16.0, reference=None, profile=False,
              profile_steps=2)

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run, serve
 from chattune.outputs import read_jsonl
 from chattune.paths import GENERATIONS
+from conftest import ROOT, run, serve
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 VEGA = ROOT / "node_modules" / "vega-embed" / "build" / "vega-embed.min.js"

@@ -9,9 +9,9 @@ import torch
 from huggingface_hub import ModelCard
 
 from chattune.evaluation.cards import base_metadata, stack_card
-from chattune.modeling.model import encode, load_model, load_tokenizer
+from chattune.modeling.loading import load_model, load_tokenizer
+from chattune.modeling.prompt import encode
 from chattune.params import ModelParams, load_params
-
 from conftest import metrics
 
 CONVERSATION = [{"role": "user", "content": "My dog is sick and I am scared."}]

@@ -7,10 +7,9 @@ import pytest
 import torch
 from accelerate.commands.config.config_args import load_config_from_file
 
-from stages import base_model, download, dpo, model_source, preprocess, sft
-from chattune.modeling.model import load_model
-
+from chattune.modeling.loading import load_model
 from conftest import ROOT, edit_params, run
+from stages import base_model, download, dpo, model_source, preprocess, sft
 
 
 @pytest.mark.parametrize("name, kind", [("ddp", "MULTI_GPU"), ("fsdp", "FSDP")])
@@ -73,7 +72,7 @@ def test_only_the_main_process_opens_the_curves(project, monkeypatch):
     than the main one leaves the curves alone, and logs nothing."""
     from transformers import TrainerState
 
-    from chattune.training import trainer as training
+    from chattune.training import callbacks as training
 
     curves = sorted(path for path in (project / "dvclive/dpo").rglob("*") if path.is_file())
     assert curves  # the committed curves of the last run
@@ -87,7 +86,7 @@ def test_only_the_main_process_opens_the_curves(project, monkeypatch):
 def test_a_launched_process_leaves_its_process_group_at_exit(monkeypatch, tmp_path):
     """A gloo group left to the interpreter's teardown aborted a finished process (exit -6) now and then: a process
     a launcher started destroys its group at exit."""
-    from chattune.training import trainer as training
+    from chattune.training import launch as training
 
     exits = []
     monkeypatch.setattr(training.atexit, "register", exits.append)
@@ -106,7 +105,7 @@ def test_a_stage_seeing_several_gpus_relaunches_itself_on_each(monkeypatch, gpus
     """Kaggle's two T4s: `dvc repro` starts `python -m stages.sft` in one process that sees both GPUs, where HF
     Trainer would fall into nn.DataParallel (TRL refuses it). The stage starts itself again through accelerate,
     one process per GPU, and exits with that run's status; a process a launcher started (LOCAL_RANK) goes on."""
-    from chattune.training import trainer as training
+    from chattune.training import launch as training
 
     calls = []
     monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from chattune.params import compose
 from conftest import ROOT, edit_params
 from stages import download
-from chattune.params import compose
 
 CSV = b"conv_id,utterance_idx,context,prompt,speaker_idx,utterance,selfeval,tags\nc1,1,sad,s,1,hi,x,\n"
 PAIRS = json.dumps([{"prompt": "Hi?", "chosen": "Hey!", "rejected": "Greetings."}]).encode()

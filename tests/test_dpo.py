@@ -5,12 +5,11 @@ import torch
 from peft import get_peft_model
 from peft.tuners.lora import LoraLayer
 
-from chattune.training.dpo import pair_lengths
-from stages import dpo
-from chattune.modeling.model import lora_config
+from chattune.modeling.loading import lora_config
 from chattune.params import load_params
-
-from conftest import lora_casts_in_forward
+from chattune.training.dpo import pair_lengths
+from conftest import lora_casts_in_forward, place_on
+from stages import dpo
 
 
 @pytest.fixture
@@ -60,7 +59,7 @@ def test_only_the_new_adapter_trains_and_its_dropout_is_honored(step0):
 
 def test_policy_and_reference_skip_their_lora_input_casts_under_autocast_only(step0):
     """Both adapters of the policy and the SFT adapter of the reference: under autocast (mixed-precision training)
-    no float32 cast of a LoRA layer's input (chattune.modeling.model.lora_casts_follow_autocast); without, PEFT's cast."""
+    no float32 cast of a LoRA layer's input (chattune.modeling.loading.lora_casts_follow_autocast); without, PEFT's cast."""
     trainer, _ = step0
     ids = torch.tensor([[1, 5, 9, 12, 2]])
     for model in (trainer.model, trainer.ref_model):
@@ -93,7 +92,7 @@ def test_training_batches_are_grouped_by_pair_length(step0):
 
 
 def test_any_split_of_a_step_draws_the_same_pairs_in_each_step(step0):
-    """Pairs are drawn by optimizer step (chattune.training.trainer.WholeSteps), so dpo1's 16 pairs a step in micro-batches of
+    """Pairs are drawn by optimizer step (chattune.training.batching.WholeSteps), so dpo1's 16 pairs a step in micro-batches of
     2, of 4 or in one (fill_gpu on a larger card) train the same pairs in each step (docs/speed.md says so)."""
     trainer, _ = step0
     args = trainer.args
@@ -113,9 +112,7 @@ def test_bf16_dpo_trains_under_autocast_with_the_adapters_on_bf16_input(pipeline
 
     from peft.tuners.lora import LoraLayer
 
-    from chattune.modeling import model as modeling
-
-    monkeypatch.setattr(modeling, "placement", lambda: (torch.device("cpu"), torch.bfloat16))
+    place_on(monkeypatch, "cpu", torch.bfloat16)
     params = load_params()
     params = params.model_copy(update={"dpo": params.dpo.model_copy(update={"max_steps": 2, "examples_per_step": 2})})
     trainer, _ = dpo.build_trainer(params, str(tmp_path / "run"))

@@ -8,16 +8,32 @@ import pytest
 import sacrebleu
 import torch
 
-from stages import base_model, evaluate
-from stages.evaluate import bert_scorer, bertscore_baseline, measures
 from chattune.evaluation import generation
 from chattune.evaluation.generation import batch_size, encoded_sets, generate, logit_batches, reply_logprobs
-from chattune.modeling.model import embedder_dtype, encode, reply_budget, train_tokenizer
+from chattune.evaluation.scoring import (
+    chrf,
+    distinct,
+    distinct_openings,
+    distinct_replies,
+    interval,
+    mean_of,
+    nltk_bleu,
+    opening,
+    paired_difference,
+    perplexity,
+    preference_accuracy,
+    repeats,
+    resample,
+    sacrebleu_bleu,
+)
+from chattune.modeling.placement import embedder_dtype
+from chattune.modeling.prompt import encode
+from chattune.modeling.replies import reply_budget
+from chattune.modeling.tiny import train_tokenizer
 from chattune.params import TinyModelParams, load_params
-from chattune.evaluation.scoring import (chrf, distinct, distinct_openings, distinct_replies, interval, mean_of, nltk_bleu, opening,
-                            paired_difference, perplexity, preference_accuracy, repeats, resample, sacrebleu_bleu)
-
 from conftest import ROOT
+from stages import base_model, evaluate
+from stages.evaluate import bert_scorer, bertscore_baseline, measures
 
 HYP, REF = "the cat sat on the mat", "the cat sat on a mat"
 # Clipped n-gram precisions 5/6, 3/5, 2/4, 1/3 and no brevity penalty (equal lengths).

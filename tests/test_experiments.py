@@ -6,8 +6,8 @@ import time
 import matplotlib.image
 import yaml
 
-from conftest import ROOT, run
 from chattune.params import compose
+from conftest import ROOT, run
 from tools import show
 from tools.compare import flatten
 from tools.study import study_runs

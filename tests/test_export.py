@@ -11,10 +11,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import run, shared_file, smollm2_gguf
-from chattune.modeling.model import encode, load_tokenizer, merged_model
-from tools import export as export_tool
 from chattune.gguf import llama_rows, modelfile
+from chattune.modeling.loading import load_tokenizer
+from chattune.modeling.merging import merged_model
+from chattune.modeling.prompt import encode
+from conftest import run, shared_file, smollm2_gguf
+from tools import export as export_tool
 
 CONVERSATION = [{"role": "system", "content": "Be kind."},
                 {"role": "user", "content": "I lost my job today."},

@@ -9,11 +9,11 @@ import subprocess
 
 import pytest
 
+from chattune.data.parsing import DataError
+from chattune.human import sheet
+from chattune.paths import HUMAN_KEY, HUMAN_RATINGS, HUMAN_SHEET
 from conftest import ROOT
 from stages import human
-from chattune.human import sheet
-from chattune.data.parsing import DataError
-from chattune.paths import HUMAN_KEY, HUMAN_RATINGS, HUMAN_SHEET
 
 PROMPT = [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "My cat is ill."}]
 MODELS = ("base", "sft", "dpo")

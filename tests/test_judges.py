@@ -8,17 +8,24 @@ import numpy as np
 import pytest
 import torch
 
-from stages import base_model, download, judges, preprocess
-from chattune.evaluation.judging import (Judges, chance, conversation_accuracy, clears_chance, listener_turns, matched_replies,
-                            mean_pooled)
-from chattune.modeling.model import load_tokenizer, reply_budget
+from chattune.data.parsing import HeldOut, Turn, parse_empathetic, read_bytes
+from chattune.evaluation.judging import (
+    Judges,
+    chance,
+    clears_chance,
+    conversation_accuracy,
+    listener_turns,
+    matched_replies,
+    mean_pooled,
+)
+from chattune.evaluation.scoring import interval, resample
+from chattune.modeling.loading import load_tokenizer
+from chattune.modeling.replies import reply_budget
 from chattune.outputs import read_jsonl
 from chattune.params import load_params
-from chattune.data.parsing import HeldOut, Turn, parse_empathetic, read_bytes
 from chattune.paths import DPO_DATA, JUDGES_DIR, RAW_DIR
-from chattune.evaluation.scoring import interval, resample
-
 from conftest import ROOT, shared_file
+from stages import base_model, download, judges, preprocess
 
 
 @pytest.fixture(scope="module")

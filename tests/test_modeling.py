@@ -5,11 +5,13 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from chattune.modeling import model as modeling
-from chattune.modeling.model import load_model, placement
+from chattune.modeling import placement as placing
+from chattune.modeling.loading import load_base_model, load_model, lora_casts_follow_autocast
+from chattune.modeling.placement import placement
+from chattune.modeling.stacks import record_base
 from chattune.params import SEVEN_PROJECTIONS
 from chattune.paths import BASE_MODEL, DPO_MODEL, SFT_MODEL
-from chattune.modeling.stacks import record_base
+from conftest import place_on
 
 
 @pytest.mark.parametrize("cuda, capability, mps, expected", [
@@ -27,8 +29,8 @@ def test_placement_picks_the_accelerator_and_its_dtype(monkeypatch, cuda, capabi
     device, dtype = placement()
     assert (device.type, dtype) == expected
     # the trainers follow the same choice: bf16 or fp16 mixed precision, or neither
-    assert (modeling.use_bf16(), modeling.use_fp16()) == (dtype == torch.bfloat16, dtype == torch.float16)
-    assert modeling.cpu_only() == (device.type == "cpu")
+    assert (placing.use_bf16(), placing.use_fp16()) == (dtype == torch.bfloat16, dtype == torch.float16)
+    assert placing.cpu_only() == (device.type == "cpu")
 
 
 def small_update_stack(root, b_std: float) -> None:
@@ -58,7 +60,7 @@ def logits(model, ids) -> torch.Tensor:
 
 def unmerged_stack(dtype):
     """base + SFT + DPO adapters as PEFT applies them while training: nothing merged."""
-    model = PeftModel.from_pretrained(modeling.load_base_model(dtype), SFT_MODEL, adapter_name="sft")
+    model = PeftModel.from_pretrained(load_base_model(dtype), SFT_MODEL, adapter_name="sft")
     model.load_adapter(DPO_MODEL, adapter_name="dpo")
     model.base_model.set_adapter(["sft", "dpo"], inference_mode=True)
     return model.eval()
@@ -75,10 +77,10 @@ def test_the_scored_bf16_model_is_the_unmerged_stack_and_a_naive_merge_is_not(tm
     # once, the stacked pair's twice, so a logit may differ by one bf16 step (2**-7 of its size), no more.
     torch.testing.assert_close(scored, reference, rtol=0, atol=2**-7 * reference.abs().max().item())
 
-    naive = modeling.load_base_model(torch.bfloat16)
+    naive = load_base_model(torch.bfloat16)
     for adapter in (SFT_MODEL, DPO_MODEL):
         naive = PeftModel.from_pretrained(naive, adapter).merge_and_unload()
-    base_weight = modeling.load_base_model(torch.bfloat16).model.layers[0].self_attn.q_proj.weight
+    base_weight = load_base_model(torch.bfloat16).model.layers[0].self_attn.q_proj.weight
     # The update rounds away in many weights: below half a bf16 step of the weight it leaves it unchanged.
     assert (naive.model.layers[0].self_attn.q_proj.weight == base_weight).float().mean() > 0.05
     with pytest.raises(AssertionError):
@@ -91,11 +93,11 @@ def test_loading_a_model_on_a_cuda_gpu_leaves_cudnn_out_of_sdpa(tmp_path, monkey
     that loads a model turns it off there, and flash and memory-efficient attention stay on."""
     monkeypatch.chdir(tmp_path)
     small_update_stack(tmp_path, 1e-3)
-    monkeypatch.setattr(modeling, "placement", lambda: (torch.device(device), torch.float32))
+    place_on(monkeypatch, device, torch.float32)
     before = torch.backends.cuda.cudnn_sdp_enabled()
     try:
         torch.backends.cuda.enable_cudnn_sdp(True)
-        modeling.load_base_model()
+        load_base_model()
         assert torch.backends.cuda.cudnn_sdp_enabled() is cudnn_attention
         assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.mem_efficient_sdp_enabled()
     finally:
@@ -142,7 +144,7 @@ def test_lora_layers_skip_the_float32_input_cast_under_autocast_and_keep_it_with
     peft_casts = get_peft_model(LlamaForCausalLM(config).to(torch.bfloat16), lora)
     assert {p.dtype for name, p in peft_casts.named_parameters() if "lora_" in name} == {torch.float32}
     follows = copy.deepcopy(peft_casts)
-    modeling.lora_casts_follow_autocast(follows)
+    lora_casts_follow_autocast(follows)
     seen = []  # the dtype each adapter's first matmul receives
     follows.base_model.model.model.layers[0].self_attn.q_proj.lora_A["default"].register_forward_pre_hook(
         lambda module, args: seen.append(args[0].dtype))

@@ -6,7 +6,6 @@ import sys
 import pytest
 
 from chattune.outputs import atomic_dir, write_json
-
 from conftest import ROOT
 
 # Starts writing `out/model` (a folder) and `out/metrics.json` over earlier versions, then signals itself.

@@ -1,9 +1,9 @@
 import pytest
 import yaml
 
+from chattune.params import CONF_DIR, ParamsError, compose, load_params, parse_params
 from conftest import ROOT, edit_params, run
 from tools.compare import flatten as flat
-from chattune.params import CONF_DIR, ParamsError, compose, load_params, parse_params
 
 SEVEN = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 SFT_SYSTEM_PROMPT = "You are a kind, attentive listener. Reply to the user with empathy, in a few sentences."
@@ -207,7 +207,7 @@ def test_liger_auto_runs_the_kernels_where_they_run_and_true_insists(monkeypatch
 
     import torch
 
-    from chattune.training.trainer import liger_kernels
+    from chattune.training.batching import liger_kernels
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert liger_kernels("sft", "auto") is False and liger_kernels("sft", False) is False

@@ -3,10 +3,21 @@ from collections import Counter
 
 import pytest
 
+from chattune.data.parsing import (
+    ED_DROP_REASONS,
+    DataError,
+    conversations,
+    groups_across,
+    listener_examples,
+    parse_dpo,
+    parse_empathetic,
+    parse_prompts,
+    prompt_group,
+    repeated_groups,
+    split_pairs,
+    subsample,
+)
 from conftest import ROOT, shared_file
-from chattune.data.parsing import (DataError, ED_DROP_REASONS, conversations, listener_examples, parse_dpo, parse_prompts,
-                            parse_empathetic)
-from chattune.data.parsing import groups_across, prompt_group, repeated_groups, split_pairs, subsample
 
 HEADER = "conv_id,utterance_idx,context,prompt,speaker_idx,utterance,selfeval,tags\n"
 

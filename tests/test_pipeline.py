@@ -6,9 +6,9 @@ import re
 import pytest
 import yaml
 
-from conftest import edit_params, metrics, run
 from chattune.outputs import read_jsonl
 from chattune.paths import GENERATIONS
+from conftest import edit_params, metrics, run
 
 # human's only input that changes is evaluate's key; with the same replies as the committed dvc.lock's, it
 # is already up to date in a fresh clone (its metrics file is committed).

@@ -3,14 +3,13 @@ import json
 
 import pytest
 
-from stages import base_model, download, preprocess
 from chattune import outputs
+from chattune.data.parsing import listener_examples, parse_empathetic, read_bytes, split_pairs
 from chattune.outputs import read_jsonl
 from chattune.params import compose, load_params
-from chattune.data.parsing import listener_examples, parse_empathetic, read_bytes, split_pairs
 from chattune.paths import DPO_DATA, SFT_DATA
-
 from conftest import ROOT, edit_params
+from stages import base_model, download, preprocess
 
 EVAL_FILES = [SFT_DATA / "eval.jsonl", SFT_DATA / "test.jsonl", DPO_DATA / "eval.jsonl"]
 
@@ -47,7 +46,8 @@ def test_long_dialogues_are_fitted_and_counted(project):
     edit_params(project / "params.yaml", **{"sft.max_length": 120})
     preprocess.main()
     data = json.loads((project / "metrics/data.json").read_text())
-    from chattune.modeling.model import encode, load_tokenizer
+    from chattune.modeling.loading import load_tokenizer
+    from chattune.modeling.prompt import encode
     tokenizer = load_tokenizer()
     # Dropped as too long: exactly the examples whose system message, last message and reply alone exceed 120.
     path = project / "data/raw/empatheticdialogues/train.csv"
@@ -108,8 +108,8 @@ def test_no_training_conversation_is_a_held_out_ones_twin(project):
 
 
 def test_no_real_test_situation_is_told_in_training():
-    from conftest import shared_file
     from chattune.data.parsing import HeldOut, normalised
+    from conftest import shared_file
 
     folder = shared_file("ed-real")
     turns = {split: parse_empathetic(read_bytes(folder / f"{split}.csv"), split).records

@@ -1,4 +1,4 @@
-"""One prompt format: every prompt and reply becomes ids through chattune.modeling.model.encode, with the model's
+"""One prompt format: every prompt and reply becomes ids through chattune.modeling.prompt.encode, with the model's
 own BOS rule and the reply ending at its EOS. Tested on TinyLlama's real tokenizer and on SmolLM2's (ChatML)."""
 import ast
 import json
@@ -6,13 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from chattune.modeling.model import PromptTooLong, encode, fit
+from chattune.data.datasets import sft_dataset
 from chattune.data.parsing import listener_examples, parse_empathetic
-from chattune.training.trainer import sft_dataset
-
+from chattune.modeling.prompt import PromptTooLong, encode, fit
 from conftest import ROOT, shared_file, smollm2_gguf
 
-PROMPT_FORMAT = "src/chattune/modeling/model.py"  # the one module that renders the chat template into ids
+PROMPT_FORMAT = "src/chattune/modeling/prompt.py"  # the one module that renders the chat template into ids
 SYSTEM = {"role": "system", "content": "Be kind."}
 USER = {"role": "user", "content": "I lost my job today and I feel awful."}
 REPLY = [{"role": "assistant", "content": "I'm so sorry. That is a hard day."}]

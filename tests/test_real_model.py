@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SCHEDULED, SHARED, SHARED_DATA, VENV_PATH, copy_project, metrics, run, wait_for_job
 from chattune.outputs import read_jsonl
 from chattune.paths import GENERATIONS
+from conftest import SCHEDULED, SHARED, SHARED_DATA, VENV_PATH, copy_project, metrics, run, wait_for_job
 
 PROFILE = ["-S", "model=smollm2", "-S", "data=local", "-S", "sft=cpu", "-S", "dpo=cpu", "-S", "eval=cpu"]
 # Smaller fixed sets than eval=cpu's (24 held-out pairs, 16 test prompts, 32 new tokens), so the run fits the suite's
@@ -127,13 +127,14 @@ def test_the_paired_interval_of_dpo_minus_sft_is_reported(real_run):
 
 
 def test_the_combined_adapter_replies_as_the_stacked_pair_on_the_real_model(real_run, monkeypatch):
-    """Evaluate scores the DPO model with its two adapters combined into one (chattune.modeling.model.combined_adapters):
+    """Evaluate scores the DPO model with its two adapters combined into one (chattune.modeling.loading.combined_adapters):
     on SmolLM2's real template and trained adapters, its logits are the stacked pair's to float32 rounding, and
     its greedy replies are the same words."""
     import torch
 
     from chattune.evaluation.generation import generate
-    from chattune.modeling.model import encode, load_base_model, load_model, load_tokenizer, stack
+    from chattune.modeling.loading import load_base_model, load_model, load_tokenizer, stack
+    from chattune.modeling.prompt import encode
     from chattune.params import load_params
 
     monkeypatch.chdir(real_run)
@@ -181,11 +182,13 @@ def test_the_merged_stack_as_q8_0_gguf_reads_back_close_to_the_float32_model(rea
     transformers' GGUF reader gives logits within q8_0's tolerance, and the file holds the chat template."""
     import gguf
     import torch
+    from test_export import CONVERSATION, TOLERANCE
     from transformers import AutoModelForCausalLM
 
-    from chattune.modeling.model import encode, load_tokenizer, merged_model
-    from test_export import CONVERSATION, TOLERANCE
     from chattune.gguf import write_gguf
+    from chattune.modeling.loading import load_tokenizer
+    from chattune.modeling.merging import merged_model
+    from chattune.modeling.prompt import encode
 
     monkeypatch.chdir(real_run)
     tokenizer = load_tokenizer()

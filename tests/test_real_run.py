@@ -10,9 +10,8 @@ import pytest
 import yaml
 
 from chattune.outputs import write_json as real_run_write
-from harness import real_run
-
 from conftest import ROOT
+from harness import real_run
 
 # the recipe's presets, as harness.real_run's docstring and the committed file's header name them
 RECIPE = ["model=smollm2", "data=local", "sft=sft7", "dpo=dpo1", "eval=minilm"]

@@ -1,14 +1,13 @@
 """Sharing through a real S3 API: moto's server on 127.0.0.1, DVC's S3 remote, a bare git repo as origin."""
 import hashlib
+import json
 import re
 import socket
 
-import json
-
 import boto3
-from configobj import ConfigObj
 import moto.settings
 import pytest
+from configobj import ConfigObj
 from moto.server import ThreadedMotoServer
 
 from conftest import run

@@ -55,7 +55,7 @@ def test_killed_sft_resumes_and_matches_an_uninterrupted_run(project):
 
 
 def test_checkpoints_of_other_inputs_are_not_resumed(project):
-    from chattune.training.trainer import resume_point
+    from chattune.training.checkpoints import resume_point
 
     run_dir = project / "checkpoints/sft"
     assert resume_point(run_dir, "inputs-a") is None

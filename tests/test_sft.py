@@ -5,14 +5,13 @@ import pytest
 import torch
 from transformers import DataCollatorForLanguageModeling
 
-from stages import base_model, download, model_source, preprocess, sft
+from chattune.modeling.prompt import encode
 from chattune.outputs import read_jsonl
-from chattune.modeling.model import encode
 from chattune.params import SEVEN_PROJECTIONS, load_params
 from chattune.paths import SFT_DATA
 from chattune.training.packed_attention import ATTENTION
-
-from conftest import edit_params, lora_casts_in_forward
+from conftest import edit_params, lora_casts_in_forward, place_on
+from stages import base_model, download, model_source, preprocess, sft
 
 
 @pytest.fixture
@@ -158,13 +157,13 @@ def test_lora_targets_are_any_module_names_or_all_linear_and_a_missing_one_is_na
 
 
 # What the adapters' matmuls receive: on a CPU, accelerate runs bf16 mixed precision under autocast, where the
-# adapters take the bf16 input itself (chattune.modeling.model.lora_casts_follow_autocast), and fp16 without autocast or a
+# adapters take the bf16 input itself (chattune.modeling.loading.lora_casts_follow_autocast), and fp16 without autocast or a
 # loss scaler, where PEFT casts the input to the adapters' float32.
 @pytest.mark.parametrize("dtype, adapter_input", [(torch.float16, torch.float32), (torch.bfloat16, torch.bfloat16)],
                          ids=["fp16", "bf16"])
 def test_sft_trains_in_mixed_precision_with_float32_lora_weights(project, monkeypatch, tmp_path, dtype,
                                                                  adapter_input):
-    """The GPU's paths on the CPU: fp16 below compute capability 8.0 (a T4), bf16 from it (chattune.modeling.model.placement).
+    """The GPU's paths on the CPU: fp16 below compute capability 8.0 (a T4), bf16 from it (chattune.modeling.placement.placement).
     The trainer set to that mixed precision, the base weights in it, the LoRA weights float32 (what loss scaling
     and small updates need), and steps that move them with a finite loss. The loss scaler itself only runs on a
     GPU."""
@@ -172,12 +171,10 @@ def test_sft_trains_in_mixed_precision_with_float32_lora_weights(project, monkey
 
     from peft.tuners.lora import LoraLayer
 
-    from chattune.modeling import model as modeling
-
     edit_params(project / "params.yaml", **{"sft.train_size": 8, "sft.epochs": 1, "sft.examples_per_step": 4})
     for stage in (download, model_source, base_model, preprocess):
         stage.main()
-    monkeypatch.setattr(modeling, "placement", lambda: (torch.device("cpu"), dtype))
+    place_on(monkeypatch, "cpu", dtype)
     trainer = sft.build_trainer(load_params(), str(tmp_path / "run"))
     assert (trainer.args.fp16, trainer.args.bf16) == (dtype == torch.float16, dtype == torch.bfloat16)
     weights = dict(trainer.model.named_parameters())
@@ -196,7 +193,7 @@ def test_sft_trains_in_mixed_precision_with_float32_lora_weights(project, monkey
 
 def test_the_trained_adapter_skips_its_input_cast_under_autocast_only(sft_trainer):
     """Mixed-precision training runs under autocast: there PEFT's float32 cast of each LoRA layer's input is
-    skipped (chattune.modeling.model.lora_casts_follow_autocast); a forward without autocast keeps it."""
+    skipped (chattune.modeling.loading.lora_casts_follow_autocast); a forward without autocast keeps it."""
     ids = torch.tensor([[1, 5, 9, 12, 2]])
     assert lora_casts_in_forward(sft_trainer.model, ids, autocast=True) == {False}
     assert lora_casts_in_forward(sft_trainer.model, ids, autocast=False) == {True}

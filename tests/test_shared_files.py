@@ -13,11 +13,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import ROOT, serve
 from chattune.human import sheet
+from chattune.modeling.stacks import MODELS
 from chattune.outputs import write_json
 from chattune.paths import GENERATIONS, HUMAN_RATINGS, HUMAN_VOTES
-from chattune.modeling.stacks import MODELS
+from conftest import ROOT, serve
 
 PROMPTS = 40  # x 3 models: 120 replies to rate
 

@@ -6,8 +6,9 @@ import sys
 
 import torch
 
+from chattune.modeling.loading import load_model, load_tokenizer
+from chattune.modeling.prompt import encode
 from conftest import VENV_PATH, edit_params, run
-from chattune.modeling.model import encode, load_model, load_tokenizer
 from tools.chat import Chat
 from tools.export import PROBE
 

@@ -9,7 +9,9 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import chattune.training.packed_attention as varlen
-from chattune.training.packed_attention import ATTENTION
+from chattune.training.packed_attention import register
+
+ATTENTION = register()  # what the sft stage does before loading a model for packed rows
 
 LENGTHS = [37, 90, 15, 140]
 CONFIG = LlamaConfig(vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2,

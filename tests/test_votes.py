@@ -7,12 +7,12 @@ import json
 import numpy as np
 import pytest
 
+from chattune.data.parsing import DataError
+from chattune.human import votes
+from chattune.human.votes import Vote, agreement, bradley_terry, read_votes, summarize, wilson, win_matrix
+from chattune.paths import HUMAN_KEY, HUMAN_RATINGS, HUMAN_VOTES
 from conftest import ROOT
 from stages import human
-from chattune.human import votes
-from chattune.data.parsing import DataError
-from chattune.paths import HUMAN_KEY, HUMAN_RATINGS, HUMAN_VOTES
-from chattune.human.votes import Vote, agreement, bradley_terry, read_votes, summarize, wilson, win_matrix
 
 STACKS = {"base": "a" * 64, "sft": "b" * 64, "dpo": "c" * 64}
 

@@ -16,7 +16,9 @@ from threading import Event, Thread
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer, set_seed
 
-from chattune.modeling.model import PromptTooLong, encode, fit, generation_config, load_model, load_tokenizer
+from chattune.modeling.loading import load_model, load_tokenizer
+from chattune.modeling.prompt import PromptTooLong, encode, fit
+from chattune.modeling.replies import generation_config
 from chattune.params import MIN_TEMPERATURE, load_params
 
 HELP = "commands: /reset (forget the conversation), /system <text> (set the system message), /exit"

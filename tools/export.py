@@ -28,12 +28,15 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from chattune.evaluation.cards import recorded, stack_card
-from chattune.modeling.model import encode, load_model, load_tokenizer, merged_model, placement
+from chattune.gguf import modelfile, write_gguf
+from chattune.modeling.loading import load_model, load_tokenizer
+from chattune.modeling.merging import merged_model
+from chattune.modeling.placement import placement
+from chattune.modeling.prompt import encode
+from chattune.modeling.stacks import ADAPTERS, fingerprint
 from chattune.outputs import atomic_dir
 from chattune.params import load_params
 from chattune.paths import METRICS_DIR
-from chattune.modeling.stacks import ADAPTERS, fingerprint
-from chattune.gguf import modelfile, write_gguf
 
 PROBE = [{"role": "system", "content": "You are a kind listener."},
          {"role": "user", "content": "I didn't get the job, and I really wanted it."}]

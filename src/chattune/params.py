@@ -173,7 +173,7 @@ class TrainParams(Strict):
     lr: real(1)
     # What one optimizer step trains: examples for SFT (packed rows with sft.packing), pairs for DPO. The notebook's
     # presets state what a step trained on its two T4s. Any number of processes trains these same examples a step,
-    # each an equal share (chattune.training.trainer.batch_split); a step that cannot be shared evenly stops the stage.
+    # each an equal share (chattune.training.batching.batch_split); a step that cannot be shared evenly stops the stage.
     examples_per_step: count(BATCH)
     # The most examples a process puts through the model at once on a card of a T4's 16 GB (the notebook's batch per
     # GPU): a process's share of a step goes in equal micro-batches of the largest size up to this that divides it,
@@ -240,7 +240,7 @@ class EvalParams(Strict):
     # Replies per generate call, and sequences per log-prob forward pass; "auto" sizes it for the device
     # (chattune.evaluation.generation.AUTO_BATCH_SIZE: 64 on a GPU, 16 on a CPU).
     batch_size: count(BATCH) | Literal["auto"]
-    # The new tokens a reply may take; "auto": enough for what the trainings taught (chattune.modeling.model.reply_budget,
+    # The new tokens a reply may take; "auto": enough for what the trainings taught (chattune.modeling.replies.reply_budget,
     # from preprocess's metrics/lengths.json). A prompt and its reply share the model's context window.
     max_new_tokens: count(LENGTH) | Literal["auto"]
     temperature: real(100, above_least=False)  # 0: greedy; otherwise at least MIN_TEMPERATURE
@@ -331,11 +331,10 @@ def compose(overrides: list[str], output: Path = PARAMS_FILE, conf_dir: Path = C
     then write it (with HEADER above) to `output`, atomically: a composition that does not validate leaves
     `output` as it was."""
     from dvc.utils.hydra import compose_and_dump
-
-    from chattune.outputs import atomic_file
-
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
+
+    from chattune.outputs import atomic_file
 
     output = Path(output)
     with tempfile.TemporaryDirectory() as scratch:

@@ -3,10 +3,10 @@ intervals as error bars) and one chart of the paired differences. `dvc plots sho
 charts of plots/eval.json."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import matplotlib
 import numpy as np
-
-from pathlib import Path
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

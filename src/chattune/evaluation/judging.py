@@ -22,7 +22,7 @@ reads TF-IDF over words. Emotion reads all-MiniLM-L6-v2 sentence embeddings, the
 its weights for BERTScore: with a few hundred training replies and 32 labels, word counts alone scored below
 chance on the real valid.csv, embeddings above it. Both are deterministic on a CPU (the embedder runs in
 float64 there), train in seconds, and need no hub download. An empty reply is neither human-like nor names an
-emotion. The embedder runs where every model runs (chattune.modeling.model.placement).
+emotion. The embedder runs where every model runs (chattune.modeling.placement.placement).
 """
 from __future__ import annotations
 
@@ -39,10 +39,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
 from transformers import AutoModel, AutoTokenizer
 
-from chattune.modeling.model import embedder_dtype, placement
 from chattune.data.parsing import HeldOut, Turn
-from chattune.paths import JUDGES_DIR
 from chattune.evaluation.scoring import Measure, mean_of
+from chattune.modeling.placement import embedder_dtype, placement
+from chattune.paths import JUDGES_DIR
 
 HUMANLIKE_FILE = "humanlike.joblib"
 EMOTION_FILE = "emotion.joblib"

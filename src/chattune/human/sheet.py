@@ -25,10 +25,10 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from chattune.outputs import json_text, write_together
 from chattune.data.parsing import DataError, decode_utf8, read_bytes
-from chattune.paths import HUMAN_KEY, HUMAN_SHEET
 from chattune.modeling.stacks import MODELS
+from chattune.outputs import json_text, write_together
+from chattune.paths import HUMAN_KEY, HUMAN_SHEET
 
 CRITERIA = ("helpfulness", "harmlessness", "relevance", "quality")
 COLUMNS = ("code", "prompt", "reference", "response", *CRITERIA, "comment")

@@ -13,9 +13,9 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from trl import DPOTrainer
 from trl.trainer.utils import disable_dropout_in_model
 
-from chattune.modeling.model import check_targets, lora_casts_follow_autocast, lora_config
+from chattune.modeling.loading import check_targets, lora_casts_follow_autocast, lora_config
 from chattune.params import LoraParams
-from chattune.training.trainer import whole_steps
+from chattune.training.batching import whole_steps
 
 TRAINED = ["default", "sft"]  # the new adapter first: the trainer resumes the first active adapter
 
@@ -35,7 +35,7 @@ class KeepStack(TrainerCallback):
 
 
 def policy_model(sft_stack, lora: LoraParams):
-    """base + SFT adapter (`sft_stack`, as chattune.modeling.model.stack loads it) + a new adapter, the one trained."""
+    """base + SFT adapter (`sft_stack`, as chattune.modeling.loading.stack loads it) + a new adapter, the one trained."""
     check_targets(sft_stack, lora, "dpo")
     disable_dropout_in_model(sft_stack)  # the base's and the frozen SFT adapter's; the new adapter's is added after
     sft_stack.add_adapter("default", lora_config(lora))
@@ -60,9 +60,9 @@ def pair_lengths(pairs) -> list[int]:
 
 
 class TokenizedDPOTrainer(DPOTrainer):
-    """DPOTrainer on pairs already turned into ids by chattune.modeling.model.encode (TRL would re-tokenize them
+    """DPOTrainer on pairs already turned into ids by chattune.modeling.prompt.encode (TRL would re-tokenize them
     its own way: no BOS, and the text after the EOS kept). Pairs are drawn in whole steps of similar length, alike
-    on any number of processes (chattune.training.trainer.WholeSteps; transformers' own grouping cannot find a pair's length:
+    on any number of processes (chattune.training.batching.WholeSteps; transformers' own grouping cannot find a pair's length:
     it looks for input_ids)."""
 
     def _prepare_dataset(self, dataset, *args, **kwargs):

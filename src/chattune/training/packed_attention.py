@@ -8,8 +8,9 @@ then throws away. Here each example attends causally to itself and nothing else 
 one call of torch's `varlen_attn` (its FlashAttention kernel), elsewhere one sdpa call per example. A batch with
 no example boundaries (padded rows) goes to transformers' sdpa unchanged.
 
-Importing this module registers the implementation under `ATTENTION` with transformers' attention interface;
-`chattune.modeling.model.load_base_model(attention=ATTENTION)` loads a model with it (the sft stage, with sft.packing).
+`register()` registers the implementation under `ATTENTION` with transformers' attention interface and returns that
+name: `chattune.modeling.loading.load_base_model(attention=register())` loads a model with it (the sft stage, with
+sft.packing). Importing the module registers nothing.
 """
 from __future__ import annotations
 
@@ -97,5 +98,9 @@ def packed_mask(*args, attention_mask=None, **kwargs):
     return sdpa_mask(*args, attention_mask=attention_mask, **kwargs)
 
 
-AttentionInterface.register(ATTENTION, packed_attention)
-AttentionMaskInterface.register(ATTENTION, packed_mask)
+def register() -> str:
+    """Register packed_attention and packed_mask under ATTENTION with transformers (again changes nothing); the name
+    to load a model with."""
+    AttentionInterface.register(ATTENTION, packed_attention)
+    AttentionMaskInterface.register(ATTENTION, packed_mask)
+    return ATTENTION

@@ -1,0 +1,149 @@
+"""Loading the model stack: the base model (the tiny one, a hub model at its pinned commit, or a local folder), its tokenizer, and the adapters on it, unmerged.
+
+Adapters are never merged where a model is scored or trained on. Training applies them unmerged (and so does TRL's
+own evaluation); merged into bf16 weights, an update below half a bf16 step of its weight rounds away, weight by
+weight, and the merged "dpo" model is no longer the model DPO trained (tests/test_modeling.py). Only the export
+merges (chattune.modeling.merging), in float32.
+"""
+from __future__ import annotations
+
+import json
+import warnings
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from chattune.modeling.placement import attention_kernels, placement
+from chattune.modeling.stacks import ADAPTERS, HUB_PIN, Stage, check_stack
+from chattune.params import LoraParams
+from chattune.paths import BASE_MODEL
+
+
+def base_source() -> dict:
+    """Arguments for from_pretrained: the local tiny model, or the pinned hub model."""
+    if HUB_PIN.exists():
+        pin = json.loads(HUB_PIN.read_text())
+        return {"pretrained_model_name_or_path": pin["name"], "revision": pin["revision"]}
+    if not (BASE_MODEL / "config.json").exists():
+        raise SystemExit(f"{BASE_MODEL}/ holds no model: run `dvc repro base_model` (or `dvc pull`) first")
+    return {"pretrained_model_name_or_path": str(BASE_MODEL)}
+
+
+def quiet_renamed_checkpointing() -> None:
+    """transformers 5.24 renamed gradient checkpointing "activation checkpointing" and warns wherever the old names
+    are used: by PEFT 0.21 and TRL 1.16 on every model they wrap, and by TRL's configs, whose default sets the old
+    name. The old names still work (the trainers pass the old one, which older transformers take too): nothing a
+    user could act on. Called where a base model is loaded, not on import."""
+    warnings.filterwarnings("ignore", message="`(is_)?gradient_checkpointing", category=FutureWarning)
+
+
+def load_tokenizer():
+    return AutoTokenizer.from_pretrained(**base_source())
+
+
+def load_base_model(dtype: torch.dtype | None = None, attention: str | None = None):
+    """The base model on the CPU, in the placement's dtype unless told otherwise. Trainers place it. `attention`:
+    an attention implementation registered with transformers (packed SFT rows: chattune.training.packed_attention.ATTENTION)."""
+    chosen = dict(attn_implementation=attention) if attention else {}
+    attention_kernels()
+    quiet_renamed_checkpointing()
+    return AutoModelForCausalLM.from_pretrained(**base_source(), dtype=dtype or placement()[1], **chosen)
+
+
+def stack(model, stage: Stage):
+    """`model` with the adapters up to `stage` applied, unmerged and frozen: base, base+SFT, or base+SFT+DPO
+    (the DPO adapter was trained on base+SFT, so both stay active)."""
+    adapters = ADAPTERS[stage]
+    check_stack(stage)
+    if not adapters:
+        return model
+    from peft import PeftModel  # here: importing peft takes seconds, which preprocess and base_model need not pay
+
+    model = PeftModel.from_pretrained(model, adapters[0], adapter_name="sft")
+    if stage == "dpo":
+        model.load_adapter(adapters[1], adapter_name="dpo")
+        model.base_model.set_adapter(["sft", "dpo"], inference_mode=True)
+    return model
+
+
+def load_model(stage: Stage, device: torch.device | None = None, dtype: torch.dtype | None = None):
+    """The stack up to `stage`, in eval mode, on the placement's device and dtype (or those given); the SFT and
+    DPO adapters as one where that is exact (combined_adapters)."""
+    where, kind = placement()
+    model = stack(load_base_model(dtype or kind), stage)
+    if stage == "dpo":
+        model = combined_adapters(model)
+    return model.to(device or where).eval()
+
+
+def combined_adapters(model):
+    """base + SFT + DPO with the two adapters as one, unmerged: PEFT's "cat" combination puts their ranks side by
+    side (A rows scaled as each adapter was, B columns as they are), so every adapted layer adds the same update
+    in half the small matmuls and kernel launches. Exact for plain LoRA; a DoRA, rsLoRA or biased adapter stays
+    stacked."""
+    configs = [model.peft_config[name] for name in ("sft", "dpo")]
+    if any(config.use_dora or config.use_rslora or config.lora_bias for config in configs):
+        return model
+    # PEFT makes the new adapter in its layers' dtype: a bf16 model would round the two float32 adapters to bf16.
+    # Combined in float32, the rest goes back to its own dtype (bf16 -> float32 -> bf16 is exact).
+    dtypes = {name: tensor.dtype for name, tensor in (*model.named_parameters(), *model.named_buffers())}
+    model.float()
+    model.add_weighted_adapter(["sft", "dpo"], [1.0, 1.0], "stack", combination_type="cat")
+    model.set_adapter("stack")
+    for name in ("sft", "dpo"):
+        model.delete_adapter(name)
+    model.base_model.set_adapter("stack", inference_mode=True)
+    for name, tensor in (*model.named_parameters(), *model.named_buffers()):
+        if name in dtypes:
+            tensor.data = tensor.data.to(dtypes[name])
+    return model
+
+
+def check_targets(model, lora: LoraParams, key: str) -> None:
+    """Stop, naming what the model has, when a LoRA target names no module of it (PEFT would raise deep inside
+    the trainer)."""
+    if lora.target_modules == "all-linear":
+        return
+    names = [name for name, _ in model.named_modules()]
+    # PEFT's rule: a target is a module's name or the end of its dotted path
+    missing = [target for target in lora.target_modules
+               if not any(name == target or name.endswith(f".{target}") for name in names)]
+    linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                     if isinstance(module, torch.nn.Linear)})
+    if missing:
+        raise SystemExit(f"{key}.lora.target_modules: {', '.join(missing)} not in the model; its linear layers are "
+                         f"{', '.join(linear)} (or use all-linear)")
+
+
+def lora_casts_follow_autocast(model) -> None:
+    """Let every LoRA layer of `model` skip PEFT's cast of its input to the adapter's float32 while autocast is on.
+
+    PEFT keeps adapter weights in float32 on a bf16 or fp16 model and casts each adapted layer's input up to
+    float32; in mixed-precision training (autocast) the adapter's matmul casts it straight back down: two
+    activation-sized copies per adapted layer, and two more in the backward pass. Copies (aten::copy_), these
+    among them, took a fifth of the GPU time of every training run profiled on an H200
+    (bench/results/2026-12-04-nvidia-h200.json); skipping these removes 8% of the operations of a training step
+    (TinyLlama's 22 layers, measured on the CPU). The numbers stay the same: the adapter computes in half
+    precision either way (only LoRA dropout's rescaling may round differently). Without autocast (evaluation,
+    chat, export) a float32 adapter needs float32 input, so there the cast stays: each call checks autocast on
+    its input's device."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    def follow_autocast(layer, args):
+        layer.cast_input_dtype_enabled = not torch.is_autocast_enabled(args[0].device.type)
+
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer):
+            module.register_forward_pre_hook(follow_autocast)
+
+
+def lora_config(lora: LoraParams):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        task_type="CAUSAL_LM",
+    )
