@@ -52,16 +52,16 @@ from transformers import (
 )
 from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
+from chattune.basemodel.tiny import sample_texts, train_tokenizer
+from chattune.common.outputs import write_json
+from chattune.common.params import SEVEN_PROJECTIONS, LoraParams
+from chattune.common.paths import DPO_FILE, DPO_SUBDIR, ED_SUBDIR, SAMPLE_DIR
 from chattune.data.datasets import dpo_dataset, sft_dataset
 from chattune.data.parsing import listener_examples, parse_dpo, parse_empathetic, read_bytes
+from chattune.evaluation.replies import generation_config, left_padded
 from chattune.modeling.loading import combined_adapters, lora_casts_follow_autocast, lora_config
 from chattune.modeling.placement import attention_kernels, cpu_only, placement, use_bf16, use_fp16
 from chattune.modeling.prompt import encode
-from chattune.modeling.replies import generation_config, left_padded
-from chattune.modeling.tiny import sample_texts, train_tokenizer
-from chattune.outputs import write_json
-from chattune.params import SEVEN_PROJECTIONS, LoraParams
-from chattune.paths import DPO_FILE, DPO_SUBDIR, ED_SUBDIR, SAMPLE_DIR
 from chattune.training import packed_attention
 from chattune.training.batching import liger_kernels, planned_bytes
 from chattune.training.dpo import TokenizedDPOTrainer, policy_model, reference_model

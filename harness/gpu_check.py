@@ -34,13 +34,13 @@ from peft import PeftModel
 from tokenizers import BertWordPieceTokenizer
 from transformers import AutoTokenizer, BertConfig, BertModel, BertTokenizerFast, LlamaConfig, LlamaForCausalLM
 
+from chattune.basemodel.tiny import sample_texts, train_tokenizer
+from chattune.common.outputs import read_jsonl, write_json
+from chattune.common.paths import BASE_MODEL, DPO_MODEL, METRICS_DIR, PROBE_SET, SFT_DATA, SFT_MODEL
 from chattune.evaluation import judging
 from chattune.modeling.loading import load_base_model, load_model
 from chattune.modeling.placement import placement
 from chattune.modeling.prompt import encode
-from chattune.modeling.tiny import sample_texts, train_tokenizer
-from chattune.outputs import read_jsonl, write_json
-from chattune.paths import BASE_MODEL, DPO_MODEL, METRICS_DIR, PROBE_SET, SFT_DATA, SFT_MODEL
 from chattune.training import packed_attention as varlen
 from harness.bench import RESULTS, TINY, device_name, model_config, random_fingerprints, result_path
 from harness.inprocess import STAGES, ForwardDevices, composed, curves_in, run_stages, scratch_project

@@ -16,7 +16,7 @@ import torch
 import yaml
 from transformers import PreTrainedModel, TrainerCallback
 
-from chattune.outputs import write_json
+from chattune.common.outputs import write_json
 
 STAGES = ["model_source", "base_model", "download", "preprocess", "judges", "sft", "dpo", "evaluate", "human"]
 PROJECT_FOLDERS = ("data/sample", "data/eval", "eval/human/ratings", "eval/human/votes")

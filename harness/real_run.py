@@ -33,9 +33,9 @@ from pathlib import Path
 
 import yaml
 
+from chattune.common.outputs import read_jsonl, write_json
+from chattune.common.paths import GENERATIONS, METRICS_DIR
 from chattune.modeling.placement import placement
-from chattune.outputs import read_jsonl, write_json
-from chattune.paths import GENERATIONS, METRICS_DIR
 from harness.bench import RESULTS, device_name, random_fingerprints, result_path, versions
 from harness.inprocess import STAGES, ForwardDevices, composed, curves_in, run_stages, scratch_project
 

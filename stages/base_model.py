@@ -17,12 +17,13 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from chattune.modeling.sources import SourceError, describe, gguf_path, model_folder
+from chattune.basemodel.sources import describe, gguf_path, model_folder
+from chattune.basemodel.tiny import sample_texts, train_tokenizer
+from chattune.common.errors import SourceError, run
+from chattune.common.outputs import atomic_dir
+from chattune.common.params import TinyModelParams, load_params
+from chattune.common.paths import BASE_MODEL, MODEL_SOURCE
 from chattune.modeling.stacks import HUB_PIN
-from chattune.modeling.tiny import sample_texts, train_tokenizer
-from chattune.outputs import atomic_dir
-from chattune.params import TinyModelParams, load_params
-from chattune.paths import BASE_MODEL, MODEL_SOURCE
 
 
 def tiny_llama(shape: TinyModelParams, vocab_size: int, seed: int) -> LlamaForCausalLM:
@@ -128,4 +129,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main, "base_model")

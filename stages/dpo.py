@@ -10,16 +10,19 @@ model's dropout, so the stage disables the base's (and the frozen SFT adapter's)
 """
 from __future__ import annotations
 
+import sys
+
 from transformers import set_seed
 from trl import DPOConfig, DPOTrainer
 
+from chattune.common.errors import run
+from chattune.common.outputs import write_json
+from chattune.common.params import load_params
+from chattune.common.paths import DPO_DATA, DPO_MODEL, METRICS_DIR
 from chattune.data.datasets import dpo_dataset
 from chattune.evaluation.cards import adapter_card, recorded
 from chattune.modeling.loading import load_base_model, load_tokenizer, stack
 from chattune.modeling.stacks import fingerprint
-from chattune.outputs import write_json
-from chattune.params import load_params
-from chattune.paths import DPO_DATA, DPO_MODEL, METRICS_DIR
 from chattune.training.batching import PassOfWholeSteps, check_step, step_split
 from chattune.training.callbacks import LogLastStep, TrainClock, live_callback
 from chattune.training.checkpoints import MarkComplete, resume_or_start, save_adapter
@@ -69,7 +72,8 @@ def flat(metrics: dict, prefix: str) -> dict:
 def main(curves=live_callback) -> None:
     """`curves(stage, resume)`: the callback that logs the training curves (dvclive's; the harness passes its own
     where dvclive cannot run)."""
-    on_every_gpu("stages.dpo")
+    if (status := on_every_gpu("stages.dpo")) is not None:  # this process launched one on each GPU
+        sys.exit(status)
     params = load_params()
     set_seed(params.seed)
     run_dir, checkpoint = resume_or_start("dpo", params.seed, params.model, params.dpo, DPO_DATA / "train.jsonl",
@@ -104,4 +108,4 @@ def main(curves=live_callback) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main, "dpo")

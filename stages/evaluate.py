@@ -7,7 +7,7 @@ a JSONL file of {system (optional), user, reference}.
 Every adapter is checked against the stack beneath it before anything runs. Every model runs on the
 accelerator when there is one, adapters unmerged, as trained (the DPO model's two combined into one:
 chattune.modeling.loading.combined_adapters); prompts become ids through the one prompt format. A reply may take the reply
-budget (chattune.modeling.replies.reply_budget: by default enough for what SFT and DPO taught, from preprocess's
+budget (chattune.evaluation.replies.reply_budget: by default enough for what SFT and DPO taught, from preprocess's
 measurements), and a prompt too long for the model's context window less that budget loses its oldest turns
 (counted). Only generated tokens are scored (chattune.evaluation.generation), greedy unless eval.temperature > 0; a reply that
 reaches the budget without its EOS is counted in `cut_rate`.
@@ -39,11 +39,25 @@ import numpy as np
 from bert_score import BERTScorer
 from transformers import AutoTokenizer, GPT2Tokenizer, RobertaTokenizer, set_seed
 
-from chattune.data.parsing import DataError, parse_prompts, read_bytes
+from chattune.common.errors import ParamsError, run
+from chattune.common.outputs import atomic_dir, json_text, jsonl_text, read_jsonl
+from chattune.common.params import EvalParams, Params, load_params
+from chattune.common.paths import (
+    EVAL_CHARTS,
+    EVAL_PLOT,
+    GENERATIONS,
+    JUDGES_METRICS,
+    METRICS_DIR,
+    PROBE_SET,
+    SFT_DATA,
+    STACK_CARD,
+)
+from chattune.data.parsing import parse_prompts, read_bytes
 from chattune.evaluation import charts
 from chattune.evaluation.cards import recorded, stack_card
 from chattune.evaluation.generation import encoded_sets, generate, held_out_pairs, reply_logprobs
-from chattune.evaluation.judging import Judges, chance
+from chattune.evaluation.judging import Judges, chance, embedder_dtype
+from chattune.evaluation.replies import context_window, reply_budget
 from chattune.evaluation.scoring import (
     Measure,
     chrf,
@@ -63,21 +77,8 @@ from chattune.evaluation.scoring import (
 from chattune.evaluation.verdicts import LEARNED, informative, verdict_key
 from chattune.human.sheet import read_key, sheet_texts
 from chattune.modeling.loading import load_model, load_tokenizer
-from chattune.modeling.placement import embedder_dtype, placement
-from chattune.modeling.replies import context_window, reply_budget
+from chattune.modeling.placement import placement
 from chattune.modeling.stacks import MODELS, check_stack, fingerprint
-from chattune.outputs import atomic_dir, json_text, jsonl_text, read_jsonl
-from chattune.params import EvalParams, Params, ParamsError, load_params
-from chattune.paths import (
-    EVAL_CHARTS,
-    EVAL_PLOT,
-    GENERATIONS,
-    JUDGES_METRICS,
-    METRICS_DIR,
-    PROBE_SET,
-    SFT_DATA,
-    STACK_CARD,
-)
 
 COMPARISONS = (("sft", "base"), ("dpo", "sft"))  # (after, before): what each training step changed
 COMPARED = ("bleu", "sacrebleu", "bertscore_raw_f1", "bertscore_rescaled_f1", *LEARNED)
@@ -304,7 +305,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except DataError as error:
-        raise SystemExit(f"evaluate failed: {error}") from None
+    run(main, "evaluate")

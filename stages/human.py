@@ -15,21 +15,21 @@ in models/ now; a rater's repeated vote on a prompt and pair is counted (votes.r
 """
 from __future__ import annotations
 
-import sys
 from collections import defaultdict
 from pathlib import Path
 
 import krippendorff
 import numpy as np
 
-from chattune.data.parsing import DataError, read_bytes
+from chattune.common.errors import run
+from chattune.common.outputs import write_json
+from chattune.common.params import load_params
+from chattune.common.paths import HUMAN_KEY, HUMAN_RATINGS, HUMAN_SHEET, HUMAN_VOTES, METRICS_DIR
+from chattune.data.parsing import read_bytes
 from chattune.human.sheet import CRITERIA, FilledSheet, parse_key, read_sheet
 from chattune.human.votes import read_votes
 from chattune.human.votes import summarize as summarize_votes
 from chattune.modeling.stacks import MODELS, fingerprint
-from chattune.outputs import write_json
-from chattune.params import load_params
-from chattune.paths import HUMAN_KEY, HUMAN_RATINGS, HUMAN_SHEET, HUMAN_VOTES, METRICS_DIR
 
 
 def ordinal_alpha(sheets: list[dict[str, dict[str, int]]], criteria: tuple[str, ...]) -> float:
@@ -127,7 +127,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except DataError as error:
-        sys.exit(f"human failed: {error}")
+    run(main, "human")

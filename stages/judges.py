@@ -13,9 +13,11 @@ interval beside chance, and whether it clears chance (`<judge>.informative`).
 """
 from __future__ import annotations
 
-import sys
-
-from chattune.data.parsing import DataError, HeldOut, parse_dpo, parse_empathetic, read_bytes, split_pairs
+from chattune.common.errors import DataError, run
+from chattune.common.outputs import atomic_dir, write_json
+from chattune.common.params import load_params
+from chattune.common.paths import DPO_FILE, DPO_SUBDIR, ED_SPLITS, ED_SUBDIR, JUDGES_DIR, JUDGES_METRICS, RAW_DIR
+from chattune.data.parsing import HeldOut, parse_dpo, parse_empathetic, read_bytes, split_pairs
 from chattune.evaluation.judging import (
     chance,
     clears_chance,
@@ -25,12 +27,9 @@ from chattune.evaluation.judging import (
     matched_replies,
     train,
 )
+from chattune.evaluation.replies import reply_budget
 from chattune.evaluation.scoring import interval, resample
 from chattune.modeling.loading import load_tokenizer
-from chattune.modeling.replies import reply_budget
-from chattune.outputs import atomic_dir, write_json
-from chattune.params import load_params
-from chattune.paths import DPO_FILE, DPO_SUBDIR, ED_SPLITS, ED_SUBDIR, JUDGES_DIR, JUDGES_METRICS, RAW_DIR
 
 
 def checked(measure, samples: int, seed: int, prefix: str, chance_level: float) -> tuple[dict, bool]:
@@ -98,7 +97,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except DataError as error:
-        sys.exit(f"judges failed: {error}")
+    run(main, "judges")

@@ -4,10 +4,11 @@ dvc.yaml marks this stage always_changed: a local model folder or an installed w
 param does. It is cheap (a hash of the source), and it rewrites an identical file when nothing changed, so
 base_model and everything after it rerun only on a real change.
 """
-from chattune.modeling.sources import describe
-from chattune.outputs import write_json
-from chattune.params import load_params
-from chattune.paths import MODEL_SOURCE
+from chattune.basemodel.sources import describe
+from chattune.common.errors import run
+from chattune.common.outputs import write_json
+from chattune.common.params import load_params
+from chattune.common.paths import MODEL_SOURCE
 
 
 def main() -> None:
@@ -18,4 +19,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main, "model_source")

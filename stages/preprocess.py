@@ -19,15 +19,16 @@ from which evaluate sizes its generation budget.
 """
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 
+from chattune.common.errors import DataError, run
+from chattune.common.outputs import json_text, jsonl_text, write_together
+from chattune.common.params import load_params
+from chattune.common.paths import DATA_METRICS, DPO_DATA, DPO_FILE, DPO_SUBDIR, ED_SUBDIR, LENGTHS, RAW_DIR, SFT_DATA
 from chattune.data.parsing import (
     DPO_DROP_REASONS,
     ED_DROP_REASONS,
     EXAMPLE_DROP_REASONS,
-    DataError,
     HeldOut,
     Parsed,
     groups_across,
@@ -42,9 +43,6 @@ from chattune.data.parsing import (
 )
 from chattune.modeling.loading import load_tokenizer
 from chattune.modeling.prompt import PromptTooLong, encode, fit
-from chattune.outputs import json_text, jsonl_text, write_together
-from chattune.params import load_params
-from chattune.paths import DATA_METRICS, DPO_DATA, DPO_FILE, DPO_SUBDIR, ED_SUBDIR, LENGTHS, RAW_DIR, SFT_DATA
 
 SFT_SPLITS = {"train": "train", "eval": "valid", "test": "test"}  # processed split -> raw file
 
@@ -143,7 +141,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except DataError as error:
-        sys.exit(f"preprocess failed: {error}")
+    run(main, "preprocess")

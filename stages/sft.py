@@ -9,11 +9,16 @@ so picking on it would flatter the number) and the tokenizer go to models/sft/.
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from transformers import set_seed
 from trl import SFTConfig, SFTTrainer
 
+from chattune.common.errors import run
+from chattune.common.outputs import write_json
+from chattune.common.params import load_params
+from chattune.common.paths import METRICS_DIR, SFT_DATA, SFT_MODEL
 from chattune.data.datasets import sft_dataset
 from chattune.evaluation.cards import adapter_card, recorded
 from chattune.modeling.loading import (
@@ -24,9 +29,6 @@ from chattune.modeling.loading import (
     lora_config,
 )
 from chattune.modeling.stacks import fingerprint
-from chattune.outputs import write_json
-from chattune.params import load_params
-from chattune.paths import METRICS_DIR, SFT_DATA, SFT_MODEL
 from chattune.training import packed_attention
 from chattune.training.batching import PassOfWholeSteps, check_step, step_split
 from chattune.training.callbacks import LogLastStep, TrainClock, live_callback, throughput
@@ -86,7 +88,8 @@ def base_model_eval_loss(trainer: SFTTrainer, stored: Path, resuming: bool) -> f
 def main(curves=live_callback) -> None:
     """`curves(stage, resume)`: the callback that logs the training curves (dvclive's; the harness passes its own
     where dvclive cannot run)."""
-    on_every_gpu("stages.sft")
+    if (status := on_every_gpu("stages.sft")) is not None:  # this process launched one on each GPU
+        sys.exit(status)
     params = load_params()
     set_seed(params.seed)
     run_dir, checkpoint = resume_or_start("sft", params.seed, params.model, params.sft, SFT_DATA / "train.jsonl",
@@ -120,4 +123,4 @@ def main(curves=live_callback) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main, "sft")

@@ -29,8 +29,8 @@ def shared_file(*parts: str) -> Path:
 
 def smollm2_gguf() -> Path:
     """SmolLM2-135M-Instruct's GGUF inside its installed wheel, as conf/model/smollm2.yaml pins it."""
-    from chattune.modeling.sources import gguf_path
-    from chattune.params import GgufParams
+    from chattune.basemodel.sources import gguf_path
+    from chattune.common.params import GgufParams
 
     return gguf_path(GgufParams(**yaml.safe_load((ROOT / "conf/model/smollm2.yaml").read_text())["gguf"]))
 
@@ -103,7 +103,7 @@ def use_test_preset(repo: Path) -> None:
         config.write(TEST_PRESET)
     # `make params`, in a process of its own: Hydra's global state takes one composition at a time, and tests
     # compose in this process while the session's jobs build in threads
-    run(["python", "-m", "chattune.params", "--compose"], repo)
+    run(["python", "-m", "chattune.common.params", "--compose"], repo)
 
 
 def cloned_and_reproduced(dest: Path) -> Path:

@@ -4,10 +4,10 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+from chattune.basemodel import tiny as tiny_profile
+from chattune.common.params import load_params
 from chattune.modeling import prompt
-from chattune.modeling import tiny as tiny_profile
 from chattune.modeling.loading import load_base_model, load_tokenizer
-from chattune.params import load_params
 from conftest import shared_file, smollm2_gguf
 from stages import base_model
 

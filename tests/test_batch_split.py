@@ -9,8 +9,9 @@ from peft import get_peft_model
 from torch.utils.data import BatchSampler
 from transformers import AutoModelForCausalLM, LlamaConfig
 
+from chattune.common.errors import ParamsError
+from chattune.common.params import SEVEN_PROJECTIONS, LoraParams, load_params
 from chattune.modeling.loading import lora_casts_follow_autocast, lora_config
-from chattune.params import SEVEN_PROJECTIONS, LoraParams, load_params
 from chattune.training import batching as training
 from chattune.training.batching import (
     PassOfWholeSteps,
@@ -48,7 +49,7 @@ def test_any_number_of_processes_trains_dpo1s_16_pairs_a_step(processes, split):
 
 def test_a_step_that_cannot_be_shared_evenly_stops_before_training():
     dpo3 = load_params(ROOT / "params.yaml").dpo.model_copy(update={"examples_per_step": 24, "batch_size": 3})
-    with pytest.raises(SystemExit, match=r"dpo.examples_per_step: 24 examples a step cannot be shared evenly by 16 "
+    with pytest.raises(ParamsError, match=r"dpo.examples_per_step: 24 examples a step cannot be shared evenly by 16 "
                                          r"processes"):
         batch_split(dpo3, "dpo", False, 16)
 
@@ -138,7 +139,7 @@ def test_whole_steps_group_a_steps_examples_by_length_and_leave_out_only_the_las
     assert list(WholeSteps(lengths, 16, seed=3)) == order
     sampler.set_epoch(1)
     assert list(sampler) != order and list(sampler) == list(sampler)  # another pass, drawn alike every time
-    with pytest.raises(SystemExit, match=r"sft.examples_per_step: a step of 16 is more than the 10 training examples"):
+    with pytest.raises(ParamsError, match=r"sft.examples_per_step: a step of 16 is more than the 10 training examples"):
         check_step(10, 16, "sft", "examples")
 
 

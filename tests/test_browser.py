@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from chattune.outputs import read_jsonl
-from chattune.paths import GENERATIONS
+from chattune.common.outputs import read_jsonl
+from chattune.common.paths import GENERATIONS
 from conftest import ROOT, run, serve
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")

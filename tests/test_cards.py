@@ -8,10 +8,10 @@ import pytest
 import torch
 from huggingface_hub import ModelCard
 
+from chattune.common.params import ModelParams, load_params
 from chattune.evaluation.cards import base_metadata, stack_card
 from chattune.modeling.loading import load_model, load_tokenizer
 from chattune.modeling.prompt import encode
-from chattune.params import ModelParams, load_params
 from conftest import metrics
 
 CONVERSATION = [{"role": "user", "content": "My dog is sick and I am scared."}]

@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from chattune.params import compose
+from chattune.common.errors import DownloadError
+from chattune.common.params import compose
+from chattune.data import fetching
 from conftest import ROOT, edit_params
 from stages import download
 
@@ -130,7 +132,7 @@ def server(certificate, monkeypatch):
 
 @pytest.fixture
 def hub_project(project, server, monkeypatch):
-    monkeypatch.setattr(download.time, "sleep", lambda seconds: None)  # backoff without waiting
+    monkeypatch.setattr(fetching.time, "sleep", lambda seconds: None)  # backoff without waiting
     compose(["data=hub"])
     edit_params(project / "params.yaml", **{
         "data.hub.empatheticdialogues_url": server.url + "/ed.tar.gz",
@@ -177,7 +179,7 @@ def test_transient_server_errors_are_retried(hub_project, server):
 
 def test_connection_dropped_mid_file_fails_cleanly(hub_project, server):
     server.drop_after["/ed.tar.gz"] = len(GOOD_TAR) // 2
-    with pytest.raises(download.DownloadError, match=r"ed.tar.gz: failed after 3 attempts: .*"):
+    with pytest.raises(DownloadError, match=r"ed.tar.gz: failed after 3 attempts: .*"):
         download.main()
     assert server.hits["/ed.tar.gz"] == 3
     assert leftovers(hub_project) == []  # no data/raw, no temporary folder
@@ -195,7 +197,7 @@ def test_a_file_that_differs_from_its_pin_stops_naming_both_hashes_and_writes_no
     server.headers[url] = {"X-Repo-Commit": "c0ffee" * 6 + "c0ff"}
     edit_params(hub_project / "params.yaml", **{f"data.hub.{key}": "0" * 64})
     sent = hashlib.sha256(server.files[url]).hexdigest()
-    with pytest.raises(download.DownloadError, match=rf"sha256 mismatch: data.hub.{key} pins 0{{64}}, the server sent "
+    with pytest.raises(DownloadError, match=rf"sha256 mismatch: data.hub.{key} pins 0{{64}}, the server sent "
                                                      rf"{sent} \(commit (c0ffee){{6}}c0ff\); nothing was written"):
         download.main()
     assert leftovers(hub_project) == []
@@ -238,7 +240,7 @@ COMPLETE = {f"empatheticdialogues/{s}.csv": CSV for s in ("train", "valid", "tes
 ])
 def test_unsafe_or_incomplete_archives_are_refused(hub_project, server, members, message):
     server.files["/ed.tar.gz"] = tarball(members)
-    with pytest.raises(download.DownloadError, match=message):
+    with pytest.raises(DownloadError, match=message):
         download.main()
     assert leftovers(hub_project) == []
     assert not (hub_project.parent / "escape.csv").exists()
@@ -246,7 +248,7 @@ def test_unsafe_or_incomplete_archives_are_refused(hub_project, server, members,
 
 def test_corrupt_tarball_is_refused(hub_project, server):
     server.files["/ed.tar.gz"] = GOOD_TAR[: len(GOOD_TAR) // 2]  # served in full, but truncated at the source
-    with pytest.raises(download.DownloadError, match="empatheticdialogues.tar.gz: cannot extract: Compressed file ended"):
+    with pytest.raises(DownloadError, match="empatheticdialogues.tar.gz: cannot extract: Compressed file ended"):
         download.main()
     assert leftovers(hub_project) == []
 
@@ -256,7 +258,7 @@ def test_an_xz_archive_that_breaks_off_is_refused(hub_project, server):
     packed = bytearray(lzma.compress(gzip.decompress(tarball({**filler, **COMPLETE}))))
     packed[-2000:-1980] = bytes(20)  # past the first block: lzma.LZMAError while reading, not a tarfile error
     server.files["/ed.tar.gz"] = bytes(packed)
-    with pytest.raises(download.DownloadError, match="empatheticdialogues.tar.gz: cannot extract"):
+    with pytest.raises(DownloadError, match="empatheticdialogues.tar.gz: cannot extract"):
         download.main()
     assert leftovers(hub_project) == []
 
@@ -265,29 +267,29 @@ def test_a_server_that_sends_a_byte_at_a_time_meets_the_deadline(server, tmp_pat
     """Every read arrives within timeout_s, yet the file would take 12 s: the deadline (2 s) ends it."""
     server.drip["/data.json"] = 0.05
     started = time.monotonic()
-    with pytest.raises(download.DownloadError, match=r"not complete within data.hub.deadline_s \(2 s\)"):
-        download.fetch(server.url + "/data.json", tmp_path / "data.json", None, 3, 5, 2, "key")
+    with pytest.raises(DownloadError, match=r"not complete within data.hub.deadline_s \(2 s\)"):
+        fetching.fetch(server.url + "/data.json", tmp_path / "data.json", None, 3, 5, 2, "key")
     assert time.monotonic() - started < 6 and not (tmp_path / "data.json").exists()
 
 
 @pytest.mark.parametrize("length", [str(len(PAIRS)), None])  # announced, or found out while streaming
 def test_a_file_over_the_size_cap_stops_at_once_without_retrying(server, tmp_path, length):
     server.length["/data.json"] = length
-    with pytest.raises(download.DownloadError, match=r"data.json: the server (announces \d+|sent more than 10) bytes"):
-        download.fetch(server.url + "/data.json", tmp_path / "data.json", None, 3, 5, 60, "key", max_bytes=10)
+    with pytest.raises(DownloadError, match=r"data.json: the server (announces \d+|sent more than 10) bytes"):
+        fetching.fetch(server.url + "/data.json", tmp_path / "data.json", None, 3, 5, 60, "key", max_bytes=10)
     assert server.hits["/data.json"] == 1 and not (tmp_path / "data.json").exists()
 
 
 @pytest.mark.parametrize("length", ["abc", "\u00b2", "9" * 5000])  # "²".isdigit(); int() refuses 5,000 digits
 def test_a_malformed_content_length_is_a_failed_try(hub_project, server, length):
     server.length["/data.json"] = length
-    with pytest.raises(download.DownloadError, match="failed after 3 attempts: malformed Content-Length header"):
+    with pytest.raises(DownloadError, match="failed after 3 attempts: malformed Content-Length header"):
         download.main()
     assert server.hits["/data.json"] == 3 and leftovers(hub_project) == []
 
 
 def test_a_plain_http_url_is_refused_by_the_params_schema(project):
-    from chattune.params import ParamsError
+    from chattune.common.errors import ParamsError
 
     with pytest.raises(ParamsError, match="data.hub.human_like_dpo_url: String should match pattern '\\^https://'"):
         compose(["data=hub", "data.hub.human_like_dpo_url=http://example.org/data.json"])
@@ -301,5 +303,5 @@ def test_sample_and_local_sources_copy_the_raw_layout(project, tmp_path_factory)
     local = tmp_path_factory.mktemp("mine")
     (local / "empatheticdialogues").mkdir()
     compose(["data=local", f"data.local_dir={local}"])
-    with pytest.raises(download.DownloadError, match=r"missing raw file\(s\): .*mine\d*/empatheticdialogues/train.csv"):
+    with pytest.raises(DownloadError, match=r"missing raw file\(s\): .*mine\d*/empatheticdialogues/train.csv"):
         download.main()

@@ -5,8 +5,8 @@ import torch
 from peft import get_peft_model
 from peft.tuners.lora import LoraLayer
 
+from chattune.common.params import load_params
 from chattune.modeling.loading import lora_config
-from chattune.params import load_params
 from chattune.training.dpo import pair_lengths
 from conftest import lora_casts_in_forward, place_on
 from stages import dpo

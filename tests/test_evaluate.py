@@ -8,8 +8,13 @@ import pytest
 import sacrebleu
 import torch
 
+from chattune.basemodel.tiny import train_tokenizer
+from chattune.common.errors import ParamsError
+from chattune.common.params import TinyModelParams, load_params
 from chattune.evaluation import generation
 from chattune.evaluation.generation import batch_size, encoded_sets, generate, logit_batches, reply_logprobs
+from chattune.evaluation.judging import embedder_dtype
+from chattune.evaluation.replies import reply_budget
 from chattune.evaluation.scoring import (
     chrf,
     distinct,
@@ -26,11 +31,7 @@ from chattune.evaluation.scoring import (
     resample,
     sacrebleu_bleu,
 )
-from chattune.modeling.placement import embedder_dtype
 from chattune.modeling.prompt import encode
-from chattune.modeling.replies import reply_budget
-from chattune.modeling.tiny import train_tokenizer
-from chattune.params import TinyModelParams, load_params
 from conftest import ROOT
 from stages import base_model, evaluate
 from stages.evaluate import bert_scorer, bertscore_baseline, measures
@@ -273,7 +274,7 @@ def test_a_prompt_too_long_loses_its_oldest_turns_or_is_named(tokenizer):
     sft.max_length, which only bounds training): a long dialogue is fitted into the window less the budget by
     dropping its oldest turns; one whose last message alone does not fit stops the stage with the set and id (it
     used to make a negative slice), and so does a budget that leaves no room at all."""
-    from chattune.data.parsing import DataError
+    from chattune.common.errors import DataError
 
     # The whole dialogue is 176 prompt tokens with this tokenizer; the last exchange alone 62.
     turns = [{"role": "user" if i % 2 == 0 else "assistant", "content": "My dog died. " * 3} for i in range(5)]
@@ -307,7 +308,7 @@ def test_the_reply_budget_covers_what_sft_and_dpo_taught():
 
 
 def test_the_pipelines_budget_is_measured_and_no_reply_is_cut_before_it(pipeline):
-    from chattune.outputs import read_jsonl
+    from chattune.common.outputs import read_jsonl
 
     lengths = json.loads((pipeline / "metrics/lengths.json").read_text())
     scores = json.loads((pipeline / "metrics/eval.json").read_text())
@@ -385,5 +386,5 @@ def test_a_local_bertscore_folder_below_a_t5_named_folder_loads_as_what_it_is(cf
     assert type(scorer._model).__name__ == "BertModel"
     # where the relative path itself holds "t5", the key is named instead of a T5 loader's error
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit, match="eval.bertscore_model: 'home-kat5/minilm' holds \"t5\""):
+    with pytest.raises(ParamsError, match="eval.bertscore_model: 'home-kat5/minilm' holds \"t5\""):
         bert_scorer(cfg.model_copy(update={"bertscore_model": str(home / "minilm")}))

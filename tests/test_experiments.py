@@ -6,7 +6,7 @@ import time
 import matplotlib.image
 import yaml
 
-from chattune.params import compose
+from chattune.common.params import compose
 from conftest import ROOT, run
 from tools import show
 from tools.compare import flatten

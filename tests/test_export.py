@@ -11,9 +11,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from chattune.gguf import llama_rows, modelfile
+from chattune.common.errors import ExportError
+from chattune.export.gguf import llama_rows, modelfile
+from chattune.export.merging import merged_model
 from chattune.modeling.loading import load_tokenizer
-from chattune.modeling.merging import merged_model
 from chattune.modeling.prompt import encode
 from conftest import run, shared_file, smollm2_gguf
 from tools import export as export_tool
@@ -198,7 +199,7 @@ def test_refusals_leave_nothing_half_written(pipeline_copy, monkeypatch):
     def full_disk(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
     monkeypatch.setattr(export_tool, "write_gguf", full_disk)
-    with pytest.raises(SystemExit, match="the disk filled while writing out; nothing was left there"):
+    with pytest.raises(ExportError, match="the disk filled while writing out; nothing was left there"):
         export_tool.main(["--out", "out", "--format", "gguf"])
     assert json.loads((pipeline_copy / "out" / "export.json").read_text()) == earlier  # ...only when complete
     assert not [p for p in pipeline_copy.iterdir() if p.name.startswith(".out.tmp-")]
@@ -210,7 +211,7 @@ def test_refusals_leave_nothing_half_written(pipeline_copy, monkeypatch):
         return real_write_files(*args, **kwargs)
 
     monkeypatch.setattr(export_tool, "write_files", a_file_arrives_meanwhile)
-    with pytest.raises(SystemExit, match="out exists and is not an earlier export: it also holds notes.txt"):
+    with pytest.raises(ExportError, match="out exists and is not an earlier export: it also holds notes.txt"):
         export_tool.main(["--out", "out", "--model", "base"])
     assert (pipeline_copy / "out" / "notes.txt").read_text() == "mine"
     assert json.loads((pipeline_copy / "out" / "export.json").read_text()) == earlier
@@ -227,7 +228,7 @@ def test_only_a_folder_the_export_wrote_holding_only_its_files_is_replaced(tmp_p
     (out / "export.json").write_text(record)
     (out / "model.safetensors").write_bytes(b"weights!")
     (out / "mydata.txt").write_text("mine")
-    with pytest.raises(SystemExit, match="out exists and is not an earlier export"
+    with pytest.raises(ExportError, match="out exists and is not an earlier export"
                        + (f": it also holds {extra}" if extra else "")):
         export_tool.check_destination(out)
     (out / "mydata.txt").unlink()
@@ -240,7 +241,7 @@ def test_saved_weights_follow_the_umask_like_every_other_output(tmp_path):
     teammate or a server running as another user can read the adapter `dvc pull` or the export put there."""
     from safetensors.torch import save_file
 
-    from chattune.outputs import atomic_dir
+    from chattune.common.outputs import atomic_dir
 
     with atomic_dir(tmp_path / "adapter") as folder:
         save_file({"w": torch.zeros(2)}, folder / "adapter_model.safetensors")

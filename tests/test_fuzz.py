@@ -4,7 +4,8 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chattune.data.parsing import ED_HEADER, DataError, conversations, listener_examples, parse_dpo, parse_empathetic
+from chattune.common.errors import DataError
+from chattune.data.parsing import ED_HEADER, conversations, listener_examples, parse_dpo, parse_empathetic
 
 HEADER = ",".join(ED_HEADER)
 # Utterance text as a person might type it: commas, quotes and non-ASCII included, no line breaks, and

@@ -9,9 +9,9 @@ import subprocess
 
 import pytest
 
-from chattune.data.parsing import DataError
+from chattune.common.errors import DataError
+from chattune.common.paths import HUMAN_KEY, HUMAN_RATINGS, HUMAN_SHEET
 from chattune.human import sheet
-from chattune.paths import HUMAN_KEY, HUMAN_RATINGS, HUMAN_SHEET
 from conftest import ROOT
 from stages import human
 

@@ -8,6 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from chattune.common.outputs import read_jsonl
+from chattune.common.params import load_params
+from chattune.common.paths import DPO_DATA, JUDGES_DIR, RAW_DIR
 from chattune.data.parsing import HeldOut, Turn, parse_empathetic, read_bytes
 from chattune.evaluation.judging import (
     Judges,
@@ -18,12 +21,9 @@ from chattune.evaluation.judging import (
     matched_replies,
     mean_pooled,
 )
+from chattune.evaluation.replies import reply_budget
 from chattune.evaluation.scoring import interval, resample
 from chattune.modeling.loading import load_tokenizer
-from chattune.modeling.replies import reply_budget
-from chattune.outputs import read_jsonl
-from chattune.params import load_params
-from chattune.paths import DPO_DATA, JUDGES_DIR, RAW_DIR
 from conftest import ROOT, shared_file
 from stages import base_model, download, judges, preprocess
 

@@ -2,6 +2,8 @@
 file of the package it runs; the package (src/chattune) imports no stage, tool or harness module; a tool or the
 harness imports no stage."""
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -63,7 +65,7 @@ def test_every_stage_lists_the_files_it_runs():
 
 def test_the_closure_follows_imports_through_the_package():
     # evaluate reaches the params schema only through other package modules; the closure must still hold it.
-    assert PACKAGE / "params.py" in closure(ROOT / "stages/evaluate.py")
+    assert PACKAGE / "common/params.py" in closure(ROOT / "stages/evaluate.py")
 
 
 def test_nothing_imports_a_stage_and_the_package_imports_only_itself():
@@ -75,3 +77,51 @@ def test_nothing_imports_a_stage_and_the_package_imports_only_itself():
     for path in PACKAGE.rglob("*.py"):
         wrong = [file for file in imported(path) if any(folder in file.parents for folder in outside)]
         assert not wrong, f"{path.relative_to(ROOT)} imports {wrong}"
+
+
+TRAINING = {"download", "model_source", "base_model", "preprocess", "sft", "dpo"}  # what makes the models
+
+
+def reruns(path: Path) -> list[str]:
+    """The stages an edit of `path` reruns by itself: those whose deps name it or a folder above it (later stages
+    rerun only if those change their outputs)."""
+    return [name for name, stage in STAGES.items() if covered(path, stage["deps"])]
+
+
+def retrain_table() -> list[str]:
+    """docs/pipeline.md's table: each package file and the stages an edit of it reruns."""
+    rows = ["| file | an edit reruns |", "|---|---|"]
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name != "__init__.py":
+            rows.append(f"| `{path.relative_to(PACKAGE).as_posix()}` | {', '.join(reruns(path)) or 'nothing'} |")
+    return rows + ["| `stages/<name>.py` | that stage |",
+                   "| `tools/`, `harness/`, `docs/`, `tests/`, `conf/` (a preset changes params, not code) | nothing |"]
+
+
+def test_what_an_edit_reruns_follows_the_rules_and_is_written_down():
+    for folder in ("tools", "harness", "docs", "tests", "src/chattune/export", "src/chattune/pages"):
+        for path in (ROOT / folder).rglob("*"):
+            assert not reruns(path), f"an edit of {path.relative_to(ROOT)} reruns {reruns(path)}"
+    for path in (PACKAGE / "evaluation").glob("*.py"):  # scoring code reruns no training, but the model card's
+        if path.stem not in ("cards", "verdicts"):
+            assert not set(reruns(path)) & TRAINING, f"{path.relative_to(ROOT)} reruns {reruns(path)}"
+    for path in (PACKAGE / "basemodel").glob("*.py"):  # what the base model is made of: only its own stages
+        assert set(reruns(path)) <= {"model_source", "base_model"}, path
+    assert "\n".join(retrain_table()) in (ROOT / "docs/pipeline.md").read_text()
+
+
+def test_importing_the_package_changes_nothing_global():
+    """Every module imported in a fresh interpreter: the package's warning filter is not set (the libraries it
+    imports set their own) and the packed attention is not registered; loading a base model and register() do."""
+    code = ("import importlib, pkgutil, warnings, chattune; "
+            "[importlib.import_module(m.name) for m in pkgutil.walk_packages(chattune.__path__, 'chattune.')]; "
+            "from transformers import AttentionInterface; "
+            "from chattune.training.packed_attention import ATTENTION; "
+            "ours = lambda: [f for f in warnings.filters if f[1] and 'gradient_checkpointing' in f[1].pattern]; "
+            "assert not ours(), 'a warning filter'; "
+            "assert ATTENTION not in AttentionInterface._global_mapping, 'attention registered'; "
+            "from chattune.modeling.loading import quiet_renamed_checkpointing; quiet_renamed_checkpointing(); "
+            "from chattune.training.packed_attention import register; register(); "
+            "assert ours() and ATTENTION in AttentionInterface._global_mapping")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]

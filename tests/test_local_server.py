@@ -9,10 +9,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from chattune.basemodel.tiny import train_tokenizer
+from chattune.common.paths import GENERATIONS, HUMAN_RATINGS, HUMAN_VOTES
 from chattune.human import sheet
 from chattune.modeling.stacks import MODELS
-from chattune.modeling.tiny import train_tokenizer
-from chattune.paths import GENERATIONS, HUMAN_RATINGS, HUMAN_VOTES
 from conftest import serve
 from tools import arena, rate, vote
 
@@ -270,7 +270,7 @@ def test_the_arena_frees_each_slot_whatever_the_reply(tokenizer):
 
 def test_a_page_whose_file_another_writer_holds_answers_503_and_the_click_can_be_sent_again(pages, monkeypatch):
     """Another server for the same rater stopped (Ctrl-Z) while writing: a 503 that says so, not a 500."""
-    from chattune import outputs
+    from chattune.common import outputs
 
     monkeypatch.setattr(outputs, "LOCK_WAIT_S", 0.2)
     app, path, body = pages["rate"]

@@ -7,10 +7,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from chattune.basemodel.sources import describe, folder_sha256, gguf_path
+from chattune.basemodel.tiny import sample_texts, train_tokenizer
+from chattune.common.errors import SourceError
+from chattune.common.params import GgufParams, load_params
 from chattune.modeling.loading import load_base_model, load_tokenizer
-from chattune.modeling.sources import SourceError, describe, folder_sha256, gguf_path
-from chattune.modeling.tiny import sample_texts, train_tokenizer
-from chattune.params import GgufParams, load_params
 from conftest import ROOT, edit_params, run
 from stages import base_model, model_source
 
@@ -91,7 +92,7 @@ def test_the_gguf_is_checked_against_its_pin():
 
 
 def test_the_smollm2_preset_pins_the_wheels_gguf(project):
-    run(["python", "-m", "chattune.params", "--compose", "model=smollm2"], project)
+    run(["python", "-m", "chattune.common.params", "--compose", "model=smollm2"], project)
     model = load_params().model
     assert model.kind == "gguf" and model.gguf == SMOLLM2
     assert describe(model) == {"kind": "gguf", **SMOLLM2.model_dump()}

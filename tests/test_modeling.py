@@ -5,12 +5,12 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from chattune.common.params import SEVEN_PROJECTIONS
+from chattune.common.paths import BASE_MODEL, DPO_MODEL, SFT_MODEL
 from chattune.modeling import placement as placing
 from chattune.modeling.loading import load_base_model, load_model, lora_casts_follow_autocast
 from chattune.modeling.placement import placement
 from chattune.modeling.stacks import record_base
-from chattune.params import SEVEN_PROJECTIONS
-from chattune.paths import BASE_MODEL, DPO_MODEL, SFT_MODEL
 from conftest import place_on
 
 

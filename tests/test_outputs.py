@@ -5,13 +5,13 @@ import sys
 
 import pytest
 
-from chattune.outputs import atomic_dir, write_json
+from chattune.common.outputs import atomic_dir, write_json
 from conftest import ROOT
 
 # Starts writing `out/model` (a folder) and `out/metrics.json` over earlier versions, then signals itself.
 KILLED_MID_WRITE = """
 import os, signal, sys
-from chattune.outputs import atomic_dir, atomic_file
+from chattune.common.outputs import atomic_dir, atomic_file
 with atomic_dir("out/model") as folder:
     (folder / "weights.bin").write_bytes(b"half")
     with atomic_file("out/metrics.json") as handle:
@@ -60,7 +60,7 @@ def test_bytes_reach_the_disk_before_the_rename_and_the_folder_after(tmp_path, m
     folder holding it: a power cut then leaves the old output or the new one, never an empty file."""
     import os
 
-    from chattune import outputs
+    from chattune.common import outputs
 
     synced, real_fsync, real_replace = [], os.fsync, os.replace
     monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real_fsync(fd)))

@@ -1,7 +1,8 @@
 import pytest
 import yaml
 
-from chattune.params import CONF_DIR, ParamsError, compose, load_params, parse_params
+from chattune.common.errors import ParamsError
+from chattune.common.params import CONF_DIR, compose, load_params, parse_params
 from conftest import ROOT, edit_params, run
 from tools.compare import flatten as flat
 
@@ -211,7 +212,7 @@ def test_liger_auto_runs_the_kernels_where_they_run_and_true_insists(monkeypatch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert liger_kernels("sft", "auto") is False and liger_kernels("sft", False) is False
-    with pytest.raises(SystemExit, match="sft.liger: true, but Liger's kernels need a CUDA GPU and liger-kernel"):
+    with pytest.raises(ParamsError, match="sft.liger: true, but Liger's kernels need a CUDA GPU and liger-kernel"):
         liger_kernels("sft", True)
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

@@ -3,9 +3,9 @@ from collections import Counter
 
 import pytest
 
+from chattune.common.errors import DataError
 from chattune.data.parsing import (
     ED_DROP_REASONS,
-    DataError,
     conversations,
     groups_across,
     listener_examples,

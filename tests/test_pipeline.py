@@ -6,8 +6,8 @@ import re
 import pytest
 import yaml
 
-from chattune.outputs import read_jsonl
-from chattune.paths import GENERATIONS
+from chattune.common.outputs import read_jsonl
+from chattune.common.paths import GENERATIONS
 from conftest import edit_params, metrics, run
 
 # human's only input that changes is evaluate's key; with the same replies as the committed dvc.lock's, it

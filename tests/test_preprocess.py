@@ -3,11 +3,11 @@ import json
 
 import pytest
 
-from chattune import outputs
+from chattune.common import outputs
+from chattune.common.outputs import read_jsonl
+from chattune.common.params import compose, load_params
+from chattune.common.paths import DPO_DATA, SFT_DATA
 from chattune.data.parsing import listener_examples, parse_empathetic, read_bytes, split_pairs
-from chattune.outputs import read_jsonl
-from chattune.params import compose, load_params
-from chattune.paths import DPO_DATA, SFT_DATA
 from conftest import ROOT, edit_params
 from stages import base_model, download, preprocess
 

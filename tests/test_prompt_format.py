@@ -116,11 +116,11 @@ def test_a_long_dialogue_loses_its_oldest_turns_never_the_reply(tinyllama):
 
 def test_only_the_shared_core_renders_chat_templates():
     """SFT, DPO, evaluate, chat and export build ids through modeling.encode: nothing else renders a
-    template or tokenizes a conversation by itself. src/chattune/gguf.py renders the template only to translate it
+    template or tokenizes a conversation by itself. src/chattune/export/gguf.py renders the template only to translate it
     into Ollama's (tests/test_export.py holds the two equal), never to build ids."""
     for folder in ("stages", "tools", "harness", "src/chattune"):
         for path in sorted((ROOT / folder).rglob("*.py")):
             calls = {node.func.attr for node in ast.walk(ast.parse(path.read_text()))
                      if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)}
-            if path.relative_to(ROOT).as_posix() not in (PROMPT_FORMAT, "src/chattune/gguf.py"):
+            if path.relative_to(ROOT).as_posix() not in (PROMPT_FORMAT, "src/chattune/export/gguf.py"):
                 assert "apply_chat_template" not in calls, path

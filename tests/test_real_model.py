@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from chattune.outputs import read_jsonl
-from chattune.paths import GENERATIONS
+from chattune.common.outputs import read_jsonl
+from chattune.common.paths import GENERATIONS
 from conftest import SCHEDULED, SHARED, SHARED_DATA, VENV_PATH, copy_project, metrics, run, wait_for_job
 
 PROFILE = ["-S", "model=smollm2", "-S", "data=local", "-S", "sft=cpu", "-S", "dpo=cpu", "-S", "eval=cpu"]
@@ -132,10 +132,10 @@ def test_the_combined_adapter_replies_as_the_stacked_pair_on_the_real_model(real
     its greedy replies are the same words."""
     import torch
 
+    from chattune.common.params import load_params
     from chattune.evaluation.generation import generate
     from chattune.modeling.loading import load_base_model, load_model, load_tokenizer, stack
     from chattune.modeling.prompt import encode
-    from chattune.params import load_params
 
     monkeypatch.chdir(real_run)
     tokenizer, settings = load_tokenizer(), load_params().eval
@@ -185,9 +185,9 @@ def test_the_merged_stack_as_q8_0_gguf_reads_back_close_to_the_float32_model(rea
     from test_export import CONVERSATION, TOLERANCE
     from transformers import AutoModelForCausalLM
 
-    from chattune.gguf import write_gguf
+    from chattune.export.gguf import write_gguf
+    from chattune.export.merging import merged_model
     from chattune.modeling.loading import load_tokenizer
-    from chattune.modeling.merging import merged_model
     from chattune.modeling.prompt import encode
 
     monkeypatch.chdir(real_run)

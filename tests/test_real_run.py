@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from chattune.outputs import write_json as real_run_write
+from chattune.common.outputs import write_json as real_run_write
 from conftest import ROOT
 from harness import real_run
 
@@ -26,7 +26,7 @@ SMALL = {"data.source": "local", "sft.train_size": 16, "sft.epochs": 1, "sft.exa
 def test_the_recipe_file_is_the_composition_of_its_presets(tmp_path):
     # composed in a process of its own (Hydra's global state), as `dvc exp run -S ...` would compose it
     out = tmp_path / "composed.yaml"
-    code = ("import sys; from pathlib import Path; from chattune.params import compose; "
+    code = ("import sys; from pathlib import Path; from chattune.common.params import compose; "
             "compose(sys.argv[2:], output=Path(sys.argv[1]))")
     subprocess.run([sys.executable, "-c", code, str(out), *RECIPE, "data.local_dir=rows"], cwd=ROOT, check=True)
     committed = yaml.safe_load((ROOT / real_run.RECIPE).read_text())

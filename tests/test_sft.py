@@ -5,10 +5,11 @@ import pytest
 import torch
 from transformers import DataCollatorForLanguageModeling
 
+from chattune.common.errors import ParamsError
+from chattune.common.outputs import read_jsonl
+from chattune.common.params import SEVEN_PROJECTIONS, load_params
+from chattune.common.paths import SFT_DATA
 from chattune.modeling.prompt import encode
-from chattune.outputs import read_jsonl
-from chattune.params import SEVEN_PROJECTIONS, load_params
-from chattune.paths import SFT_DATA
 from chattune.training.packed_attention import ATTENTION
 from conftest import edit_params, lora_casts_in_forward, place_on
 from stages import base_model, download, model_source, preprocess, sft
@@ -144,7 +145,7 @@ def test_lora_targets_are_any_module_names_or_all_linear_and_a_missing_one_is_na
     def with_targets(targets):
         return params.model_copy(update={"sft": params.sft.model_copy(update={
             "lora": params.sft.lora.model_copy(update={"target_modules": targets})})})
-    with pytest.raises(SystemExit) as stop:  # a model whose projections are named otherwise (Phi-3's qkv_proj)
+    with pytest.raises(ParamsError) as stop:  # a model whose projections are named otherwise (Phi-3's qkv_proj)
         sft.build_trainer(with_targets(["qkv_proj", "o_proj"]), str(tmp_path / "a"))
     assert str(stop.value) == ("sft.lora.target_modules: qkv_proj not in the model; its linear layers are down_proj, "
                                "gate_proj, k_proj, lm_head, o_proj, q_proj, up_proj, v_proj (or use all-linear)")
@@ -204,7 +205,7 @@ def test_building_the_trainer_raises_no_deprecation_warning_from_the_pinned_libr
     model they wrap: each stage printed those warnings at every run. Turned into errors, none may come."""
     for stage in (download, base_model, preprocess):
         stage.main()
-    build = "from stages import sft; from chattune.params import load_params; sft.build_trainer(load_params(), 'run')"
+    build = "from stages import sft; from chattune.common.params import load_params; sft.build_trainer(load_params(), 'run')"
     done = subprocess.run([sys.executable, "-W", "error::FutureWarning", "-c", build], cwd=project,
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -13,10 +13,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from chattune.common.outputs import write_json
+from chattune.common.paths import GENERATIONS, HUMAN_RATINGS, HUMAN_VOTES
 from chattune.human import sheet
 from chattune.modeling.stacks import MODELS
-from chattune.outputs import write_json
-from chattune.paths import GENERATIONS, HUMAN_RATINGS, HUMAN_VOTES
 from conftest import ROOT, serve
 
 PROMPTS = 40  # x 3 models: 120 replies to rate

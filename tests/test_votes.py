@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from chattune.data.parsing import DataError
+from chattune.common.errors import DataError
+from chattune.common.paths import HUMAN_KEY, HUMAN_RATINGS, HUMAN_VOTES
 from chattune.human import votes
 from chattune.human.votes import Vote, agreement, bradley_terry, read_votes, summarize, wilson, win_matrix
-from chattune.paths import HUMAN_KEY, HUMAN_RATINGS, HUMAN_VOTES
 from conftest import ROOT
 from stages import human
 

@@ -20,11 +20,12 @@ from threading import BoundedSemaphore, Event, Lock, Thread
 from flask import Response, render_template
 from transformers import set_seed
 
+from chattune.common.errors import run
+from chattune.common.params import load_params
+from chattune.evaluation.replies import reply_budget
 from chattune.modeling.loading import load_model, load_tokenizer
-from chattune.modeling.replies import reply_budget
 from chattune.modeling.stacks import MODELS
 from chattune.pages.server import arguments, json_body, local_app, refusal
-from chattune.params import load_params
 from tools.chat import STREAM_TIMEOUT_S, Chat
 
 TITLES = {"base": "base", "sft": "base + SFT", "dpo": "base + SFT + DPO"}
@@ -153,4 +154,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main, "arena")

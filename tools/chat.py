@@ -16,10 +16,11 @@ from threading import Event, Thread
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer, set_seed
 
+from chattune.common.errors import run
+from chattune.common.params import MIN_TEMPERATURE, load_params
+from chattune.evaluation.replies import generation_config
 from chattune.modeling.loading import load_model, load_tokenizer
 from chattune.modeling.prompt import PromptTooLong, encode, fit
-from chattune.modeling.replies import generation_config
-from chattune.params import MIN_TEMPERATURE, load_params
 
 HELP = "commands: /reset (forget the conversation), /system <text> (set the system message), /exit"
 STREAM_TIMEOUT_S = 300  # a generation that sends nothing for this long has hung: stop waiting for it
@@ -154,4 +155,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main, "chat")

@@ -25,6 +25,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from chattune.common.errors import run
 from chattune.evaluation.verdicts import informative  # noqa: E402
 
 REPORTS = Path("reports")
@@ -206,4 +207,4 @@ def main(selected: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run(main, "compare", sys.argv[1:])

@@ -27,16 +27,17 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM
 
+from chattune.common.errors import ExportError, run
+from chattune.common.outputs import atomic_dir
+from chattune.common.params import load_params
+from chattune.common.paths import METRICS_DIR
 from chattune.evaluation.cards import recorded, stack_card
-from chattune.gguf import modelfile, write_gguf
+from chattune.export.gguf import modelfile, write_gguf
+from chattune.export.merging import merged_model
 from chattune.modeling.loading import load_model, load_tokenizer
-from chattune.modeling.merging import merged_model
 from chattune.modeling.placement import placement
 from chattune.modeling.prompt import encode
 from chattune.modeling.stacks import ADAPTERS, fingerprint
-from chattune.outputs import atomic_dir
-from chattune.params import load_params
-from chattune.paths import METRICS_DIR
 
 PROBE = [{"role": "system", "content": "You are a kind listener."},
          {"role": "user", "content": "I didn't get the job, and I really wanted it."}]
@@ -58,16 +59,16 @@ def check_destination(out: Path) -> None:
     and the folder holds nothing else (a file of yours put there is never deleted)."""
     if not out.exists():
         return
-    refuse = f"export: {out} exists and is not an earlier export"
+    refuse = f"{out} exists and is not an earlier export"
     try:
         written = json.loads((out / RECORD).read_text(encoding="utf-8"))["files"]
     except (OSError, ValueError, RecursionError, KeyError, TypeError):
         written = None
     if not isinstance(written, dict):
-        raise SystemExit(f"{refuse} (no {RECORD} listing the files it wrote); choose another --out or remove it")
+        raise ExportError(f"{refuse} (no {RECORD} listing the files it wrote); choose another --out or remove it")
     foreign = sorted(path.name for path in out.iterdir() if path.name not in {*written, RECORD})
     if foreign:
-        raise SystemExit(f"{refuse}: it also holds {', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}, "
+        raise ExportError(f"{refuse}: it also holds {', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}, "
                          "which this tool did not write; choose another --out or move them")
 
 
@@ -110,7 +111,7 @@ def export(stage: str, out: Path, fmt: str = "folder", dtype: str = "float32", g
         difference = max_logit_difference(exported, load_model(stage, device, torch.float32), tokenizer)
         del exported
         if fmt == "folder" and dtype == "float32" and difference > TOLERANCE:
-            raise SystemExit(f"export: the merged model does not match the adapter stack: max |logit difference| "
+            raise ExportError(f"the merged model does not match the adapter stack: max |logit difference| "
                              f"{difference:.2e} (allowed {TOLERANCE:.0e}); nothing was written to {out}")
         if stage != "base":
             card(stage, fmt).save(tmp / "README.md")
@@ -143,11 +144,11 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as error:
         if error.errno != errno.ENOSPC:
             raise
-        raise SystemExit(f"export: the disk filled while writing {args.out}; nothing was left there") from None
+        raise ExportError(f"the disk filled while writing {args.out}; nothing was left there") from None
     size = sum(record["files"].values()) / 2**20
     print(f"export: {args.model} -> {args.out}/ ({args.format}, {record.get('dtype') or record['gguf_type']}, "
           f"{size:.1f} MiB); max logit difference to the float32 adapter stack {record['max_logit_difference']:.2e}")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run(main, "export", sys.argv[1:])

@@ -23,11 +23,12 @@ from pathlib import Path
 
 from flask import jsonify, render_template
 
-from chattune.data.parsing import DataError, read_bytes
+from chattune.common.errors import DataError, run
+from chattune.common.outputs import FileBusy, atomic_file, locked
+from chattune.common.paths import HUMAN_RATINGS, HUMAN_SHEET
+from chattune.data.parsing import read_bytes
 from chattune.human.sheet import COMMENT_LIMIT, CRITERIA, SCALE, read_rows, write_rows
-from chattune.outputs import FileBusy, atomic_file, locked
 from chattune.pages.server import arguments, json_body, local_app, refusal
-from chattune.paths import HUMAN_RATINGS, HUMAN_SHEET
 
 FIELDS = (*CRITERIA, "comment")
 MAX_BODY = 16 * 1024  # one change: a code, a field and at most a comment
@@ -140,4 +141,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main, "rate")

@@ -16,6 +16,7 @@ import argparse
 import json
 import textwrap
 
+from chattune.common.errors import run
 from chattune.evaluation.verdicts import informative
 from tools.compare import decided, dvc, flatten
 
@@ -149,4 +150,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main, "show")

@@ -9,6 +9,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+from chattune.common.errors import run
+
 SFT_PRESETS = ["sft4", "sft5", "sft6", "sft7", "sft8"]
 DPO_PRESETS = ["dpo1", "dpo2", "dpo3", "dpo4", "dpo5"]
 
@@ -28,4 +30,4 @@ def main(extra: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run(main, "study", sys.argv[1:])

@@ -30,14 +30,15 @@ from threading import Lock
 
 from flask import jsonify, render_template
 
-from chattune.data.parsing import DataError, read_bytes
+from chattune.common.errors import DataError, run
+from chattune.common.outputs import FileBusy, atomic_file, locked, read_jsonl
+from chattune.common.params import load_params
+from chattune.common.paths import GENERATIONS, HUMAN_VOTES
+from chattune.data.parsing import read_bytes
 from chattune.human.sheet import as_text_cell, digest, prompt_text
 from chattune.human.votes import COLUMNS, PAIRS, STACK_DIGITS, read_votes, row_item, vote_rows
 from chattune.modeling.stacks import MODELS
-from chattune.outputs import FileBusy, atomic_file, locked, read_jsonl
 from chattune.pages.server import arguments, json_body, local_app, refusal
-from chattune.params import load_params
-from chattune.paths import GENERATIONS, HUMAN_VOTES
 
 SET_NAMES = {"ed_test": "EmpatheticDialogues test", "probe": "probe set", "typed": "typed on this page"}
 CHOICES = {"A": "left", "B": "right", "tie": "tie"}
@@ -214,8 +215,8 @@ def create_app(rater: str, port: int, sets: list[str], system_prompt: str, load_
 
 def live_models():
     """Each model as a one-message Chat at evaluation's settings, with its stack fingerprint."""
+    from chattune.evaluation.replies import reply_budget
     from chattune.modeling.loading import load_model, load_tokenizer
-    from chattune.modeling.replies import reply_budget
     from chattune.modeling.stacks import fingerprint
     from tools.chat import Chat
 
@@ -246,4 +247,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main, "vote")

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from datasets import Dataset, Features, Sequence, Value
 
+from chattune.common.outputs import read_jsonl
 from chattune.modeling.prompt import encode
-from chattune.outputs import read_jsonl
 
 
 def sft_dataset(path, tokenizer) -> Dataset:

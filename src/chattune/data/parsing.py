@@ -15,6 +15,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from chattune.common.errors import DataError
+
 # Every reason a parser may drop a row for; metrics list each one, zero or not, so columns stay stable.
 ED_DROP_REASONS = ("not_utf8", "too_few_fields", "bad_utterance_idx", "utterance_idx_over_limit", "field_too_long",
                    "empty_utterance", "duplicate_turn")
@@ -35,8 +37,6 @@ MAX_HISTORY_CHARS = 100_000
 ED_HEADER = ["conv_id", "utterance_idx", "context", "prompt", "speaker_idx", "utterance", "selfeval", "tags"]
 
 
-class DataError(ValueError):
-    """Input that cannot be parsed at all; the message names the file and line or item."""
 
 
 @dataclass(frozen=True)

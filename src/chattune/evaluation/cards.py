@@ -12,9 +12,9 @@ import json
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from chattune.common.params import DPOParams, ModelParams, Params, SFTParams
+from chattune.common.paths import DATA_METRICS, MODEL_SOURCE
 from chattune.evaluation.verdicts import LEARNED, informative
-from chattune.params import DPOParams, ModelParams, Params, SFTParams
-from chattune.paths import DATA_METRICS, MODEL_SOURCE
 
 DATASETS = {"sft": "facebook/empathetic_dialogues", "dpo": "HumanLLMs/Human-Like-DPO-Dataset"}
 # The trained weights carry EmpatheticDialogues' terms (CC BY-NC 4.0): the SFT adapter is trained on it, and the

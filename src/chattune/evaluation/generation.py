@@ -12,12 +12,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from chattune.common.errors import DataError
+from chattune.common.params import EvalParams, Params
+from chattune.common.paths import DPO_DATA
 from chattune.data.datasets import dpo_dataset
-from chattune.data.parsing import DataError
+from chattune.evaluation.replies import generation_config, left_padded
 from chattune.modeling.prompt import PromptTooLong, encode, fit
-from chattune.modeling.replies import generation_config, left_padded
-from chattune.params import EvalParams, Params
-from chattune.paths import DPO_DATA
 
 # eval.batch_size "auto". On a GPU, generate at batch 64 made 846 new tok/s against 45 at batch 1 (TinyLlama's
 # shape on an H200, bench/results/2026-11-28-nvidia-h200.json), and 64 rows' KV cache, even filling TinyLlama's

@@ -39,10 +39,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
 from transformers import AutoModel, AutoTokenizer
 
+from chattune.common.paths import JUDGES_DIR
 from chattune.data.parsing import HeldOut, Turn
 from chattune.evaluation.scoring import Measure, mean_of
-from chattune.modeling.placement import embedder_dtype, placement
-from chattune.paths import JUDGES_DIR
+from chattune.modeling.placement import placement
 
 HUMANLIKE_FILE = "humanlike.joblib"
 EMOTION_FILE = "emotion.joblib"
@@ -58,6 +58,15 @@ def mean_pooled(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Ten
     brought there (on a GPU the tokenizer's mask may still be on the CPU)."""
     mask = attention_mask[..., None].to(hidden)
     return torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
+
+
+
+def embedder_dtype(device: torch.device) -> torch.dtype:
+    """The dtype of the sentence embedders that score replies (BERTScore's, the emotion judge's): float64 on a CPU,
+    where float32 kernels round with the memory alignment of their inputs, so the same replies scored ~1e-9 apart
+    from run to run; float32 elsewhere, since a GPU's float64 is slow (a T4 runs it at 1/32 of float32) or
+    missing (Apple's MPS has none)."""
+    return torch.float64 if device.type == "cpu" else torch.float32
 
 
 class SentenceEmbedding(BaseEstimator, TransformerMixin):

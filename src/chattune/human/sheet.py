@@ -25,10 +25,11 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from chattune.data.parsing import DataError, decode_utf8, read_bytes
+from chattune.common.errors import DataError
+from chattune.common.outputs import json_text, write_together
+from chattune.common.paths import HUMAN_KEY, HUMAN_SHEET
+from chattune.data.parsing import decode_utf8, read_bytes
 from chattune.modeling.stacks import MODELS
-from chattune.outputs import json_text, write_together
-from chattune.paths import HUMAN_KEY, HUMAN_SHEET
 
 CRITERIA = ("helpfulness", "harmlessness", "relevance", "quality")
 COLUMNS = ("code", "prompt", "reference", "response", *CRITERIA, "comment")

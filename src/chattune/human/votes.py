@@ -23,7 +23,8 @@ from itertools import combinations
 import krippendorff
 import numpy as np
 
-from chattune.data.parsing import DataError, decode_utf8
+from chattune.common.errors import DataError
+from chattune.data.parsing import decode_utf8
 from chattune.evaluation.scoring import resample
 from chattune.modeling.stacks import MODELS
 

@@ -3,7 +3,7 @@
 Adapters are never merged where a model is scored or trained on. Training applies them unmerged (and so does TRL's
 own evaluation); merged into bf16 weights, an update below half a bf16 step of its weight rounds away, weight by
 weight, and the merged "dpo" model is no longer the model DPO trained (tests/test_modeling.py). Only the export
-merges (chattune.modeling.merging), in float32.
+merges (chattune.export.merging), in float32.
 """
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ import warnings
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from chattune.common.errors import MissingOutput, ParamsError
+from chattune.common.params import LoraParams
+from chattune.common.paths import BASE_MODEL
 from chattune.modeling.placement import attention_kernels, placement
 from chattune.modeling.stacks import ADAPTERS, HUB_PIN, Stage, check_stack
-from chattune.params import LoraParams
-from chattune.paths import BASE_MODEL
 
 
 def base_source() -> dict:
@@ -25,7 +26,7 @@ def base_source() -> dict:
         pin = json.loads(HUB_PIN.read_text())
         return {"pretrained_model_name_or_path": pin["name"], "revision": pin["revision"]}
     if not (BASE_MODEL / "config.json").exists():
-        raise SystemExit(f"{BASE_MODEL}/ holds no model: run `dvc repro base_model` (or `dvc pull`) first")
+        raise MissingOutput(f"{BASE_MODEL}/ holds no model: run `dvc repro base_model` (or `dvc pull`) first")
     return {"pretrained_model_name_or_path": str(BASE_MODEL)}
 
 
@@ -111,7 +112,7 @@ def check_targets(model, lora: LoraParams, key: str) -> None:
     linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
                      if isinstance(module, torch.nn.Linear)})
     if missing:
-        raise SystemExit(f"{key}.lora.target_modules: {', '.join(missing)} not in the model; its linear layers are "
+        raise ParamsError(f"{key}.lora.target_modules: {', '.join(missing)} not in the model; its linear layers are "
                          f"{', '.join(linear)} (or use all-linear)")
 
 

@@ -34,14 +34,6 @@ def cpu_only() -> bool:
     return placement()[0].type == "cpu"
 
 
-def embedder_dtype(device: torch.device) -> torch.dtype:
-    """The dtype of the sentence embedders that score replies (BERTScore's, the emotion judge's): float64 on a CPU,
-    where float32 kernels round with the memory alignment of their inputs, so the same replies scored ~1e-9 apart
-    from run to run; float32 elsewhere, since a GPU's float64 is slow (a T4 runs it at 1/32 of float32) or
-    missing (Apple's MPS has none)."""
-    return torch.float64 if device.type == "cpu" else torch.float32
-
-
 def attention_kernels() -> None:
     """On a CUDA GPU, leave cuDNN out of the kernels PyTorch's sdpa may pick (flash and memory-efficient
     attention remain). cuDNN's attention builds a graph for every new shape, and here shapes change with every

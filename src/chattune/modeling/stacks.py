@@ -11,7 +11,8 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from chattune.paths import BASE_MODEL, DPO_MODEL, SFT_MODEL
+from chattune.common.errors import AdapterMismatch
+from chattune.common.paths import BASE_MODEL, DPO_MODEL, SFT_MODEL
 
 # The real profile's models/base/ holds only this file: the hub id and the commit it resolved to.
 HUB_PIN = BASE_MODEL / "hub.json"
@@ -23,8 +24,6 @@ MODELS: tuple[Stage, ...] = ("base", "sft", "dpo")
 ADAPTERS = {"base": [], "sft": [SFT_MODEL], "dpo": [SFT_MODEL, DPO_MODEL]}
 
 
-class AdapterMismatch(SystemExit):
-    """An adapter sits on a different base than the one it was trained on."""
 
 
 def fingerprint(stage: Stage) -> str:

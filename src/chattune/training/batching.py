@@ -9,7 +9,8 @@ from torch.utils.data import Sampler
 from transformers import TrainerCallback
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
-from chattune.params import TrainParams
+from chattune.common.errors import ParamsError
+from chattune.common.params import TrainParams
 
 
 def liger_kernels(stage: str, setting) -> bool:
@@ -17,7 +18,7 @@ def liger_kernels(stage: str, setting) -> bool:
     `make install` does on a machine with a CUDA torch), true insists, false never."""
     runnable = torch.cuda.is_available() and importlib.util.find_spec("liger_kernel") is not None
     if setting is True and not runnable:
-        raise SystemExit(f"{stage}.liger: true, but Liger's kernels need a CUDA GPU and liger-kernel "
+        raise ParamsError(f"{stage}.liger: true, but Liger's kernels need a CUDA GPU and liger-kernel "
                          "(pip install -r requirements-gpu.txt); set it to auto or false")
     return runnable if setting == "auto" else setting
 
@@ -75,7 +76,7 @@ def batch_split(train: TrainParams, stage: str, liger: bool, processes: int, *mo
     eight of 2, and a step costs the host an eighth of the kernel launches."""
     step = train.examples_per_step
     if step % processes:
-        raise SystemExit(f"{stage}.examples_per_step: {step} examples a step cannot be shared evenly by {processes} "
+        raise ParamsError(f"{stage}.examples_per_step: {step} examples a step cannot be shared evenly by {processes} "
                          f"processes; make it a multiple of {processes}, or train on a number of processes that "
                          f"divides {step}")
     share = step // processes
@@ -99,7 +100,7 @@ def batch_split(train: TrainParams, stage: str, liger: bool, processes: int, *mo
 def check_step(examples: int, step: int, stage: str, unit: str) -> None:
     """Stop before training when one optimizer step would take more than the training set."""
     if examples < step:
-        raise SystemExit(f"{stage}.examples_per_step: a step of {step} is more than the {examples} training {unit}; "
+        raise ParamsError(f"{stage}.examples_per_step: a step of {step} is more than the {examples} training {unit}; "
                          "lower it, or train on more rows")
 
 

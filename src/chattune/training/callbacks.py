@@ -9,8 +9,8 @@ from datasets import Dataset
 from transformers import TrainerCallback
 from transformers.integrations import DVCLiveCallback
 
+from chattune.common.paths import LIVE_DIR
 from chattune.modeling.placement import cpu_only
-from chattune.paths import LIVE_DIR
 
 
 class LiveCallback(DVCLiveCallback):

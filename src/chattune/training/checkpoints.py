@@ -9,10 +9,10 @@ from pathlib import Path
 from accelerate import PartialState
 from transformers import TrainerCallback
 
+from chattune.common.outputs import atomic_dir
+from chattune.common.paths import CHECKPOINTS_DIR
 from chattune.modeling.placement import cpu_only
 from chattune.modeling.stacks import Stage, record_base
-from chattune.outputs import atomic_dir
-from chattune.paths import CHECKPOINTS_DIR
 
 COMPLETE = "complete"  # marker written once a checkpoint is fully on disk
 

@@ -13,8 +13,8 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from trl import DPOTrainer
 from trl.trainer.utils import disable_dropout_in_model
 
+from chattune.common.params import LoraParams
 from chattune.modeling.loading import check_targets, lora_casts_follow_autocast, lora_config
-from chattune.params import LoraParams
 from chattune.training.batching import whole_steps
 
 TRAINED = ["default", "sft"]  # the new adapter first: the trainer resumes the first active adapter

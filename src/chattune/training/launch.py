@@ -9,19 +9,21 @@ import sys
 import torch
 
 
-def on_every_gpu(module: str) -> None:
+def on_every_gpu(module: str) -> int | None:
     """Run `python -m module` as one process per GPU (accelerate launch, DDP) when this process sees several GPUs
-    and no launcher started it, and exit with that run's status: `dvc repro` on Kaggle's two T4s then trains on
-    both. Left alone, HF Trainer would wrap the model in nn.DataParallel, which TRL refuses. Each process takes an
-    equal share of every step (batch_split), so the recipe is the preset's on any number of GPUs."""
+    and no launcher started it, and return that run's exit status (the stage's main exits with it): `dvc repro` on
+    Kaggle's two T4s then trains on both. Left alone, HF Trainer would wrap the model in nn.DataParallel, which
+    TRL refuses. Each process takes an equal share of every step (batch_split), so the recipe is the preset's on
+    any number of GPUs. None: train in this process."""
     gpus = torch.cuda.device_count()
     if gpus > 1 and "LOCAL_RANK" not in os.environ:
         print(f"{module}: {gpus} GPUs: one process on each (accelerate launch --multi_gpu)", flush=True)
         launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(gpus),
                   "--num_machines", "1", "-m", module]
-        raise SystemExit(subprocess.run(launch).returncode)
+        return subprocess.run(launch).returncode
     if "LOCAL_RANK" in os.environ:  # one of a launcher's processes
         atexit.register(leave_process_group)
+    return None
 
 
 def leave_process_group() -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 from accelerate import PartialState
 
+from chattune.common.params import Params, TrainParams
 from chattune.modeling.placement import cpu_only, use_bf16, use_fp16
-from chattune.params import Params, TrainParams
 from chattune.training.batching import batch_split, liger_kernels
 
 

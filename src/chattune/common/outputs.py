@@ -25,6 +25,8 @@ from typing import Iterable, Iterator
 
 from filelock import FileLock, Timeout
 
+from chattune.common.errors import ProjectError
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -184,7 +186,7 @@ def write_together(texts: dict[Path, str]) -> None:
         _commit(texts, {})
 
 
-class FileBusy(OSError):
+class FileBusy(ProjectError, OSError):
     """Another writer has held a shared file's lock for longer than a writer waits."""
 
 

@@ -7,9 +7,10 @@ import math
 import torch
 from transformers import GenerationConfig
 
+from chattune.common.errors import MissingOutput
+from chattune.common.params import Params
+from chattune.common.paths import LENGTHS
 from chattune.modeling.loading import base_source
-from chattune.params import Params
-from chattune.paths import LENGTHS
 
 
 def context_window() -> int:
@@ -31,7 +32,7 @@ def reply_budget(params: Params, lengths: dict | None = None) -> int:
         return params.eval.max_new_tokens
     if lengths is None:
         if not LENGTHS.exists():
-            raise SystemExit(f"eval.max_new_tokens is auto, and {LENGTHS} (preprocess's reply lengths) is missing: "
+            raise MissingOutput(f"eval.max_new_tokens is auto, and {LENGTHS} (preprocess's reply lengths) is missing: "
                              "run `dvc repro preprocess` first, or give eval.max_new_tokens a number")
         lengths = json.loads(LENGTHS.read_text())
     return math.ceil(max(lengths["sft.train.reply_tokens.p95"], lengths["dpo.train.chosen_tokens.p95"]))

@@ -13,13 +13,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from chattune.params import GgufParams, ModelParams
+from chattune.common.errors import SourceError
+from chattune.common.params import GgufParams, ModelParams
 
 CHUNK = 1 << 20
 
 
-class SourceError(SystemExit):
-    """The base model's source is missing or is not the pinned one."""
 
 
 def _hash_into(digest, path: Path, progress: tqdm) -> None:

@@ -15,12 +15,12 @@ from pathlib import Path
 import gguf
 import numpy as np
 
+from chattune.common.errors import ExportError
+
 TYPES = {"f16": gguf.LlamaFileType.MOSTLY_F16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}
 Q8_BLOCK = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.Q8_0][0]
 
 
-class ExportError(SystemExit):
-    """The model cannot be written in the format asked for."""
 
 
 def llama_rows(weight: np.ndarray, heads: int) -> np.ndarray:

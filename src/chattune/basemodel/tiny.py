@@ -4,8 +4,8 @@ from __future__ import annotations
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
+from chattune.common.paths import DPO_FILE, DPO_SUBDIR, ED_SPLITS, ED_SUBDIR, SAMPLE_DIR
 from chattune.data.parsing import parse_dpo, parse_empathetic, read_bytes
-from chattune.paths import DPO_FILE, DPO_SUBDIR, ED_SPLITS, ED_SUBDIR, SAMPLE_DIR
 
 # TinyLlama-1.1B-Chat-v1.0's chat template (its tokenizer_config.json), character for character.
 TINYLLAMA_CHAT_TEMPLATE = (

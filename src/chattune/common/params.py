@@ -21,6 +21,8 @@ from typing import Annotated, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from chattune.common.errors import ParamsError
+
 PARAMS_FILE = Path("params.yaml")
 CONF_DIR = Path("conf")
 SEVEN_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -240,7 +242,7 @@ class EvalParams(Strict):
     # Replies per generate call, and sequences per log-prob forward pass; "auto" sizes it for the device
     # (chattune.evaluation.generation.AUTO_BATCH_SIZE: 64 on a GPU, 16 on a CPU).
     batch_size: count(BATCH) | Literal["auto"]
-    # The new tokens a reply may take; "auto": enough for what the trainings taught (chattune.modeling.replies.reply_budget,
+    # The new tokens a reply may take; "auto": enough for what the trainings taught (chattune.evaluation.replies.reply_budget,
     # from preprocess's metrics/lengths.json). A prompt and its reply share the model's context window.
     max_new_tokens: count(LENGTH) | Literal["auto"]
     temperature: real(100, above_least=False)  # 0: greedy; otherwise at least MIN_TEMPERATURE
@@ -282,8 +284,6 @@ class Params(Strict):
         return self
 
 
-class ParamsError(SystemExit):
-    """Exits the stage with a readable message (SystemExit with a string prints it and returns 1)."""
 
 
 def _describe(error: ValidationError, path: Path) -> str:
@@ -334,7 +334,7 @@ def compose(overrides: list[str], output: Path = PARAMS_FILE, conf_dir: Path = C
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from chattune.outputs import atomic_file
+    from chattune.common.outputs import atomic_file
 
     output = Path(output)
     with tempfile.TemporaryDirectory() as scratch:
@@ -352,7 +352,7 @@ def compose(overrides: list[str], output: Path = PARAMS_FILE, conf_dir: Path = C
 
 
 if __name__ == "__main__":
-    # `python -m chattune.params` checks params.yaml; `python -m chattune.params --compose [overrides]`
+    # `python -m chattune.common.params` checks params.yaml; `python -m chattune.common.params --compose [overrides]`
     # rewrites it from conf/ first (`make params`).
     if sys.argv[1:2] == ["--compose"]:
         compose(sys.argv[2:])
