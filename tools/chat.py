@@ -144,9 +144,10 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params()
     set_seed(params.seed)
     system = params.sft.system_prompt if args.system is None else args.system
+    model, tokenizer = load_model(args.model), load_tokenizer()
     try:
-        chat = Chat(load_model(args.model), load_tokenizer(), system, args.max_new_tokens, args.temperature)
-    except ValueError as error:
+        chat = Chat(model, tokenizer, system, args.max_new_tokens, args.temperature)
+    except ValueError as error:  # settings the model cannot use
         parser.error(str(error))
     if args.prompt is not None:
         chat.reply(args.prompt)
