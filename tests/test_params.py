@@ -2,7 +2,7 @@ import pytest
 import yaml
 
 from chattune.common.errors import ParamsError
-from chattune.common.params import CONF_DIR, compose, load_params, parse_params
+from chattune.common.params import CONF_DIR, compose, knobs, load_params, parse_params
 from conftest import ROOT, edit_params, run
 from tools.compare import flatten as flat
 
@@ -240,3 +240,15 @@ def test_make_params_checks_before_it_writes(tmp_path):
         compose(["sft.lr=-1"], target, ROOT / "conf")
     assert target.read_text() == (ROOT / "params.yaml").read_text()
     assert [path.name for path in tmp_path.iterdir()] == ["params.yaml"]
+
+
+def test_every_knob_is_explained_once_in_the_schema():
+    """Each key has a description in the schema (`python -m chattune.common.params --describe` lists them), and the
+    presets' shared files hold values, not explanations."""
+    described = dict(knobs())
+    assert all(described.values()), [key for key, text in described.items() if not text]
+    assert {"sft.fill_gpu", "dpo.lora.target_modules", "eval.max_new_tokens", "data.hub.deadline_s"} <= set(described)
+    for path in (ROOT / "conf").glob("*/_common.yaml"):
+        assert not [line for line in path.read_text().splitlines()[1:] if line.lstrip().startswith("#")], path
+    out = run(["python", "-m", "chattune.common.params", "--describe"], ROOT).stdout
+    assert f"sft.fill_gpu: {described['sft.fill_gpu']}" in out

@@ -21,7 +21,7 @@ from typing import Annotated, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from chattune.common.errors import ParamsError
+from chattune.common.errors import ParamsError, run
 
 PARAMS_FILE = Path("params.yaml")
 CONF_DIR = Path("conf")
@@ -70,13 +70,13 @@ class Strict(BaseModel):
 class TinyModelParams(Strict):
     """Shape of the random-weight Llama built for the offline profile."""
 
-    vocab_size: count(2**18)
-    hidden_size: count(2**14)
-    intermediate_size: count(2**16)
-    num_layers: count(256)
-    num_heads: count(256)
-    num_kv_heads: count(256)
-    max_position: count(LENGTH)
+    vocab_size: count(2**18) = Field(description="tokens in the BPE tokenizer trained on the sample")
+    hidden_size: count(2**14) = Field(description="the width of the residual stream")
+    intermediate_size: count(2**16) = Field(description="the width of each MLP")
+    num_layers: count(256) = Field(description="decoder layers")
+    num_heads: count(256) = Field(description="attention heads (a divisor of hidden_size)")
+    num_kv_heads: count(256) = Field(description="key-value heads (a divisor of num_heads; fewer: grouped-query)")
+    max_position: count(LENGTH) = Field(description="the context window, in tokens")
 
     @model_validator(mode="after")
     def _heads_divide(self):
@@ -92,7 +92,7 @@ class GgufParams(Strict):
 
     distribution: str = Field(min_length=1, description="the distribution's name, as pip knows it")
     file: str = Field(min_length=1, description="the file's path inside site-packages")
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="the file's sha256, checked before it is read")
 
 
 ModelKind = Literal["tiny", "hub", "gguf", "folder"]
@@ -101,10 +101,10 @@ ModelKind = Literal["tiny", "hub", "gguf", "folder"]
 class ModelParams(Strict):
     name: str = Field(pattern=r"\S", description="'tiny', a Hugging Face hub id, or a local model folder")
     revision: Optional[str] = Field(min_length=1, description="hub revision (branch, tag or commit) to pin")
-    gguf: Optional[GgufParams]
-    # Every stage multiplies its learning rate by this (see conf/model/tiny.yaml for why).
-    lr_scale: real(10_000)
-    tiny: Optional[TinyModelParams]
+    gguf: Optional[GgufParams] = Field(description="a GGUF file inside an installed wheel, dequantized to float32")
+    lr_scale: real(10_000) = Field(description="every stage's learning rate is multiplied by this: 250 for the tiny "
+                                   "random model, which needs far larger steps than a pretrained one; 1 otherwise")
+    tiny: Optional[TinyModelParams] = Field(description="the tiny model's shape (exactly when name is 'tiny')")
 
     @property
     def kind(self) -> ModelKind:
@@ -126,20 +126,23 @@ class ModelParams(Strict):
 
 
 class HubParams(Strict):
-    # https only: a download over plain http can be changed on the way (the sha256 pins are optional)
-    empatheticdialogues_url: str = Field(pattern=r"^https://")
-    empatheticdialogues_sha256: Optional[str] = Field(pattern=r"^[0-9a-f]{64}$")
-    human_like_dpo_url: str = Field(pattern=r"^https://")
-    human_like_dpo_sha256: Optional[str] = Field(pattern=r"^[0-9a-f]{64}$")
-    retries: count(100)
-    timeout_s: real(3600)  # the longest silence of the server, per read
-    deadline_s: real(7 * 24 * 3600)  # the longest one file's download may take, retries included
+    """Where `data: hub` downloads from: https only, since a download over plain http can be changed on the way."""
+
+    empatheticdialogues_url: str = Field(pattern=r"^https://", description="the EmpatheticDialogues tarball")
+    empatheticdialogues_sha256: Optional[str] = Field(pattern=r"^[0-9a-f]{64}$",
+                                                      description="its pin: other bytes stop the stage (null: none)")
+    human_like_dpo_url: str = Field(pattern=r"^https://", description="Human-Like-DPO's data.json")
+    human_like_dpo_sha256: Optional[str] = Field(pattern=r"^[0-9a-f]{64}$", description="its pin (null: none)")
+    retries: count(100) = Field(description="attempts per file, with exponential backoff")
+    timeout_s: real(3600) = Field(description="the longest silence of the server, per read")
+    deadline_s: real(7 * 24 * 3600) = Field(description="the longest one file's download may take, retries included")
 
 
 class DataParams(Strict):
-    source: Literal["sample", "local", "hub"]
-    local_dir: Optional[str]
-    hub: Optional[HubParams]
+    source: Literal["sample", "local", "hub"] = Field(
+        description="the committed sample (offline), a local folder in the raw layout, or the datasets' hosts")
+    local_dir: Optional[str] = Field(description="the folder for source 'local'")
+    hub: Optional[HubParams] = Field(description="the downloads for source 'hub'")
 
     @model_validator(mode="after")
     def _source_is_complete(self):
@@ -151,12 +154,12 @@ class DataParams(Strict):
 
 
 class LoraParams(Strict):
-    r: count(4096)
-    alpha: count(2**16)
-    dropout: real(0.99, above_least=False)
-    # Module names of the model (Llama's: SEVEN_PROJECTIONS), or PEFT's "all-linear": every linear layer but
-    # the output head. The sft and dpo stages stop on a name the model does not have, listing those it has.
-    target_modules: Union[Literal["all-linear"], list[Name]] = Field(min_length=1)
+    r: count(4096) = Field(description="the adapter's rank")
+    alpha: count(2**16) = Field(description="the adapter's scale is alpha / r")
+    dropout: real(0.99, above_least=False) = Field(description="dropout on the adapter's input")
+    target_modules: Union[Literal["all-linear"], list[Name]] = Field(
+        min_length=1, description="module names of the model (Llama's: SEVEN_PROJECTIONS), or PEFT's 'all-linear': "
+        "every linear layer but the output head; a name the model does not have stops the stage, listing those it has")
 
     @field_validator("target_modules")
     @classmethod
@@ -170,57 +173,64 @@ class TrainParams(Strict):
     """Knobs shared by the sft and dpo stages."""
 
     preset: Name = Field(description="the conf/ preset composed (model cards name it)")
-    train_size: count(ROWS)
-    lora: LoraParams
-    lr: real(1)
-    # What one optimizer step trains: examples for SFT (packed rows with sft.packing), pairs for DPO. The notebook's
-    # presets state what a step trained on its two T4s. Any number of processes trains these same examples a step,
-    # each an equal share (chattune.training.batching.batch_split); a step that cannot be shared evenly stops the stage.
-    examples_per_step: count(BATCH)
-    # The most examples a process puts through the model at once on a card of a T4's 16 GB (the notebook's batch per
-    # GPU): a process's share of a step goes in equal micro-batches of the largest size up to this that divides it,
-    # the rest of the step in gradient accumulation.
-    batch_size: count(BATCH)
-    eval_batch_size: count(BATCH)
-    # On a CUDA GPU, a process's share of a step in as few equal micro-batches as its free memory is estimated to hold
-    # (at least batch_size): the same recipe up to float rounding, in fewer, fuller passes.
-    fill_gpu: Flag
-    max_length: count(LENGTH)
-    checkpoint_steps: count(STEPS)  # evaluate and save a checkpoint every this many optimizer steps
-    # Liger's fused Triton kernels: "auto" uses them where they run (a CUDA GPU with liger-kernel installed:
-    # requirements-gpu.txt), true insists (the stage stops where they cannot run), false never.
-    liger: Union[Literal["auto"], Flag]
-    # Recompute activations in the backward pass instead of keeping them: less memory, about a third more compute.
-    # TRL turns it on by default; a LoRA run of a 1.1B model fits a 16 GiB card without it (see docs/speed.md).
-    gradient_checkpointing: Flag
+    train_size: count(ROWS) = Field(description="training rows at most (examples for SFT, pairs for DPO)")
+    lora: LoraParams = Field(description="the adapter this stage trains")
+    lr: real(1) = Field(description="the peak learning rate, before model.lr_scale")
+    examples_per_step: count(BATCH) = Field(
+        description="what one optimizer step trains: examples for SFT (packed rows with sft.packing), pairs for DPO; "
+        "the notebook's presets state what a step trained on its two T4s. Any number of processes trains these same "
+        "examples a step, each an equal share (chattune.training.batching.batch_split); a step that cannot be shared "
+        "evenly stops the stage")
+    batch_size: count(BATCH) = Field(
+        description="the most examples a process puts through the model at once on a card of a T4's 16 GB (the "
+        "notebook's batch per GPU): a process's share of a step goes in equal micro-batches of the largest size up "
+        "to this that divides it, the rest of the step in gradient accumulation")
+    eval_batch_size: count(BATCH) = Field(description="examples a process evaluates at once")
+    fill_gpu: Flag = Field(
+        description="on a CUDA GPU, a process's share of a step in as few equal micro-batches as its free memory is "
+        "estimated to hold (at least batch_size), and evaluation's batches grown alike: the same recipe up to float "
+        "rounding, in fewer, fuller passes; false keeps batch_size, and a CPU always does")
+    max_length: count(LENGTH) = Field(description="tokens of prompt and reply a training row may hold")
+    checkpoint_steps: count(STEPS) = Field(
+        description="evaluate and save a checkpoint to resume from every this many optimizer steps")
+    liger: Union[Literal["auto"], Flag] = Field(
+        description="Liger's fused Triton kernels: 'auto' uses them where they run (a CUDA GPU with liger-kernel "
+        "installed: requirements-gpu.txt), true insists (the stage stops where they cannot run), false never")
+    gradient_checkpointing: Flag = Field(
+        description="recompute activations in the backward pass instead of keeping them: less memory, about a third "
+        "more compute. TRL turns it on by default; a LoRA run of a 1.1B model fits a 16 GiB card without it "
+        "(docs/speed.md)")
 
 
 class SFTParams(TrainParams):
-    format: Literal["dialogue", "seed"]
-    # Pack examples into rows of max_length tokens with no padding (batch_size then counts rows); each
-    # example still sees only itself, through position ids that restart at 0.
-    packing: Flag
-    system_prompt: Text
-    epochs: count(EPOCHS)
-    scheduler: Literal["cosine", "linear", "constant_with_warmup"]
-    warmup_ratio: real(0.99, above_least=False)
-    weight_decay: real(10, above_least=False)
+    format: Literal["dialogue", "seed"] = Field(
+        description="'dialogue': the conversation so far in the chat template; 'seed': the notebook's "
+        "`Instruction: <emotion>` / `Response:` text, for comparison")
+    packing: Flag = Field(
+        description="pack examples into rows of max_length tokens with no padding (batch_size then counts rows); "
+        "each example still sees only itself, through position ids that restart at 0")
+    system_prompt: Text = Field(description="opens every SFT and evaluation prompt")
+    epochs: count(EPOCHS) = Field(description="passes over the training examples")
+    scheduler: Literal["cosine", "linear", "constant_with_warmup"] = Field(description="the learning rate's schedule")
+    warmup_ratio: real(0.99, above_least=False) = Field(description="the share of all steps spent warming up")
+    weight_decay: real(10, above_least=False) = Field(description="AdamW's weight decay")
 
 
 class DPOParams(TrainParams):
-    # Opens every DPO prompt ("" for none). conf/ makes it sft.system_prompt, so SFT, DPO and evaluation share one
-    # prompt format; docs/evaluation.md says what that prompt's "in a few sentences" does beside DPO's long replies.
-    system_prompt: Text
-    beta: real(100)
-    # One pass over the training pairs for the reference's log-probs instead of a reference forward per step:
-    # pays when training covers the pairs more than once.
-    precompute_ref_log_probs: Flag
-    max_prompt_length: count(LENGTH)
-    max_steps: count(STEPS)
-    # ...or this many passes over the train pairs, whichever ends first: the notebook's runs (9000 pairs,
-    # 500-800 steps of 8 pairs) never reach it; a small set (the offline sample's 288 pairs) stops there.
-    max_epochs: count(EPOCHS)
-    warmup_steps: int = Field(ge=0, le=STEPS, strict=True)
+    system_prompt: Text = Field(
+        description="opens every DPO prompt ('' for none); conf/ makes it sft.system_prompt, so SFT, DPO and "
+        "evaluation share one prompt format (docs/evaluation.md says what its 'in a few sentences' does beside DPO's "
+        "long replies)")
+    beta: real(100) = Field(description="DPO's beta: how far the policy may move from the reference")
+    precompute_ref_log_probs: Flag = Field(
+        description="one pass over the training pairs for the reference's log-probs instead of a reference forward "
+        "per step: pays when training covers the pairs more than once")
+    max_prompt_length: count(LENGTH) = Field(description="tokens of prompt a pair may hold (longer ones are left out)")
+    max_steps: count(STEPS) = Field(description="optimizer steps, unless max_epochs ends training first")
+    max_epochs: count(EPOCHS) = Field(
+        description="passes over the train pairs at most: the notebook's runs (9000 pairs, 500-800 steps of 8 pairs) "
+        "never reach it; a small set (the offline sample's 288 pairs) stops there")
+    warmup_steps: int = Field(ge=0, le=STEPS, strict=True, description="steps of linear warmup")
 
     @model_validator(mode="after")
     def _room_for_the_reply(self):
@@ -232,26 +242,28 @@ class DPOParams(TrainParams):
 
 
 class EvalParams(Strict):
-    # The fixed evaluation sets: their sizes belong to no SFT or DPO preset, so every experiment is scored
-    # on the same rows (SFT eval examples from valid.csv, held-out DPO pairs, test prompts from test.csv).
-    sft_eval_size: count(ROWS)
-    dpo_eval_size: count(ROWS)
-    test_size: count(ROWS)
-    # A JSONL file of {system (optional), user, reference} scored as the prompt set `custom`.
-    prompts_file: Optional[str] = Field(min_length=1)
-    # Replies per generate call, and sequences per log-prob forward pass; "auto" sizes it for the device
-    # (chattune.evaluation.generation.AUTO_BATCH_SIZE: 64 on a GPU, 16 on a CPU).
-    batch_size: count(BATCH) | Literal["auto"]
-    # The new tokens a reply may take; "auto": enough for what the trainings taught (chattune.evaluation.replies.reply_budget,
-    # from preprocess's metrics/lengths.json). A prompt and its reply share the model's context window.
-    max_new_tokens: count(LENGTH) | Literal["auto"]
-    temperature: real(100, above_least=False)  # 0: greedy; otherwise at least MIN_TEMPERATURE
+    """The fixed evaluation sets' sizes belong to no SFT or DPO preset, so every experiment is scored on the same rows
+    (SFT eval examples from valid.csv, held-out DPO pairs, test prompts from test.csv)."""
+
+    sft_eval_size: count(ROWS) = Field(description="SFT eval examples, from valid.csv")
+    dpo_eval_size: count(ROWS) = Field(description="held-out DPO pairs (whole prompt groups)")
+    test_size: count(ROWS) = Field(description="test prompts, from test.csv")
+    prompts_file: Optional[str] = Field(
+        min_length=1, description="a JSONL file of {system (optional), user, reference} scored as the prompt set "
+        "'custom'")
+    batch_size: count(BATCH) | Literal["auto"] = Field(
+        description="replies per generate call, and sequences per log-prob forward pass; 'auto' sizes it for the "
+        "device (chattune.evaluation.generation.AUTO_BATCH_SIZE: 64 on a GPU, 16 on a CPU)")
+    max_new_tokens: count(LENGTH) | Literal["auto"] = Field(
+        description="the new tokens a reply may take; 'auto': enough for what the trainings taught "
+        "(chattune.evaluation.replies.reply_budget, from preprocess's metrics/lengths.json); a prompt and its reply "
+        "share the model's context window")
+    temperature: real(100, above_least=False) = Field(description="0: greedy; otherwise at least MIN_TEMPERATURE")
     bertscore_model: str = Field(pattern=r"^\S+$", description="'packaged-minilm' (offline, from PyPI) or a hub id")
-    bertscore_num_layers: count(256)
-    bootstrap_samples: count(100_000)
-    # The blind rating sheet: this many prompts of this prompt set, each answered by every model.
-    human_set: Literal["ed_test", "probe", "custom"]
-    human_prompts: count(ROWS)
+    bertscore_num_layers: count(256) = Field(description="the embedder's layer BERTScore reads")
+    bootstrap_samples: count(100_000) = Field(description="resamples for every 95% interval")
+    human_set: Literal["ed_test", "probe", "custom"] = Field(description="the prompt set of the blind rating sheet")
+    human_prompts: count(ROWS) = Field(description="prompts on the blind rating sheet, each answered by every model")
 
     @model_validator(mode="after")
     def _sampling_is_sane(self):
@@ -268,12 +280,12 @@ class EvalParams(Strict):
 
 
 class Params(Strict):
-    seed: int = Field(ge=0, lt=2**32, strict=True)  # numpy's seeds stop at 2**32
-    model: ModelParams
-    data: DataParams
-    sft: SFTParams
-    dpo: DPOParams
-    eval: EvalParams
+    seed: int = Field(ge=0, lt=2**32, strict=True, description="seeds every split, draw and training")
+    model: ModelParams = Field(description="the base model")
+    data: DataParams = Field(description="where the raw datasets come from")
+    sft: SFTParams = Field(description="supervised fine-tuning")
+    dpo: DPOParams = Field(description="Direct Preference Optimization, on base + the SFT adapter")
+    eval: EvalParams = Field(description="evaluation")
 
     @model_validator(mode="after")
     def _rates_used_are_sane(self):
@@ -284,6 +296,18 @@ class Params(Strict):
         return self
 
 
+
+
+def knobs(model: type[BaseModel] = Params, prefix: str = "") -> list[tuple[str, str]]:
+    """Every key of params.yaml, sections first, with its description: the one place each knob is explained."""
+    found = []
+    for name, field in model.model_fields.items():
+        found.append((f"{prefix}{name}", field.description or ""))
+        nested = [arg for arg in getattr(field.annotation, "__args__", (field.annotation,))
+                  if isinstance(arg, type) and issubclass(arg, BaseModel)]
+        for section in nested:
+            found += knobs(section, f"{prefix}{name}.")
+    return found
 
 
 def _describe(error: ValidationError, path: Path) -> str:
@@ -351,9 +375,16 @@ def compose(overrides: list[str], output: Path = PARAMS_FILE, conf_dir: Path = C
     return params
 
 
-if __name__ == "__main__":
-    # `python -m chattune.common.params` checks params.yaml; `python -m chattune.common.params --compose [overrides]`
-    # rewrites it from conf/ first (`make params`).
-    if sys.argv[1:2] == ["--compose"]:
-        compose(sys.argv[2:])
+def main(argv: list[str]) -> None:
+    """`python -m chattune.common.params` checks params.yaml and prints it; `--compose [overrides]` rewrites it from
+    conf/ first (`make params`); `--describe` lists every knob with what it does."""
+    if argv[:1] == ["--describe"]:
+        print("\n".join(f"{key}: {text}" for key, text in knobs()))
+        return
+    if argv[:1] == ["--compose"]:
+        compose(argv[1:])
     print(load_params().model_dump_json(indent=2))
+
+
+if __name__ == "__main__":
+    run(main, "params", sys.argv[1:])
