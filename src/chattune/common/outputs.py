@@ -220,12 +220,6 @@ def write_json(path: Path | str, data) -> None:
         handle.write(json_text(data))
 
 
-def write_jsonl(path: Path | str, rows: Iterable[dict]) -> None:
-    with atomic_file(path) as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-
-
 def read_jsonl(path: Path | str) -> list[dict]:
     with open(path, encoding="utf-8") as handle:
         return [json.loads(line) for line in handle if line.strip()]

@@ -110,10 +110,11 @@ def read_votes(raw: bytes, name: str, rater: str, stacks: dict[str, str]) -> Cas
         if any(row[f"{side}_stack"] != stacks[row[side]][:STACK_DIGITS] for side in ("left", "right")):
             cast.stale += 1
             continue
-        if row_item(row) in seen:
+        item = row_item(row)
+        if item in seen:
             cast.repeated += 1
             continue
-        seen.add(row_item(row))
+        seen.add(item)
         cast.votes.append(Vote(rater, row["set"], row["prompt_id"], row["left"], row["right"], row["choice"]))
     return cast
 
