@@ -33,7 +33,7 @@ test: $(VENV)/.installed
 
 # Rewrite params.yaml (with its header) as the default composition of conf/, after editing a preset there.
 params: $(VENV)/.installed
-	$(BIN)/python -m chattune.params --compose > /dev/null
+	$(BIN)/python -m chattune.common.params --compose > /dev/null
 
 # Queue the notebook's nine SFT/DPO runs as DVC experiments and run them one after another.
 # The real thing: make study PROFILE="-S model=tinyllama -S data=hub -S eval=roberta"

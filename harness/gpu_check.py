@@ -97,7 +97,7 @@ def logits(model, ids: torch.Tensor) -> torch.Tensor:
 
 def merge_checks() -> dict:
     """The scored model against the unmerged stack (as PEFT trains it), a naive bf16 merge, and the export."""
-    from tools.export import export
+    from chattune.export.exporting import export
 
     device, dtype = placement()
     tokenizer = AutoTokenizer.from_pretrained(BASE_MODEL)

@@ -7,9 +7,9 @@ import matplotlib.image
 import yaml
 
 from chattune.common.params import compose
+from chattune.experiments import flatten
 from conftest import ROOT, run
 from tools import show
-from tools.compare import flatten
 from tools.study import study_runs
 
 

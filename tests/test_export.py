@@ -12,12 +12,13 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from chattune.common.errors import ExportError
+from chattune.export import exporting as export_tool
 from chattune.export.gguf import llama_rows, modelfile
 from chattune.export.merging import merged_model
 from chattune.modeling.loading import load_tokenizer
 from chattune.modeling.prompt import encode
 from conftest import run, shared_file, smollm2_gguf
-from tools import export as export_tool
+from tools import export as export_command
 
 CONVERSATION = [{"role": "system", "content": "Be kind."},
                 {"role": "user", "content": "I lost my job today."},
@@ -200,7 +201,7 @@ def test_refusals_leave_nothing_half_written(pipeline_copy, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
     monkeypatch.setattr(export_tool, "write_gguf", full_disk)
     with pytest.raises(ExportError, match="the disk filled while writing out; nothing was left there"):
-        export_tool.main(["--out", "out", "--format", "gguf"])
+        export_command.main(["--out", "out", "--format", "gguf"])
     assert json.loads((pipeline_copy / "out" / "export.json").read_text()) == earlier  # ...only when complete
     assert not [p for p in pipeline_copy.iterdir() if p.name.startswith(".out.tmp-")]
 
@@ -212,7 +213,7 @@ def test_refusals_leave_nothing_half_written(pipeline_copy, monkeypatch):
 
     monkeypatch.setattr(export_tool, "write_files", a_file_arrives_meanwhile)
     with pytest.raises(ExportError, match="out exists and is not an earlier export: it also holds notes.txt"):
-        export_tool.main(["--out", "out", "--model", "base"])
+        export_command.main(["--out", "out", "--model", "base"])
     assert (pipeline_copy / "out" / "notes.txt").read_text() == "mine"
     assert json.loads((pipeline_copy / "out" / "export.json").read_text()) == earlier
 

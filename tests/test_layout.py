@@ -102,6 +102,10 @@ def test_what_an_edit_reruns_follows_the_rules_and_is_written_down():
     for folder in ("tools", "harness", "docs", "tests", "src/chattune/export", "src/chattune/pages"):
         for path in (ROOT / folder).rglob("*"):
             assert not reruns(path), f"an edit of {path.relative_to(ROOT)} reruns {reruns(path)}"
+    run_by_a_stage = set().union(*(closure(ROOT / f"stages/{name}.py") for name in STAGES))
+    for path in PACKAGE.rglob("*"):  # deps name no file that no stage runs (a folder dep would let one in)
+        if path.suffix == ".py" and path not in run_by_a_stage and path.name != "__init__.py":
+            assert not reruns(path), f"no stage runs {path.relative_to(ROOT)}, yet an edit of it reruns {reruns(path)}"
     for path in (PACKAGE / "evaluation").glob("*.py"):  # scoring code reruns no training, but the model card's
         if path.stem not in ("cards", "verdicts"):
             assert not set(reruns(path)) & TRAINING, f"{path.relative_to(ROOT)} reruns {reruns(path)}"

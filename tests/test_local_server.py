@@ -13,8 +13,12 @@ from chattune.basemodel.tiny import train_tokenizer
 from chattune.common.paths import GENERATIONS, HUMAN_RATINGS, HUMAN_VOTES
 from chattune.human import sheet
 from chattune.modeling.stacks import MODELS
+from chattune.pages import arena
+from chattune.pages import rating as rate
+from chattune.pages import voting as vote
 from conftest import serve
-from tools import arena, rate, vote
+from tools import rate as rate_command
+from tools import vote as vote_command
 
 PORT = 8765
 BASE = f"http://127.0.0.1:{PORT}"
@@ -240,7 +244,7 @@ def test_one_rater_votes_once_on_a_prompt_and_pair(pages, monkeypatch):
     (["--rater", "al/ice"], "up to 64 letters, digits, - and _"),
     (["--rater", "alice", "--port", "70000"], "a port is from 1 to 65535"),
 ])
-@pytest.mark.parametrize("page", [rate, vote])
+@pytest.mark.parametrize("page", [rate_command, vote_command])
 def test_a_page_refuses_a_rater_or_port_it_cannot_use_at_start(page, argv, message, capsys):
     with pytest.raises(SystemExit) as exit:
         page.main(argv)

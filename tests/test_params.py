@@ -3,8 +3,8 @@ import yaml
 
 from chattune.common.errors import ParamsError
 from chattune.common.params import CONF_DIR, compose, knobs, load_params, parse_params
+from chattune.experiments import flatten as flat
 from conftest import ROOT, edit_params, run
-from tools.compare import flatten as flat
 
 SEVEN = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 SFT_SYSTEM_PROMPT = "You are a kind, attentive listener. Reply to the user with empathy, in a few sentences."

@@ -6,11 +6,12 @@ import sys
 
 import torch
 
+from chattune.conversation import Chat
+from chattune.export.exporting import PROBE
 from chattune.modeling.loading import load_model, load_tokenizer
 from chattune.modeling.prompt import encode
 from conftest import VENV_PATH, edit_params, run
-from tools.chat import Chat
-from tools.export import PROBE
+from tools.chat import command
 
 
 def test_prompt_mode_answers_once_and_exits(pipeline):
@@ -32,10 +33,10 @@ def test_chat_keeps_history_and_streams_the_reply(pipeline, monkeypatch):
     # The second prompt holds the whole conversation, through the chat template.
     rendered = tokenizer.decode(encode(tokenizer, chat.messages()[:4])[0])
     assert rendered.count("<|user|>") == 2 and "My dog died." in rendered and "<|system|>\nBe kind." in rendered
-    assert chat.command("/system Be brief.") and chat.system == "Be brief." and chat.history == []
+    assert command(chat, "/system Be brief.") and chat.system == "Be brief." and chat.history == []
     chat.reply("Hi", out=io.StringIO())
-    assert chat.command("/reset") and chat.history == []
-    assert chat.command("/exit") is False
+    assert command(chat, "/reset") and chat.history == []
+    assert command(chat, "/exit") is False
 
 
 def test_repl_reads_commands_from_the_terminal(pipeline):
@@ -74,9 +75,9 @@ def test_export_loads_without_peft_and_matches_the_adapter_stack(pipeline, tmp_p
 def test_an_adapter_on_a_different_base_is_refused_by_name(pipeline_copy):
     edit_params(pipeline_copy / "params.yaml", seed=7)  # a different random base model
     run(["python", "-m", "stages.base_model"], pipeline_copy)
-    for command in (["python", "-m", "stages.evaluate"], ["python", "-m", "tools.chat", "--prompt", "hi"],
-                    ["python", "-m", "tools.export", "--out", "exported"]):
-        result = run(command, pipeline_copy, check=False)
+    for argv in (["python", "-m", "stages.evaluate"], ["python", "-m", "tools.chat", "--prompt", "hi"],
+                 ["python", "-m", "tools.export", "--out", "exported"]):
+        result = run(argv, pipeline_copy, check=False)
         assert result.returncode == 1
         assert "models/sft/ was trained on a different base model than the one in models/ now" in result.stderr
         assert "generate:" not in result.stderr  # refused before a single reply was generated

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from chattune.common.errors import run
 from chattune.evaluation.verdicts import informative  # noqa: E402
+from chattune.experiments import decided, dvc, flatten
 
 REPORTS = Path("reports")
 
@@ -84,28 +84,6 @@ CHARTS = [  # (file, title, metrics file, keys)
     ("humanlike.png", "Human-like replies (share), ED test", "metrics/eval.json", ["ed_test.base.humanlike", "ed_test.sft.humanlike", "ed_test.dpo.humanlike"]),
     ("emotion.png", "Emotion named from the reply (accuracy), ED test", "metrics/eval.json", ["ed_test.reference.emotion_accuracy", "ed_test.base.emotion_accuracy", "ed_test.sft.emotion_accuracy", "ed_test.dpo.emotion_accuracy"]),
 ]
-
-
-def flatten(tree: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def decided(value: float, low: float, high: float, decidable: bool = True) -> str:
-    """A paired difference with its 95% interval, marked ▲ / ▼ when the interval lies above / below zero (a
-    change the prompts can tell apart), unmarked when it holds zero, and ? when the metric is uninformative (a
-    learned metric whose classifier failed its own check): never decided, whatever its interval."""
-    mark = "?" if not decidable else "▲" if low > 0 else "▼" if high < 0 else " "
-    return f"{value:+.3f}{mark}"
-
-
-def dvc(*args: str) -> str:
-    return subprocess.run([sys.executable, "-m", "dvc", *args], check=True, capture_output=True, text=True).stdout
 
 
 def failed_stage(name: str) -> str:

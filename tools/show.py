@@ -18,7 +18,7 @@ import textwrap
 
 from chattune.common.errors import run
 from chattune.evaluation.verdicts import informative
-from tools.compare import decided, dvc, flatten
+from chattune.experiments import decided, dvc, flatten
 
 # (title, keys as <metrics file>:<key>, format): several keys share a cell as a/b/c, in the order the title gives
 ED = "eval.json:ed_test"

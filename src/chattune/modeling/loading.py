@@ -17,7 +17,7 @@ from chattune.common.errors import MissingOutput, ParamsError
 from chattune.common.params import LoraParams
 from chattune.common.paths import BASE_MODEL
 from chattune.modeling.placement import attention_kernels, placement
-from chattune.modeling.stacks import ADAPTERS, HUB_PIN, Stage, check_stack
+from chattune.modeling.stacks import ADAPTERS, HUB_PIN, Level, check_stack
 
 
 def base_source() -> dict:
@@ -51,28 +51,28 @@ def load_base_model(dtype: torch.dtype | None = None, attention: str | None = No
     return AutoModelForCausalLM.from_pretrained(**base_source(), dtype=dtype or placement()[1], **chosen)
 
 
-def stack(model, stage: Stage):
-    """`model` with the adapters up to `stage` applied, unmerged and frozen: base, base+SFT, or base+SFT+DPO
+def stack(model, level: Level):
+    """`model` with the adapters up to `level` applied, unmerged and frozen: base, base+SFT, or base+SFT+DPO
     (the DPO adapter was trained on base+SFT, so both stay active)."""
-    adapters = ADAPTERS[stage]
-    check_stack(stage)
+    adapters = ADAPTERS[level]
+    check_stack(level)
     if not adapters:
         return model
     from peft import PeftModel  # here: importing peft takes seconds, which preprocess and base_model need not pay
 
     model = PeftModel.from_pretrained(model, adapters[0], adapter_name="sft")
-    if stage == "dpo":
+    if level == "dpo":
         model.load_adapter(adapters[1], adapter_name="dpo")
         model.base_model.set_adapter(["sft", "dpo"], inference_mode=True)
     return model
 
 
-def load_model(stage: Stage, device: torch.device | None = None, dtype: torch.dtype | None = None):
-    """The stack up to `stage`, in eval mode, on the placement's device and dtype (or those given); the SFT and
+def load_model(level: Level, device: torch.device | None = None, dtype: torch.dtype | None = None):
+    """The stack up to `level`, in eval mode, on the placement's device and dtype (or those given); the SFT and
     DPO adapters as one where that is exact (combined_adapters)."""
     where, kind = placement()
-    model = stack(load_base_model(dtype or kind), stage)
-    if stage == "dpo":
+    model = stack(load_base_model(dtype or kind), level)
+    if level == "dpo":
         model = combined_adapters(model)
     return model.to(device or where).eval()
 

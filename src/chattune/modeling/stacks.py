@@ -19,28 +19,29 @@ HUB_PIN = BASE_MODEL / "hub.json"
 # Written beside each adapter: a fingerprint of the model it was trained on top of.
 TRAINED_ON = "trained_on.json"
 
-Stage = Literal["base", "sft", "dpo"]
-MODELS: tuple[Stage, ...] = ("base", "sft", "dpo")
+# A level of the stack: the base model, base + SFT adapter, or base + SFT + DPO adapters.
+Level = Literal["base", "sft", "dpo"]
+MODELS: tuple[Level, ...] = ("base", "sft", "dpo")
 ADAPTERS = {"base": [], "sft": [SFT_MODEL], "dpo": [SFT_MODEL, DPO_MODEL]}
 
 
 
 
-def fingerprint(stage: Stage) -> str:
-    """sha256 over what defines the model stack up to `stage`: the hub pin or the base model's config and
+def fingerprint(level: Level) -> str:
+    """sha256 over what defines the model stack up to `level`: the hub pin or the base model's config and
     weights, then the weights of each adapter on it."""
     digest = hashlib.sha256()
     files = [HUB_PIN] if HUB_PIN.exists() else [BASE_MODEL / "config.json", *sorted(BASE_MODEL.glob("*.safetensors"))]
-    for path in files + [adapter / "adapter_model.safetensors" for adapter in ADAPTERS[stage]]:
+    for path in files + [adapter / "adapter_model.safetensors" for adapter in ADAPTERS[level]]:
         digest.update(path.read_bytes())
     return digest.hexdigest()
 
 
-def record_base(adapter_dir: Path, below: Stage) -> None:
+def record_base(adapter_dir: Path, below: Level) -> None:
     (Path(adapter_dir) / TRAINED_ON).write_text(json.dumps({"stack": below, "sha256": fingerprint(below)}) + "\n")
 
 
-def check_base(adapter: Path, below: Stage) -> None:
+def check_base(adapter: Path, below: Level) -> None:
     if not (adapter / TRAINED_ON).is_file():
         raise AdapterMismatch(f"{adapter}/ holds no adapter: run `dvc repro` (or `dvc pull`) first")
     recorded = json.loads((adapter / TRAINED_ON).read_text())["sha256"]
@@ -51,7 +52,7 @@ def check_base(adapter: Path, below: Stage) -> None:
             "`dvc checkout` / `dvc exp apply <exp>` to restore matching models.")
 
 
-def check_stack(stage: Stage) -> None:
-    """Every adapter up to `stage` sits on the stack it was trained on."""
-    for below, adapter in zip(MODELS, ADAPTERS[stage]):
+def check_stack(level: Level) -> None:
+    """Every adapter up to `level` sits on the stack it was trained on."""
+    for below, adapter in zip(MODELS, ADAPTERS[level]):
         check_base(adapter, below)

@@ -12,7 +12,7 @@ Any web site open in the same browser can send requests to 127.0.0.1, and a site
 A body that is not a JSON object, is nested deeper than a page sends, or holds text UTF-8 cannot write (a lone
 surrogate escape such as "\ud83d") is refused with 400 by `json_body`, and each field a handler reads is checked
 for its type before use: no request the server can refuse ends in a 500.
-Pages are Jinja templates from tools/templates/, which Flask renders with autoescaping.
+Pages are Jinja templates from chattune/pages/templates/, which Flask renders with autoescaping.
 """
 from __future__ import annotations
 

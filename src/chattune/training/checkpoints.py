@@ -12,7 +12,7 @@ from transformers import TrainerCallback
 from chattune.common.outputs import atomic_dir
 from chattune.common.paths import CHECKPOINTS_DIR
 from chattune.modeling.placement import cpu_only
-from chattune.modeling.stacks import Stage, record_base
+from chattune.modeling.stacks import Level, record_base
 
 COMPLETE = "complete"  # marker written once a checkpoint is fully on disk
 
@@ -65,7 +65,7 @@ def resume_point(run_dir: Path, fingerprint: str) -> str | None:
     return str(complete[-1]) if complete else None
 
 
-def save_adapter(trainer, out: Path, below: Stage, card) -> None:
+def save_adapter(trainer, out: Path, below: Level, card) -> None:
     """Write the trained adapter, the tokenizer, its model card (a huggingface_hub ModelCard, in place of PEFT's
     empty template) and a fingerprint of the stack `below` it to `out` atomically, then empty the run's
     checkpoint folder (DVC keeps the folder itself: persist)."""
