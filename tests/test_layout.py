@@ -73,6 +73,8 @@ def test_nothing_imports_a_stage_and_the_package_imports_only_itself():
     for folder in ("stages", "tools", "harness", "src/chattune"):
         for path in (ROOT / folder).rglob("*.py"):
             assert not imported(path) & stages, f"{path.relative_to(ROOT)} imports a stage"
+    for path in (ROOT / "tools").glob("*.py"):  # a tool is a command line; what two tools share is in the package
+        assert not [file for file in imported(path) if ROOT / "tools" in file.parents], f"{path.name} imports a tool"
     outside = [ROOT / "stages", ROOT / "tools", ROOT / "harness"]
     for path in PACKAGE.rglob("*.py"):
         wrong = [file for file in imported(path) if any(folder in file.parents for folder in outside)]
