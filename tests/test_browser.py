@@ -62,6 +62,17 @@ def test_plot_pages_draw_offline_from_the_checkouts_vega(pipeline_copy, browser)
     assert plots >= 8 and "cdn.jsdelivr" not in html  # the training curves and the evaluation charts
     assert charts_drawn(browser, page, plots) == plots
     browser.save_screenshot(str(pipeline_copy / "plots.png"))
+    # A negative axis label read back, drawn by the page's own Vega as SVG: its minus sign is U+2212, which a page
+    # read as Windows-1252 garbles ("âˆ’2").
+    labels = browser.execute_async_script("""
+        const done = arguments[arguments.length - 1], div = document.createElement('div');
+        document.body.appendChild(div);
+        vegaEmbed(div, {data: {values: [{x: -2, y: 1}, {x: 2, y: 3}]}, mark: 'point',
+                        encoding: {x: {field: 'x', type: 'quantitative'}, y: {field: 'y', type: 'quantitative'}}},
+                  {renderer: 'svg', actions: false})
+            .then(() => done([...div.querySelectorAll('.role-axis-label text')].map(t => t.textContent)));""")
+    assert browser.execute_script("return document.characterSet") == "UTF-8"
+    assert "\u22122" in labels and not any("â" in label for label in labels), labels
 
     # The same plots on DVC's own page: Vega from a CDN, which this browser cannot reach.
     shutil.rmtree(pipeline_copy / "dvc_plots")
