@@ -17,19 +17,20 @@ from chattune.common.errors import run
 from chattune.common.outputs import atomic_dir, write_json
 from chattune.common.params import load_params
 from chattune.common.paths import METRICS_DIR, RAW_DIR, SAMPLE_DIR
-from chattune.data.fetching import copy_raw, download_hub, file_sizes
+from chattune.data.fetching import copy_raw, download_hub, file_sizes, raw_files
 
 
 def main() -> None:
     params = load_params()
     data = params.data
+    files = raw_files(data)
     with atomic_dir(RAW_DIR) as tmp:
         if data.source == "hub":
-            checksums = download_hub(data.hub, tmp)
+            checksums = download_hub(data, tmp)
         else:
-            copy_raw(SAMPLE_DIR if data.source == "sample" else Path(data.local_dir), tmp)
+            copy_raw(SAMPLE_DIR if data.source == "sample" else Path(data.local_dir), tmp, files)
             checksums = {}
-        metrics = {"source": data.source, **checksums, **file_sizes(tmp)}
+        metrics = {"source": data.source, **checksums, **file_sizes(tmp, files)}
     write_json(METRICS_DIR / "download.json", metrics)
     print(f"download: {data.source} -> {RAW_DIR}/")
 

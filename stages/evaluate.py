@@ -161,9 +161,10 @@ def measures(replies: list[dict], references: list[str], logprobs: np.ndarray, s
 
 
 def judged(judges: Judges, texts: list[str], examples: list[dict]) -> dict[str, Measure]:
-    """The learned metrics: human-likeness always, emotion where the prompt set carries its labels (ED test)."""
+    """The learned metrics: human-likeness always, emotion where the prompt set carries its labels (the SFT data's
+    test split, when the data has a label column) and there is an emotion judge."""
     found = {"humanlike": judges.humanlike_share(texts)}
-    if all("emotion" in example for example in examples):
+    if judges.emotion is not None and all(example.get("emotion") is not None for example in examples):
         found["emotion_accuracy"] = judges.emotion_accuracy(texts, [example["emotion"] for example in examples])
     return found
 

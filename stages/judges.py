@@ -16,14 +16,13 @@ from __future__ import annotations
 from chattune.common.errors import DataError, run
 from chattune.common.outputs import atomic_dir, write_json
 from chattune.common.params import load_params
-from chattune.common.paths import DPO_FILE, DPO_SUBDIR, ED_SPLITS, ED_SUBDIR, JUDGES_DIR, JUDGES_METRICS, RAW_DIR
-from chattune.data.parsing import HeldOut, parse_dpo, parse_empathetic, read_bytes, split_pairs
+from chattune.common.paths import JUDGES_DIR, JUDGES_METRICS
+from chattune.data.inputs import labelled_replies, preference_pairs, preference_split
 from chattune.evaluation.judging import (
     chance,
     clears_chance,
     conversation_accuracy,
     held_out_accuracy,
-    listener_turns,
     matched_replies,
     train,
 )
@@ -40,32 +39,24 @@ def checked(measure, samples: int, seed: int, prefix: str, chance_level: float) 
 
 def main() -> None:
     params = load_params()
-    turns = {}
-    for split in ED_SPLITS:
-        path = RAW_DIR / ED_SUBDIR / f"{split}.csv"
-        turns[split] = parse_empathetic(read_bytes(path), str(path)).records
-    held_out_conversations = HeldOut.of(turns["valid"] + turns["test"])
-    trained, valid = listener_turns(turns["train"], held_out_conversations), listener_turns(turns["valid"])
-    for split, found in (("train", trained), ("valid", valid)):
+    replies, valid_source = labelled_replies(params)
+    for split, found in replies.items():
         if not found:
-            raise DataError(f"{RAW_DIR / ED_SUBDIR / f'{split}.csv'}: no listener turns to learn emotions from")
-    path = RAW_DIR / DPO_SUBDIR / DPO_FILE
-    pairs = parse_dpo(read_bytes(path), str(path)).records
-    if len(pairs) < 2:
-        raise DataError(f"{path}: {len(pairs)} usable pairs; need at least 2")
-    train_pairs, held_out = split_pairs(pairs, len(pairs), params.eval.dpo_eval_size, params.seed)
+            raise DataError(f"{valid_source if split == 'valid' else 'the SFT data'}: no labelled {split} replies to "
+                            "learn emotions from")
+    path, pairs, given_eval = preference_pairs(params, "")
+    if len(pairs.records) < 2:
+        raise DataError(f"{path}: {len(pairs.records)} usable pairs; need at least 2")
+    train_pairs, held_out = preference_split(params, pairs, given_eval)
 
     tokenizer, budget = load_tokenizer(), reply_budget(params)
+    trained, valid = replies.get("train", []), replies.get("valid", [])
     judges = train(params.seed, *matched_replies(train_pairs, tokenizer, budget),
-                   [turn.text for turn in trained], [turn.emotion for turn in trained])
+                   [reply.text for reply in trained], [reply.label for reply in trained])
     texts, labels = matched_replies(held_out, tokenizer, budget)
     humanlike, humanlike_informative = checked(held_out_accuracy(judges, texts, labels), params.eval.bootstrap_samples,
                                                params.seed, "humanlike.held_out_accuracy", 0.5)
     probability = judges.humanlike.predict_proba(texts)[:, 1]
-    valid_emotions = [turn.emotion for turn in valid]
-    emotion, emotion_informative = checked(
-        conversation_accuracy(judges, [turn.text for turn in valid], valid_emotions, [turn.conv_id for turn in valid]),
-        params.eval.bootstrap_samples, params.seed, "emotion.valid_accuracy", chance(valid_emotions))
     metrics = {
         "humanlike.train_pairs": len(train_pairs),
         "humanlike.held_out_pairs": len(held_out),
@@ -76,24 +67,36 @@ def main() -> None:
         "humanlike.held_out_pair_accuracy": float((probability[0::2] > probability[1::2]).mean()),
         "humanlike.chance": 0.5,
         "humanlike.informative": humanlike_informative,
-        "emotion.labels": len({turn.emotion for turn in trained}),
-        "emotion.train_replies": len(trained),
-        "emotion.valid_replies": len(valid),
-        "emotion.valid_conversations": len({turn.conv_id for turn in valid}),
-        **emotion,
-        "emotion.valid_chance": chance(valid_emotions),
-        "emotion.informative": emotion_informative,
+        "emotion.available": judges.emotion is not None,
     }
+    verdict = {True: "informative", False: "UNINFORMATIVE: its interval does not clear chance"}
+    said = "emotion: none (the SFT data has no label column: data.sft.label)"
+    if judges.emotion is not None:
+        valid_labels = [reply.label for reply in valid]
+        emotion, emotion_informative = checked(
+            conversation_accuracy(judges, [reply.text for reply in valid], valid_labels,
+                                  [reply.conversation for reply in valid]),
+            params.eval.bootstrap_samples, params.seed, "emotion.valid_accuracy", chance(valid_labels))
+        metrics.update({
+            "emotion.labels": len({reply.label for reply in trained}),
+            "emotion.train_replies": len(trained),
+            "emotion.valid_replies": len(valid),
+            "emotion.valid_conversations": len({reply.conversation for reply in valid}),
+            **emotion,
+            "emotion.valid_chance": chance(valid_labels),
+            "emotion.informative": emotion_informative,
+        })
+        said = (f"emotion {metrics['emotion.valid_accuracy']:.3f} [{metrics['emotion.valid_accuracy_low']:.3f}, "
+                f"{metrics['emotion.valid_accuracy_high']:.3f}] on {valid_source} (chance "
+                f"{metrics['emotion.valid_chance']:.3f}, {metrics['emotion.labels']} labels; "
+                f"{verdict[emotion_informative]})")
     with atomic_dir(JUDGES_DIR) as out:
         judges.save(out)
     write_json(JUDGES_METRICS, metrics)
-    verdict = {True: "informative", False: "UNINFORMATIVE: its interval does not clear chance"}
     print(f"judges: human-likeness {metrics['humanlike.held_out_accuracy']:.3f} "
           f"[{metrics['humanlike.held_out_accuracy_low']:.3f}, {metrics['humanlike.held_out_accuracy_high']:.3f}] on "
-          f"{len(held_out)} held-out pairs cut to one length (chance 0.5; {verdict[humanlike_informative]}); emotion "
-          f"{metrics['emotion.valid_accuracy']:.3f} [{metrics['emotion.valid_accuracy_low']:.3f}, "
-          f"{metrics['emotion.valid_accuracy_high']:.3f}] on valid.csv (chance {metrics['emotion.valid_chance']:.3f}, "
-          f"{metrics['emotion.labels']} labels; {verdict[emotion_informative]}) -> {JUDGES_DIR}/")
+          f"{len(held_out)} held-out pairs cut to one length (chance 0.5; {verdict[humanlike_informative]}); "
+          f"{said} -> {JUDGES_DIR}/")
 
 
 if __name__ == "__main__":

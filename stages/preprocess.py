@@ -24,28 +24,11 @@ import numpy as np
 from chattune.common.errors import DataError, run
 from chattune.common.outputs import json_text, jsonl_text, write_together
 from chattune.common.params import load_params
-from chattune.common.paths import DATA_METRICS, DPO_DATA, DPO_FILE, DPO_SUBDIR, ED_SUBDIR, LENGTHS, RAW_DIR, SFT_DATA
-from chattune.data.parsing import (
-    DPO_DROP_REASONS,
-    ED_DROP_REASONS,
-    EXAMPLE_DROP_REASONS,
-    HeldOut,
-    Parsed,
-    groups_across,
-    listener_examples,
-    normalised,
-    parse_dpo,
-    parse_empathetic,
-    read_bytes,
-    repeated_groups,
-    split_pairs,
-    subsample,
-)
+from chattune.common.paths import DATA_METRICS, DPO_DATA, LENGTHS, SFT_DATA
+from chattune.data.inputs import PREFERENCE_DROP_REASONS, preference_pairs, preference_split, sft_splits
+from chattune.data.parsing import DPO_DROP_REASONS, Parsed, groups_across, repeated_groups, subsample
 from chattune.modeling.loading import load_tokenizer
 from chattune.modeling.prompt import PromptTooLong, encode, fit
-
-SFT_SPLITS = {"train": "train", "eval": "valid", "test": "test"}  # processed split -> raw file
-
 
 def fit_examples(examples: Parsed, tokenizer, max_length: int) -> int:
     """Fit each example into max_length tokens in place (oldest turns dropped); drop and count those that
@@ -72,51 +55,39 @@ def token_lengths(lengths: list[int], prefix: str) -> dict[str, float]:
 def main() -> None:
     params = load_params()
     sizes = {"train": params.sft.train_size, "eval": params.eval.sft_eval_size, "test": params.eval.test_size}
-    # Parse every raw file before anything else: bad input stops the stage with its file and line.
-    turns = {}
-    for split, raw_split in SFT_SPLITS.items():
-        path = RAW_DIR / ED_SUBDIR / f"{raw_split}.csv"
-        turns[split] = path, parse_empathetic(read_bytes(path), str(path))
-    held_out = HeldOut.of([turn for split in ("eval", "test") for turn in turns[split][1].records])
-    parsed = {}
-    for split, (path, split_turns) in turns.items():
-        examples = listener_examples(split_turns.records, params.sft.system_prompt, params.sft.format == "seed",
-                                     held_out if split == "train" else None)
+    # Read every raw file before anything else: bad input stops the stage with its file and line.
+    sft = sft_splits(params, params.sft.format == "seed")
+    for split, examples in sft.examples.items():
         if not examples.records:
-            raise DataError(f"{path}: no SFT examples left after filtering")
-        parsed[split] = path, split_turns, examples
-    path = RAW_DIR / DPO_SUBDIR / DPO_FILE
-    pairs = parse_dpo(read_bytes(path), str(path), params.dpo.system_prompt)
+            raise DataError(f"{sft.sources[split]}: no SFT examples left after filtering")
+    path, pairs, given_eval = preference_pairs(params, params.dpo.system_prompt)
     if len(pairs.records) < 2:
         raise DataError(f"{path}: {len(pairs.records)} usable pairs after filtering; need at least 2")
 
     tokenizer = load_tokenizer()
-    metrics, outputs = {}, {}
-    for split, (path, split_turns, examples) in parsed.items():
-        raw_split = SFT_SPLITS[split]
+    metrics, outputs = dict(sft.counts), {}
+    for split, examples in sft.examples.items():
         if split != "test":  # the test prompts are evaluate's, which fits them into the model's context window
             metrics[f"sft.{split}.truncated"] = fit_examples(examples, tokenizer, params.sft.max_length)
+        metrics.update(examples.counts(f"sft.{split}.{sft.kind}", sft.reasons))
         chosen = subsample(examples.records, sizes[split], params.seed)
         if not chosen:
-            raise DataError(f"{path}: no SFT example fits in sft.max_length ({params.sft.max_length} tokens)")
+            raise DataError(f"{sft.sources[split]}: no SFT example fits in sft.max_length ({params.sft.max_length} "
+                            "tokens)")
         outputs[SFT_DATA / f"{split}.jsonl"] = chosen
-        metrics.update(split_turns.counts(f"ed.{raw_split}.rows", ED_DROP_REASONS))
-        metrics[f"ed.{raw_split}.rows.extra_fields"] = split_turns.extra_fields
-        metrics.update(examples.counts(f"sft.{split}.listener_turns", EXAMPLE_DROP_REASONS))
         metrics[f"sft.{split}.examples"] = len(chosen)
-    trained_situations = {normalised(example["situation"]) for example in parsed["train"][2].records}
-    metrics["sft.situations_across_splits"] = len(trained_situations & held_out.situations)
 
     # every pair that may train, whatever dpo.train_size: the split is checked on it, and its replies measured; the
-    # preset trains on the first dpo.train_size of them (split_pairs' own cut)
-    all_train_pairs, dpo_held_out = split_pairs(pairs.records, len(pairs.records), params.eval.dpo_eval_size,
-                                                params.seed)
+    # preset trains on the first dpo.train_size of them
+    all_train_pairs, dpo_held_out = preference_split(params, pairs, given_eval)
     if not all_train_pairs:
-        raise DataError(f"{path}: all {len(pairs.records)} pairs ask one prompt, so holding it out leaves none "
-                        "to train on")
+        raise DataError(f"{path}: all {len(pairs.records)} pairs ask the held-out prompts, which leaves none to "
+                        "train on")
     train = all_train_pairs[: params.dpo.train_size]
     outputs[DPO_DATA / "train.jsonl"], outputs[DPO_DATA / "eval.jsonl"] = train, dpo_held_out
-    metrics.update(pairs.counts("dpo.rows", DPO_DROP_REASONS))
+    metrics.update(pairs.counts("dpo.rows", PREFERENCE_DROP_REASONS if params.data.dpo.own else DPO_DROP_REASONS))
+    if given_eval is not None:
+        metrics.update(given_eval.counts("dpo.eval_rows", PREFERENCE_DROP_REASONS))
     metrics.update({"dpo.train.pairs": len(train), "dpo.eval.pairs": len(dpo_held_out)})
     groups, repeated, in_repeated = repeated_groups(pairs.records)
     metrics.update({"dpo.prompt_groups": groups, "dpo.repeated_prompt_groups": repeated,
@@ -126,7 +97,7 @@ def main() -> None:
     # What each training teaches the model to say, over all its training rows (not the preset's share of them),
     # so that every preset is given the same generation budget.
     lengths = {
-        **token_lengths([len(encode(tokenizer, e["prompt"], e["completion"])[1]) for e in parsed["train"][2].records],
+        **token_lengths([len(encode(tokenizer, e["prompt"], e["completion"])[1]) for e in sft.examples["train"].records],
                         "sft.train.reply_tokens"),
         **token_lengths([len(encode(tokenizer, p["prompt"], p["chosen"])[1]) for p in all_train_pairs],
                         "dpo.train.chosen_tokens"),
@@ -135,7 +106,7 @@ def main() -> None:
     # leaves the last run's outputs whole, never some of them new.
     write_together({**{path: jsonl_text(rows) for path, rows in outputs.items()},
                     DATA_METRICS: json_text(metrics), LENGTHS: json_text(lengths)})
-    print(f"preprocess: sft {[metrics[f'sft.{s}.examples'] for s in SFT_SPLITS]} train/eval/test -> {SFT_DATA}/, "
+    print(f"preprocess: sft {[metrics[f'sft.{s}.examples'] for s in sizes]} train/eval/test -> {SFT_DATA}/, "
           f"dpo {len(train)}/{len(dpo_held_out)} train/eval -> {DPO_DATA}/ ({repeated} prompts asked more than once, "
           f"each kept on one side)")
 

@@ -11,13 +11,12 @@ import torch
 from chattune.common.outputs import read_jsonl
 from chattune.common.params import load_params
 from chattune.common.paths import DPO_DATA, JUDGES_DIR, RAW_DIR
-from chattune.data.parsing import HeldOut, Turn, parse_empathetic, read_bytes
+from chattune.data.parsing import HeldOut, Turn, listener_turns, parse_empathetic, read_bytes
 from chattune.evaluation.judging import (
     Judges,
     chance,
     clears_chance,
     conversation_accuracy,
-    listener_turns,
     matched_replies,
     mean_pooled,
 )

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Annotated, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from chattune.common.errors import ParamsError, run
 
@@ -134,15 +134,93 @@ class HubParams(Strict):
     human_like_dpo_url: str = Field(pattern=r"^https://", description="Human-Like-DPO's data.json")
     human_like_dpo_sha256: Optional[str] = Field(pattern=r"^[0-9a-f]{64}$", description="its pin (null: none)")
     retries: count(100) = Field(description="attempts per file, with exponential backoff")
+    endpoint: str = Field(pattern=r"^https://\S+[^/]$", description="the hub a dataset repository is fetched from "
+                          "(/datasets/<repo>/resolve/<commit>/<file>)")
     timeout_s: real(3600) = Field(description="the longest silence of the server, per read")
     deadline_s: real(7 * 24 * 3600) = Field(description="the longest one file's download may take, retries included")
 
 
+
+
+def _relative(path: str) -> str:
+    """A file inside the source folder or repository: relative, without '..', never outside it."""
+    parts = path.split("/")
+    if path.startswith("/") or "\\" in path or ".." in parts or "" in parts or path != path.strip():
+        raise ValueError(f"a path relative to the source folder, without '..', not {path[:80]!r}")
+    return path
+
+
+RelativeFile = Annotated[str, Field(min_length=1, max_length=1000), AfterValidator(_relative)]
+Column = Annotated[str, Field(min_length=1, max_length=200)]
+Commit = Annotated[str, Field(pattern=r"^[0-9a-f]{40}$")]
+
+
+class OwnData(Strict):
+    """Where a dataset of your own is and how its columns are named (chattune.data.formats)."""
+
+    files: dict[str, RelativeFile] = Field(
+        description="split -> file (JSONL, JSON, CSV or Parquet), relative to the source folder or the hub "
+        "repository; SFT takes train and, if it has them, valid and test; preference data train and maybe eval. A "
+        "split not given is held out of train by group, the same rows for every preset")
+    columns: dict[Column, Column] = Field(description="the format's field -> your column (a column map); "
+                                          "fields not named here are read from columns of their own name")
+    repo: Optional[Name] = Field(description="with data.source 'hub': the hub dataset (owner/name) the files are in")
+    commit: Optional[Commit] = Field(description="the repository's commit the files are fetched at (a pin)")
+
+    @model_validator(mode="after")
+    def _train_and_pin(self):
+        if "train" not in self.files:
+            raise ValueError("files must name a train file")
+        if (self.repo is None) != (self.commit is None):
+            raise ValueError("repo and commit go together: a hub dataset is fetched at a pinned commit")
+        return self
+
+
+class SftData(Strict):
+    format: Literal["empathetic", "messages", "sharegpt", "alpaca", "prompt_completion"] = Field(
+        description="empathetic: EmpatheticDialogues' raw CSVs (empatheticdialogues/{train,valid,test}.csv); or a "
+        "chat format of your own, one conversation per row: messages, sharegpt, alpaca, prompt_completion")
+    own: Optional[OwnData] = Field(description="the files of a format of your own (null for empathetic)")
+    label: Optional[Column] = Field(description="a column of your data the emotion metric learns and predicts "
+                                    "(empathetic: its emotion); null: no such metric, and the reports say so")
+    group: Optional[Column] = Field(description="a column that keeps conversations together across a split (null: "
+                                    "the first user turn, normalised)")
+
+    @model_validator(mode="after")
+    def _files_follow_format(self):
+        builtin = self.format == "empathetic"
+        if builtin != (self.own is None):
+            raise ValueError("own names the files exactly when format is not empathetic")
+        if builtin and (self.label or self.group):
+            raise ValueError("label and group are for a format of your own (empathetic has its emotion and ids)")
+        if self.own and set(self.own.files) - {"train", "valid", "test"}:
+            raise ValueError(f"files of SFT data are train, valid and test, not {sorted(self.own.files)}")
+        return self
+
+
+class PreferenceData(Strict):
+    format: Literal["human_like_dpo", "strings", "conversational"] = Field(
+        description="human_like_dpo: Human-Like-DPO's data.json (human_like_dpo/data.json); strings: prompt, chosen "
+        "and rejected texts; conversational: prompt a list of turns, chosen and rejected one assistant turn each")
+    own: Optional[OwnData] = Field(description="the files of a format of your own (null for human_like_dpo)")
+
+    @model_validator(mode="after")
+    def _files_follow_format(self):
+        if (self.format == "human_like_dpo") != (self.own is None):
+            raise ValueError("own names the files exactly when format is not human_like_dpo")
+        if self.own and set(self.own.files) - {"train", "eval"}:
+            raise ValueError(f"files of preference data are train and eval, not {sorted(self.own.files)}")
+        return self
+
+
 class DataParams(Strict):
     source: Literal["sample", "local", "hub"] = Field(
-        description="the committed sample (offline), a local folder in the raw layout, or the datasets' hosts")
+        description="where the raw files come from: the committed sample folder (offline), a local folder, or the "
+        "web (the built-in datasets' hosts, and a hub dataset repository at a commit for data of your own)")
     local_dir: Optional[str] = Field(description="the folder for source 'local'")
     hub: Optional[HubParams] = Field(description="the downloads for source 'hub'")
+    sft: SftData = Field(description="the SFT data: its format and files")
+    dpo: PreferenceData = Field(description="the preference data DPO trains on: its format and files")
 
     @model_validator(mode="after")
     def _source_is_complete(self):
@@ -150,6 +228,10 @@ class DataParams(Strict):
             raise ValueError("local_dir must name a directory when source is 'local'")
         if self.source == "hub" and self.hub is None:
             raise ValueError("hub must give the download URLs when source is 'hub'")
+        for name, own in (("sft", self.sft.own), ("dpo", self.dpo.own)):
+            if own and (self.source == "hub") != (own.repo is not None):
+                raise ValueError(f"{name}.own.repo and commit name a hub dataset exactly when source is 'hub' "
+                                 "(otherwise its files are in the source folder)")
         return self
 
 

@@ -35,5 +35,3 @@ HUMAN_VOTES = Path("eval/human/votes")  # pairwise votes, one file per rater
 EVAL_PLOT = Path("plots/eval.json")
 EVAL_CHARTS = Path("plots/eval")
 
-# Every raw file, relative to a raw-data root (data/raw/, data/sample/ or data.local_dir).
-RAW_FILES = [Path(ED_SUBDIR) / f"{split}.csv" for split in ED_SPLITS] + [Path(DPO_SUBDIR) / DPO_FILE]

@@ -18,7 +18,7 @@ import urllib3
 from tqdm import tqdm
 
 from chattune.common.errors import DownloadError
-from chattune.common.paths import DPO_FILE, DPO_SUBDIR, ED_SPLITS, ED_SUBDIR, RAW_FILES
+from chattune.common.paths import DPO_FILE, DPO_SUBDIR, ED_SPLITS, ED_SUBDIR
 
 CHUNK = 1 << 16
 # Far above the real files (the tarball is 28 MB and holds 105 MB; data.json is 20 MB), far below a full disk.
@@ -31,12 +31,22 @@ class OverLimit(DownloadError):
     """A download that broke a limit: trying again would break it again."""
 
 
-def copy_raw(source: Path, dest: Path) -> None:
-    """Copy the raw layout (paths.RAW_FILES) from `source` into `dest`."""
-    missing = [str(source / rel) for rel in RAW_FILES if not (source / rel).is_file()]
+def raw_files(data) -> list[Path]:
+    """The files the data params need in the raw layout, relative to data/raw/ (and to the source folder): the
+    built-in datasets' fixed names, and each file of a dataset of your own as it names it."""
+    files = [] if data.sft.own else [Path(ED_SUBDIR) / f"{split}.csv" for split in ED_SPLITS]
+    files += [] if data.dpo.own else [Path(DPO_SUBDIR) / DPO_FILE]
+    for own in (data.sft.own, data.dpo.own):
+        files += [Path(name) for name in own.files.values()] if own else []
+    return list(dict.fromkeys(files))
+
+
+def copy_raw(source: Path, dest: Path, files: list[Path]) -> None:
+    """Copy `files` (relative paths) from `source` into `dest`."""
+    missing = [str(source / rel) for rel in files if not (source / rel).is_file()]
     if missing:
         raise DownloadError("missing raw file(s): " + ", ".join(missing))
-    for rel in RAW_FILES:
+    for rel in files:
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source / rel, dest / rel)
 
@@ -156,27 +166,37 @@ def extract_empatheticdialogues(tarball: Path, dest: Path) -> None:
     shutil.rmtree(unpack)
 
 
-def download_hub(hub, dest: Path) -> dict:
-    """Both files into `dest`; what metrics/download.json records of them: sha256, and the commit where known."""
-    recorded = {}
-    for name, url, pin, target in (
-            ("empatheticdialogues", hub.empatheticdialogues_url, hub.empatheticdialogues_sha256,
-             dest / "empatheticdialogues.tar.gz"),
-            ("human_like_dpo", hub.human_like_dpo_url, hub.human_like_dpo_sha256, dest / DPO_SUBDIR / DPO_FILE)):
+def download_hub(data, dest: Path) -> dict:
+    """What the data params need from the web into `dest`: the built-in datasets from their hosts, each dataset of
+    your own from its hub repository at its commit. Returns what metrics/download.json records of them: sha256, and
+    the commit where known."""
+    hub, recorded = data.hub, {}
+    wanted = []  # (name, url, sha256 pin, target, the pin's key)
+    if not data.sft.own:
+        wanted.append(("empatheticdialogues", hub.empatheticdialogues_url, hub.empatheticdialogues_sha256,
+                       dest / "empatheticdialogues.tar.gz", "data.hub.empatheticdialogues_sha256"))
+    if not data.dpo.own:
+        wanted.append(("human_like_dpo", hub.human_like_dpo_url, hub.human_like_dpo_sha256,
+                       dest / DPO_SUBDIR / DPO_FILE, "data.hub.human_like_dpo_sha256"))
+    for section, own in (("sft", data.sft.own), ("dpo", data.dpo.own)):
+        for file in own.files.values() if own else []:  # a commit pins the bytes: the hub addresses files by it
+            wanted.append((f"{section}.{file}", f"{hub.endpoint}/datasets/{own.repo}/resolve/{own.commit}/{file}",
+                           None, dest / file, f"data.{section}.own.commit"))
+    for name, url, pin, target, key in wanted:
         target.parent.mkdir(parents=True, exist_ok=True)
-        digest, commit = fetch(url, target, pin, hub.retries, hub.timeout_s, hub.deadline_s,
-                               f"data.hub.{name}_sha256")
+        digest, commit = fetch(url, target, pin, hub.retries, hub.timeout_s, hub.deadline_s, key)
         recorded[f"{name}_sha256"] = digest
         if commit:
             recorded[f"{name}_commit"] = commit
-        if not pin:
+        if not pin and key.endswith("_sha256"):
             print(f"download: {name} is not pinned: its sha256 is {digest}"
                   + (f", fetched at commit {commit}" if commit else "")
-                  + f". Pin it with data.hub.{name}_sha256 (docs/sharing.md, Pinning the data)", file=sys.stderr)
-    extract_empatheticdialogues(dest / "empatheticdialogues.tar.gz", dest)
-    (dest / "empatheticdialogues.tar.gz").unlink()
+                  + f". Pin it with {key} (docs/sharing.md, Pinning the data)", file=sys.stderr)
+    if not data.sft.own:
+        extract_empatheticdialogues(dest / "empatheticdialogues.tar.gz", dest)
+        (dest / "empatheticdialogues.tar.gz").unlink()
     return recorded
 
 
-def file_sizes(root: Path) -> dict:
-    return {f"bytes.{rel.as_posix()}": (root / rel).stat().st_size for rel in RAW_FILES}
+def file_sizes(root: Path, files: list[Path]) -> dict:
+    return {f"bytes.{rel.as_posix()}": (root / rel).stat().st_size for rel in files}

@@ -175,6 +175,12 @@ def conversations(turns: list[Turn]) -> dict[str, list[Turn]]:
     return {conv_id: sorted(group, key=lambda t: t.idx) for conv_id, group in grouped.items()}
 
 
+def listener_turns(turns: list[Turn], held_out: HeldOut | None = None) -> list[Turn]:
+    """Every listener turn (even utterance index) of a split; with `held_out`, none of a conversation that is a
+    held-out one's twin (as preprocess leaves them out of SFT)."""
+    return [turn for turn in turns if turn.idx % 2 == 0 and not (held_out and held_out.twin(turn))]
+
+
 def listener_examples(turns: list[Turn], system_prompt: str, seed_format: bool,
                       held_out: HeldOut | None = None) -> Parsed:
     """One SFT example per listener turn (even utterance index); with `held_out`, a turn of a conversation that is

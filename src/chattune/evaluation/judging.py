@@ -40,7 +40,6 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from transformers import AutoModel, AutoTokenizer
 
 from chattune.common.paths import JUDGES_DIR
-from chattune.data.parsing import HeldOut, Turn
 from chattune.evaluation.scoring import Measure, mean_of
 from chattune.modeling.placement import placement
 
@@ -114,12 +113,6 @@ def emotion_classifier(seed: int) -> Pipeline:
     return make_pipeline(SentenceEmbedding(), LogisticRegression(max_iter=2000, random_state=seed))
 
 
-def listener_turns(turns: list[Turn], held_out: HeldOut | None = None) -> list[Turn]:
-    """Every listener turn (even utterance index) of a split; with `held_out`, none of a conversation that is a
-    held-out one's twin (as preprocess leaves them out of SFT)."""
-    return [turn for turn in turns if turn.idx % 2 == 0 and not (held_out and held_out.twin(turn))]
-
-
 def matched_replies(pairs: list[dict], tokenizer, budget: int) -> tuple[list[str], list[int]]:
     """Each pair's chosen reply (label 1, human-like) and rejected reply (label 0), both cut to the same number of
     the base model's tokens: the shorter reply's, and at most `budget` (what evaluation lets a reply take)."""
@@ -143,15 +136,17 @@ def chance(labels: list[str]) -> float:
 @dataclass
 class Judges:
     humanlike: Pipeline
-    emotion: Pipeline
+    emotion: Pipeline | None  # None where the SFT data carries no label (data.sft.label)
 
     def save(self, folder) -> None:
         joblib.dump(self.humanlike, folder / HUMANLIKE_FILE)
-        joblib.dump(self.emotion, folder / EMOTION_FILE)
+        if self.emotion is not None:
+            joblib.dump(self.emotion, folder / EMOTION_FILE)
 
     @staticmethod
     def load(folder=JUDGES_DIR) -> "Judges":
-        return Judges(joblib.load(folder / HUMANLIKE_FILE), joblib.load(folder / EMOTION_FILE))
+        emotion = folder / EMOTION_FILE
+        return Judges(joblib.load(folder / HUMANLIKE_FILE), joblib.load(emotion) if emotion.exists() else None)
 
     def humanlike_share(self, texts: list[str]) -> Measure:
         """Per reply, 1 if classified human-like."""
@@ -173,8 +168,9 @@ class Judges:
 
 def train(seed: int, pair_texts: list[str], pair_labels: list[int], listener_texts: list[str],
           emotions: list[str]) -> Judges:
+    """The two judges; no emotion judge without labelled replies."""
     return Judges(humanlike_classifier(seed).fit(pair_texts, pair_labels),
-                  emotion_classifier(seed).fit(listener_texts, emotions))
+                  emotion_classifier(seed).fit(listener_texts, emotions) if listener_texts else None)
 
 
 def held_out_accuracy(judges: Judges, pair_texts: list[str], pair_labels: list[int]) -> Measure:
