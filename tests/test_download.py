@@ -305,3 +305,26 @@ def test_sample_and_local_sources_copy_the_raw_layout(project, tmp_path_factory)
     compose(["data=local", f"data.local_dir={local}"])
     with pytest.raises(DownloadError, match=r"missing raw file\(s\): .*mine\d*/empatheticdialogues/train.csv"):
         download.main()
+
+
+def test_a_hub_dataset_of_your_own_is_fetched_at_its_commit_and_nothing_else_of_sft(hub_project, server):
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    chats = b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n'
+    server.files[f"/datasets/me/chats/resolve/{commit}/data/train.jsonl"] = chats
+    edit_params(hub_project / "params.yaml", **{"data.hub.endpoint": server.url, "data.sft": {
+        "format": "messages", "own": {"files": {"train": "data/train.jsonl"}, "columns": {}, "repo": "me/chats",
+                                      "commit": commit}, "label": None, "group": None}})
+    download.main()
+    raw = hub_project / "data/raw"
+    assert (raw / "data/train.jsonl").read_bytes() == chats
+    assert sorted(p.relative_to(raw).as_posix() for p in raw.rglob("*") if p.is_file()) == [
+        "data/train.jsonl", "human_like_dpo/data.json"]  # no EmpatheticDialogues: SFT does not read it
+    assert "/ed.tar.gz" not in server.hits
+    recorded = json.loads((hub_project / "metrics/download.json").read_text())
+    assert recorded["sft.data/train.jsonl_sha256"] == hashlib.sha256(chats).hexdigest()
+    assert recorded["bytes.data/train.jsonl"] == len(chats)
+
+    del server.files[f"/datasets/me/chats/resolve/{commit}/data/train.jsonl"]  # another commit would be other bytes
+    with pytest.raises(DownloadError, match=f"me/chats/resolve/{commit}/data/train.jsonl"):
+        download.main()
+    assert (raw / "data/train.jsonl").read_bytes() == chats  # the last download stays whole

@@ -16,7 +16,7 @@ conversational (`prompt` a list of turns, `chosen` and `rejected` each one assis
 What is wrong with the file itself (not the format its suffix says, a missing column, a field of the wrong type, an
 unknown role) stops with a DataError naming the file, row and field: the data is not what the params say it is.
 What is wrong with one conversation or pair (an empty reply, no reply at the end, text UTF-8 cannot hold, a field
-over MAX_FIELD_CHARS, a duplicate) drops it and counts it by reason, as the built-in parsers do.
+over MAX_FIELD_CHARS, a duplicate: the same turns under the same id, or with no id) drops it and counts it by reason, as the built-in parsers do.
 """
 from __future__ import annotations
 
@@ -146,7 +146,8 @@ def parse_conversations(raw: bytes, name: str, fmt: str, columns: dict, label: s
     for number, (where, row) in enumerate(read_rows(raw, name)):
         parsed.read += 1
         turns = sft_turns(row, where, fmt, columns)
-        conversation_id = str(row.get(columns.get("id", "id")) or f"row-{number}")
+        given_id = row.get(columns.get("id", "id"))
+        conversation_id = str(given_id) if given_id not in (None, "") else f"row-{number}"
         tag = label_of(row, where, label)
         texts = [text for _, text in turns]
         if not all(map(writable, texts)):
@@ -157,10 +158,10 @@ def parse_conversations(raw: bytes, name: str, fmt: str, columns: dict, label: s
             parsed.dropped["empty_turn"] += 1
         elif not turns or turns[-1][0] != "assistant":
             parsed.dropped["no_reply_at_end"] += 1
-        elif tuple(turns) in seen:
+        elif (given_id, tuple(turns)) in seen:  # the same conversation twice; under two ids, two conversations
             parsed.dropped["duplicate"] += 1
         else:
-            seen.add(tuple(turns))
+            seen.add((given_id, tuple(turns)))
             first_user = next((text for role, text in turns if role == "user"), "")
             key = str(row[group]) if group and row.get(group) is not None else normalised(first_user)
             parsed.records.append(Conversation(conversation_id, key, tag, tuple(turns)))
