@@ -24,7 +24,7 @@ from chattune.evaluation.cards import adapter_card, recorded
 from chattune.modeling.loading import load_base_model, load_tokenizer, stack
 from chattune.modeling.stacks import fingerprint
 from chattune.training.batching import PassOfWholeSteps, check_step, step_split
-from chattune.training.callbacks import LogLastStep, TrainClock, live_callback
+from chattune.training.callbacks import LogLastStep, TrainClock, live_callback, tracker_callbacks
 from chattune.training.checkpoints import MarkComplete, resume_or_start, save_adapter
 from chattune.training.dpo import KeepStack, TokenizedDPOTrainer, policy_model, reference_model
 from chattune.training.launch import on_every_gpu
@@ -58,8 +58,8 @@ def build_trainer(params, output_dir: str, resume: bool = False, curves=live_cal
         train_dataset=train,
         eval_dataset=held_out,
         processing_class=tokenizer,
-        callbacks=[curves("dpo", resume), MarkComplete(), TrainClock(), LogLastStep(), KeepStack(),
-                   PassOfWholeSteps()],
+        callbacks=[curves("dpo", resume), *tracker_callbacks("dpo", params.dpo.report_to), MarkComplete(), TrainClock(),
+                   LogLastStep(), KeepStack(), PassOfWholeSteps()],
     )
     return trainer, dropped_train + dropped_eval
 

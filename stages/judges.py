@@ -6,7 +6,9 @@ Human-likeness learns Human-Like-DPO's chosen against rejected replies from ever
 seed), both replies of a pair cut to the same length within evaluation's reply budget, and is checked on the
 held-out pairs cut alike. Emotion learns EmpatheticDialogues' labels from every listener turn of train.csv (a
 held-out conversation's twins left out, as preprocess leaves them out of SFT) and is checked on valid.csv's. Neither
-depends on an SFT or DPO preset's sizes, so every experiment is scored by the same classifiers.
+depends on an SFT or DPO preset's sizes, so every experiment is scored by the same classifiers. With data of
+your own (chattune.data.inputs), human-likeness learns its preference pairs, and emotion its `data.sft.label`
+column, or is left out (emotion.available: false) where the data has none.
 
 Writes models/judges/ (two scikit-learn pipelines) and metrics/judges.json: each check with its 95% bootstrap
 interval beside chance, and whether it clears chance (`<judge>.informative`).

@@ -1,4 +1,8 @@
-"""preprocess: raw EmpatheticDialogues and Human-Like-DPO -> TRL-ready JSONL, plus row counts.
+"""preprocess: raw EmpatheticDialogues and Human-Like-DPO, or data of your own -> TRL-ready JSONL, plus row counts.
+
+Data of your own (data.sft.own, data.dpo.own) is read by chattune.data.formats into the same rows: one SFT example
+per assistant turn, its splits as the data gives them or held out by group (chattune.data.inputs). What follows
+describes the built-in data; the same sizes, fitting and counts apply to both.
 
 SFT: one example per listener turn (chattune.data.parsing.listener_examples). A training or eval dialogue too long for
 sft.max_length tokens (with the base model's tokenizer and chat template) loses its oldest turns, never

@@ -31,7 +31,7 @@ from chattune.modeling.loading import (
 from chattune.modeling.stacks import fingerprint
 from chattune.training import packed_attention
 from chattune.training.batching import PassOfWholeSteps, check_step, step_split
-from chattune.training.callbacks import LogLastStep, TrainClock, live_callback, throughput
+from chattune.training.callbacks import LogLastStep, TrainClock, live_callback, tracker_callbacks, throughput
 from chattune.training.checkpoints import MarkComplete, resume_or_start, save_adapter
 from chattune.training.launch import on_every_gpu
 from chattune.training.settings import final_evaluation, trainer_kwargs
@@ -68,7 +68,8 @@ def build_trainer(params, output_dir: str, resume: bool = False, curves=live_cal
         eval_dataset=sft_dataset(SFT_DATA / "eval.jsonl", tokenizer),
         processing_class=tokenizer,
         peft_config=lora_config(sft.lora),
-        callbacks=[curves("sft", resume), MarkComplete(), TrainClock(), LogLastStep(), PassOfWholeSteps()],
+        callbacks=[curves("sft", resume), *tracker_callbacks("sft", sft.report_to), MarkComplete(), TrainClock(),
+                   LogLastStep(), PassOfWholeSteps()],
     )
     check_step(len(trainer.train_dataset), sft.examples_per_step, "sft", "packed rows" if sft.packing else "examples")
     lora_casts_follow_autocast(trainer.model)  # the trainer added the adapter

@@ -270,3 +270,37 @@ def test_llama_cpp_answers_with_the_stacks_first_greedy_tokens(pipeline, tmp_pat
     assert llm.tokenize(text.encode(), add_bos=False, special=True) == prompt  # the same ids from the same text
     produced = [token for _, token in zip(range(4), llm.generate(prompt, temp=0.0))]
     assert produced == expected[0, len(prompt):].tolist()
+    # The k-quants users pick, made by llama.cpp's own quantizer, recorded as the others are.
+    run(["python", "-m", "tools.export", "--model", "dpo", "--format", "gguf", "--gguf-type", "q4_k_m",
+         "--out", str(tmp_path / "q4")], pipeline)
+    record = json.loads((tmp_path / "q4" / "export.json").read_text())
+    f16 = json.loads((out / "export.json").read_text())
+    assert record["files"]["model-q4_k_m.gguf"] < 0.6 * f16["files"]["model-f16.gguf"]
+    assert record["max_logit_difference"] > f16["max_logit_difference"]  # four bits lose more than sixteen
+
+
+def test_the_gguf_names_the_pre_tokenizer_as_llama_cpp_does(tmp_path):
+    """A byte-level BPE with GPT-2's split is "gpt2"; a SentencePiece-style vocabulary with byte fallback (TinyLlama)
+    is "default"; a split with no known name is refused, not guessed (SmolLM2's comes from its own GGUF:
+    tests/test_real_model.py)."""
+    from chattune.basemodel.tiny import train_tokenizer
+    from chattune.export.gguf import pre_tokenizer
+
+    train_tokenizer(["I've got 12 apples", "hello there"] * 20, 300, 64).save_pretrained(tmp_path / "tiny")
+    assert pre_tokenizer(tmp_path / "tiny", None) == "gpt2"
+    assert pre_tokenizer(shared_file("tinyllama"), None) == "default"
+    described = json.loads((tmp_path / "tiny" / "tokenizer.json").read_text())
+    described["pre_tokenizer"] = {"type": "Metaspace", "replacement": "▁"}
+    (tmp_path / "tiny" / "tokenizer.json").write_text(json.dumps(described))
+    with pytest.raises(ExportError, match="no llama.cpp name is known here for the pre-tokenizer"):
+        pre_tokenizer(tmp_path / "tiny", None)
+
+
+def test_a_k_quant_without_llama_cpp_is_refused_before_any_work(pipeline_copy, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # as where llama-cpp-python is not installed
+    monkeypatch.setattr(export_tool, "merged_model", lambda level: pytest.fail("merged before refusing"))
+    with pytest.raises(ExportError, match="--gguf-type q4_k_m is made by llama.cpp's own quantizer, which is not"):
+        export_command.main(["--out", "out", "--format", "gguf", "--gguf-type", "q4_k_m"])
+    assert not (pipeline_copy / "out").exists()

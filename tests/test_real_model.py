@@ -185,7 +185,9 @@ def test_the_merged_stack_as_q8_0_gguf_reads_back_close_to_the_float32_model(rea
     from test_export import CONVERSATION, TOLERANCE
     from transformers import AutoModelForCausalLM
 
-    from chattune.export.gguf import write_gguf
+    from chattune.basemodel.sources import gguf_path
+    from chattune.common.params import load_params
+    from chattune.export.gguf import pre_tokenizer, write_gguf
     from chattune.export.merging import merged_model
     from chattune.modeling.loading import load_tokenizer
     from chattune.modeling.prompt import encode
@@ -195,7 +197,8 @@ def test_the_merged_stack_as_q8_0_gguf_reads_back_close_to_the_float32_model(rea
     tokenizer.save_pretrained(tmp_path / "tokenizer")
     merged = merged_model("dpo")
     ids = torch.tensor([encode(tokenizer, CONVERSATION)[0]])
-    write_gguf(merged, tmp_path / "tokenizer", tmp_path / "q8_0.gguf", "q8_0", "dpo stack")
+    pre = pre_tokenizer(tmp_path / "tokenizer", gguf_path(load_params().model.gguf))
+    write_gguf(merged, tmp_path / "tokenizer", tmp_path / "q8_0.gguf", "q8_0", "dpo stack", pre)
     read = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="q8_0.gguf", dtype=torch.float32).eval()
     with torch.no_grad():
         reference = merged(input_ids=ids).logits
@@ -204,3 +207,4 @@ def test_the_merged_stack_as_q8_0_gguf_reads_back_close_to_the_float32_model(rea
     fields = gguf.GGUFReader(tmp_path / "q8_0.gguf").fields
     assert fields["tokenizer.chat_template"].contents() == tokenizer.chat_template
     assert fields["tokenizer.ggml.model"].contents() == "gpt2"
+    assert fields["tokenizer.ggml.pre"].contents() == "smollm"  # as llama.cpp's converter named SmolLM2's split

@@ -54,7 +54,8 @@ def test_every_stage_runs_in_process_and_the_result_holds_curves_metrics_and_rep
     assert sorted(result["stages"]) == sorted(["model_source", "base_model", "download", "preprocess", "judges",
                                                "sft", "dpo", "evaluate", "human"])
     assert all(stage["seconds"] > 0 and stage["peak_gib"] is None for stage in result["stages"].values())
-    assert result["params"]["data"] == {"source": "local", "local_dir": str(rows), "hub": None}
+    data = result["params"]["data"]
+    assert (data["source"], data["local_dir"], data["hub"], data["sft"]["own"]) == ("local", str(rows), None, None)
     assert result["params"]["dpo"]["max_steps"] == 3 and result["dtype"] == "float32"
     assert all(seen.endswith("on cpu") for seen in result["models_seen"])
     metrics = result["metrics"]

@@ -33,13 +33,22 @@ def test_a_run_shorter_than_checkpoint_steps_ends_evaluated_once(project):
     import json
 
     edit_params(project / "params.yaml", **{"sft.train_size": 40, "sft.epochs": 1, "sft.examples_per_step": 8,
-                                            "sft.checkpoint_steps": 100})
+                                            "sft.checkpoint_steps": 100, "sft.report_to": ["tensorboard"]})
     for stage in (download, model_source, base_model, preprocess):
         stage.main()
     sft.main()  # 40 examples, 8 a step: 5 steps
     metrics = json.loads((project / "metrics/sft.json").read_text())
     assert metrics["steps"] == 5 and metrics["eval_loss"] < metrics["base_eval_loss"]
     assert eval_steps(project / "dvclive/sft/plots/metrics/eval/loss.tsv") == [0, 5]  # the base's, then the end
+    # sft.report_to: TensorBoard's event files hold the curve dvclive holds, step for step.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(project / "logs/tensorboard/sft"))
+    events.Reload()
+    live = [line.split("\t") for line in (project / "dvclive/sft/plots/metrics/loss.tsv").read_text().splitlines()[1:]]
+    logged = events.Scalars("train/loss")
+    assert [event.step for event in logged] == [int(step) for step, _ in live] == [1, 5]
+    assert [event.value for event in logged] == pytest.approx([float(loss) for _, loss in live])
     # Throughput counts training steps only, never the evaluations around them.
     assert metrics["train_steps_timed"] == 5 and metrics["train_step_seconds"] < metrics["train_runtime_s"]
     tokens = sum(len(ids) for ids in sft.build_trainer(load_params(), str(project / "again")).train_dataset["input_ids"])
@@ -209,3 +218,12 @@ def test_building_the_trainer_raises_no_deprecation_warning_from_the_pinned_libr
     done = subprocess.run([sys.executable, "-W", "error::FutureWarning", "-c", build], cwd=project,
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_a_tracker_that_is_not_installed_stops_the_stage_naming_the_key(monkeypatch):
+    from chattune.training import callbacks
+
+    real = callbacks.importlib.util.find_spec
+    monkeypatch.setattr(callbacks.importlib.util, "find_spec", lambda name: None if name == "wandb" else real(name))
+    with pytest.raises(ParamsError, match=r"dpo.report_to: wandb is not installed \(pip install wandb"):
+        callbacks.tracker_callbacks("dpo", ["tensorboard", "wandb"])

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from chattune.common.errors import ExportError, run
 from chattune.export.exporting import DTYPES, export
+from chattune.export.gguf import LLAMA_CPP_TYPES
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -33,7 +34,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--format", choices=["folder", "gguf"], default="folder")
     parser.add_argument("--dtype", choices=list(DTYPES), default="float32",
                         help="the folder's weights, cast after the float32 merge (--format folder)")
-    parser.add_argument("--gguf-type", choices=["f16", "q8_0"], default="q8_0", help="the GGUF tensor type")
+    parser.add_argument("--gguf-type", choices=["f16", "q8_0", *LLAMA_CPP_TYPES], default="q8_0",
+                        help="the GGUF tensor type; q4_k_m and q5_k_m through llama.cpp's quantizer (llama-cpp-python)")
     args = parser.parse_args(argv)
     if args.format == "gguf" and args.dtype != "float32":
         parser.error("--dtype applies to --format folder; a GGUF export takes --gguf-type")

@@ -282,6 +282,17 @@ class TrainParams(Strict):
         description="recompute activations in the backward pass instead of keeping them: less memory, about a third "
         "more compute. TRL turns it on by default; a LoRA run of a 1.1B model fits a 16 GiB card without it "
         "(docs/speed.md)")
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
+        description="trackers the trainer also reports to, beside dvclive (which always writes the curves `dvc plots` "
+        "draws): tensorboard writes event files to logs/tensorboard/<stage>/; wandb and mlflow follow their own "
+        "settings (WANDB_MODE=offline, MLFLOW_TRACKING_URI=file:./mlruns). Each must be installed")
+
+    @field_validator("report_to")
+    @classmethod
+    def _each_tracker_once(cls, trackers):
+        if len(set(trackers)) != len(trackers):
+            raise ValueError(f"names a tracker twice: {trackers}")
+        return trackers
 
 
 class SFTParams(TrainParams):

@@ -25,6 +25,7 @@ DATA_METRICS = METRICS_DIR / "data.json"  # rows read, kept and dropped (preproc
 LENGTHS = METRICS_DIR / "lengths.json"  # token lengths of the replies each training teaches (preprocess)
 JUDGES_METRICS = METRICS_DIR / "judges.json"  # the reply classifiers' checks and verdicts (judges)
 LIVE_DIR = Path("dvclive")
+TRACKER_LOGS = Path("logs")  # what other trackers write locally (sft.report_to, dpo.report_to); no DVC output
 PROBE_SET = Path("data/eval/probe.jsonl")  # the project's own prompts with reference replies
 GENERATIONS = Path("eval/generations.jsonl")
 STACK_CARD = Path("eval/model-card.md")  # the model card of base + SFT + DPO, with the headline metrics

@@ -16,7 +16,15 @@ from chattune.common.outputs import atomic_dir
 from chattune.common.params import load_params
 from chattune.common.paths import METRICS_DIR
 from chattune.evaluation.cards import recorded, stack_card
-from chattune.export.gguf import modelfile, write_gguf
+from chattune.basemodel.sources import gguf_path
+from chattune.export.gguf import (
+    LLAMA_CPP_TYPES,
+    llama_cpp_or_refuse,
+    llama_quantize,
+    modelfile,
+    pre_tokenizer,
+    write_gguf,
+)
 from chattune.export.merging import merged_model
 from chattune.modeling.loading import load_model, load_tokenizer
 from chattune.modeling.placement import placement
@@ -64,12 +72,19 @@ def write_files(level: str, tokenizer, folder: Path, fmt: str, dtype: str, gguf_
         model.to(DTYPES[dtype]).save_pretrained(folder)
         tokenizer.save_pretrained(folder)
         return "", {}
-    name = f"model-{gguf_type}.gguf"
-    with tempfile.TemporaryDirectory() as tokenizer_dir:  # the GGUF carries the tokenizer; its files are not kept
-        tokenizer.save_pretrained(tokenizer_dir)
-        kept = write_gguf(model, Path(tokenizer_dir), folder / name, gguf_type, f"{level} stack")
-    (folder / "Modelfile").write_text(modelfile(tokenizer, name, load_params().sft.system_prompt))
-    return name, {"kept_at_higher_precision": kept}
+    name, params = f"model-{gguf_type}.gguf", load_params()
+    source = gguf_path(params.model.gguf) if params.model.gguf else None  # its pre-tokenizer name is llama.cpp's
+    with tempfile.TemporaryDirectory() as scratch:  # the GGUF carries the tokenizer; its files are not kept
+        tokenizer.save_pretrained(scratch)
+        pre = pre_tokenizer(Path(scratch), source)
+        if gguf_type in LLAMA_CPP_TYPES:  # f16 first, then llama.cpp's quantizer picks each tensor's type
+            write_gguf(model, Path(scratch), Path(scratch) / "model-f16.gguf", "f16", f"{level} stack", pre)
+            llama_quantize(Path(scratch) / "model-f16.gguf", folder / name, gguf_type)
+            kept = {}
+        else:
+            kept = write_gguf(model, Path(scratch), folder / name, gguf_type, f"{level} stack", pre)
+    (folder / "Modelfile").write_text(modelfile(tokenizer, name, params.sft.system_prompt))
+    return name, {"kept_at_higher_precision": kept, "tokenizer_pre": pre}
 
 
 def card(level: str, fmt: str):
@@ -84,6 +99,8 @@ def card(level: str, fmt: str):
 
 def export(level: str, out: Path, fmt: str = "folder", dtype: str = "float32", gguf_type: str = "q8_0") -> dict:
     check_destination(out)
+    if fmt == "gguf" and gguf_type in LLAMA_CPP_TYPES:
+        llama_cpp_or_refuse(gguf_type)  # before any work
     tokenizer = load_tokenizer()
     device = placement()[0]
     # checked again just before the swap: a file put in --out meanwhile is not deleted either

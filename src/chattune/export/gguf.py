@@ -1,7 +1,7 @@
 """The merged model for local runners: a GGUF file for llama.cpp and Ollama, and Ollama's Modelfile (tools.export).
 
-The GGUF file holds the merged weights in f16 or q8_0, the tokenizer with its special tokens, and the chat
-template. Tensor names come from the gguf library's map, blocks from its quantizer; what is done here is the
+The GGUF file holds the merged weights in f16 or q8_0 (or Q4_K_M / Q5_K_M through llama.cpp's own quantizer), the
+tokenizer with its special tokens and llama.cpp's name for its pre-tokenizer, and the chat template. Tensor names come from the gguf library's map, blocks from its quantizer; what is done here is the
 glue: llama.cpp's row order for the query and key projections (each head's two rotary halves interleaved, which
 transformers undoes when it reads the file), and the precision of the tensors q8_0 cannot take (norms, and
 matrices whose rows its blocks of 32 do not divide, stay in float32 / f16, as llama.cpp's own converter keeps
@@ -18,6 +18,8 @@ import numpy as np
 from chattune.common.errors import ExportError
 
 TYPES = {"f16": gguf.LlamaFileType.MOSTLY_F16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}
+# What only llama.cpp's own quantizer makes (k-quants, chosen per tensor): written as f16 first, then quantized.
+LLAMA_CPP_TYPES = ("q4_k_m", "q5_k_m")
 Q8_BLOCK = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.Q8_0][0]
 
 
@@ -46,7 +48,50 @@ def vocabulary(tokenizer_dir: Path):
     return gguf.LlamaHfVocab(tokenizer_dir) if model.get("byte_fallback") else gguf.BpeVocab(tokenizer_dir)
 
 
-def add_tokenizer(writer: gguf.GGUFWriter, tokenizer_dir: Path, vocab_size: int) -> None:
+def pre_tokenizer(tokenizer_dir: Path, source_gguf: Path | None) -> str:
+    """llama.cpp's name for how the tokenizer splits text before its BPE merges (tokenizer.ggml.pre). A wrong name
+    splits words otherwise than training did: SmolLM2 written as "default" had llama.cpp split "I've" into three
+    tokens where the model learned two. The source GGUF's own name where the base model came from one (llama.cpp's
+    converter identified it there); "default" for a SentencePiece-style vocabulary with byte fallback, which
+    llama.cpp splits on spaces alone whatever the name; "gpt2" for GPT-2's byte-level split. Other splits are
+    refused rather than guessed."""
+    if source_gguf is not None:
+        field = gguf.GGUFReader(source_gguf).fields.get("tokenizer.ggml.pre")
+        if field is not None:
+            return bytes(field.parts[field.data[0]]).decode()
+    described = json.loads((tokenizer_dir / "tokenizer.json").read_text())
+    if described["model"].get("byte_fallback"):
+        return "default"
+    split = described.get("pre_tokenizer") or {}
+    if split.get("type") == "ByteLevel" and split.get("use_regex", True):
+        return "gpt2"
+    raise ExportError(f"export: no llama.cpp name is known here for the pre-tokenizer {json.dumps(split)[:200]} "
+                      f"({tokenizer_dir}/tokenizer.json); a GGUF with a wrong one would split text otherwise")
+
+
+def llama_quantize(source: Path, target: Path, kind: str) -> None:
+    """`source` (an f16 GGUF) quantized by llama.cpp's own quantizer (llama-cpp-python's binding) into `target`."""
+    import ctypes
+
+    llama_cpp = llama_cpp_or_refuse(kind)
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{kind.upper()}")
+    status = llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), ctypes.byref(params))
+    if status != 0 or not target.exists():
+        raise ExportError(f"export: llama.cpp's quantizer failed on {source} (status {status})")
+
+
+def llama_cpp_or_refuse(kind: str):
+    try:
+        import llama_cpp
+    except ImportError:
+        raise ExportError(f"export: --gguf-type {kind} is made by llama.cpp's own quantizer, which is not installed: "
+                          "pip install llama-cpp-python (it builds llama.cpp; docs/tests.md), or use f16 or q8_0") \
+            from None
+    return llama_cpp
+
+
+def add_tokenizer(writer: gguf.GGUFWriter, tokenizer_dir: Path, vocab_size: int, pre: str) -> None:
     vocab = vocabulary(tokenizer_dir)
     tokens, scores, types = (list(column) for column in zip(*vocab.all_tokens()))
     # Special tokens that the vocabulary lists as ordinary entries are control tokens to a runner, as to HF.
@@ -60,7 +105,7 @@ def add_tokenizer(writer: gguf.GGUFWriter, tokenizer_dir: Path, vocab_size: int)
         scores.append(-1000.0)
         types.append(gguf.TokenType.UNUSED)
     writer.add_tokenizer_model(vocab.tokenizer_model)
-    writer.add_tokenizer_pre("default")
+    writer.add_tokenizer_pre(pre)
     writer.add_token_list(tokens)
     writer.add_token_scores(scores)
     writer.add_token_types(types)
@@ -68,9 +113,9 @@ def add_tokenizer(writer: gguf.GGUFWriter, tokenizer_dir: Path, vocab_size: int)
         .add_to_gguf(writer, quiet=True)
 
 
-def write_gguf(model, tokenizer_dir: Path, path: Path, kind: str, name: str) -> dict[str, str]:
-    """Write the merged float32 `model` (a LlamaForCausalLM) to `path`; return {tensor: type} of the tensors
-    kept above `kind`'s precision."""
+def write_gguf(model, tokenizer_dir: Path, path: Path, kind: str, name: str, pre: str) -> dict[str, str]:
+    """Write the merged float32 `model` (a LlamaForCausalLM) to `path`, its tokenizer split as `pre` says
+    (pre_tokenizer); return {tensor: type} of the tensors kept above `kind`'s precision (f16 or q8_0)."""
     config = model.config
     if config.model_type != "llama":
         raise ExportError(f"export: GGUF export knows Llama models; this one is {config.model_type!r}")
@@ -88,7 +133,7 @@ def write_gguf(model, tokenizer_dir: Path, path: Path, kind: str, name: str) -> 
     writer.add_rope_freq_base(config.rope_parameters["rope_theta"])
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
     writer.add_vocab_size(config.vocab_size)
-    add_tokenizer(writer, tokenizer_dir, config.vocab_size)
+    add_tokenizer(writer, tokenizer_dir, config.vocab_size, pre)
 
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
     kept = {}

@@ -1,15 +1,17 @@
-"""What a trainer logs besides its loss: the curves through dvclive, the last step's figures, and a clock of training steps only (no evaluation, checkpoints or logging)."""
+"""What a trainer logs besides its loss: the curves through dvclive (and the other trackers chosen), the last step's figures, and a clock of training steps only (no evaluation, checkpoints or logging)."""
 from __future__ import annotations
 
+import importlib.util
 import time
 
 import torch
 from accelerate import PartialState
 from datasets import Dataset
 from transformers import TrainerCallback
-from transformers.integrations import DVCLiveCallback
+from transformers.integrations import DVCLiveCallback, TensorBoardCallback
 
-from chattune.common.paths import LIVE_DIR
+from chattune.common.errors import ParamsError
+from chattune.common.paths import LIVE_DIR, TRACKER_LOGS
 from chattune.modeling.placement import cpu_only
 
 
@@ -33,6 +35,20 @@ def live_callback(stage: str, resume: bool) -> LiveCallback:
     # dvcyaml=None: the project's dvc.yaml declares the plots; dvclive must not rewrite it.
     # resume=True continues the curves of an interrupted run instead of starting them over.
     return LiveCallback(live=Live(dir=str(LIVE_DIR / stage), resume=resume, dvcyaml=None, save_dvc_exp=False))
+
+
+def tracker_callbacks(stage: str, report_to: list[str]) -> list[TrainerCallback]:
+    """The callbacks this project makes for the trackers in `<stage>.report_to` (transformers makes the others from
+    their names: settings.trainer_kwargs): TensorBoard's, writing to logs/tensorboard/<stage>/ from the main process.
+    A tracker that is not installed stops the stage here, before any step, naming the key."""
+    for name in report_to:
+        if importlib.util.find_spec(name) is None:
+            raise ParamsError(f"{stage}.report_to: {name} is not installed (pip install {name}, or leave it out)")
+    if "tensorboard" not in report_to or not PartialState(cpu=cpu_only()).is_main_process:
+        return []
+    from torch.utils.tensorboard import SummaryWriter
+
+    return [TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(TRACKER_LOGS / "tensorboard" / stage)))]
 
 
 class LogLastStep(TrainerCallback):

@@ -31,7 +31,9 @@ def trainer_kwargs(params: Params, stage: str, output_dir: str, *models) -> dict
         use_cpu=cpu_only(),
         logging_steps=5,
         logging_first_step=True,  # so the curves start at step 1, and even a run of a few steps logs
-        report_to="none",
+        # dvclive's curves come from the stage's own callback, TensorBoard's from tracker_callbacks (its folder, not
+        # one inside the checkpoints); transformers makes the others' callbacks from their names
+        report_to=[name for name in train.report_to if name != "tensorboard"] or "none",
         eval_strategy="steps",
         eval_steps=train.checkpoint_steps,
         save_strategy="steps",
