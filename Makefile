@@ -35,11 +35,11 @@ test: $(VENV)/.installed
 params: $(VENV)/.installed
 	$(BIN)/python -m chattune.common.params --compose > /dev/null
 
-# Queue the notebook's nine SFT/DPO runs as DVC experiments and run them one after another.
+# Queue the notebook's nine SFT/DPO runs as DVC experiments and start DVC's queue workers: one per GPU, each run on a
+# GPU of its own (N GPUs run N at once), one worker on a CPU.
 # The real thing: make study PROFILE="-S model=tinyllama -S data=hub -S eval=roberta"
 study: $(VENV)/.installed
 	PATH="$(CURDIR)/$(BIN):$$PATH" python -m tools.study $(PROFILE)
-	PATH="$(CURDIR)/$(BIN):$$PATH" dvc queue start
 
 # reports/compare.md and PNG charts from `dvc exp show --json`.
 compare: $(VENV)/.installed

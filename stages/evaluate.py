@@ -77,7 +77,7 @@ from chattune.evaluation.scoring import (
 from chattune.evaluation.verdicts import LEARNED, informative, verdict_key
 from chattune.human.sheet import read_key, sheet_texts
 from chattune.modeling.loading import load_model, load_tokenizer
-from chattune.modeling.placement import placement
+from chattune.modeling.placement import device_record, placement
 from chattune.modeling.stacks import MODELS, check_stack, fingerprint
 
 COMPARISONS = (("sft", "base"), ("dpo", "sft"))  # (after, before): what each training step changed
@@ -203,6 +203,7 @@ def run_models(params: Params, tokenizer, prompts: dict, reference_ids: dict, pa
         metrics[f"{model_name}.new_tokens_per_s"] = new_tokens / seconds
         del model
     metrics["preference_pairs"] = len(pairs) // 2
+    metrics.update(device_record())
     for after, before in COMPARISONS if pairs else ():
         metrics[f"{after}.preference_accuracy"] = preference_accuracy(pair_logprobs[after], pair_logprobs[before])
     return replies, logprobs, metrics

@@ -49,7 +49,7 @@ def main() -> None:
     path, pairs, given_eval = preference_pairs(params, "")
     if len(pairs.records) < 2:
         raise DataError(f"{path}: {len(pairs.records)} usable pairs; need at least 2")
-    train_pairs, held_out = preference_split(params, pairs, given_eval)
+    train_pairs, held_out, _ = preference_split(params, pairs, given_eval)
 
     tokenizer, budget = load_tokenizer(), reply_budget(params)
     trained, valid = replies.get("train", []), replies.get("valid", [])

@@ -34,6 +34,7 @@ from chattune.data.parsing import DPO_DROP_REASONS, Parsed, groups_across, repea
 from chattune.modeling.loading import load_tokenizer
 from chattune.modeling.prompt import PromptTooLong, encode, fit
 
+
 def fit_examples(examples: Parsed, tokenizer, max_length: int) -> int:
     """Fit each example into max_length tokens in place (oldest turns dropped); drop and count those that
     cannot fit. Returns how many examples lost turns."""
@@ -83,15 +84,16 @@ def main() -> None:
 
     # every pair that may train, whatever dpo.train_size: the split is checked on it, and its replies measured; the
     # preset trains on the first dpo.train_size of them
-    all_train_pairs, dpo_held_out = preference_split(params, pairs, given_eval)
+    all_train_pairs, dpo_held_out, twins = preference_split(params, pairs, given_eval)
     if not all_train_pairs:
         raise DataError(f"{path}: all {len(pairs.records)} pairs ask the held-out prompts, which leaves none to "
                         "train on")
     train = all_train_pairs[: params.dpo.train_size]
     outputs[DPO_DATA / "train.jsonl"], outputs[DPO_DATA / "eval.jsonl"] = train, dpo_held_out
     metrics.update(pairs.counts("dpo.rows", PREFERENCE_DROP_REASONS if params.data.dpo.own else DPO_DROP_REASONS))
-    if given_eval is not None:
+    if given_eval is not None:  # the data's own eval file, and the training pairs that asked its prompts
         metrics.update(given_eval.counts("dpo.eval_rows", PREFERENCE_DROP_REASONS))
+        metrics["dpo.train.dropped.held_out_twin"] = twins
     metrics.update({"dpo.train.pairs": len(train), "dpo.eval.pairs": len(dpo_held_out)})
     groups, repeated, in_repeated = repeated_groups(pairs.records)
     metrics.update({"dpo.prompt_groups": groups, "dpo.repeated_prompt_groups": repeated,

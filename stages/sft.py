@@ -28,10 +28,11 @@ from chattune.modeling.loading import (
     lora_casts_follow_autocast,
     lora_config,
 )
+from chattune.modeling.placement import device_record
 from chattune.modeling.stacks import fingerprint
 from chattune.training import packed_attention
 from chattune.training.batching import PassOfWholeSteps, check_step, step_split
-from chattune.training.callbacks import LogLastStep, TrainClock, live_callback, tracker_callbacks, throughput
+from chattune.training.callbacks import LogLastStep, TrainClock, live_callback, throughput, tracker_callbacks
 from chattune.training.checkpoints import MarkComplete, resume_or_start, save_adapter
 from chattune.training.launch import on_every_gpu
 from chattune.training.settings import final_evaluation, trainer_kwargs
@@ -117,6 +118,7 @@ def main(curves=live_callback) -> None:
         "steps": trainer.state.global_step,
         "lr": trainer.args.learning_rate,  # sft.lr times model.lr_scale
         **step_split(trainer),
+        **device_record(),
     }
     save_adapter(trainer, SFT_MODEL, below="base", card=adapter_card("sft", params, *recorded(), metrics))
     write_json(METRICS_DIR / "sft.json", metrics)

@@ -1,6 +1,9 @@
-"""The training stages run unchanged on several processes. `accelerate launch` starts multi-GPU runs
-through torchrun; here torchrun starts two CPU processes, which form a gloo group."""
+"""The training stages run unchanged on several processes and machines. `accelerate launch` starts multi-GPU runs
+through torchrun; here it starts two "machines" on one host, one CPU process each, which form a gloo group."""
 import json
+import os
+import socket
+import subprocess
 from types import SimpleNamespace
 
 import pytest
@@ -8,14 +11,32 @@ import torch
 from accelerate.commands.config.config_args import load_config_from_file
 
 from chattune.modeling.loading import load_model
-from conftest import ROOT, edit_params, run
+from conftest import ROOT, VENV_PATH, edit_params
 from stages import base_model, download, dpo, model_source, preprocess, sft
 
 
-@pytest.mark.parametrize("name, kind", [("ddp", "MULTI_GPU"), ("fsdp", "FSDP")])
-def test_shipped_accelerate_configs_load(name, kind):
+@pytest.mark.parametrize("name, kind, machines", [("ddp", "MULTI_GPU", 1), ("fsdp", "FSDP", 1),
+                                                  ("multinode", "MULTI_GPU", 2)])
+def test_shipped_accelerate_configs_load(name, kind, machines):
     config = load_config_from_file(str(ROOT / "conf/accelerate" / f"{name}.yaml"))
-    assert config.distributed_type == kind and config.num_processes == 2
+    assert config.distributed_type == kind and config.num_machines == machines
+    assert config.num_processes == (16 if machines == 2 else 2)
+
+
+def on_two_machines(project, module: str) -> str:
+    """`python -m module` as conf/accelerate/multinode.yaml runs it on two machines of one process each (machine
+    ranks 0 and 1), both on this host: they meet at 127.0.0.1 and form one gloo group."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    machines = [subprocess.Popen(
+        ["accelerate", "launch", "--config_file", str(ROOT / "conf/accelerate/multinode.yaml"), "--num_processes", "2",
+         "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1", "--main_process_port", str(port),
+         "--mixed_precision", "no", "-m", module], cwd=project, env={**os.environ, "PATH": VENV_PATH},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
+    logs = [machine.communicate(timeout=600)[0] for machine in machines]
+    assert [machine.returncode for machine in machines] == [0, 0], "\n".join(log[-3000:] for log in logs)
+    return logs[0]
 
 
 def curve(project, stage: str) -> dict[int, float]:
@@ -25,8 +46,9 @@ def curve(project, stage: str) -> dict[int, float]:
 
 
 def test_two_processes_train_one_processs_recipe_and_give_valid_adapters(project):
-    """The preset states the examples a step trains; two gloo processes (torchrun, as accelerate launch starts them
-    on two GPUs) each train half of every step, so their run is one process's run: the same steps, the same loss
+    """The preset states the examples a step trains; two gloo processes, started as two machines of one process each
+    (conf/accelerate/multinode.yaml, machine ranks 0 and 1), each train half of every step, so their run is one
+    process's run: the same steps, the same loss
     curve up to float rounding. The notebook's DataParallel doubled the step instead. (LoRA dropout is off: each
     process draws its own dropout masks, which no split of a step can make equal.)"""
     edit_params(project / "params.yaml", **{"sft.train_size": 48, "eval.sft_eval_size": 8, "sft.epochs": 1,
@@ -43,12 +65,11 @@ def test_two_processes_train_one_processs_recipe_and_give_valid_adapters(project
         stage.main()
         name = stage.__name__.rsplit(".", 1)[1]
         alone[name] = json.loads((project / f"metrics/{name}.json").read_text()), curve(project, name)
-    launch = ["torchrun", "--nproc_per_node", "2", "-m"]
     for stage, steps, split in (("sft", 3, (2, 2, 4)), ("dpo", 4, (2, 2, 2))):
-        log = run(launch + [f"stages.{stage}"], project)
+        log = on_two_machines(project, f"stages.{stage}")
         metrics = json.loads((project / f"metrics/{stage}.json").read_text())
         # 48 examples, 16 a step: 3 steps on one process or two (the notebook's DataParallel made it 16 x 2)
-        assert metrics["steps"] == alone[stage][0]["steps"] == steps, log.stdout[-2000:]
+        assert metrics["steps"] == alone[stage][0]["steps"] == steps, log[-2000:]
         assert (metrics["processes"], metrics["grad_accum"], metrics["micro_batch"]) == split
         assert alone[stage][0]["processes"] == 1 and alone[stage][0]["grad_accum"] == 2 * split[1]
         assert metrics["examples_per_step"] == alone[stage][0]["examples_per_step"]

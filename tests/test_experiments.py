@@ -33,7 +33,7 @@ def test_study_queues_the_nine_distinct_runs_named_after_their_presets(pipeline_
     # the notebook's study: each SFT preset under DPO1, each DPO preset on SFT7, sft7 + dpo1 once
     assert study_runs() == [("sft4", "dpo1"), ("sft5", "dpo1"), ("sft6", "dpo1"), ("sft7", "dpo1"), ("sft8", "dpo1"),
                             ("sft7", "dpo2"), ("sft7", "dpo3"), ("sft7", "dpo4"), ("sft7", "dpo5")]
-    run(["python", "-m", "tools.study"], pipeline_copy)
+    run(["python", "-m", "tools.study", "--only", "queue"], pipeline_copy)
     queued = named_experiments(pipeline_copy)
     assert set(queued) == {f"{sft}-{dpo}" for sft, dpo in study_runs()}
     params = {name: data["params"]["params.yaml"]["data"] for name, data in queued.items()}
@@ -50,7 +50,9 @@ def test_two_presets_run_from_the_queue_and_compare_side_by_side(pipeline_copy):
     # One that fails: its raw files are missing, so download stops.
     run(["dvc", "exp", "run", "--queue", "-n", "broken", "-S", "data=local", "-S", "data.local_dir=/nonexistent"],
         pipeline_copy)
-    run(["dvc", "queue", "start", "-j", "1"], pipeline_copy)
+    # Two queue workers, as on a machine with two GPUs (the count mocked): each shown only its own GPU.
+    started = run(["python", "-m", "tools.study", "--only", "start", "--gpus", "2"], pipeline_copy).stdout
+    assert "2 queue worker(s) started, one GPU each" in started
     status = queue_settled(pipeline_copy)
     assert status.count("Success") == 2 and status.count("Failed") == 1
 
@@ -59,6 +61,10 @@ def test_two_presets_run_from_the_queue_and_compare_side_by_side(pipeline_copy):
     assert lr == {"sft7-dpo2": 5e-6, "sft7-dpo5": 4e-6}
     margins = {name: exps[name]["metrics"]["metrics/dpo.json"]["data"]["eval.rewards_margins"] for name in lr}
     assert margins["sft7-dpo2"] != margins["sft7-dpo5"]
+    # Every stage of every run records the one GPU it claimed (tests/test_devices.py: no two at once on one).
+    for name in lr:
+        for stage in ("dpo", "eval"):
+            assert exps[name]["metrics"][f"metrics/{stage}.json"]["data"]["visible_devices"] in ("0", "1")
 
     run(["python", "-m", "tools.compare"], pipeline_copy)
     report = (pipeline_copy / "reports/compare.md").read_text()

@@ -12,7 +12,14 @@ import yaml
 from chattune.common.errors import DataError, ParamsError
 from chattune.common.outputs import read_jsonl
 from chattune.common.params import CONF_DIR, compose, parse_params
-from chattune.data.formats import Conversation, parse_conversations, parse_preferences, read_rows, reply_examples
+from chattune.data.formats import (
+    Conversation,
+    HeldOutConversations,
+    parse_conversations,
+    parse_preferences,
+    read_rows,
+    reply_examples,
+)
 from chattune.data.inputs import hold_out
 from chattune.data.parsing import conversations, listener_examples, parse_dpo, parse_empathetic, read_bytes
 from conftest import ROOT, edit_params, metrics, shared_file
@@ -99,12 +106,18 @@ def test_a_table_reads_the_same_from_jsonl_json_csv_and_parquet(tmp_path):
     ("d.jsonl", b'{"messages": [{"role": "bot", "content": "hi"}]}\n', "messages",
      r"d.jsonl:1: messages\[0\]: unknown role 'bot'"),
     ("d.jsonl", b'{"messages": [{"role": "user", "content": "a"}, {"role": "system", "content": "b"}]}\n', "messages",
-     r"d.jsonl:1: messages\[1\]: unknown role 'system'"),  # a system turn opens a conversation or is not one
+     r"d.jsonl:1: messages\[1\]: a system turn comes first or not at all"),
     ("d.json", b'{"conversations": []}', "sharegpt", r"d.json: expected a JSON array of objects, got dict"),
     ("d.json", b'[{"conversations": [{"from": "human"}]}]', "sharegpt",
-     r"d.json: item 0: conversations\[0\]: a turn is an object with the strings 'from' and 'value'"),
-    ("d.csv", b'instruction,output\nhi,"un,closed\n', "alpaca", r"d.csv: not a CSV file"),
-    ("d.csv", b'instruction,output\nhi,there,extra\n', "alpaca", r"d.csv:2: more fields than the header names"),
+     r"d.json: item 1: conversations\[0\]: a turn is an object with the strings 'from' and 'value'"),
+    ("d.csv", b'instruction,output\nhi,"un,closed\n', "alpaca", r"d.csv:2: not a CSV file"),
+    ("d.csv", b'instruction,output\nhi,there,extra\n', "alpaca", r"d.csv:2: 3 fields where the header names 2"),
+    ("d.csv", b'instruction,output,output\nhi,a,b\n', "alpaca", r"d.csv:1: the header names 'output' twice"),
+    ("d.jsonl", b'{"id": [1], "prompt": "a", "completion": "b"}\n', "prompt_completion",
+     r"d.jsonl:1: column 'id' \(the id\) must hold text or a whole number, not list"),
+    ("d.jsonl", b'{"id": 7, "prompt": "a", "completion": "b"}\n{"id": "7", "prompt": "c", "completion": "d"}\n',
+     "prompt_completion", r"d.jsonl:2: the id '7' is already the id of d.jsonl:1"),
+    ("d.jsonl", b'{"prompt": null, "completion": "b"}\n', "prompt_completion", r"d.jsonl:1: column 'prompt' is empty"),
     ("d.parquet", b"PAR1 not really", "alpaca", r"d.parquet: not a Parquet file"),
     ("d.txt", b"hi", "alpaca", r"d.txt: a data file ends in .jsonl, .json, .csv or .parquet"),
     ("d.jsonl", b'{"prompt": "hi", "completion": 5}\n', "prompt_completion",
@@ -140,6 +153,11 @@ def test_bad_conversations_are_dropped_and_counted_by_reason():
     assert parsed.read == 6 and len(parsed.records) == 1
     assert dict(parsed.dropped) == {"duplicate": 1, "empty_turn": 1, "no_reply_at_end": 1, "field_too_long": 1,
                                     "not_utf8": 1}
+    out_of_order = [chat(("assistant", "hello")), chat(("user", "a"), ("assistant", "b"), ("assistant", "c")),
+                    {"id": "\ud800", **chat(("user", "a"), ("assistant", "b"))}]
+    body = "".join(json.dumps(row) + "\n" for row in out_of_order).encode()
+    assert dict(parse_conversations(body, "d.jsonl", "messages", {}, None, None).dropped) == {
+        "turns_out_of_order": 2, "not_utf8": 1}
 
 
 def test_every_assistant_turn_trains_with_its_history_and_the_own_system_turn_wins():
@@ -152,7 +170,7 @@ def test_every_assistant_turn_trains_with_its_history_and_the_own_system_turn_wi
     assert examples[1]["completion"] == [{"role": "assistant", "content": "d"}]
     plain = reply_examples([Conversation("c", "g", None, (("user", "a"), ("assistant", "b")))], SYSTEM).records
     assert plain[0]["prompt"][0] == {"role": "system", "content": SYSTEM}
-    twins = reply_examples([conversation], SYSTEM, held_out={"g"})
+    twins = reply_examples([conversation], SYSTEM, HeldOutConversations.of([Conversation("x", "g", None, ())]))
     assert twins.records == [] and twins.dropped["held_out_twin"] == 2
 
 
@@ -213,7 +231,13 @@ def own(**data) -> dict:
     ({"sft": {"format": "messages", "own": {"files": {"valid": "v.jsonl"}, "columns": {}, "repo": None,
                                             "commit": None}, "label": None, "group": None}}, "must name a train file"),
     ({"sft": {"format": "messages", "own": {"files": {"train": "../t.jsonl"}, "columns": {}, "repo": None,
-                                            "commit": None}, "label": None, "group": None}}, "without '..'"),
+                                            "commit": None}, "label": None, "group": None}}, "without '.', '..'"),
+    ({"sft": {"format": "messages", "own": {"files": {"train": "chats.txt"}, "columns": {}, "repo": None,
+                                            "commit": None}, "label": None, "group": None}}, "a data file ends in"),
+    ({"sft": {"format": "prompt_completion", "own": {"files": {"train": "t.csv"}, "columns": {"prompt": "q",
+     "completion": "q"}, "repo": None, "commit": None}, "label": None, "group": None}}, "two fields to the column 'q'"),
+    ({"sft": {"format": "messages", "own": {"files": {"train": "t.csv"}, "columns": {"chosen": "x"}, "repo": None,
+                                            "commit": None}, "label": None, "group": None}}, "does not read"),
     ({"sft": {"format": "messages", "own": {"files": {"train": "t.jsonl"}, "columns": {}, "repo": "me/chats",
                                             "commit": None}, "label": None, "group": None}}, "repo and commit go"),
     ({"sft": {"format": "messages", "own": {"files": {"train": "t.jsonl"}, "columns": {}, "repo": "me/chats",
@@ -242,7 +266,7 @@ def test_preprocess_and_judges_run_on_chats_of_your_own(pipeline_copy):
                                                                                                       "test")}
     files = {split: f"mine/{split}.jsonl" for split in ("train", "valid", "test")}
     edit_params(pipeline_copy / "params.yaml", **{"data.sft": {
-        "format": "messages", "own": {"files": files, "columns": {"emotion": "feeling"}, "repo": None, "commit": None},
+        "format": "messages", "own": {"files": files, "columns": {}, "repo": None, "commit": None},
         "label": "feeling", "group": "situation"}})
     preprocess.main()
     for split, rows in built_in.items():
@@ -272,6 +296,29 @@ def test_preprocess_and_judges_run_on_chats_of_your_own(pipeline_copy):
     assert not (pipeline_copy / "models/judges/emotion.joblib").exists()
     assert found["humanlike.held_out_pairs"] > 0
 
+    # A label column with one value cannot train the emotion judge: said, naming the key.
+    (raw / "mine/all.jsonl").write_bytes(jsonl([{**row, "feeling": "same"} for row in one_file]))
+    edit_params(pipeline_copy / "params.yaml", **{"data.sft.label": "feeling"})
+    with pytest.raises(DataError, match=r"data.sft.label: the column 'feeling' holds 1 value\(s\)"):
+        judges.main()
+
+    # Preference pairs with an eval file of their own: the training pairs that ask its prompts are left out, counted.
+    pairs = json.loads((raw / "human_like_dpo/data.json").read_text())
+    as_turns = [{"prompt": [{"role": "user", "content": p["prompt"]}], "chosen": {"role": "assistant", "content":
+                 p["chosen"]}, "rejected": {"role": "assistant", "content": p["rejected"]}} for p in pairs]
+    (raw / "mine/pairs.jsonl").write_bytes(jsonl(as_turns))
+    (raw / "mine/pairs-eval.jsonl").write_bytes(jsonl(as_turns[:40]))
+    edit_params(pipeline_copy / "params.yaml", **{"data.sft.label": None, "data.dpo": {
+        "format": "conversational", "own": {"files": {"train": "mine/pairs.jsonl", "eval": "mine/pairs-eval.jsonl"},
+                                            "columns": {}, "repo": None, "commit": None}}})
+    preprocess.main()
+    data = metrics(pipeline_copy, "data")
+    twins = data["dpo.train.dropped.held_out_twin"]
+    assert twins >= 36 and twins + data["dpo.train.pairs"] == data["dpo.rows.kept"]  # 40 asked, a few rows bad
+    held = {row["prompt"][-1]["content"] for row in read_jsonl(pipeline_copy / "data/processed/dpo/eval.jsonl")}
+    trained = {row["prompt"][-1]["content"] for row in read_jsonl(pipeline_copy / "data/processed/dpo/train.jsonl")}
+    assert held and not held & trained
+
 
 def test_an_evaluation_without_labels_leaves_the_emotion_metric_out():
     from chattune.evaluation.judging import Judges
@@ -297,3 +344,37 @@ def test_the_format_presets_compose_and_validate(tmp_path):
                 assert (ROOT / "data/sample" / file).is_file(), f"data={preset}: data/sample/{file} is missing"
                 read_rows(read_bytes(ROOT / "data/sample" / file), file)
 
+
+
+def test_hostile_rows_are_bounded_dropped_or_named(tmp_path, monkeypatch):
+    from chattune.data import formats
+
+    turns = [{"role": ("user", "assistant")[i % 2], "content": "x" * 19_000} for i in range(12)]
+    long = parse_conversations(jsonl([{"messages": turns}]), "d.jsonl", "messages", {}, None, None)
+    examples = reply_examples(long.records, SYSTEM)  # a dialogue so far over MAX_HISTORY_CHARS: dropped, counted
+    assert len(examples.records) == 2 and examples.dropped["history_too_long"] == 4
+    monkeypatch.setattr(formats, "MAX_TABLE_CHARS", 10_000)  # a little Parquet that decodes to more text
+    path = tmp_path / "d.parquet"
+    parquet.write_table(pyarrow.Table.from_pylist([{"prompt": "y" * 3000, "completion": "z"}] * 8), path)
+    with pytest.raises(DataError, match=r"d.parquet: over 10,000 characters of text by row 4"):
+        read_rows(path.read_bytes(), "d.parquet")
+    bad = pyarrow.Array.from_buffers(pyarrow.string(), 1, [None, pyarrow.py_buffer(b"\0\0\0\0\2\0\0\0"),
+                                                           pyarrow.py_buffer(b"\xff\xfe")])
+    parquet.write_table(pyarrow.table({"prompt": bad, "completion": ["b"]}), path)
+    with pytest.raises(DataError, match=r"d.parquet: row 1: a text column that is not UTF-8"):
+        read_rows(path.read_bytes(), "d.parquet")
+    bom = b"\xef\xbb\xbfprompt,completion\na,b\n"  # as a spreadsheet writes it
+    assert read_rows(bom, "d.csv") == [("d.csv:2", {"prompt": "a", "completion": "b"})]
+    with pytest.raises(DataError, match=r"d.jsonl:1: the label column 'l' must hold text or a whole number, not list"):
+        parse_conversations(jsonl([{"prompt": "a", "completion": "b", "l": [1]}]), "d.jsonl", "prompt_completion",
+                            {}, "l", None)
+
+
+def test_a_conversation_in_train_and_held_out_under_another_group_is_still_a_twin():
+    held = Conversation("c1", "z", None, (("user", "same"), ("assistant", "chat")), named=True)
+    again = Conversation("c1", "a", None, (("user", "same"), ("assistant", "chat")), named=True)
+    other_id = Conversation("c2", "a", None, (("user", "same"), ("assistant", "chat")), named=True)
+    same_id = Conversation("c1", "b", None, (("user", "other"), ("assistant", "talk")), named=True)
+    row_named = Conversation("c1", "b", None, (("user", "other"), ("assistant", "talk")), named=False)
+    known = HeldOutConversations.of([held])
+    assert known.twin(again) and known.twin(other_id) and known.twin(same_id) and not known.twin(row_named)

@@ -41,7 +41,11 @@ class ExportError(ProjectError, ValueError):
 
 
 def run(main, name: str, *args) -> None:
-    """Call `main(*args)`; a ProjectError ends the process with `<name> failed: <message>` and exit status 1."""
+    """Call `main(*args)`; a ProjectError ends the process with `<name> failed: <message>` and exit status 1. In a
+    run of a study over several GPUs, the process first claims one of them (chattune.common.devices)."""
+    from chattune.common.devices import claim_study_gpu
+
+    claim_study_gpu()
     try:
         main(*args)
     except ProjectError as error:

@@ -19,7 +19,16 @@ from pathlib import Path
 from typing import Annotated, Literal, Optional, Union
 
 import yaml
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from chattune.common.errors import ParamsError, run
 
@@ -142,11 +151,19 @@ class HubParams(Strict):
 
 
 
+DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+
+
 def _relative(path: str) -> str:
-    """A file inside the source folder or repository: relative, without '..', never outside it."""
+    """A data file inside the source folder or repository: relative, without '.' or '..', each name a file system
+    can hold, ending in one of DATA_SUFFIXES."""
     parts = path.split("/")
-    if path.startswith("/") or "\\" in path or ".." in parts or "" in parts or path != path.strip():
-        raise ValueError(f"a path relative to the source folder, without '..', not {path[:80]!r}")
+    if (path.startswith("/") or "\\" in path or {".", "..", ""} & set(parts) or path != path.strip()
+            or any(ord(c) < 32 for c in path) or max(len(part.encode()) for part in parts) > 255):
+        raise ValueError(f"a path relative to the source folder, without '.', '..' or control characters, each name "
+                         f"at most 255 bytes, not {path[:80]!r}")
+    if not path.lower().endswith(DATA_SUFFIXES):
+        raise ValueError(f"a data file ends in {', '.join(DATA_SUFFIXES)}, not {path[:80]!r}")
     return path
 
 
@@ -171,9 +188,25 @@ class OwnData(Strict):
     def _train_and_pin(self):
         if "train" not in self.files:
             raise ValueError("files must name a train file")
+        read_twice = sorted({column for column in self.columns.values()
+                             if list(self.columns.values()).count(column) > 1})
+        if read_twice:
+            raise ValueError(f"columns maps two fields to the column {read_twice[0]!r}")
         if (self.repo is None) != (self.commit is None):
             raise ValueError("repo and commit go together: a hub dataset is fetched at a pinned commit")
         return self
+
+
+# The fields each SFT format reads (chattune.data.formats); a column map renames only these, "id" and "system".
+SFT_FIELDS = {"empathetic": (), "messages": ("messages",), "sharegpt": ("conversations",),
+              "alpaca": ("instruction", "input", "output"), "prompt_completion": ("prompt", "completion")}
+
+
+def _fields_of(columns: dict, fields: set, fmt: str) -> None:
+    unknown = sorted(set(columns) - fields)
+    if unknown:
+        raise ValueError(f"columns maps {unknown[0]!r}, which the {fmt} format does not read (it reads "
+                         f"{', '.join(sorted(fields))})")
 
 
 class SftData(Strict):
@@ -195,6 +228,8 @@ class SftData(Strict):
             raise ValueError("label and group are for a format of your own (empathetic has its emotion and ids)")
         if self.own and set(self.own.files) - {"train", "valid", "test"}:
             raise ValueError(f"files of SFT data are train, valid and test, not {sorted(self.own.files)}")
+        if self.own:
+            _fields_of(self.own.columns, {*SFT_FIELDS[self.format], "id", "system"}, self.format)
         return self
 
 
@@ -210,6 +245,8 @@ class PreferenceData(Strict):
             raise ValueError("own names the files exactly when format is not human_like_dpo")
         if self.own and set(self.own.files) - {"train", "eval"}:
             raise ValueError(f"files of preference data are train and eval, not {sorted(self.own.files)}")
+        if self.own:
+            _fields_of(self.own.columns, {"prompt", "chosen", "rejected"}, self.format)
         return self
 
 

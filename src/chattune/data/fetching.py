@@ -12,6 +12,7 @@ import tarfile
 import time
 import zlib
 from pathlib import Path, PurePosixPath
+from urllib.parse import quote
 
 import requests
 import urllib3
@@ -180,8 +181,8 @@ def download_hub(data, dest: Path) -> dict:
                        dest / DPO_SUBDIR / DPO_FILE, "data.hub.human_like_dpo_sha256"))
     for section, own in (("sft", data.sft.own), ("dpo", data.dpo.own)):
         for file in own.files.values() if own else []:  # a commit pins the bytes: the hub addresses files by it
-            wanted.append((f"{section}.{file}", f"{hub.endpoint}/datasets/{own.repo}/resolve/{own.commit}/{file}",
-                           None, dest / file, f"data.{section}.own.commit"))
+            url = f"{hub.endpoint}/datasets/{own.repo}/resolve/{own.commit}/{quote(file)}"
+            wanted.append((f"{section}.{file}", url, None, dest / file, f"data.{section}.own.commit"))
     for name, url, pin, target, key in wanted:
         target.parent.mkdir(parents=True, exist_ok=True)
         digest, commit = fetch(url, target, pin, hub.retries, hub.timeout_s, hub.deadline_s, key)

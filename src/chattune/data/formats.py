@@ -22,17 +22,28 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
 from chattune.common.errors import DataError
-from chattune.data.parsing import MAX_FIELD_CHARS, Parsed, decode_utf8, load_json, normalised, writable
+from chattune.data.parsing import (
+    MAX_FIELD_CHARS,
+    MAX_HISTORY_CHARS,
+    Parsed,
+    decode_utf8,
+    load_json,
+    normalised,
+    writable,
+)
 
 OPTIONAL = {"input", "system"}  # alpaca's input, and a system turn, may be absent
 ROLES = {"system": "system", "user": "user", "assistant": "assistant",  # messages
          "human": "user", "gpt": "assistant"}  # sharegpt's names
-CONVERSATION_DROP_REASONS = ("not_utf8", "field_too_long", "empty_turn", "no_reply_at_end", "duplicate")
+CONVERSATION_DROP_REASONS = ("not_utf8", "too_many_turns", "field_too_long", "empty_turn", "no_reply_at_end",
+                             "turns_out_of_order", "duplicate")
 MAX_TURNS = 100  # as EmpatheticDialogues' MAX_TURN_INDEX: a conversation's examples stay bounded
+MAX_TABLE_CHARS = 2 << 30  # the text one file may hold, as the downloads' MAX_BYTES
 
 
 @dataclass(frozen=True)
@@ -44,42 +55,76 @@ class Conversation:
     group: str
     label: str | None
     turns: tuple[tuple[str, str], ...]  # (role, text)
+    named: bool = False  # its id came from the data (an id column), not from its row
 
 
 def read_rows(raw: bytes, name: str) -> list[tuple[str, dict]]:
-    """The rows of a JSONL, JSON, CSV or Parquet file, each with where it is (`file:line`, or `file: row N`)."""
+    """The rows of a JSONL, JSON, CSV or Parquet file, each with where it is (`file:line`, `file: item N`, or
+    `file: row N`, counted from 1)."""
     suffix = Path(name).suffix.lower()
     if suffix == ".parquet":
-        import pyarrow.parquet as parquet
-
-        try:
-            table = parquet.read_table(io.BytesIO(raw))
-        except Exception as error:  # pyarrow raises its own kinds for every way a file is not Parquet
-            raise DataError(f"{name}: not a Parquet file ({type(error).__name__}: {str(error)[:200]})") from None
-        return [(f"{name}: row {number}", row) for number, row in enumerate(table.to_pylist(), start=1)]
-    text = decode_utf8(raw, name)
-    if suffix == ".jsonl":
-        rows = [(f"{name}:{number}", load_json(line, name, number))
-                for number, line in enumerate(text.split("\n"), start=1) if line.strip()]
-    elif suffix == ".json":
-        items = load_json(text, name)
-        if not isinstance(items, list):
-            raise DataError(f"{name}: expected a JSON array of objects, got {type(items).__name__}")
-        rows = [(f"{name}: item {number}", item) for number, item in enumerate(items)]
-    elif suffix == ".csv":
-        try:
-            reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
-            rows = [(f"{name}:{reader.line_num}", row) for row in reader]
-        except csv.Error as error:
-            raise DataError(f"{name}: not a CSV file: {error}") from None
-        if any(None in row for _, row in rows):
-            where = next(where for where, row in rows if None in row)
-            raise DataError(f"{where}: more fields than the header names")
+        rows = parquet_rows(raw, name)
+    elif suffix in (".jsonl", ".json", ".csv"):
+        text = decode_utf8(raw, name)
+        if suffix == ".jsonl":
+            rows = [(f"{name}:{number}", load_json(line, name, number))
+                    for number, line in enumerate(text.split("\n"), start=1) if line.strip()]
+        elif suffix == ".json":
+            items = load_json(text, name)
+            if not isinstance(items, list):
+                raise DataError(f"{name}: expected a JSON array of objects, got {type(items).__name__}")
+            rows = [(f"{name}: item {number}", item) for number, item in enumerate(items, start=1)]
+        else:
+            rows = csv_rows(text.removeprefix("\ufeff"), name)  # a spreadsheet's byte order mark is not a column
     else:
         raise DataError(f"{name}: a data file ends in .jsonl, .json, .csv or .parquet")
     for where, row in rows:
         if not isinstance(row, dict):
             raise DataError(f"{where}: expected an object, got {type(row).__name__}")
+    return rows
+
+
+def csv_rows(text: str, name: str) -> list[tuple[str, dict]]:
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    try:
+        header = next(reader, None)
+        if not header:
+            raise DataError(f"{name}: an empty CSV file (no header)")
+        repeated = sorted({column for column in header if header.count(column) > 1})
+        if repeated:
+            raise DataError(f"{name}:1: the header names {repeated[0]!r} twice")
+        rows = []
+        for values in reader:
+            where = f"{name}:{reader.line_num}"
+            if len(values) != len(header) and any(values):
+                raise DataError(f"{where}: {len(values)} fields where the header names {len(header)}")
+            if any(values):
+                rows.append((where, dict(zip(header, values))))
+    except csv.Error as error:  # among them a field over the csv module's limit (131,072 characters)
+        raise DataError(f"{name}:{reader.line_num}: not a CSV file: {error}") from None
+    return rows
+
+
+def parquet_rows(raw: bytes, name: str) -> list[tuple[str, dict]]:
+    """A Parquet file's rows, read a batch at a time and refused once their text passes MAX_TABLE_CHARS: a few
+    kilobytes of dictionary-encoded Parquet can stand for gigabytes of text."""
+    import pyarrow.parquet as parquet
+
+    rows, chars = [], 0
+    try:
+        for batch in parquet.ParquetFile(io.BytesIO(raw)).iter_batches(batch_size=1024):
+            for row in batch.to_pylist():
+                chars += sum(len(value) for value in row.values() if isinstance(value, (str, bytes)))
+                if chars > MAX_TABLE_CHARS:
+                    raise DataError(f"{name}: over {MAX_TABLE_CHARS:,} characters of text by row {len(rows) + 1}; "
+                                    "split the file")
+                rows.append((f"{name}: row {len(rows) + 1}", row))
+    except DataError:
+        raise
+    except UnicodeDecodeError as error:
+        raise DataError(f"{name}: row {len(rows) + 1}: a text column that is not UTF-8 ({error.reason})") from None
+    except Exception as error:  # pyarrow raises its own kinds for every way a file is not Parquet
+        raise DataError(f"{name}: not a Parquet file ({type(error).__name__}: {str(error)[:200]})") from None
     return rows
 
 
@@ -90,6 +135,8 @@ def field(row: dict, where: str, name: str, columns: dict, kind: type | tuple = 
         if name in OPTIONAL:
             return ""
         renamed = f" (mapped from {name!r})" if column != name else ""
+        if column in row:
+            raise DataError(f"{where}: column {column!r}{renamed} is empty (null)")
         raise DataError(f"{where}: no column {column!r}{renamed}; the row has {', '.join(map(repr, row)) or 'none'}")
     value = row[column]
     if not isinstance(value, kind):
@@ -106,9 +153,10 @@ def turns_of(value: list, where: str, column: str, keys: tuple[str, str]) -> lis
         if not isinstance(turn, dict) or not isinstance(turn.get(keys[0]), str) or not isinstance(turn.get(keys[1]), str):
             raise DataError(f"{at}: a turn is an object with the strings {keys[0]!r} and {keys[1]!r}")
         role = ROLES.get(turn[keys[0]])
-        if role is None or (role == "system" and number):
-            raise DataError(f"{at}: unknown role {turn[keys[0]]!r} (system first, then user and assistant"
-                            f"{', or human and gpt' if keys[0] == 'from' else ''})")
+        if role is None:
+            raise DataError(f"{at}: unknown role {turn[keys[0]]!r} (system, user or human, assistant or gpt)")
+        if role == "system" and number:
+            raise DataError(f"{at}: a system turn comes first or not at all")
         found.append((role, turn[keys[1]].strip()))
     return found
 
@@ -130,59 +178,111 @@ def sft_turns(row: dict, where: str, fmt: str, columns: dict) -> list[tuple[str,
                       ("assistant", field(row, where, "completion", columns).strip())]
 
 
-def label_of(row: dict, where: str, column: str | None) -> str | None:
-    if column is None:
+def key_of(row: dict, where: str, column: str, what: str) -> str:
+    """A label or group value: a string or a whole number, never empty, a list, a boolean or a float (a NaN)."""
+    value = row.get(column)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise DataError(f"{where}: no {what} in column {column!r} (data.sft.{what} names it)")
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise DataError(f"{where}: the {what} column {column!r} must hold text or a whole number, not "
+                        f"{type(value).__name__}")
+    return str(value).strip()
+
+
+def conversation_id(row: dict, where: str, columns: dict) -> str | None:
+    value = row.get(columns.get("id", "id"))
+    if value is None or value == "":
         return None
-    if column not in row or row[column] is None or str(row[column]).strip() == "":
-        raise DataError(f"{where}: no label in column {column!r} (data.sft.label names it)")
-    return str(row[column]).strip()
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise DataError(f"{where}: column {columns.get('id', 'id')!r} (the id) must hold text or a whole number, "
+                        f"not {type(value).__name__}")
+    return str(value)
+
+
+def in_order(turns: list[tuple[str, str]]) -> bool:
+    """After an optional system turn, user and assistant take turns, the user first."""
+    spoken = [role for role, _ in turns if role != "system"]
+    return bool(spoken) and all(role == ("user", "assistant")[i % 2] for i, role in enumerate(spoken))
 
 
 def parse_conversations(raw: bytes, name: str, fmt: str, columns: dict, label: str | None,
                         group: str | None) -> Parsed:
-    """An SFT file in `fmt` as Conversations. A conversation's id is its `id` column (mapped) or its row; its group
-    is the `group` column, or else its first user turn, normalised."""
-    parsed, seen = Parsed(records=[]), set()
-    for number, (where, row) in enumerate(read_rows(raw, name)):
+    """An SFT file in `fmt` as Conversations. A conversation's id is its `id` column (mapped; two rows may not share
+    one) or its row; its group is the `group` column, or else its first user turn, normalised."""
+    parsed, seen, ids = Parsed(records=[]), set(), {}
+    for number, (where, row) in enumerate(read_rows(raw, name), start=1):
         parsed.read += 1
         turns = sft_turns(row, where, fmt, columns)
-        given_id = row.get(columns.get("id", "id"))
-        conversation_id = str(given_id) if given_id not in (None, "") else f"row-{number}"
-        tag = label_of(row, where, label)
+        given = conversation_id(row, where, columns)
+        if given is not None:
+            if given in ids:
+                raise DataError(f"{where}: the id {given!r} is already the id of {ids[given]}")
+            ids[given] = where
+        tag = key_of(row, where, label, "label") if label else None
         texts = [text for _, text in turns]
-        if not all(map(writable, texts)):
+        if not all(map(writable, [*texts, given or "", tag or ""])):
             parsed.dropped["not_utf8"] += 1
-        elif len(turns) > MAX_TURNS or max(map(len, texts), default=0) > MAX_FIELD_CHARS:
+        elif len(turns) > MAX_TURNS:
+            parsed.dropped["too_many_turns"] += 1
+        elif max(map(len, texts), default=0) > MAX_FIELD_CHARS:
             parsed.dropped["field_too_long"] += 1
         elif not all(texts):
             parsed.dropped["empty_turn"] += 1
         elif not turns or turns[-1][0] != "assistant":
             parsed.dropped["no_reply_at_end"] += 1
-        elif (given_id, tuple(turns)) in seen:  # the same conversation twice; under two ids, two conversations
+        elif not in_order(turns):
+            parsed.dropped["turns_out_of_order"] += 1
+        elif (given, tuple(turns)) in seen:  # the same conversation twice
             parsed.dropped["duplicate"] += 1
         else:
-            seen.add((given_id, tuple(turns)))
-            first_user = next((text for role, text in turns if role == "user"), "")
-            key = str(row[group]) if group and row.get(group) is not None else normalised(first_user)
-            parsed.records.append(Conversation(conversation_id, key, tag, tuple(turns)))
+            seen.add((given, tuple(turns)))
+            first_user = next(text for role, text in turns if role == "user")
+            key = key_of(row, where, group, "group") if group else normalised(first_user)
+            parsed.records.append(Conversation(given or f"row-{number}", key, tag, tuple(turns), given is not None))
     return parsed
 
 
-def reply_examples(conversations: list[Conversation], system_prompt: str, held_out: set[str] | None = None) -> Parsed:
+@dataclass(frozen=True)
+class HeldOutConversations:
+    """What the held-out conversations are known by: their groups, the ids they were given, and their turns. A
+    training conversation that shares any is their twin."""
+
+    groups: frozenset[str]
+    ids: frozenset[str]
+    turns: frozenset[tuple]
+
+    @staticmethod
+    def of(conversations: list[Conversation]) -> "HeldOutConversations":
+        return HeldOutConversations(frozenset(c.group for c in conversations),
+                                    frozenset(c.id for c in conversations if c.named),
+                                    frozenset(c.turns for c in conversations))
+
+    def twin(self, conversation: Conversation) -> bool:
+        return (conversation.group in self.groups or (conversation.named and conversation.id in self.ids)
+                or conversation.turns in self.turns)
+
+
+def reply_examples(conversations: list[Conversation], system_prompt: str,
+                   held_out: HeldOutConversations | None = None) -> Parsed:
     """One SFT example per assistant turn, with the conversation before it, in the processed shape
     (data/processed/sft/*.jsonl): a conversation's own system turn, or else `system_prompt` (if not empty), opens
-    the prompt. With `held_out` (groups), a conversation of a held-out group is dropped and counted."""
+    the prompt. With `held_out`, a held-out conversation's twin is dropped and counted (held_out_twin); an example
+    whose dialogue so far passes MAX_HISTORY_CHARS is too (history_too_long), as the built-in path does."""
     parsed = Parsed(records=[])
     for conversation in conversations:
         turns = list(conversation.turns)
         system = turns.pop(0)[1] if turns and turns[0][0] == "system" else system_prompt
         opening = [{"role": "system", "content": system}] if system else []
+        told = list(itertools.accumulate(len(text) for _, text in turns))
         for position, (role, text) in enumerate(turns):
             if role != "assistant":
                 continue
             parsed.read += 1
-            if held_out is not None and conversation.group in held_out:
+            if held_out is not None and held_out.twin(conversation):
                 parsed.dropped["held_out_twin"] += 1
+                continue
+            if told[position] > MAX_HISTORY_CHARS:
+                parsed.dropped["history_too_long"] += 1
                 continue
             parsed.records.append({
                 "id": f"{conversation.id}:{position + 1}", "emotion": conversation.label, "situation": None,
@@ -223,8 +323,8 @@ def parse_preferences(raw: bytes, name: str, fmt: str, columns: dict, system_pro
             parsed.dropped["field_too_long"] += 1
         elif not all(texts) or not prompt:
             parsed.dropped["empty_field"] += 1
-        elif prompt[-1][0] != "user":
-            parsed.dropped["no_user_turn_at_end"] += 1
+        elif not in_order([*prompt, ("assistant", chosen)]):  # the prompt ends with the user's turn
+            parsed.dropped["turns_out_of_order"] += 1
         elif chosen == rejected:
             parsed.dropped["chosen_equals_rejected"] += 1
         elif (tuple(prompt), chosen, rejected) in seen:

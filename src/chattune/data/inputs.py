@@ -14,7 +14,13 @@ from dataclasses import dataclass
 
 from chattune.common.errors import DataError
 from chattune.common.paths import DPO_FILE, DPO_SUBDIR, ED_SPLITS, ED_SUBDIR, RAW_DIR
-from chattune.data.formats import CONVERSATION_DROP_REASONS, parse_conversations, parse_preferences, reply_examples
+from chattune.data.formats import (
+    CONVERSATION_DROP_REASONS,
+    HeldOutConversations,
+    parse_conversations,
+    parse_preferences,
+    reply_examples,
+)
 from chattune.data.parsing import (
     DPO_DROP_REASONS,
     ED_DROP_REASONS,
@@ -33,8 +39,8 @@ from chattune.data.parsing import (
 )
 
 PROCESSED_SPLITS = {"train": "train", "eval": "valid", "test": "test"}  # processed split -> the data's own split
-REPLY_DROP_REASONS = ("held_out_twin", "too_long")
-PREFERENCE_DROP_REASONS = (*DPO_DROP_REASONS, "no_user_turn_at_end")
+REPLY_DROP_REASONS = ("held_out_twin", "history_too_long", "too_long")
+PREFERENCE_DROP_REASONS = (*DPO_DROP_REASONS, "turns_out_of_order")
 
 
 @dataclass
@@ -106,14 +112,14 @@ def own_conversations(params) -> tuple[dict, dict[str, int]]:
 
 def own_sft_splits(params) -> SftSplits:
     read, counts = own_conversations(params)
-    held_groups = {c.group for split in ("valid", "test") for c in read[split][1]}
+    held = HeldOutConversations.of([c for split in ("valid", "test") for c in read[split][1]])
     found = SftSplits({}, {}, counts, "replies", REPLY_DROP_REASONS)
     for split, own in PROCESSED_SPLITS.items():
         name, conversations = read[own]
         if not conversations:
             raise DataError(f"{name}: no conversations left for the {own} split")
         found.examples[split] = reply_examples(conversations, params.sft.system_prompt,
-                                               held_groups if split == "train" else None)
+                                               held if split == "train" else None)
         found.sources[split] = name
     return found
 
@@ -156,12 +162,15 @@ def labelled_replies(params) -> tuple[dict[str, list[Reply]], str]:
     if data.label is None:
         return {}, ""
     read, _ = own_conversations(params)
-    held_groups = {c.group for split in ("valid", "test") for c in read[split][1]}
+    held = HeldOutConversations.of([c for split in ("valid", "test") for c in read[split][1]])
     found = {}
     for split in ("train", "valid"):
-        found[split] = [Reply(text, c.label, c.id) for c in read[split][1]
-                        if split != "train" or c.group not in held_groups
+        found[split] = [Reply(text, c.label, c.id) for c in read[split][1] if split != "train" or not held.twin(c)
                         for role, text in c.turns if role == "assistant"]
+    labels = {reply.label for reply in found["train"]}
+    if len(labels) < 2:
+        raise DataError(f"data.sft.label: the column {data.label!r} holds {len(labels)} value(s) over the training "
+                        "replies; the emotion metric needs at least 2 (or set data.sft.label: null)")
     return found, read["valid"][0]
 
 
@@ -180,12 +189,13 @@ def preference_pairs(params, system_prompt: str) -> tuple[str, Parsed, Parsed | 
     return parsed["train"][0], parsed["train"][1], parsed.get("eval", (None, None))[1]
 
 
-def preference_split(params, pairs: Parsed, given: Parsed | None) -> tuple[list, list]:
-    """Every pair that may train, and the held-out pairs: the data's eval file (cut to eval.dpo_eval_size with the
-    seed), its prompts' pairs left out of train; or held out by prompt (split_pairs)."""
+def preference_split(params, pairs: Parsed, given: Parsed | None) -> tuple[list, list, int]:
+    """Every pair that may train, the held-out pairs, and how many training pairs were left out as their twins: the
+    data's eval file (cut to eval.dpo_eval_size with the seed), the pairs of its prompts left out of train; or held
+    out by prompt (split_pairs, which leaves no twin)."""
     if given is None:
-        return split_pairs(pairs.records, len(pairs.records), params.eval.dpo_eval_size, params.seed)
+        return (*split_pairs(pairs.records, len(pairs.records), params.eval.dpo_eval_size, params.seed), 0)
     held = subsample(given.records, params.eval.dpo_eval_size, params.seed)
     prompts = {prompt_group(pair) for pair in held}
-    return subsample([pair for pair in pairs.records if prompt_group(pair) not in prompts], len(pairs.records),
-                     params.seed), held
+    train = [pair for pair in pairs.records if prompt_group(pair) not in prompts]
+    return subsample(train, len(train), params.seed), held, len(pairs.records) - len(train)

@@ -11,12 +11,12 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM
 
+from chattune.basemodel.sources import gguf_path
 from chattune.common.errors import ExportError
 from chattune.common.outputs import atomic_dir
 from chattune.common.params import load_params
 from chattune.common.paths import METRICS_DIR
 from chattune.evaluation.cards import recorded, stack_card
-from chattune.basemodel.sources import gguf_path
 from chattune.export.gguf import (
     LLAMA_CPP_TYPES,
     llama_cpp_or_refuse,

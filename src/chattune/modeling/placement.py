@@ -1,6 +1,8 @@
 """Where a model runs and in which dtype: one answer for every stage, tool and trainer."""
 from __future__ import annotations
 
+import os
+
 import torch
 
 
@@ -16,6 +18,15 @@ def placement() -> tuple[torch.device, torch.dtype]:
     if torch.backends.mps.is_available():
         return torch.device("mps"), torch.float32
     return torch.device("cpu"), torch.float32
+
+
+def device_record() -> dict[str, str]:
+    """Where this process ran, as the training and evaluation metrics record it: the device, and the GPUs it was
+    shown (CUDA_VISIBLE_DEVICES, which each of a study's queue workers sets to its own GPU: tools.study; "all"
+    where nothing narrowed them)."""
+    device = placement()[0]
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    return {"device": name, "visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "all")}
 
 
 def use_bf16() -> bool:
