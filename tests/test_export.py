@@ -280,14 +280,14 @@ def test_llama_cpp_answers_with_the_stacks_first_greedy_tokens(pipeline, tmp_pat
 
 
 def test_the_gguf_names_the_pre_tokenizer_as_llama_cpp_does(tmp_path):
-    """A byte-level BPE with GPT-2's split is "gpt2"; a SentencePiece-style vocabulary with byte fallback (TinyLlama)
+    """A byte-level BPE with GPT-2's split is "gpt-2"; a SentencePiece-style vocabulary with byte fallback (TinyLlama)
     is "default"; a split with no known name is refused, not guessed (SmolLM2's comes from its own GGUF:
     tests/test_real_model.py)."""
     from chattune.basemodel.tiny import train_tokenizer
     from chattune.export.gguf import pre_tokenizer
 
     train_tokenizer(["I've got 12 apples", "hello there"] * 20, 300, 64).save_pretrained(tmp_path / "tiny")
-    assert pre_tokenizer(tmp_path / "tiny", None) == "gpt2"
+    assert pre_tokenizer(tmp_path / "tiny", None) == "gpt-2"
     assert pre_tokenizer(shared_file("tinyllama"), None) == "default"
     described = json.loads((tmp_path / "tiny" / "tokenizer.json").read_text())
     described["pre_tokenizer"] = {"type": "Metaspace", "replacement": "▁"}

@@ -53,7 +53,7 @@ def pre_tokenizer(tokenizer_dir: Path, source_gguf: Path | None) -> str:
     splits words otherwise than training did: SmolLM2 written as "default" had llama.cpp split "I've" into three
     tokens where the model learned two. The source GGUF's own name where the base model came from one (llama.cpp's
     converter identified it there); "default" for a SentencePiece-style vocabulary with byte fallback, which
-    llama.cpp splits on spaces alone whatever the name; "gpt2" for GPT-2's byte-level split. Other splits are
+    llama.cpp splits on spaces alone whatever the name; "gpt-2" for GPT-2's byte-level split. Other splits are
     refused rather than guessed."""
     if source_gguf is not None:
         field = gguf.GGUFReader(source_gguf).fields.get("tokenizer.ggml.pre")
@@ -64,7 +64,7 @@ def pre_tokenizer(tokenizer_dir: Path, source_gguf: Path | None) -> str:
         return "default"
     split = described.get("pre_tokenizer") or {}
     if split.get("type") == "ByteLevel" and split.get("use_regex", True):
-        return "gpt2"
+        return "gpt-2"
     raise ExportError(f"export: no llama.cpp name is known here for the pre-tokenizer {json.dumps(split)[:200]} "
                       f"({tokenizer_dir}/tokenizer.json); a GGUF with a wrong one would split text otherwise")
 
