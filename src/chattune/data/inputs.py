@@ -72,12 +72,18 @@ def sft_splits(params, seed_format: bool = False) -> SftSplits:
     return own_sft_splits(params)
 
 
-def empathetic_splits(system_prompt: str, seed_format: bool) -> SftSplits:
+def empathetic_turns() -> tuple[dict[str, tuple[str, Parsed]], HeldOut]:
+    """EmpatheticDialogues' raw splits as (file, its turns), and what the held-out conversations (valid and test)
+    are known by."""
     turns = {}
     for split in ED_SPLITS:
         path = RAW_DIR / ED_SUBDIR / f"{split}.csv"
         turns[split] = str(path), parse_empathetic(read_bytes(path), str(path))
-    held_out = HeldOut.of([turn for split in ("valid", "test") for turn in turns[split][1].records])
+    return turns, HeldOut.of([turn for split in ("valid", "test") for turn in turns[split][1].records])
+
+
+def empathetic_splits(system_prompt: str, seed_format: bool) -> SftSplits:
+    turns, held_out = empathetic_turns()
     found = SftSplits({}, {}, {}, "listener_turns", EXAMPLE_DROP_REASONS)
     for split, own in PROCESSED_SPLITS.items():
         name, parsed = turns[own]
@@ -91,8 +97,9 @@ def empathetic_splits(system_prompt: str, seed_format: bool) -> SftSplits:
     return found
 
 
-def own_conversations(params) -> tuple[dict, dict[str, int]]:
-    """split -> (file, its conversations), with held-out splits the data does not give cut from train by group."""
+def own_conversations(params) -> tuple[dict, dict[str, int], HeldOutConversations]:
+    """split -> (file, its conversations), with held-out splits the data does not give cut from train by group; the
+    counts of how the files were read; and what the held-out conversations (valid and test) are known by."""
     data, counts = params.data.sft, {}
     read = {}
     for split, file in data.own.files.items():
@@ -107,12 +114,11 @@ def own_conversations(params) -> tuple[dict, dict[str, int]]:
             train, held = hold_out(train, size, params.seed + (split == "test"))
             read[split] = f"{name} (held out by group)", held
             read["train"] = name, train
-    return read, counts
+    return read, counts, HeldOutConversations.of([c for split in ("valid", "test") for c in read[split][1]])
 
 
 def own_sft_splits(params) -> SftSplits:
-    read, counts = own_conversations(params)
-    held = HeldOutConversations.of([c for split in ("valid", "test") for c in read[split][1]])
+    read, counts, held = own_conversations(params)
     found = SftSplits({}, {}, counts, "replies", REPLY_DROP_REASONS)
     for split, own in PROCESSED_SPLITS.items():
         name, conversations = read[own]
@@ -151,18 +157,14 @@ def labelled_replies(params) -> tuple[dict[str, list[Reply]], str]:
     where the SFT data has no label. Also the name of the valid split's source."""
     data = params.data.sft
     if data.own is None:
-        turns = {}
-        for split in ED_SPLITS:
-            path = RAW_DIR / ED_SUBDIR / f"{split}.csv"
-            turns[split] = parse_empathetic(read_bytes(path), str(path)).records
-        held = HeldOut.of(turns["valid"] + turns["test"])
-        found = {"train": listener_turns(turns["train"], held), "valid": listener_turns(turns["valid"])}
+        turns, held = empathetic_turns()
+        found = {"train": listener_turns(turns["train"][1].records, held),
+                 "valid": listener_turns(turns["valid"][1].records)}
         return ({split: [Reply(t.text, t.emotion, t.conv_id) for t in found[split]] for split in found},
-                str(RAW_DIR / ED_SUBDIR / "valid.csv"))
+                turns["valid"][0])
     if data.label is None:
         return {}, ""
-    read, _ = own_conversations(params)
-    held = HeldOutConversations.of([c for split in ("valid", "test") for c in read[split][1]])
+    read, _, held = own_conversations(params)
     found = {}
     for split in ("train", "valid"):
         found[split] = [Reply(text, c.label, c.id) for c in read[split][1] if split != "train" or not held.twin(c)
