@@ -183,6 +183,12 @@ def test_yaml_exponent_strings_are_coerced_to_floats():
     ({"sft.liger": "yes"}, "sft.liger"),
     ({"dpo.liger": 1}, "dpo.liger"),
     ({"colour": "blue"}, "colour: unknown key"),
+    # the notebook's text is made of EmpatheticDialogues' emotion: no other data has one
+    ({"sft.format": "seed", "data.sft": {"format": "messages", "own": {"files": {"train": "t.jsonl"}, "columns": {},
+                                                                        "repo": None, "commit": None},
+                                         "label": None, "group": None}},
+     "<top level>: Value error, sft.format 'seed' writes EmpatheticDialogues' emotion as the instruction: it needs "
+     "data.sft.format 'empathetic', not 'messages'"),
 ])
 def test_bad_params_name_the_key(changes, expected):
     assert expected in error_for(**changes)

@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 
@@ -27,16 +28,49 @@ def eval_steps(path) -> list[int]:
     return [int(line.split("\t")[0]) for line in path.read_text().splitlines()[1:]]
 
 
-def test_a_run_shorter_than_checkpoint_steps_ends_evaluated_once(project):
+def wandb_history(run_file) -> tuple[str, list[dict]]:
+    """An offline W&B run's name and logged rows, read from its run file: a LevelDB-style log (32 KiB blocks of
+    chunks, each with a 7-byte header: checksum, length, type) of wandb's protobuf records, after a 7-byte file
+    header. wandb 0.31 ships the protobuf classes but no longer a reader."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    data, block = run_file.read_bytes(), 32768
+    assert data[:4] == b":W&B"
+    at, pending, name, rows = 7, b"", None, []
+    while at + 7 <= len(data):
+        if block - at % block < 7:  # too little room left in a block for a header: zero padding
+            at += block - at % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[at:at + 7])
+        if kind == 0:
+            break
+        pending, at = pending + data[at + 7:at + 7 + length], at + 7 + length
+        if kind in (1, 4):  # a whole record, or its last chunk
+            record = wandb_internal_pb2.Record.FromString(pending)
+            pending = b""
+            if record.WhichOneof("record_type") == "run":
+                name = record.run.display_name
+            elif record.WhichOneof("record_type") == "history":
+                rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                             for item in record.history.item})
+    return name, rows
+
+
+def test_a_run_shorter_than_checkpoint_steps_ends_evaluated_once(project, monkeypatch):
     """The last step is always evaluated (sft7's 375 steps used to end at its eval of step 360), never
     twice, and a run with fewer steps than checkpoint_steps finishes (it used to crash on best_metric)."""
-    import json
-
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
     edit_params(project / "params.yaml", **{"sft.train_size": 40, "sft.epochs": 1, "sft.examples_per_step": 8,
-                                            "sft.checkpoint_steps": 100, "sft.report_to": ["tensorboard"]})
+                                            "sft.checkpoint_steps": 100, "sft.report_to": ["tensorboard", "wandb"]})
     for stage in (download, model_source, base_model, preprocess):
         stage.main()
     sft.main()  # 40 examples, 8 a step: 5 steps
+    import wandb
+
+    wandb.finish()  # a stage's process ends its run on exit; this one goes on
     metrics = json.loads((project / "metrics/sft.json").read_text())
     assert metrics["steps"] == 5 and metrics["eval_loss"] < metrics["base_eval_loss"]
     assert eval_steps(project / "dvclive/sft/plots/metrics/eval/loss.tsv") == [0, 5]  # the base's, then the end
@@ -49,6 +83,11 @@ def test_a_run_shorter_than_checkpoint_steps_ends_evaluated_once(project):
     logged = events.Scalars("train/loss")
     assert [event.step for event in logged] == [int(step) for step, _ in live] == [1, 5]
     assert [event.value for event in logged] == pytest.approx([float(loss) for _, loss in live])
+    # ... and so does W&B's offline run, named for the stage
+    [run_file] = project.glob("wandb/offline-run-*/run-*.wandb")
+    name, rows = wandb_history(run_file)
+    losses = [(row["train/global_step"], row["train/loss"]) for row in rows if "train/loss" in row]
+    assert name == "sft" and losses == [(int(step), pytest.approx(float(loss))) for step, loss in live]
     # Throughput counts training steps only, never the evaluations around them.
     assert metrics["train_steps_timed"] == 5 and metrics["train_step_seconds"] < metrics["train_runtime_s"]
     tokens = sum(len(ids) for ids in sft.build_trainer(load_params(), str(project / "again")).train_dataset["input_ids"])

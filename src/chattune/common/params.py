@@ -425,7 +425,12 @@ class Params(Strict):
                 raise ValueError(f"{stage}.lr x model.lr_scale is the rate used, {used:g}: at most 1")
         return self
 
-
+    @model_validator(mode="after")
+    def _seed_format_has_its_emotions(self):
+        if self.sft.format == "seed" and self.data.sft.format != "empathetic":
+            raise ValueError("sft.format 'seed' writes EmpatheticDialogues' emotion as the instruction: it needs "
+                             f"data.sft.format 'empathetic', not {self.data.sft.format!r} (use 'dialogue')")
+        return self
 
 
 def knobs(model: type[BaseModel] = Params, prefix: str = "") -> list[tuple[str, str]]:

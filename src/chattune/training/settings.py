@@ -18,6 +18,7 @@ def trainer_kwargs(params: Params, stage: str, output_dir: str, *models) -> dict
     micro_batch_size, grad_accum, eval_batch = batch_split(train, stage, liger, processes, *models)
     return dict(
         output_dir=output_dir,
+        run_name=stage,  # what a tracker calls the run (transformers would name it for the checkpoints' folder)
         learning_rate=train.lr * params.model.lr_scale,
         per_device_train_batch_size=micro_batch_size,
         per_device_eval_batch_size=eval_batch,
