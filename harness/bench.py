@@ -60,13 +60,14 @@ from chattune.data.datasets import dpo_dataset, sft_dataset
 from chattune.data.parsing import listener_examples, parse_dpo, parse_empathetic, read_bytes
 from chattune.evaluation.replies import generation_config, left_padded
 from chattune.modeling.loading import combined_adapters, lora_casts_follow_autocast, lora_config
-from chattune.modeling.placement import attention_kernels, cpu_only, placement, use_bf16, use_fp16
+from chattune.modeling.placement import accelerator, attention_kernels, compute_dtype, cpu_only, use_bf16, use_fp16
 from chattune.modeling.prompt import encode
 from chattune.training import packed_attention
 from chattune.training.batching import liger_kernels, planned_bytes
 from chattune.training.dpo import TokenizedDPOTrainer, policy_model, reference_model
 
 RESULTS = Path("bench/results")
+DTYPE = "auto"  # model.dtype for every run: the accelerator's fastest (bf16 on a GPU from Ampere on)
 TINYLLAMA = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
                  num_key_value_heads=4, vocab_size=32000, max_position_embeddings=2048)
 TINY = dict(hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
@@ -149,7 +150,7 @@ def new_model(config, packed: bool = False):
     would be every run's peak), then the peak counter reset, so a run's peak is its own. `packed`: with the
     packed rows' attention, as the sft stage loads it."""
     torch.manual_seed(0)
-    device, dtype = placement()
+    device, dtype = accelerator(), compute_dtype(DTYPE)
     attention = dict(attn_implementation=packed_attention.register()) if packed else {}
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, **attention)
@@ -254,7 +255,7 @@ class TimedSteps(TrainerCallback):
 def trainer_settings(steps: int, batch: int, accum: int, workdir: str, peer: bool, notebook: bool) -> dict:
     settings = dict(output_dir=workdir, per_device_train_batch_size=batch, gradient_accumulation_steps=accum,
                     max_steps=steps, report_to="none", save_strategy="no", logging_steps=10**6, seed=0,
-                    use_cpu=cpu_only(), bf16=use_bf16(), fp16=use_fp16())
+                    use_cpu=cpu_only(), bf16=use_bf16(DTYPE), fp16=use_fp16(DTYPE))
     if not peer:  # the project's settings (chattune.training.settings.trainer_kwargs); the peer keeps TRL's
         settings.update(learning_rate=1e-4, gradient_checkpointing=False,
                         # Liger as the stages' default (auto: wherever it runs); the notebook had none
@@ -370,13 +371,13 @@ def generation_model(config, stack: bool, peer: bool):
     if peer:
         model.base_model.set_adapter(["sft", "dpo"])
     else:
-        model = combined_adapters(model).to(placement()[0])
+        model = combined_adapters(model).to(accelerator())
     return model.eval()
 
 
 def generation_prompts(tokenizer, batch: int, reference: Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """`batch` dialogue prompts, left-padded on the placement's device: ids and attention mask."""
-    return tuple(tensor.to(placement()[0]) for tensor in left_padded(
+    return tuple(tensor.to(accelerator()) for tensor in left_padded(
         [encode(tokenizer, row["prompt"])[0] for row in sft_rows("dialogue", batch, reference)],
         tokenizer.pad_token_id))
 
@@ -568,7 +569,7 @@ def main(argv: list[str] | None = None) -> Path:
         "tokenizer": tokenizer_for(args.tiny, args.reference)[1],
         "rows": {kind: [described(path, args.reference) for path in files]
                  for kind, files in row_files(args.reference).items()},
-        "dtype": str(placement()[1]).removeprefix("torch."),
+        "dtype": str(compute_dtype(DTYPE)).removeprefix("torch."),
         "warmup_steps": args.warmup, "timed_steps": args.steps,
         "versions": versions(),
         "runs": {},

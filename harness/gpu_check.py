@@ -39,7 +39,7 @@ from chattune.common.outputs import read_jsonl, write_json
 from chattune.common.paths import BASE_MODEL, DPO_MODEL, METRICS_DIR, PROBE_SET, SFT_DATA, SFT_MODEL
 from chattune.evaluation import judging
 from chattune.modeling.loading import load_base_model, load_model
-from chattune.modeling.placement import placement
+from chattune.modeling.placement import accelerator, compute_dtype
 from chattune.modeling.prompt import encode
 from chattune.training import packed_attention as varlen
 from harness.bench import RESULTS, TINY, device_name, model_config, random_fingerprints, result_path
@@ -47,7 +47,7 @@ from harness.inprocess import STAGES, ForwardDevices, composed, curves_in, run_s
 
 # A few steps of each, on a few rows; the real learning rates (lr_scale 1).
 SETTINGS = {
-    "model.lr_scale": 1.0,
+    "model.lr_scale": 1.0, "model.dtype": "auto",  # bf16 where the units are, as the real profiles run
     "sft.train_size": 64, "sft.epochs": 1, "sft.examples_per_step": 8, "sft.batch_size": 8, "sft.eval_batch_size": 8,
     "sft.checkpoint_steps": 4,
     # micro-batches of 2 pairs as dpo1's, 8 pairs a step: on a GPU dpo.fill_gpu trains them in fewer micro-batches
@@ -83,7 +83,7 @@ def write_base_model(tiny: bool, reference: Path) -> None:
         tokenizer = AutoTokenizer.from_pretrained(reference / "tinyllama")
         config = LlamaConfig.from_pretrained(reference / "tinyllama")
     torch.manual_seed(0)
-    device, dtype = placement()
+    device, dtype = accelerator(), compute_dtype(SETTINGS["model.dtype"])
     with torch.device(device):  # initialised on the accelerator: 1.1B random weights take long on the CPU
         model = LlamaForCausalLM(config).to(dtype)
     model.save_pretrained(BASE_MODEL, max_shard_size="100GB")  # one file: the adapters' fingerprint reads it
@@ -99,11 +99,11 @@ def merge_checks() -> dict:
     """The scored model against the unmerged stack (as PEFT trains it), a naive bf16 merge, and the export."""
     from chattune.export.exporting import export
 
-    device, dtype = placement()
+    device, dtype = accelerator(), compute_dtype(SETTINGS["model.dtype"])
     tokenizer = AutoTokenizer.from_pretrained(BASE_MODEL)
     probe = read_jsonl(PROBE_SET)[0]
     ids = torch.tensor([encode(tokenizer, [{"role": "user", "content": probe["user"]}])[0]])
-    scored = logits(load_model("dpo"), ids)
+    scored = logits(load_model("dpo", dtype), ids)
     stack = PeftModel.from_pretrained(load_base_model(dtype), SFT_MODEL, adapter_name="sft")
     stack.load_adapter(DPO_MODEL, adapter_name="dpo")
     stack.base_model.set_adapter(["sft", "dpo"], inference_mode=True)
@@ -128,7 +128,7 @@ def merge_checks() -> dict:
 def packed_vs_padded() -> dict:
     """The packed rows' attention (chattune.training.packed_attention: on a GPU, torch's varlen FlashAttention kernel) against the same
     rows padded under sdpa: the base model's loss and gradients on eight SFT rows, in the placement's dtype."""
-    device, dtype = placement()
+    device, dtype = accelerator(), compute_dtype(SETTINGS["model.dtype"])
     tokenizer = AutoTokenizer.from_pretrained(BASE_MODEL)
     rows = [torch.tensor(sum(encode(tokenizer, row["prompt"], row["completion"]), []))
             for row in read_jsonl(SFT_DATA / "train.jsonl")[:8]]
@@ -146,7 +146,7 @@ def packed_vs_padded() -> dict:
                               max_length_k=max(lengths), use_cache=False)}
     results = {}
     for name, batch in batches.items():
-        model = load_base_model(attention=varlen.register() if name == "packed" else None).to(device)
+        model = load_base_model(dtype, attention=varlen.register() if name == "packed" else None).to(device)
         loss = model(**{key: value.to(device) if torch.is_tensor(value) else value for key, value in batch.items()}).loss
         loss.backward()
         results[name] = (loss.item(), torch.cat([p.grad.float().flatten() for p in model.parameters()]).cpu())
@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> Path:
                            for name in ("sft", "dpo", "eval")}
         finally:
             judging.packaged_minilm = packaged_minilm
-    expected = placement()[0].type
+    expected = accelerator().type
     assert devices.seen and {device for _, device in devices.seen} == {expected}, devices.seen
     result = {
         "device": device_name(),
@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> Path:
         "shape": {key: value for key, value in model_config(args.tiny).to_dict().items() if key in TINY}
         if args.tiny else json.loads((args.reference / "tinyllama/config.json").read_text()),
         "tokenizer": "sample BPE" if args.tiny else "TinyLlama",
-        "dtype": str(placement()[1]).removeprefix("torch."),
+        "dtype": str(compute_dtype(SETTINGS["model.dtype"])).removeprefix("torch."),
         "settings": SETTINGS,
         "stages": runs,
         "models_seen": devices.described(),

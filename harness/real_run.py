@@ -34,8 +34,9 @@ from pathlib import Path
 import yaml
 
 from chattune.common.outputs import read_jsonl, write_json
+from chattune.common.params import load_params
 from chattune.common.paths import GENERATIONS, METRICS_DIR
-from chattune.modeling.placement import placement
+from chattune.modeling.placement import compute_dtype
 from harness.bench import RESULTS, device_name, random_fingerprints, result_path, versions
 from harness.inprocess import STAGES, ForwardDevices, composed, curves_in, run_stages, scratch_project
 
@@ -137,7 +138,7 @@ def recorded(stages: dict, devices: ForwardDevices, earlier: dict) -> dict:
     return {
         "device": device_name(),
         "date": datetime.date.today().isoformat(),
-        "dtype": str(placement()[1]).removeprefix("torch."),
+        "dtype": str(compute_dtype(load_params().model.dtype)).removeprefix("torch."),
         "versions": versions(),
         "params": yaml.safe_load(Path("params.yaml").read_text()),
         "stages": stages,

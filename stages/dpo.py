@@ -22,7 +22,7 @@ from chattune.common.paths import DPO_DATA, DPO_MODEL, METRICS_DIR
 from chattune.data.datasets import dpo_dataset
 from chattune.evaluation.cards import adapter_card, recorded
 from chattune.modeling.loading import load_base_model, load_tokenizer, stack
-from chattune.modeling.placement import device_record
+from chattune.modeling.placement import compute_dtype, device_record
 from chattune.modeling.stacks import fingerprint
 from chattune.training.batching import PassOfWholeSteps, check_step, step_split
 from chattune.training.callbacks import LogLastStep, TrainClock, live_callback, tracker_callbacks
@@ -41,8 +41,9 @@ def build_trainer(params, output_dir: str, resume: bool = False, curves=live_cal
                                                                     dpo.max_prompt_length)
                                                         for split in ("train", "eval"))
     check_step(len(train), dpo.examples_per_step, "dpo", "pairs")
-    policy = policy_model(stack(load_base_model(), "sft"), dpo.lora)
-    reference = reference_model(stack(load_base_model(), "sft"))
+    dtype = compute_dtype(params.model.dtype)
+    policy = policy_model(stack(load_base_model(dtype), "sft"), dpo.lora)
+    reference = reference_model(stack(load_base_model(dtype), "sft"))
     config = DPOConfig(
         **trainer_kwargs(params, "dpo", output_dir, policy, reference),
         beta=dpo.beta,
@@ -101,7 +102,7 @@ def main(curves=live_callback) -> None:
         **{f"{split}_pairs_used": len(used) for split, used in (("train", trainer.train_dataset),
                                                                   ("eval", trainer.eval_dataset))},
         "dropped.long_prompt": dropped_long_prompts,
-        **device_record(),
+        **device_record(compute_dtype(params.model.dtype)),
     }
     save_adapter(trainer, DPO_MODEL, below="sft", card=adapter_card("dpo", params, *recorded(), metrics))
     write_json(METRICS_DIR / "dpo.json", metrics)

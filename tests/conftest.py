@@ -181,14 +181,18 @@ def pipeline_copy(pipeline, tmp_path, monkeypatch) -> Path:
 
 
 def place_on(monkeypatch, device: str, dtype) -> None:
-    """Pretend the project places every model on `device` in `dtype`: chattune.modeling.placement.placement, and
-    every package module that imported it by name."""
+    """Pretend the project places every model on `device` in `dtype` (whatever model.dtype says):
+    chattune.modeling.placement's accelerator and compute_dtype, in every package or stage module that imported
+    them by name."""
     from chattune.modeling import placement as placing
 
-    real = placing.placement
+    fakes = {"accelerator": (placing.accelerator, lambda: torch.device(device)),
+             "compute_dtype": (placing.compute_dtype, lambda choice: dtype)}
     for name, module in list(sys.modules.items()):
-        if name.startswith("chattune.") and getattr(module, "placement", None) is real:
-            monkeypatch.setattr(module, "placement", lambda: (torch.device(device), dtype))
+        if name.startswith(("chattune.", "stages.")):
+            for attribute, (real, fake) in fakes.items():
+                if getattr(module, attribute, None) is real:
+                    monkeypatch.setattr(module, attribute, fake)
 
 
 def serve(module: str, cwd: Path, *args: str) -> tuple[subprocess.Popen, str]:

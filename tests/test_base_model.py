@@ -48,7 +48,7 @@ def test_chat_template_is_tinyllamas_exactly(tiny_base):
 
 
 def test_tiny_model_has_tinyllamas_module_names(tiny_base):
-    tiny = load_base_model()
+    tiny = load_base_model(torch.float32)
     with torch.device("meta"):
         real = LlamaForCausalLM(LlamaConfig.from_pretrained(shared_file("tinyllama")))
 

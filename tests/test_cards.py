@@ -38,8 +38,8 @@ def test_the_dpo_cards_loading_code_builds_the_stack_evaluate_scored(pipeline, m
     ids = torch.tensor([encode(tokenizer, CONVERSATION)[0]])
     with torch.no_grad():
         followed = namespace["model"].eval()(input_ids=ids).logits
-        scored = load_model("dpo", device=torch.device("cpu"), dtype=torch.float32)(input_ids=ids).logits
-        sft_only = load_model("sft", device=torch.device("cpu"), dtype=torch.float32)(input_ids=ids).logits
+        scored = load_model("dpo", torch.float32, torch.device("cpu"))(input_ids=ids).logits
+        sft_only = load_model("sft", torch.float32, torch.device("cpu"))(input_ids=ids).logits
     tolerance = 1e-5 * scored.abs().max().item()
     assert torch.allclose(followed, scored, atol=tolerance)
     assert not torch.allclose(followed, sft_only, atol=tolerance)

@@ -77,7 +77,7 @@ def test_two_processes_train_one_processs_recipe_and_give_valid_adapters(project
         assert together.keys() == alone[stage][1].keys()
         assert together == pytest.approx(alone[stage][1], rel=1e-4), (together, alone[stage][1])
     assert json.loads((project / "metrics/sft.json").read_text())["eval_loss"] < alone["sft"][0]["base_eval_loss"]
-    base, tuned = load_model("base"), load_model("dpo")  # checks each adapter sits on the model it was trained on
+    base, tuned = load_model("base", torch.float32), load_model("dpo", torch.float32)  # checks each adapter sits on the model it was trained on
     ids = torch.tensor([[1, 50, 60, 70]])
     with torch.no_grad():
         assert not torch.allclose(base(ids).logits, tuned(ids).logits)

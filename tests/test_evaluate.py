@@ -242,7 +242,7 @@ def test_bertscore_runs_in_float64_on_a_cpu_only(cfg, monkeypatch):
     """float64 makes the CPU's scores repeat to the bit. A GPU's float64 is slow (a T4 runs it at 1/32 of float32)
     or missing (Apple's MPS has none): there the scorer stays in float32, as the emotion judge's embedder does."""
     assert next(bert_scorer(cfg)._model.parameters()).dtype == torch.float64
-    monkeypatch.setattr(evaluate, "placement", lambda: (torch.device("meta"), torch.float32))  # a device, no GPU
+    monkeypatch.setattr(evaluate, "accelerator", lambda: torch.device("meta"))  # a device, no GPU
     scorer = bert_scorer(cfg)
     assert next(scorer._model.parameters()).device.type == "meta"
     assert next(scorer._model.parameters()).dtype == torch.float32

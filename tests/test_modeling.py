@@ -5,32 +5,51 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from chattune.common.errors import ParamsError
 from chattune.common.params import SEVEN_PROJECTIONS
 from chattune.common.paths import BASE_MODEL, DPO_MODEL, SFT_MODEL
 from chattune.modeling import placement as placing
 from chattune.modeling.loading import load_base_model, load_model, lora_casts_follow_autocast
-from chattune.modeling.placement import placement
 from chattune.modeling.stacks import record_base
 from conftest import place_on
 
 
-@pytest.mark.parametrize("cuda, capability, mps, expected", [
-    (True, (9, 0), False, ("cuda", torch.bfloat16)),  # H100/H200
-    (True, (8, 0), False, ("cuda", torch.bfloat16)),  # A100: bf16 units from Ampere on
-    (True, (7, 5), False, ("cuda", torch.float16)),  # T4: bf16 only emulated, though torch answers True
-    (False, None, True, ("mps", torch.float32)),
-    (False, None, False, ("cpu", torch.float32)),
+@pytest.mark.parametrize("cuda, capability, mps, cpu_bf16, expected", [
+    (True, (9, 0), False, False, ("cuda", torch.bfloat16)),  # H100/H200
+    (True, (8, 0), False, False, ("cuda", torch.bfloat16)),  # A100: bf16 units from Ampere on
+    (True, (7, 5), False, True, ("cuda", torch.float16)),  # T4: bf16 only emulated, though torch answers True
+    (False, None, True, True, ("mps", torch.float32)),
+    (False, None, False, True, ("cpu", torch.bfloat16)),  # AVX512-BF16 or AMX, as torch reports them
+    (False, None, False, False, ("cpu", torch.float32)),
 ])
-def test_placement_picks_the_accelerator_and_its_dtype(monkeypatch, cuda, capability, mps, expected):
+def test_auto_picks_the_accelerator_and_the_dtype_its_units_run(monkeypatch, cuda, capability, mps, cpu_bf16,
+                                                                  expected):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)  # what a T4 answers
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
-    device, dtype = placement()
+    real = torch.cpu.get_capabilities()
+    monkeypatch.setattr(torch.cpu, "get_capabilities",
+                        lambda: {**real, "avx512_bf16": cpu_bf16, "amx_bf16": False})
+    device, dtype = placing.accelerator(), placing.compute_dtype("auto")
     assert (device.type, dtype) == expected
     # the trainers follow the same choice: bf16 or fp16 mixed precision, or neither
-    assert (placing.use_bf16(), placing.use_fp16()) == (dtype == torch.bfloat16, dtype == torch.float16)
+    assert (placing.use_bf16("auto"), placing.use_fp16("auto")) == (dtype == torch.bfloat16, dtype == torch.float16)
     assert placing.cpu_only() == (device.type == "cpu")
+    # float32 is float32 everywhere; bfloat16 only where units run it, else refused naming the key
+    assert placing.compute_dtype("float32") == torch.float32 and not placing.use_bf16("float32")
+    if dtype == torch.bfloat16:
+        assert placing.compute_dtype("bfloat16") == torch.bfloat16
+    else:
+        with pytest.raises(ParamsError, match=f"model.dtype: bfloat16 needs bf16 units, which this {device.type} "
+                                              "lacks"):
+            placing.compute_dtype("bfloat16")
+
+
+def test_this_machines_cpu_answers_from_torchs_own_report():
+    """The units are read off torch.cpu.get_capabilities(), never guessed from the model or the CPU's name."""
+    report = torch.cpu.get_capabilities()
+    assert placing.cpu_has_bf16_units() == bool(report.get("avx512_bf16") or report.get("amx_bf16"))
 
 
 def small_update_stack(root, b_std: float) -> None:
@@ -72,7 +91,7 @@ def test_the_scored_bf16_model_is_the_unmerged_stack_and_a_naive_merge_is_not(tm
     small_update_stack(tmp_path, b_std)
     ids = torch.randint(3, 256, (4, 48), generator=torch.Generator().manual_seed(0))
     reference = logits(unmerged_stack(torch.bfloat16), ids)
-    scored = logits(load_model("dpo", torch.device("cpu"), torch.bfloat16), ids)  # what evaluate and chat run
+    scored = logits(load_model("dpo", torch.bfloat16, torch.device("cpu")), ids)  # what evaluate and chat run
     # Evaluate and chat run the two adapters combined into one (combined_adapters): its update is rounded to bf16
     # once, the stacked pair's twice, so a logit may differ by one bf16 step (2**-7 of its size), no more.
     torch.testing.assert_close(scored, reference, rtol=0, atol=2**-7 * reference.abs().max().item())
@@ -97,19 +116,21 @@ def test_loading_a_model_on_a_cuda_gpu_leaves_cudnn_out_of_sdpa(tmp_path, monkey
     before = torch.backends.cuda.cudnn_sdp_enabled()
     try:
         torch.backends.cuda.enable_cudnn_sdp(True)
-        load_base_model()
+        load_base_model(torch.float32)
         assert torch.backends.cuda.cudnn_sdp_enabled() is cudnn_attention
         assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.mem_efficient_sdp_enabled()
     finally:
         torch.backends.cuda.enable_cudnn_sdp(before)
 
 
-def test_models_run_where_placement_says(tmp_path, monkeypatch):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_models_run_on_the_accelerator_in_the_dtype_asked(tmp_path, monkeypatch, dtype):
     monkeypatch.chdir(tmp_path)
     small_update_stack(tmp_path, 1e-3)
-    model = load_model("dpo")
-    assert {p.device.type for p in model.parameters()} == {placement()[0].type}
-    assert {p.dtype for p in model.parameters()} == {placement()[1]}
+    model = load_model("dpo", dtype)
+    assert {p.device.type for p in model.parameters()} == {placing.accelerator().type}
+    # the base weights in `dtype`, the adapters' float32, as PEFT keeps them
+    assert {p.dtype for name, p in model.named_parameters() if "lora_" not in name} == {dtype}
     assert not model.training
     assert model.base_model.active_adapters == ["stack"]  # the two adapters as one (combined_adapters)
 
@@ -120,12 +141,12 @@ def test_the_combined_adapter_is_the_stacked_pair(tmp_path, monkeypatch, dtype, 
     bf16: within one bf16 step of the largest, the adapters' own weights staying float32) and the same greedy replies."""
     monkeypatch.chdir(tmp_path)
     small_update_stack(tmp_path, 1e-2)  # updates large enough to move greedy tokens
-    combined, stacked = load_model("dpo", torch.device("cpu"), dtype), unmerged_stack(dtype)
+    combined, stacked = load_model("dpo", dtype, torch.device("cpu")), unmerged_stack(dtype)
     assert {p.dtype for name, p in combined.named_parameters() if "lora_" in name} == {torch.float32}
     ids = torch.randint(3, 256, (4, 32), generator=torch.Generator().manual_seed(1))
     reference = logits(stacked, ids)
     torch.testing.assert_close(logits(combined, ids), reference, rtol=0, atol=tolerance * reference.abs().max().item())
-    assert not torch.allclose(reference, logits(load_model("sft", torch.device("cpu"), dtype), ids))  # DPO matters
+    assert not torch.allclose(reference, logits(load_model("sft", dtype, torch.device("cpu")), ids))  # DPO matters
     greedy = dict(max_new_tokens=12, do_sample=False, pad_token_id=0)
     with torch.no_grad():
         assert torch.equal(combined.generate(ids, **greedy), stacked.generate(ids, **greedy))

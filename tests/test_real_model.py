@@ -141,7 +141,7 @@ def test_the_combined_adapter_replies_as_the_stacked_pair_on_the_real_model(real
     tokenizer, settings = load_tokenizer(), load_params().eval
     replies = read_jsonl(GENERATIONS)
     prompts = [encode(tokenizer, row["prompt"])[0] for row in replies if row["model"] == "dpo"][:8]
-    combined = load_model("dpo", torch.device("cpu"), torch.float32)
+    combined = load_model("dpo", torch.float32, torch.device("cpu"))
     stacked = stack(load_base_model(torch.float32), "dpo").eval()
     assert combined.base_model.active_adapters == ["stack"] and set(stacked.peft_config) == {"sft", "dpo"}
     ids = torch.tensor([prompts[0]])

@@ -23,7 +23,7 @@ def test_prompt_mode_answers_once_and_exits(pipeline):
 def test_chat_keeps_history_and_streams_the_reply(pipeline, monkeypatch):
     monkeypatch.chdir(pipeline)
     tokenizer = load_tokenizer()
-    chat = Chat(load_model("sft"), tokenizer, "Be kind.", max_new_tokens=12, temperature=0.0)
+    chat = Chat(load_model("sft", torch.float32), tokenizer, "Be kind.", max_new_tokens=12, temperature=0.0)
     streamed = io.StringIO()
     first = chat.reply("My dog died.", out=streamed)
     assert streamed.getvalue().strip() == first
@@ -66,8 +66,8 @@ def test_export_loads_without_peft_and_matches_the_adapter_stack(pipeline, tmp_p
     plain = subprocess.run([sys.executable, "-c", script, json.dumps(ids)], capture_output=True, text=True, check=True)
     exported_logits = torch.tensor(json.loads(plain.stdout))
     with torch.no_grad():
-        stacked_logits = load_model("dpo")(input_ids=torch.tensor([ids])).logits[0, -1]
-        base_logits = load_model("base")(input_ids=torch.tensor([ids])).logits[0, -1]
+        stacked_logits = load_model("dpo", torch.float32)(input_ids=torch.tensor([ids])).logits[0, -1]
+        base_logits = load_model("base", torch.float32)(input_ids=torch.tensor([ids])).logits[0, -1]
     assert torch.allclose(exported_logits, stacked_logits, atol=1e-4)
     assert not torch.allclose(exported_logits, base_logits, atol=1e-2)  # the adapters are really in it
 
@@ -91,6 +91,6 @@ def test_chat_budgets_prompts_from_the_models_context_not_sft_max_length(pipelin
     out = run(["python", "-m", "tools.chat", "--model", "dpo", "--prompt", "I lost my job today and I feel awful."],
               pipeline_copy).stdout
     assert out.strip() and "too long" not in out
-    model = load_model("base")
+    model = load_model("base", torch.float32)
     assert Chat(model, load_tokenizer(), "", max_new_tokens=256, temperature=0.0).budget == \
         model.config.max_position_embeddings - 256

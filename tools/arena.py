@@ -20,6 +20,7 @@ from chattune.common.errors import run
 from chattune.common.params import load_params
 from chattune.evaluation.replies import reply_budget
 from chattune.modeling.loading import load_model, load_tokenizer
+from chattune.modeling.placement import compute_dtype
 from chattune.modeling.stacks import MODELS
 from chattune.pages.arena import create_app
 from chattune.pages.server import arguments
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     set_seed(params.seed)
     # One tokenizer per model: the three columns generate at once, and a Rust tokenizer must not be shared
     # between threads.
-    models = {name: (load_model(name), load_tokenizer()) for name in MODELS}
+    models = {name: (load_model(name, compute_dtype(params.model.dtype)), load_tokenizer()) for name in MODELS}
     try:
         app = create_app(models, params.sft.system_prompt,
                          reply_budget(params) if args.max_new_tokens is None else args.max_new_tokens,

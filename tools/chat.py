@@ -17,6 +17,7 @@ from chattune.common.errors import run
 from chattune.common.params import load_params
 from chattune.conversation import Chat
 from chattune.modeling.loading import load_model, load_tokenizer
+from chattune.modeling.placement import compute_dtype
 
 HELP = "commands: /reset (forget the conversation), /system <text> (set the system message), /exit"
 
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params()
     set_seed(params.seed)
     system = params.sft.system_prompt if args.system is None else args.system
-    model, tokenizer = load_model(args.model), load_tokenizer()
+    model, tokenizer = load_model(args.model, compute_dtype(params.model.dtype)), load_tokenizer()
     try:
         chat = Chat(model, tokenizer, system, args.max_new_tokens, args.temperature)
     except ValueError as error:  # settings the model cannot use

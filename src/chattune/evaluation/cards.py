@@ -83,7 +83,9 @@ def _training_rows(stage: str, train: SFTParams | DPOParams, trained: dict, data
             ("batch", f"{trained['examples_per_step']} {'pairs' if stage == 'dpo' else 'examples'} a step: "
                       f"{trained['processes']} process(es) x {trained['grad_accum']} micro-batch(es) of "
                       f"{trained['micro_batch']}"),
-            ("LoRA", f"r {lora.r}, alpha {lora.alpha}, dropout {lora.dropout}, on {targets}")]
+            ("LoRA", f"r {lora.r}, alpha {lora.alpha}, dropout {lora.dropout}, on {targets}"),
+            ("trained on", f"{trained['device']}, in {trained['dtype']}" + (
+                " mixed precision (the LoRA weights float32)" if trained["dtype"] != "float32" else ""))]
     if stage == "sft":
         rows += [("epochs", str(train.epochs)), ("max length", f"{train.max_length} tokens"),
                  ("training examples", str(data["sft.train.examples"])),

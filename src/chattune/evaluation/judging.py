@@ -22,7 +22,7 @@ reads TF-IDF over words. Emotion reads all-MiniLM-L6-v2 sentence embeddings, the
 its weights for BERTScore: with a few hundred training replies and 32 labels, word counts alone scored below
 chance on the real valid.csv, embeddings above it. Both are deterministic on a CPU (the embedder runs in
 float64 there), train in seconds, and need no hub download. An empty reply is neither human-like nor names an
-emotion. The embedder runs where every model runs (chattune.modeling.placement.placement).
+emotion. The embedder runs where every model runs (chattune.modeling.placement.accelerator).
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ from transformers import AutoModel, AutoTokenizer
 
 from chattune.common.paths import JUDGES_DIR
 from chattune.evaluation.scoring import Measure, mean_of
-from chattune.modeling.placement import placement
+from chattune.modeling.placement import accelerator
 
 HUMANLIKE_FILE = "humanlike.joblib"
 EMOTION_FILE = "emotion.joblib"
@@ -79,7 +79,7 @@ class SentenceEmbedding(BaseEstimator, TransformerMixin):
 
     def transform(self, texts) -> np.ndarray:
         if not hasattr(self, "_model"):
-            device = placement()[0]
+            device = accelerator()
             self._tokenizer = AutoTokenizer.from_pretrained(packaged_minilm())
             self._model = AutoModel.from_pretrained(packaged_minilm(), dtype=embedder_dtype(device)).to(device).eval()
         vectors = []

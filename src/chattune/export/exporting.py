@@ -27,7 +27,7 @@ from chattune.export.gguf import (
 )
 from chattune.export.merging import merged_model
 from chattune.modeling.loading import load_model, load_tokenizer
-from chattune.modeling.placement import placement
+from chattune.modeling.placement import accelerator
 from chattune.modeling.prompt import encode
 from chattune.modeling.stacks import ADAPTERS, fingerprint
 
@@ -102,14 +102,14 @@ def export(level: str, out: Path, fmt: str = "folder", dtype: str = "float32", g
     if fmt == "gguf" and gguf_type in LLAMA_CPP_TYPES:
         llama_cpp_or_refuse(gguf_type)  # before any work
     tokenizer = load_tokenizer()
-    device = placement()[0]
+    device = accelerator()
     # checked again just before the swap: a file put in --out meanwhile is not deleted either
     with atomic_dir(out, check=lambda: check_destination(out)) as tmp:
         gguf_file, extra = write_files(level, tokenizer, tmp, fmt, dtype, gguf_type)
         exported = AutoModelForCausalLM.from_pretrained(
             tmp, **({"gguf_file": gguf_file} if gguf_file else {}),
             dtype=torch.float32 if gguf_file else DTYPES[dtype]).to(device).eval()
-        difference = max_logit_difference(exported, load_model(level, device, torch.float32), tokenizer)
+        difference = max_logit_difference(exported, load_model(level, torch.float32, device), tokenizer)
         del exported
         if fmt == "folder" and dtype == "float32" and difference > TOLERANCE:
             raise ExportError(f"the merged model does not match the adapter stack: max |logit difference| "

@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from chattune.common.errors import MissingOutput, ParamsError
 from chattune.common.params import LoraParams
 from chattune.common.paths import BASE_MODEL
-from chattune.modeling.placement import attention_kernels, placement
+from chattune.modeling.placement import accelerator, attention_kernels
 from chattune.modeling.stacks import ADAPTERS, HUB_PIN, Level, check_stack
 
 
@@ -42,13 +42,13 @@ def load_tokenizer():
     return AutoTokenizer.from_pretrained(**base_source())
 
 
-def load_base_model(dtype: torch.dtype | None = None, attention: str | None = None):
-    """The base model on the CPU, in the placement's dtype unless told otherwise. Trainers place it. `attention`:
+def load_base_model(dtype: torch.dtype, attention: str | None = None):
+    """The base model on the CPU, in `dtype` (compute_dtype of model.dtype, or float32 to merge). Trainers place it. `attention`:
     an attention implementation registered with transformers (packed SFT rows: chattune.training.packed_attention.ATTENTION)."""
     chosen = dict(attn_implementation=attention) if attention else {}
     attention_kernels()
     quiet_renamed_checkpointing()
-    return AutoModelForCausalLM.from_pretrained(**base_source(), dtype=dtype or placement()[1], **chosen)
+    return AutoModelForCausalLM.from_pretrained(**base_source(), dtype=dtype, **chosen)
 
 
 def stack(model, level: Level):
@@ -67,14 +67,13 @@ def stack(model, level: Level):
     return model
 
 
-def load_model(level: Level, device: torch.device | None = None, dtype: torch.dtype | None = None):
-    """The stack up to `level`, in eval mode, on the placement's device and dtype (or those given); the SFT and
-    DPO adapters as one where that is exact (combined_adapters)."""
-    where, kind = placement()
-    model = stack(load_base_model(dtype or kind), level)
+def load_model(level: Level, dtype: torch.dtype, device: torch.device | None = None):
+    """The stack up to `level`, in eval mode, in `dtype` on the accelerator (or `device`); the SFT and DPO adapters
+    as one where that is exact (combined_adapters)."""
+    model = stack(load_base_model(dtype), level)
     if level == "dpo":
         model = combined_adapters(model)
-    return model.to(device or where).eval()
+    return model.to(device or accelerator()).eval()
 
 
 def combined_adapters(model):

@@ -202,13 +202,14 @@ def live_models():
     from chattune.conversation import Chat
     from chattune.evaluation.replies import reply_budget
     from chattune.modeling.loading import load_model, load_tokenizer
+    from chattune.modeling.placement import compute_dtype
     from chattune.modeling.stacks import fingerprint
 
     params = load_params()
     budget = reply_budget(params)
     found = {}
     for name in MODELS:
-        model, tokenizer = load_model(name), load_tokenizer()
+        model, tokenizer = load_model(name, compute_dtype(params.model.dtype)), load_tokenizer()
 
         def answer(message, model=model, tokenizer=tokenizer):
             chat = Chat(model, tokenizer, params.sft.system_prompt, budget, params.eval.temperature)

@@ -26,8 +26,8 @@ def trainer_kwargs(params: Params, stage: str, output_dir: str, *models) -> dict
         max_length=train.max_length,
         seed=params.seed,
         data_seed=params.seed,
-        bf16=use_bf16(),
-        fp16=use_fp16(),
+        bf16=use_bf16(params.model.dtype),
+        fp16=use_fp16(params.model.dtype),
         # Without a GPU, several processes (torchrun) must be told to train as one gloo group, not each alone.
         use_cpu=cpu_only(),
         logging_steps=5,
