@@ -47,7 +47,7 @@ from harness.inprocess import STAGES, ForwardDevices, composed, curves_in, run_s
 
 # A few steps of each, on a few rows; the real learning rates (lr_scale 1).
 SETTINGS = {
-    "model.lr_scale": 1.0, "model.dtype": "auto",  # bf16 where the units are, as the real profiles run
+    "model.lr_scale": 1.0, "model.dtype": "auto",  # bf16 on a GPU, as the real profiles run
     "sft.train_size": 64, "sft.epochs": 1, "sft.examples_per_step": 8, "sft.batch_size": 8, "sft.eval_batch_size": 8,
     "sft.checkpoint_steps": 4,
     # micro-batches of 2 pairs as dpo1's, 8 pairs a step: on a GPU dpo.fill_gpu trains them in fewer micro-batches

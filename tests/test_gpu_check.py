@@ -3,7 +3,9 @@ where placement puts it, the scored model equal to the unmerged stack, packed ro
 import json
 import time
 
-from chattune.modeling.placement import cpu_has_bf16_units
+import torch
+
+from chattune.modeling.placement import compute_dtype
 from harness import gpu_check
 
 STAGES = ["model_source", "base_model", "download", "preprocess", "judges", "sft", "dpo", "evaluate", "human"]
@@ -20,9 +22,9 @@ def test_tiny_gpu_check_runs_every_stage_on_the_placed_device(project):
     # The forward hook saw the base, the trainers' models and BERTScore's model, all on the CPU here.
     seen = set(result["models_seen"])
     assert {"LlamaForCausalLM on cpu", "BertModel on cpu"} <= seen and all(s.endswith("on cpu") for s in seen)
-    # It runs as the real profiles do (model.dtype auto): in bf16 where this CPU has bf16 units, as on a GPU.
-    half = cpu_has_bf16_units()
-    assert result["dtype"] == ("bfloat16" if half else "float32")
+    # It runs as the real profiles do (model.dtype auto): float32 on a CPU, bf16 on a GPU (whose tolerances hold).
+    half = compute_dtype("auto") != torch.float32
+    assert result["dtype"] == str(compute_dtype("auto")).removeprefix("torch.")
     checks = result["checks"]
     # The scored model against the unmerged stack: the check itself asserts bf16's tolerance (one bf16 step of
     # the largest logit); in float32, rounding only.

@@ -19,7 +19,7 @@ from conftest import place_on
     (True, (8, 0), False, False, ("cuda", torch.bfloat16)),  # A100: bf16 units from Ampere on
     (True, (7, 5), False, True, ("cuda", torch.float16)),  # T4: bf16 only emulated, though torch answers True
     (False, None, True, True, ("mps", torch.float32)),
-    (False, None, False, True, ("cpu", torch.bfloat16)),  # AVX512-BF16 or AMX, as torch reports them
+    (False, None, False, True, ("cpu", torch.float32)),  # bf16 units (AVX512-BF16, AMX): bf16 a choice, not auto
     (False, None, False, False, ("cpu", torch.float32)),
 ])
 def test_auto_picks_the_accelerator_and_the_dtype_its_units_run(monkeypatch, cuda, capability, mps, cpu_bf16,
@@ -38,7 +38,7 @@ def test_auto_picks_the_accelerator_and_the_dtype_its_units_run(monkeypatch, cud
     assert placing.cpu_only() == (device.type == "cpu")
     # float32 is float32 everywhere; bfloat16 only where units run it, else refused naming the key
     assert placing.compute_dtype("float32") == torch.float32 and not placing.use_bf16("float32")
-    if dtype == torch.bfloat16:
+    if dtype == torch.bfloat16 or cpu_bf16 and device.type == "cpu":
         assert placing.compute_dtype("bfloat16") == torch.bfloat16
     else:
         with pytest.raises(ParamsError, match=f"model.dtype: bfloat16 needs bf16 units, which this {device.type} "

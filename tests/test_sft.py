@@ -10,6 +10,7 @@ from chattune.common.errors import ParamsError
 from chattune.common.outputs import read_jsonl
 from chattune.common.params import SEVEN_PROJECTIONS, load_params
 from chattune.common.paths import SFT_DATA
+from chattune.modeling.placement import cpu_has_bf16_units
 from chattune.modeling.prompt import encode
 from chattune.training.packed_attention import ATTENTION
 from conftest import edit_params, lora_casts_in_forward, place_on
@@ -266,3 +267,25 @@ def test_a_tracker_that_is_not_installed_stops_the_stage_naming_the_key(monkeypa
     monkeypatch.setattr(callbacks.importlib.util, "find_spec", lambda name: None if name == "wandb" else real(name))
     with pytest.raises(ParamsError, match=r"dpo.report_to: wandb is not installed \(pip install wandb"):
         callbacks.tracker_callbacks("dpo", ["tensorboard", "wandb"])
+
+
+@pytest.mark.skipif(not cpu_has_bf16_units(), reason="this CPU has no bf16 units (AVX512-BF16 or AMX)")
+def test_model_dtype_bfloat16_trains_in_bf16_on_a_cpu_with_bf16_units_and_says_so(project):
+    """model.dtype: bfloat16 on the CPU itself, nothing patched: the trainer in bf16 mixed precision, the base
+    weights bf16 and the LoRA weights float32, and the metrics and the adapter's card record it."""
+    import json
+
+    edit_params(project / "params.yaml", **{"model.dtype": "bfloat16", "sft.train_size": 16, "sft.epochs": 1,
+                                            "sft.examples_per_step": 8, "sft.checkpoint_steps": 100})
+    for stage in (download, model_source, base_model, preprocess):
+        stage.main()
+    trainer = sft.build_trainer(load_params(), str(project / "run"))
+    assert trainer.args.bf16 and not trainer.args.fp16
+    weights = {name: p.dtype for name, p in trainer.model.named_parameters()}
+    assert {dtype for name, dtype in weights.items() if "lora_" in name} == {torch.float32}
+    assert {dtype for name, dtype in weights.items() if "lora_" not in name} == {torch.bfloat16}
+    sft.main()
+    metrics = json.loads((project / "metrics/sft.json").read_text())
+    assert (metrics["device"], metrics["dtype"]) == ("cpu", "bfloat16") and metrics["eval_loss"] < metrics["base_eval_loss"]
+    assert "| trained on | cpu, in bfloat16 mixed precision (the LoRA weights float32) |" in (
+        project / "models/sft/README.md").read_text()

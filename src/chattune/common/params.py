@@ -114,10 +114,11 @@ class ModelParams(Strict):
     lr_scale: real(10_000) = Field(description="every stage's learning rate is multiplied by this: 250 for the tiny "
                                    "random model, which needs far larger steps than a pretrained one; 1 otherwise")
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
-        description="what the models train and run in: auto is bf16 where the hardware has bf16 units (a GPU from "
-        "Ampere on, a CPU with AVX512-BF16 or AMX), fp16 on an older GPU, float32 elsewhere (trained with autocast, "
-        "LoRA weights float32, either way); bfloat16 is refused where the units are missing. The tiny model's "
-        "preset keeps float32, so its outputs repeat to the bit. The export merges in float32 whatever this says")
+        description="what the models train and run in: auto is bf16 on a GPU from Ampere on, fp16 on an older "
+        "one, float32 on a CPU; bfloat16 also runs on a CPU with bf16 units (AVX512-BF16 or AMX), faster but "
+        "learning less per step (docs/speed.md), and is refused where the units are missing. Half precision "
+        "trains with autocast and float32 LoRA weights. The tiny preset keeps float32, so its outputs repeat to "
+        "the bit. The export merges in float32 whatever this says")
     tiny: Optional[TinyModelParams] = Field(description="the tiny model's shape (exactly when name is 'tiny')")
 
     @property
