@@ -8,8 +8,8 @@ import pytest
 import torch
 from huggingface_hub import ModelCard
 
-from chattune.common.params import ModelParams, load_params
-from chattune.evaluation.cards import base_metadata, stack_card
+from chattune.common.params import ModelParams, OwnData, SftData, load_params
+from chattune.evaluation.cards import adapter_card, base_metadata, stack_card
 from chattune.modeling.loading import load_model, load_tokenizer
 from chattune.modeling.prompt import encode
 from conftest import metrics
@@ -112,3 +112,27 @@ def test_a_card_names_the_base_model_by_the_bytes_it_was(source, expected):
     """A hub or GGUF base is named by its hub id (the Hub links the card to it) and pinned to its bytes; a local
     folder claims no hub id."""
     assert base_metadata(ModelParams.model_construct(name=SMOLLM2), source) == expected
+
+
+@pytest.mark.parametrize("repo, named, hub_ids", [
+    (None, "data of your own (messages, chats/train.jsonl)", []),
+    ("me/chats", "me/chats at commit 0123456789ab (messages)", ["me/chats"]),
+])
+def test_cards_name_data_of_your_own_and_claim_none_of_the_built_in_datasets(pipeline, repo, named, hub_ids):
+    """Trained on data of your own, a card names it (its hub id where it has one), says that its terms bind the
+    adapters, and claims neither EmpatheticDialogues nor its licence; the DPO data, still built in, is named."""
+    params = load_params(pipeline / "params.yaml")
+    own = OwnData(files={"train": "chats/train.jsonl"}, columns={}, repo=repo, commit=repo and "0123456789ab" * 3 + "0123")
+    params = params.model_copy(update={"data": params.data.model_copy(update={
+        "sft": SftData(format="messages", own=own, label=None, group=None)})})
+    source, data = json.loads((pipeline / "models/source.json").read_text()), metrics(pipeline, "data")
+    cards = {"sft": adapter_card("sft", params, source, data, metrics(pipeline, "sft")),
+             "dpo": adapter_card("dpo", params, source, data, metrics(pipeline, "dpo")),
+             "stack": stack_card(params, source, data, metrics(pipeline, "eval"))}
+    for name, card in cards.items():
+        assert "EmpatheticDialogues" not in card.text and "empathetic_dialogues" not in str(card.data), name
+        assert card.data.license == "other"
+        assert f"- {named}: its own terms, which bind the adapters trained on it" in card.text
+        assert card.data.datasets == (hub_ids if name == "sft" else [*hub_ids, "HumanLLMs/Human-Like-DPO-Dataset"])
+    assert f"supervised fine-tuning on {named}. The loss was on each reply" in cards["sft"].text
+    assert f"held-out test prompts (the test split of {named})" in cards["stack"].text

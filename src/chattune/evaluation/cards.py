@@ -9,6 +9,7 @@ base model is), metrics/data.json (the rows), the stage's own metrics.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
@@ -16,19 +17,60 @@ from chattune.common.params import DPOParams, ModelParams, Params, SFTParams
 from chattune.common.paths import DATA_METRICS, MODEL_SOURCE
 from chattune.evaluation.verdicts import LEARNED, informative
 
-DATASETS = {"sft": "facebook/empathetic_dialogues", "dpo": "HumanLLMs/Human-Like-DPO-Dataset"}
-# The trained weights carry EmpatheticDialogues' terms (CC BY-NC 4.0): the SFT adapter is trained on it, and the
-# DPO adapter on top of the SFT adapter.
+# The built-in datasets: hub id, what a card calls them, their terms. The trained weights carry EmpatheticDialogues'
+# terms (CC BY-NC 4.0): the SFT adapter is trained on it, and the DPO adapter on top of the SFT adapter.
+BUILT_IN = {
+    "sft": ("facebook/empathetic_dialogues", "EmpatheticDialogues listener turns",
+            "EmpatheticDialogues: CC BY-NC 4.0 (non-commercial use, with attribution); it binds both adapters, since "
+            "the\n  DPO adapter is trained on top of the SFT adapter."),
+    "dpo": ("HumanLLMs/Human-Like-DPO-Dataset", "Human-Like-DPO pairs",
+            "HumanLLMs/Human-Like-DPO-Dataset: the terms on its dataset card."),
+}
 LICENSE = "cc-by-nc-4.0"
-LICENSES = """\
-- EmpatheticDialogues: CC BY-NC 4.0 (non-commercial use, with attribution); it binds both adapters, since the
-  DPO adapter is trained on top of the SFT adapter.
-- HumanLLMs/Human-Like-DPO-Dataset: the terms on its dataset card.
-- The base model: its own licence (TinyLlama-1.1B-Chat-v1.0 and SmolLM2-135M-Instruct: Apache-2.0).
-- The code that trained them: MIT."""
 STACK = {"sft": ["sft"], "dpo": ["sft", "dpo"]}
-# The prompt sets as the Hub's model-index names them: (dataset type, dataset name)
-PROMPT_SETS = {"ed_test": (DATASETS["sft"], "EmpatheticDialogues test"), "probe": ("probe", "probe prompts")}
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """What a card says one training's data was: its hub id (None for files of your own), a name for prose, and a
+    line on its terms."""
+
+    hub_id: str | None
+    name: str
+    terms: str
+
+
+def training_data(params: Params, stage: str) -> TrainingData:
+    """The data `stage` ("sft" or "dpo") trained on, as params say: a built-in dataset, a hub dataset of your own
+    at its commit, or files of your own, whose terms this project cannot know."""
+    data = params.data.sft if stage == "sft" else params.data.dpo
+    if data.own is None:
+        return TrainingData(*BUILT_IN[stage])
+    own = data.own
+    name = (f"{own.repo} at commit {own.commit[:12]} ({data.format})" if own.repo
+            else f"data of your own ({data.format}, {own.files['train']})")
+    return TrainingData(own.repo, name, f"{name}: its own terms, which bind the adapters trained on it; check them "
+                                        "before you share the adapters.")
+
+
+def licence_of(params: Params) -> str:
+    """The card's licence: EmpatheticDialogues' where the SFT data is it (it binds both adapters), else "other"
+    (the terms of data of your own, named in the card's text)."""
+    return LICENSE if params.data.sft.own is None else "other"
+
+
+def licences(params: Params) -> str:
+    lines = [training_data(params, stage).terms for stage in ("sft", "dpo")]
+    return "\n".join(f"- {line}" for line in [
+        *lines, "The base model: its own licence (TinyLlama-1.1B-Chat-v1.0 and SmolLM2-135M-Instruct: Apache-2.0).",
+        "The code that trained them: MIT."])
+
+
+def prompt_sets(params: Params) -> dict[str, tuple[str, str]]:
+    """The prompt sets as the Hub's model-index names them: (dataset type, dataset name)."""
+    sft = training_data(params, "sft")
+    name = "EmpatheticDialogues test" if params.data.sft.own is None else f"the test split of {sft.name}"
+    return {"ed_test": (sft.hub_id or "test", name), "probe": ("probe", "probe prompts")}
 # (metrics/eval.json key, what it is): the headline rows of the stack card
 HEADLINES = [
     ("ed_test.{model}.humanlike", "human-like replies (share, DPO-data classifier)"),
@@ -107,20 +149,21 @@ def adapter_card(stage: str, params: Params, source: dict, data: dict, trained: 
     train = params.sft if stage == "sft" else params.dpo
     meta = base_metadata(params.model, source)
     metadata = ModelCardData(
-        **meta, library_name="peft", license=LICENSE, language="en", pipeline_tag="text-generation",
-        datasets=[DATASETS[name] for name in STACK[stage]], tags=["peft", "lora", "trl", stage],
+        **meta, library_name="peft", license=licence_of(params), language="en", pipeline_tag="text-generation",
+        datasets=hub_ids(params, stage), tags=["peft", "lora", "trl", stage],
         model_name=f"{stage}-adapter", stack=["base", *STACK[stage]], preset=train.preset, lr=trained["lr"],
         lora_r=train.lora.r, lora_alpha=train.lora.alpha, **({"beta": params.dpo.beta} if stage == "dpo" else {}))
     if stage == "sft":
-        purpose = ("A LoRA adapter from supervised fine-tuning on EmpatheticDialogues listener turns, so the model "
-                   "answers people with empathy. The loss was on the listener's reply and its end-of-sequence "
-                   "token only.")
+        purpose = (f"A LoRA adapter from supervised fine-tuning on {training_data(params, 'sft').name}"
+                   + (", so the model answers people with empathy" if params.data.sft.own is None else "")
+                   + ". The loss was on each reply and its end-of-sequence token only.")
         result = _table([("eval loss, base model", f"{trained['base_eval_loss']:.4f}"),
                          ("eval loss, with this adapter", f"{trained['eval_loss']:.4f}")], ("", "value"))
     else:
-        purpose = ("A LoRA adapter from Direct Preference Optimization on Human-Like-DPO pairs, so the model "
-                   "sounds human. It was trained on top of the SFT adapter (unmerged, frozen), and the DPO "
-                   "reference was base + SFT adapter: load it on exactly that stack.")
+        purpose = (f"A LoRA adapter from Direct Preference Optimization on {training_data(params, 'dpo').name}"
+                   + (", so the model sounds human" if params.data.dpo.own is None else "")
+                   + ". It was trained on top of the SFT adapter (unmerged, frozen), and the DPO reference was base "
+                   "+ SFT adapter: load it on exactly that stack.")
         result = _table([("reward accuracy", f"{trained['eval.rewards_accuracies']:.3f}"),
                          ("reward margin", f"{trained['eval.rewards_margins']:.3f}"),
                          ("eval loss", f"{trained['eval.loss']:.4f}")], ("held-out pairs", "value"))
@@ -150,9 +193,14 @@ The stack's evaluation (held-out prompts, with intervals) is in the evaluate sta
 
 ## Licences
 
-{LICENSES}
+{licences(params)}
 """
     return ModelCard(f"---\n{metadata.to_yaml()}\n---\n{body}")
+
+
+def hub_ids(params: Params, model: str) -> list[str]:
+    """The hub ids of the datasets the stack up to `model` trained on (files of your own have none)."""
+    return [found.hub_id for found in (training_data(params, stage) for stage in STACK[model]) if found.hub_id]
 
 
 def stack_card(params: Params, source: dict, data: dict, scores: dict, model: str = "dpo") -> ModelCard:
@@ -160,16 +208,17 @@ def stack_card(params: Params, source: dict, data: dict, scores: dict, model: st
     model-index and as a table with 95% intervals."""
     meta = base_metadata(params.model, source)
     present = [(key.format(model=model), name) for key, name in HEADLINES if key.format(model=model) in scores]
-    results = [EvalResult(task_type="text-generation", dataset_type=PROMPT_SETS[key.split(".")[0]][0],
-                          dataset_name=PROMPT_SETS[key.split(".")[0]][1], metric_type=key.rsplit(".", 1)[1],
+    sets = prompt_sets(params)
+    results = [EvalResult(task_type="text-generation", dataset_type=sets[key.split(".")[0]][0],
+                          dataset_name=sets[key.split(".")[0]][1], metric_type=key.rsplit(".", 1)[1],
                           metric_name=name, metric_value=scores[key])
                for key, name in present]
     metadata = ModelCardData(
-        **meta, library_name="peft", license=LICENSE, language="en", pipeline_tag="text-generation",
-        datasets=[DATASETS[name] for name in STACK[model]], tags=["peft", "lora", "trl", *STACK[model]],
+        **meta, library_name="peft", license=licence_of(params), language="en", pipeline_tag="text-generation",
+        datasets=hub_ids(params, model), tags=["peft", "lora", "trl", *STACK[model]],
         model_name=f"base+{'+'.join(STACK[model])}", eval_results=results, stack=["base", *STACK[model]],
         sft_preset=params.sft.preset, dpo_preset=params.dpo.preset)
-    rows = [(name, PROMPT_SETS[key.split(".")[0]][1],
+    rows = [(name, sets[key.split(".")[0]][1],
              f"{scores[key]:.3f}" + (" (uninformative)" if not informative(scores, key) else ""),
              f"[{scores[key + '_low']:.3f}, {scores[key + '_high']:.3f}]" if key + "_low" in scores else "")
             for key, name in present]
@@ -193,14 +242,14 @@ def stack_card(params: Params, source: dict, data: dict, scores: dict, model: st
     body = f"""
 # base + {' + '.join(a.upper() for a in STACK[model])}: {meta.get('base_model', 'the embedded tiny model')}
 
-The base model ({meta['base_model_pin']}) with the LoRA adapter from SFT on EmpatheticDialogues (preset
-{params.sft.preset}){f' and the one from DPO on Human-Like-DPO (preset {params.dpo.preset})' if model == 'dpo' else ''}, loaded
-in that order and unmerged.
+The base model ({meta['base_model_pin']}) with the LoRA adapter from SFT on {training_data(params, 'sft').name}
+(preset {params.sft.preset}){f' and the one from DPO on {training_data(params, "dpo").name} (preset {params.dpo.preset})' if model == 'dpo' else ''},
+loaded in that order and unmerged.
 
 ## Evaluation
 
 {replies} of at most {scores['ed_test.max_new_tokens']} new tokens (the reply budget) to
-{scores['ed_test.prompts']} held-out EmpatheticDialogues test prompts and to the probe prompts; 95% bootstrap
+{scores['ed_test.prompts']} held-out test prompts ({sets['ed_test'][1]}) and to the probe prompts; 95% bootstrap
 intervals over prompts.
 
 {_table(rows, ('metric', 'prompts', 'value', '95% interval'))}
@@ -217,6 +266,6 @@ Paired differences (decided: the interval excludes 0):
 
 ## Licences
 
-{LICENSES}
+{licences(params)}
 """
     return ModelCard(f"---\n{metadata.to_yaml()}\n---\n{body}")
