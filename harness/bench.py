@@ -59,7 +59,7 @@ from chattune.common.paths import DPO_FILE, DPO_SUBDIR, ED_SUBDIR, SAMPLE_DIR
 from chattune.data.datasets import dpo_dataset, sft_dataset
 from chattune.data.parsing import listener_examples, parse_dpo, parse_empathetic, read_bytes
 from chattune.evaluation.replies import generation_config, left_padded
-from chattune.modeling.loading import combined_adapters, lora_casts_follow_autocast, lora_config
+from chattune.modeling.loading import combined_adapters, lora_config, lora_under_autocast
 from chattune.modeling.placement import accelerator, attention_kernels, compute_dtype, cpu_only, use_bf16, use_fp16
 from chattune.modeling.prompt import encode
 from chattune.training import packed_attention
@@ -283,7 +283,7 @@ def train_result(trainer, timed: TimedSteps, batch: int, accum: int, unit: str, 
 def recorded_settings(trainer, plain: bool) -> dict:
     """What the result records of a run's settings: Liger, and whether the LoRA layers skip PEFT's float32 input
     cast under autocast, as the stages run them (`plain`: the peer and the notebook keep PEFT's)."""
-    return {"liger": trainer.args.use_liger_kernel, "lora_casts_follow_autocast": not plain}
+    return {"liger": trainer.args.use_liger_kernel, "lora_under_autocast": not plain}
 
 
 # --- the three kinds of run -----------------------------------------------------------------------------
@@ -309,7 +309,7 @@ def run_sft(config, tokenizer, warmup: int, steps: int, batch: int, accum: int, 
         trainer = SFTTrainer(model=new_model(config, packed=packing and not dense_mask), args=SFTConfig(**settings),
                              train_dataset=data, processing_class=tokenizer, peft_config=lora_config(LORA))
         if not (peer or notebook):
-            lora_casts_follow_autocast(trainer.model)  # as the sft stage does, once the trainer added the adapter
+            lora_under_autocast(trainer.model)  # as the sft stage does, once the trainer added the adapter
         timed = TimedSteps(trainer, warmup, steps, profiler)
         trainer.train()
     result = train_result(trainer, timed, batch, accum, "examples", per_row=1)

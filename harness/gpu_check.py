@@ -38,7 +38,7 @@ from chattune.basemodel.tiny import sample_texts, train_tokenizer
 from chattune.common.outputs import read_jsonl, write_json
 from chattune.common.paths import BASE_MODEL, DPO_MODEL, METRICS_DIR, PROBE_SET, SFT_DATA, SFT_MODEL
 from chattune.evaluation import judging
-from chattune.modeling.loading import load_base_model, load_model
+from chattune.modeling.loading import load_base_model, load_model, lora_under_autocast, run_in
 from chattune.modeling.placement import accelerator, compute_dtype
 from chattune.modeling.prompt import encode
 from chattune.training import packed_attention as varlen
@@ -91,7 +91,7 @@ def write_base_model(tiny: bool, reference: Path) -> None:
 
 
 def logits(model, ids: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
+    with torch.no_grad(), run_in(model):
         return model(input_ids=ids.to(model.device)).logits.float().cpu()
 
 
@@ -107,6 +107,7 @@ def merge_checks() -> dict:
     stack = PeftModel.from_pretrained(load_base_model(dtype), SFT_MODEL, adapter_name="sft")
     stack.load_adapter(DPO_MODEL, adapter_name="dpo")
     stack.base_model.set_adapter(["sft", "dpo"], inference_mode=True)
+    lora_under_autocast(stack)  # as the scored model's layers: each update summed in float32
     reference = logits(stack.to(device).eval(), ids)
     del stack
     # The scored model runs the two adapters as one (modeling.combined_adapters): in half precision its update is

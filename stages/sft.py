@@ -25,8 +25,8 @@ from chattune.modeling.loading import (
     check_targets,
     load_base_model,
     load_tokenizer,
-    lora_casts_follow_autocast,
     lora_config,
+    lora_under_autocast,
 )
 from chattune.modeling.placement import compute_dtype, device_record
 from chattune.modeling.stacks import fingerprint
@@ -74,7 +74,7 @@ def build_trainer(params, output_dir: str, resume: bool = False, curves=live_cal
                    LogLastStep(), PassOfWholeSteps()],
     )
     check_step(len(trainer.train_dataset), sft.examples_per_step, "sft", "packed rows" if sft.packing else "examples")
-    lora_casts_follow_autocast(trainer.model)  # the trainer added the adapter
+    lora_under_autocast(trainer.model)  # the trainer added the adapter
     return trainer
 
 

@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig
 
 from chattune.common.errors import ParamsError
 from chattune.common.params import SEVEN_PROJECTIONS, LoraParams, load_params
-from chattune.modeling.loading import lora_casts_follow_autocast, lora_config
+from chattune.modeling.loading import lora_config, lora_under_autocast
 from chattune.training import batching as training
 from chattune.training.batching import (
     PassOfWholeSteps,
@@ -153,7 +153,7 @@ def saved_bytes_per_layer_token(dropout: float, tokens: int = 128) -> float:
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
         lora = LoraParams(r=8, alpha=16, dropout=dropout, target_modules=SEVEN_PROJECTIONS)
         model = get_peft_model(model, lora_config(lora)).train()
-        lora_casts_follow_autocast(model)
+        lora_under_autocast(model)
         weights = {param.untyped_storage().data_ptr() for param in model.parameters()}
         kept = {}
 

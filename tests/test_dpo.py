@@ -59,7 +59,7 @@ def test_only_the_new_adapter_trains_and_its_dropout_is_honored(step0):
 
 def test_policy_and_reference_skip_their_lora_input_casts_under_autocast_only(step0):
     """Both adapters of the policy and the SFT adapter of the reference: under autocast (mixed-precision training)
-    no float32 cast of a LoRA layer's input (chattune.modeling.loading.lora_casts_follow_autocast); without, PEFT's cast."""
+    no float32 cast of a LoRA layer's input (chattune.modeling.loading.lora_under_autocast); without, PEFT's cast."""
     trainer, _ = step0
     ids = torch.tensor([[1, 5, 9, 12, 2]])
     for model in (trainer.model, trainer.ref_model):

@@ -152,6 +152,36 @@ def test_the_combined_adapter_replies_as_the_stacked_pair_on_the_real_model(real
     assert generate(combined, tokenizer, prompts, settings, 24)[0] == generate(stacked, tokenizer, prompts, settings, 24)[0]
 
 
+def test_in_bf16_the_sft_adapters_few_steps_still_count(real_run, monkeypatch):
+    """SFT's few steps are updates mostly below half a bf16 step of the layer outputs they are added to: added in
+    bf16, output by output, they rounded away, and bf16 scored the SFT model's eval replies close to the base
+    model's. Summed in float32 (chattune.modeling.loading.lora_under_autocast, under run_in), bf16 scores them as
+    float32 does."""
+    import contextlib
+
+    import torch
+
+    from chattune.common.paths import SFT_DATA
+    from chattune.evaluation import generation
+    from chattune.modeling.loading import load_model, load_tokenizer
+    from chattune.modeling.prompt import encode
+
+    monkeypatch.chdir(real_run)
+    tokenizer = load_tokenizer()
+    sequences = [encode(tokenizer, row["prompt"], row["completion"]) for row in read_jsonl(SFT_DATA / "eval.jsonl")]
+
+    def loss(level, dtype):  # per reply token, over the SFT eval set
+        scored = generation.reply_logprobs(load_model(level, dtype, torch.device("cpu")), sequences, 16)
+        return -scored[:, 0].sum() / scored[:, 1].sum()
+
+    exact, learned = loss("sft", torch.float32), loss("base", torch.float32) - loss("sft", torch.float32)
+    kept = loss("sft", torch.bfloat16)
+    monkeypatch.setattr(generation, "run_in", lambda model: contextlib.nullcontext())  # the bf16 model as it is
+    rounded = loss("sft", torch.bfloat16)
+    assert learned > 0.1 and abs(kept - exact) < 0.05 * learned < 0.15 * learned < abs(rounded - exact), (
+        exact, learned, kept, rounded)
+
+
 def test_chat_answers_one_message_with_the_sft_model(real_run):
     out = run(["python", "-m", "tools.chat", "--model", "sft", "--max-new-tokens", "24",
                "--prompt", "I lost my job today and I feel awful."], real_run).stdout

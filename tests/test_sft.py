@@ -207,7 +207,7 @@ def test_lora_targets_are_any_module_names_or_all_linear_and_a_missing_one_is_na
 
 
 # What the adapters' matmuls receive: on a CPU, accelerate runs bf16 mixed precision under autocast, where the
-# adapters take the bf16 input itself (chattune.modeling.loading.lora_casts_follow_autocast), and fp16 without autocast or a
+# adapters take the bf16 input itself (chattune.modeling.loading.lora_under_autocast), and fp16 without autocast or a
 # loss scaler, where PEFT casts the input to the adapters' float32.
 @pytest.mark.parametrize("dtype, adapter_input", [(torch.float16, torch.float32), (torch.bfloat16, torch.bfloat16)],
                          ids=["fp16", "bf16"])
@@ -234,7 +234,9 @@ def test_sft_trains_in_mixed_precision_with_float32_lora_weights(project, monkey
     assert {param.dtype for name, param in weights.items() if name not in lora} == {dtype}
     seen = set()
     for layer in (module for module in trainer.model.modules() if isinstance(module, LoraLayer)):
-        layer.lora_A["default"].register_forward_pre_hook(lambda module, args: seen.add(args[0].dtype))
+        # the training steps' inputs (evaluation sums each update in float32: lora_under_autocast)
+        layer.lora_A["default"].register_forward_pre_hook(
+            lambda module, args: seen.add(args[0].dtype) if module.training else None)
     result = trainer.train()
     assert seen == {adapter_input}
     assert math.isfinite(result.training_loss) and trainer.state.global_step == 2
@@ -243,7 +245,7 @@ def test_sft_trains_in_mixed_precision_with_float32_lora_weights(project, monkey
 
 def test_the_trained_adapter_skips_its_input_cast_under_autocast_only(sft_trainer):
     """Mixed-precision training runs under autocast: there PEFT's float32 cast of each LoRA layer's input is
-    skipped (chattune.modeling.loading.lora_casts_follow_autocast); a forward without autocast keeps it."""
+    skipped (chattune.modeling.loading.lora_under_autocast); a forward without autocast keeps it."""
     ids = torch.tensor([[1, 5, 9, 12, 2]])
     assert lora_casts_in_forward(sft_trainer.model, ids, autocast=True) == {False}
     assert lora_casts_in_forward(sft_trainer.model, ids, autocast=False) == {True}

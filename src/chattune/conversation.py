@@ -11,6 +11,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStr
 
 from chattune.common.params import MIN_TEMPERATURE
 from chattune.evaluation.replies import generation_config
+from chattune.modeling.loading import run_in
 from chattune.modeling.prompt import PromptTooLong, encode, fit
 
 STREAM_TIMEOUT_S = 300  # a generation that sends nothing for this long has hung: stop waiting for it
@@ -67,8 +68,10 @@ class Chat:
 
         def run():
             try:
-                self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=self.config,
-                                    streamer=streamer, stopping_criteria=StoppingCriteriaList([StopWhenSet(stop or Event())]))
+                with run_in(self.model):  # in this thread: autocast is per thread
+                    self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                        generation_config=self.config, streamer=streamer,
+                                        stopping_criteria=StoppingCriteriaList([StopWhenSet(stop or Event())]))
             except BaseException as error:  # handed to the reader: the stream must end either way
                 failed.append(error)
                 streamer.end()

@@ -7,6 +7,7 @@ merges (chattune.export.merging), in float32.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import warnings
 
@@ -18,6 +19,8 @@ from chattune.common.params import LoraParams
 from chattune.common.paths import BASE_MODEL
 from chattune.modeling.placement import accelerator, attention_kernels
 from chattune.modeling.stacks import ADAPTERS, HUB_PIN, Level, check_stack
+
+HALF = (torch.bfloat16, torch.float16)
 
 
 def base_source() -> dict:
@@ -69,10 +72,12 @@ def stack(model, level: Level):
 
 def load_model(level: Level, dtype: torch.dtype, device: torch.device | None = None):
     """The stack up to `level`, in eval mode, in `dtype` on the accelerator (or `device`); the SFT and DPO adapters
-    as one where that is exact (combined_adapters)."""
+    as one where that is exact (combined_adapters). Run it in run_in(model): in half precision its updates are then
+    summed in float32 (lora_under_autocast)."""
     model = stack(load_base_model(dtype), level)
     if level == "dpo":
         model = combined_adapters(model)
+    lora_under_autocast(model)
     return model.to(device or accelerator()).eval()
 
 
@@ -115,26 +120,51 @@ def check_targets(model, lora: LoraParams, key: str) -> None:
                          f"{', '.join(linear)} (or use all-linear)")
 
 
-def lora_casts_follow_autocast(model) -> None:
-    """Let every LoRA layer of `model` skip PEFT's cast of its input to the adapter's float32 while autocast is on.
+def lora_under_autocast(model, float32_sums: bool = True) -> None:
+    """Fit every LoRA layer of `model` to autocast (mixed-precision training, and half-precision evaluation, which
+    runs under autocast too: run_in): while autocast is on, the layer skips PEFT's cast of its input to the
+    adapter's float32, and in eval mode it adds its update to its base layer's output in float32 (unless
+    `float32_sums` is False: DPO's policy and reference, whose log-probs must be computed alike in both modes).
 
-    PEFT keeps adapter weights in float32 on a bf16 or fp16 model and casts each adapted layer's input up to
-    float32; in mixed-precision training (autocast) the adapter's matmul casts it straight back down: two
-    activation-sized copies per adapted layer, and two more in the backward pass. Copies (aten::copy_), these
-    among them, took a fifth of the GPU time of every training run profiled on an H200
-    (bench/results/2026-12-04-nvidia-h200.json); skipping these removes 8% of the operations of a training step
-    (TinyLlama's 22 layers, measured on the CPU). The numbers stay the same: the adapter computes in half
-    precision either way (only LoRA dropout's rescaling may round differently). Without autocast (evaluation,
-    chat, export) a float32 adapter needs float32 input, so there the cast stays: each call checks autocast on
-    its input's device."""
+    The float32 sum keeps small updates where a model is scored. A half-precision base layer's output is a bf16 or
+    fp16 number; an update smaller than half its last digit, added in that precision, rounds away, output by
+    output: a few steps of LoRA are mostly such updates. SmolLM2's base + an SFT adapter of 6 steps scored an eval
+    loss of 3.366 in bf16, 3.283 in float32 (from 3.625 before SFT): bf16 hid a quarter of what the adapter had
+    learned. With the sum in float32 it scored 3.287. The activations after an adapted layer then stay float32
+    (the residual stream among them); autocast casts them down for the next matmul. Training keeps the bf16 sum
+    (its activations half the memory): the gradients reach the adapter all the same, and an adapter trained so
+    scored 3.283 in float32, as float32 training's did (3.287).
+
+    The skipped cast: PEFT keeps adapter weights in float32 on a bf16 or fp16 model and casts each adapted layer's
+    input up to float32; under autocast the adapter's matmul casts it straight back down: two activation-sized
+    copies per adapted layer, and two more in the backward pass. Copies (aten::copy_), these among them, took a
+    fifth of the GPU time of every training run profiled on an H200 (bench/results/2026-12-04-nvidia-h200.json);
+    skipping these removes 8% of the operations of a training step (TinyLlama's 22 layers, measured on the CPU).
+    The adapter computes in half precision either way (only LoRA dropout's rescaling may round differently).
+    Without autocast (a float32 model, the export) a float32 adapter needs float32 input, so there the cast stays:
+    each call checks autocast on its input's device."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     def follow_autocast(layer, args):
         layer.cast_input_dtype_enabled = not torch.is_autocast_enabled(args[0].device.type)
 
+    def sum_in_float32(base_layer, args, output):
+        if not base_layer.training and torch.is_autocast_enabled(output.device.type) and output.dtype in HALF:
+            return output.float()  # PEFT adds the update in the output's dtype and keeps it
+        return None
+
     for module in model.modules():
         if isinstance(module, BaseTunerLayer):
             module.register_forward_pre_hook(follow_autocast)
+            if float32_sums:
+                module.get_base_layer().register_forward_hook(sum_in_float32)
+
+
+def run_in(model):
+    """The context a half-precision model runs in outside a trainer (generation, log-probs, chat): autocast in its
+    dtype, so that its LoRA updates are summed in float32 (lora_under_autocast); nothing for a float32 model."""
+    dtype = getattr(model, "dtype", torch.float32)
+    return torch.autocast(model.device.type, dtype=dtype) if dtype in HALF else contextlib.nullcontext()
 
 
 def lora_config(lora: LoraParams):

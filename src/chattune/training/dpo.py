@@ -14,7 +14,7 @@ from trl import DPOTrainer
 from trl.trainer.utils import disable_dropout_in_model
 
 from chattune.common.params import LoraParams
-from chattune.modeling.loading import check_targets, lora_casts_follow_autocast, lora_config
+from chattune.modeling.loading import check_targets, lora_config, lora_under_autocast
 from chattune.training.batching import whole_steps
 
 TRAINED = ["default", "sft"]  # the new adapter first: the trainer resumes the first active adapter
@@ -40,7 +40,7 @@ def policy_model(sft_stack, lora: LoraParams):
     disable_dropout_in_model(sft_stack)  # the base's and the frozen SFT adapter's; the new adapter's is added after
     sft_stack.add_adapter("default", lora_config(lora))
     activate_stack(sft_stack)
-    lora_casts_follow_autocast(sft_stack)
+    lora_under_autocast(sft_stack, float32_sums=False)  # as the reference: equal at step 0, in train or eval mode
     return sft_stack
 
 
@@ -48,7 +48,7 @@ def reference_model(sft_stack):
     """base + SFT adapter, as a plain model (its LoRA layers stay injected and active): the form TRL expects a
     reference in."""
     model = sft_stack.get_base_model().eval()
-    lora_casts_follow_autocast(model)
+    lora_under_autocast(model, float32_sums=False)  # as the policy's training forward, which TRL compares it with
     return model
 
 

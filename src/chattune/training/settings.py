@@ -57,7 +57,8 @@ def reply_token_loss(trainer, dataset=None) -> dict[str, float]:
     examples where cu_seq_lens_q says they start), and the rows are gathered batch by batch, which drops the examples
     accelerate repeats to even out the last batch."""
     model, totals = trainer.model, torch.zeros(3, dtype=torch.float64)
-    with torch.no_grad():
+    # under the training's autocast, as its steps ran: in half precision the LoRA updates are summed in float32
+    with torch.no_grad(), trainer.accelerator.autocast():
         for batch in trainer.get_eval_dataloader(dataset):
             batch = trainer._prepare_inputs(batch)
             labels = batch.pop("labels")
