@@ -115,8 +115,9 @@ class ModelParams(Strict):
                                    "random model, which needs far larger steps than a pretrained one; 1 otherwise")
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
         description="what the models train and run in: auto is bf16 on a GPU from Ampere on, fp16 on an older "
-        "one, float32 on a CPU; bfloat16 also runs on a CPU with bf16 units (AVX512-BF16 or AMX), faster but "
-        "learning less per step (docs/speed.md), and is refused where the units are missing. Half precision "
+        "one, float32 on a CPU; bfloat16 also runs on a CPU with bf16 units (AVX512-BF16 or AMX), faster, but "
+        "its replies differ enough to change what a small study decides (docs/speed.md); it is refused where the "
+        "units are missing. Half precision "
         "trains with autocast and float32 LoRA weights. The tiny preset keeps float32, so its outputs repeat to "
         "the bit. The export merges in float32 whatever this says")
     tiny: Optional[TinyModelParams] = Field(description="the tiny model's shape (exactly when name is 'tiny')")

@@ -33,9 +33,9 @@ def compute_dtype(choice: str) -> torch.dtype:
     on the OS) and on a CPU. "float32" everywhere; "bfloat16" only where the hardware has the units, a CPU's
     included.
 
-    On a CPU, bf16 is a choice, not the default: the SmolLM2 CPU profile ran 1.41x faster end to end in bf16 on
-    2 AVX512-BF16 cores, but its 6 SFT steps lowered the eval loss less (3.370 against float32's 3.287, from 3.625)
-    and 3 DPO steps less too, enough to change a decided difference (docs/speed.md).
+    On a CPU, bf16 is a choice, not the default: the SmolLM2 CPU profile ran 1.31x faster end to end in bf16 on
+    2 AVX512-BF16 cores, with SFT's eval loss float32's, but its greedy replies differed enough that none of the
+    six differences float32's run decided was decided (docs/speed.md).
 
     A T4 (7.5, the notebook's Kaggle and Colab card) has no bf16 units, yet torch.cuda.is_bf16_supported()
     answers True there by emulation, far slower than fp16: the capability decides, not that answer."""
