@@ -168,18 +168,18 @@ def test_in_bf16_the_sft_adapters_few_steps_still_count(real_run, monkeypatch):
 
     monkeypatch.chdir(real_run)
     tokenizer = load_tokenizer()
-    sequences = [encode(tokenizer, row["prompt"], row["completion"]) for row in read_jsonl(SFT_DATA / "eval.jsonl")]
+    rows = read_jsonl(SFT_DATA / "eval.jsonl")[:8]
+    sequences = [encode(tokenizer, row["prompt"], row["completion"]) for row in rows]
 
-    def loss(level, dtype):  # per reply token, over the SFT eval set
-        scored = generation.reply_logprobs(load_model(level, dtype, torch.device("cpu")), sequences, 16)
+    def loss(dtype):  # the SFT model's, per reply token, over eight SFT eval examples
+        scored = generation.reply_logprobs(load_model("sft", dtype, torch.device("cpu")), sequences, 8)
         return -scored[:, 0].sum() / scored[:, 1].sum()
 
-    exact, learned = loss("sft", torch.float32), loss("base", torch.float32) - loss("sft", torch.float32)
-    kept = loss("sft", torch.bfloat16)
+    exact, kept = loss(torch.float32), loss(torch.bfloat16)
     monkeypatch.setattr(generation, "run_in", lambda model: contextlib.nullcontext())  # the bf16 model as it is
-    rounded = loss("sft", torch.bfloat16)
-    assert learned > 0.1 and abs(kept - exact) < 0.05 * learned < 0.15 * learned < abs(rounded - exact), (
-        exact, learned, kept, rounded)
+    rounded = loss(torch.bfloat16)
+    # measured on 16 examples: float32 3.283, bf16 with the float32 sum 3.289, without it 3.369; SFT learned 0.34
+    assert abs(kept - exact) < 0.005 * exact < 0.015 * exact < rounded - exact, (exact, kept, rounded)
 
 
 def test_chat_answers_one_message_with_the_sft_model(real_run):
