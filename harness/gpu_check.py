@@ -58,6 +58,11 @@ SETTINGS = {
 }
 
 
+def placement() -> tuple[torch.device, torch.dtype]:
+    """The device and dtype the check runs its models in: the accelerator, in what SETTINGS' model.dtype picks."""
+    return accelerator(), compute_dtype(SETTINGS["model.dtype"])
+
+
 def small_bert(folder: Path) -> None:
     """A random two-layer BERT with a WordPiece vocabulary trained on the sample: BERTScore runs, on the
     accelerator, without weights from a hub."""
@@ -83,7 +88,7 @@ def write_base_model(tiny: bool, reference: Path) -> None:
         tokenizer = AutoTokenizer.from_pretrained(reference / "tinyllama")
         config = LlamaConfig.from_pretrained(reference / "tinyllama")
     torch.manual_seed(0)
-    device, dtype = accelerator(), compute_dtype(SETTINGS["model.dtype"])
+    device, dtype = placement()
     with torch.device(device):  # initialised on the accelerator: 1.1B random weights take long on the CPU
         model = LlamaForCausalLM(config).to(dtype)
     model.save_pretrained(BASE_MODEL, max_shard_size="100GB")  # one file: the adapters' fingerprint reads it
@@ -99,7 +104,7 @@ def merge_checks() -> dict:
     """The scored model against the unmerged stack (as PEFT trains it), a naive bf16 merge, and the export."""
     from chattune.export.exporting import export
 
-    device, dtype = accelerator(), compute_dtype(SETTINGS["model.dtype"])
+    device, dtype = placement()
     tokenizer = AutoTokenizer.from_pretrained(BASE_MODEL)
     probe = read_jsonl(PROBE_SET)[0]
     ids = torch.tensor([encode(tokenizer, [{"role": "user", "content": probe["user"]}])[0]])
@@ -129,7 +134,7 @@ def merge_checks() -> dict:
 def packed_vs_padded() -> dict:
     """The packed rows' attention (chattune.training.packed_attention: on a GPU, torch's varlen FlashAttention kernel) against the same
     rows padded under sdpa: the base model's loss and gradients on eight SFT rows, in the placement's dtype."""
-    device, dtype = accelerator(), compute_dtype(SETTINGS["model.dtype"])
+    device, dtype = placement()
     tokenizer = AutoTokenizer.from_pretrained(BASE_MODEL)
     rows = [torch.tensor(sum(encode(tokenizer, row["prompt"], row["completion"]), []))
             for row in read_jsonl(SFT_DATA / "train.jsonl")[:8]]
@@ -192,7 +197,7 @@ def main(argv: list[str] | None = None) -> Path:
                            for name in ("sft", "dpo", "eval")}
         finally:
             judging.packaged_minilm = packaged_minilm
-    expected = accelerator().type
+    expected = placement()[0].type
     assert devices.seen and {device for _, device in devices.seen} == {expected}, devices.seen
     result = {
         "device": device_name(),
@@ -201,7 +206,7 @@ def main(argv: list[str] | None = None) -> Path:
         "shape": {key: value for key, value in model_config(args.tiny).to_dict().items() if key in TINY}
         if args.tiny else json.loads((args.reference / "tinyllama/config.json").read_text()),
         "tokenizer": "sample BPE" if args.tiny else "TinyLlama",
-        "dtype": str(compute_dtype(SETTINGS["model.dtype"])).removeprefix("torch."),
+        "dtype": str(placement()[1]).removeprefix("torch."),
         "settings": SETTINGS,
         "stages": runs,
         "models_seen": devices.described(),

@@ -102,7 +102,7 @@ def main(curves=live_callback) -> None:
         **{f"{split}_pairs_used": len(used) for split, used in (("train", trainer.train_dataset),
                                                                   ("eval", trainer.eval_dataset))},
         "dropped.long_prompt": dropped_long_prompts,
-        **device_record(compute_dtype(params.model.dtype)),
+        **device_record(trainer.model.dtype),  # what the base weights were loaded in
     }
     save_adapter(trainer, DPO_MODEL, below="sft", card=adapter_card("dpo", params, *recorded(), metrics))
     write_json(METRICS_DIR / "dpo.json", metrics)

@@ -119,7 +119,7 @@ def main(curves=live_callback) -> None:
         "steps": trainer.state.global_step,
         "lr": trainer.args.learning_rate,  # sft.lr times model.lr_scale
         **step_split(trainer),
-        **device_record(compute_dtype(params.model.dtype)),
+        **device_record(trainer.model.dtype),  # what the base weights were loaded in
     }
     save_adapter(trainer, SFT_MODEL, below="base", card=adapter_card("sft", params, *recorded(), metrics))
     write_json(METRICS_DIR / "sft.json", metrics)

@@ -22,9 +22,9 @@ from chattune.evaluation.verdicts import LEARNED, informative
 BUILT_IN = {
     "sft": ("facebook/empathetic_dialogues", "EmpatheticDialogues listener turns",
             "EmpatheticDialogues: CC BY-NC 4.0 (non-commercial use, with attribution); it binds both adapters, since "
-            "the\n  DPO adapter is trained on top of the SFT adapter."),
+            "the\n  DPO adapter is trained on top of the SFT adapter.", ", so the model answers people with empathy"),
     "dpo": ("HumanLLMs/Human-Like-DPO-Dataset", "Human-Like-DPO pairs",
-            "HumanLLMs/Human-Like-DPO-Dataset: the terms on its dataset card."),
+            "HumanLLMs/Human-Like-DPO-Dataset: the terms on its dataset card.", ", so the model sounds human"),
 }
 LICENSE = "cc-by-nc-4.0"
 STACK = {"sft": ["sft"], "dpo": ["sft", "dpo"]}
@@ -32,12 +32,13 @@ STACK = {"sft": ["sft"], "dpo": ["sft", "dpo"]}
 
 @dataclass(frozen=True)
 class TrainingData:
-    """What a card says one training's data was: its hub id (None for files of your own), a name for prose, and a
-    line on its terms."""
+    """What a card says one training's data was: its hub id (None for files of your own), a name for prose, a
+    line on its terms, and what training on it was for (said of the built-in datasets only)."""
 
     hub_id: str | None
     name: str
     terms: str
+    aim: str = ""
 
 
 def training_data(params: Params, stage: str) -> TrainingData:
@@ -71,6 +72,8 @@ def prompt_sets(params: Params) -> dict[str, tuple[str, str]]:
     sft = training_data(params, "sft")
     name = "EmpatheticDialogues test" if params.data.sft.own is None else f"the test split of {sft.name}"
     return {"ed_test": (sft.hub_id or "test", name), "probe": ("probe", "probe prompts")}
+
+
 # (metrics/eval.json key, what it is): the headline rows of the stack card
 HEADLINES = [
     ("ed_test.{model}.humanlike", "human-like replies (share, DPO-data classifier)"),
@@ -154,16 +157,16 @@ def adapter_card(stage: str, params: Params, source: dict, data: dict, trained: 
         model_name=f"{stage}-adapter", stack=["base", *STACK[stage]], preset=train.preset, lr=trained["lr"],
         lora_r=train.lora.r, lora_alpha=train.lora.alpha, **({"beta": params.dpo.beta} if stage == "dpo" else {}))
     if stage == "sft":
-        purpose = (f"A LoRA adapter from supervised fine-tuning on {training_data(params, 'sft').name}"
-                   + (", so the model answers people with empathy" if params.data.sft.own is None else "")
-                   + ". The loss was on each reply and its end-of-sequence token only.")
+        sft = training_data(params, "sft")
+        purpose = (f"A LoRA adapter from supervised fine-tuning on {sft.name}{sft.aim}. The loss was on each reply "
+                   "and its end-of-sequence token only.")
         result = _table([("eval loss, base model", f"{trained['base_eval_loss']:.4f}"),
                          ("eval loss, with this adapter", f"{trained['eval_loss']:.4f}")], ("", "value"))
     else:
-        purpose = (f"A LoRA adapter from Direct Preference Optimization on {training_data(params, 'dpo').name}"
-                   + (", so the model sounds human" if params.data.dpo.own is None else "")
-                   + ". It was trained on top of the SFT adapter (unmerged, frozen), and the DPO reference was base "
-                   "+ SFT adapter: load it on exactly that stack.")
+        dpo = training_data(params, "dpo")
+        purpose = (f"A LoRA adapter from Direct Preference Optimization on {dpo.name}{dpo.aim}. It was trained on "
+                   "top of the SFT adapter (unmerged, frozen), and the DPO reference was base + SFT adapter: load it "
+                   "on exactly that stack.")
         result = _table([("reward accuracy", f"{trained['eval.rewards_accuracies']:.3f}"),
                          ("reward margin", f"{trained['eval.rewards_margins']:.3f}"),
                          ("eval loss", f"{trained['eval.loss']:.4f}")], ("held-out pairs", "value"))
